@@ -1,0 +1,69 @@
+// The contract between the job engine and an archive format. The engine
+// reads devices and finds zero blocks; a driver only lays clusters out in its
+// format. Drivers know nothing about jobs, policies or gRPC.
+
+/** What a job will put in the archive, for checking format limits up front. */
+export interface ArchivePlan {
+  readonly configs: ReadonlyArray<{ readonly name: string; readonly size: number }>;
+  readonly devices: ReadonlyArray<{ readonly name: string; readonly size: number }>;
+}
+
+/** Thrown by checkPlan when a plan does not fit the format. */
+export class ArchiveLimitError extends Error {
+  /** The request field at fault, e.g. "configs[3].data" or "devices". */
+  readonly field: string;
+
+  constructor(field: string, message: string) {
+    super(message);
+    this.name = "ArchiveLimitError";
+    this.field = field;
+  }
+}
+
+export interface OpenTargetOptions {
+  /** Final archive path. The driver writes elsewhere until close(). */
+  readonly path: string;
+  /** The job uuid (canonical string form); becomes the archive's uuid. */
+  readonly uuid: string;
+}
+
+export interface BackupDriver {
+  /** Format name, e.g. "vma". */
+  readonly format: string;
+  /** Suffix the final archive name must end with, e.g. ".vma". */
+  readonly fileSuffix: string;
+  /** Throws ArchiveLimitError when the plan cannot be stored in this format. */
+  checkPlan(plan: ArchivePlan): void;
+  /**
+   * Creates the archive under a temporary name beside `path`, exclusively and
+   * without following symlinks. Fails with the fs error (EEXIST, ...) as is.
+   */
+  open(options: OpenTargetOptions): Promise<BackupTarget>;
+}
+
+/**
+ * One archive being written. Call order: registerConfig* registerDevice+
+ * (writeCluster* completeDevice)+ close, or abort at any point.
+ */
+export interface BackupTarget {
+  /** Temporary path the archive is written to until close(). */
+  readonly partialPath: string;
+  registerConfig(name: string, data: Uint8Array): void;
+  /** Returns the device id (1, 2, ... in registration order). */
+  registerDevice(name: string, size: number): number;
+  /**
+   * Stores one cluster. `data` holds the cluster's bytes (CLUSTER_SIZE long,
+   * zero-filled past the device end); bit j of `storedMask` is set when 4 KiB
+   * block j is not all zeros and must be stored. The target may keep a
+   * reference to `data` until the returned promise settles, and longer until
+   * close(); callers must not reuse the memory. The promise settles when the
+   * target is ready for more (back-pressure), not necessarily when written.
+   */
+  writeCluster(devId: number, clusterNum: number, data: Uint8Array, storedMask: number): Promise<void>;
+  /** All clusters of the device were written. */
+  completeDevice(devId: number): Promise<void>;
+  /** Flushes, fsyncs and moves the archive to its final name (never overwriting). */
+  close(): Promise<void>;
+  /** Stops writing and removes the temporary file. Safe to call more than once. */
+  abort(): Promise<void>;
+}

@@ -1,0 +1,26 @@
+// Errors the engine raises for requests it refuses. Each kind maps to one
+// gRPC status code in the server; `reason` is a stable machine-readable name.
+
+export type EngineErrorKind =
+  | "invalid-argument"
+  | "not-found"
+  | "already-exists"
+  | "failed-precondition"
+  | "permission-denied"
+  | "internal";
+
+export class EngineError extends Error {
+  readonly kind: EngineErrorKind;
+  /** Stable, e.g. "DEVICE_IN_USE", "BACKUP_FILE_EXISTS", "PATH_NOT_ALLOWED". */
+  readonly reason: string;
+  /** The request field at fault, e.g. "devices[1].path", when there is one. */
+  readonly field?: string;
+
+  constructor(kind: EngineErrorKind, reason: string, message: string, field?: string) {
+    super(message);
+    this.name = "EngineError";
+    this.kind = kind;
+    this.reason = reason;
+    this.field = field;
+  }
+}

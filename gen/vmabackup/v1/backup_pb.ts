@@ -559,7 +559,7 @@ export const BackupService: GenService<{
    * With a uuid the stream follows that job and ends with OK right after its
    * terminal status. With an empty uuid it follows every job, including jobs
    * started later, until the client cancels; it then opens with the current
-   * status of every known job (none when no job has run yet).
+   * status of every active job (nothing when no job is active).
    *
    * @generated from rpc vmabackup.v1.BackupService.WatchBackup
    */

@@ -1,0 +1,54 @@
+// Holds the import rules of shared/architecture.md: lower layers never
+// reach up, and generated protobuf code stays at the transport edge.
+/** @type {import('dependency-cruiser').IConfiguration} */
+module.exports = {
+  forbidden: [
+    {
+      name: "vma-is-pure",
+      comment: "src/vma is the format only: it imports nothing else of ours.",
+      severity: "error",
+      from: { path: "^src/vma/" },
+      to: { path: "^(src/(?!vma/)|gen/)" },
+    },
+    {
+      name: "drivers-only-use-vma",
+      comment: "Drivers know the format, never the engine, the server or gRPC.",
+      severity: "error",
+      from: { path: "^src/drivers/" },
+      to: { path: "^(src/(engine|server|cli|store)/|gen/)" },
+    },
+    {
+      name: "engine-below-transport",
+      comment: "The engine speaks plain types; it never imports the server, the CLI or gen/.",
+      severity: "error",
+      from: { path: "^src/engine/" },
+      to: { path: "^(src/(server|cli)/|gen/)" },
+    },
+    {
+      name: "store-is-standalone",
+      severity: "error",
+      from: { path: "^src/store/" },
+      to: { path: "^(src/(?!store/)|gen/)" },
+    },
+    {
+      name: "nothing-imports-cli",
+      severity: "error",
+      from: { path: "^src/(?!cli/)" },
+      to: { path: "^src/cli/" },
+    },
+    {
+      name: "no-circular",
+      severity: "error",
+      from: {},
+      to: { circular: true },
+    },
+  ],
+  options: {
+    doNotFollow: { path: "node_modules" },
+    tsConfig: { fileName: "tsconfig.json" },
+    enhancedResolveOptions: {
+      extensions: [".ts", ".js"],
+      extensionAlias: { ".js": [".ts", ".js"] },
+    },
+  },
+};

@@ -46,9 +46,6 @@ module.exports = {
   options: {
     doNotFollow: { path: "node_modules" },
     tsConfig: { fileName: "tsconfig.json" },
-    enhancedResolveOptions: {
-      extensions: [".ts", ".js"],
-      extensionAlias: { ".js": [".ts", ".js"] },
-    },
+    enhancedResolveOptions: { extensions: [".ts", ".js"] },
   },
 };

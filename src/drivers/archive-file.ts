@@ -1,0 +1,166 @@
+// A file that becomes an archive only when it is complete: written under
+// `<final>.partial`, created exclusively and without following symlinks, and
+// published by a hard link so that an existing archive is never overwritten.
+// Errors keep their errno `code` (EEXIST, ENOSPC, ...).
+import { constants, type FileHandle, link, lstat, open, rename, unlink } from "node:fs/promises";
+import { constants as osConstants } from "node:os";
+import { dirname } from "node:path";
+
+export const PARTIAL_SUFFIX = ".partial";
+const ARCHIVE_MODE = 0o640;
+const CREATE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+/** Linux's IOV_MAX: writev takes at most this many buffers per call. */
+const IOV_MAX = 1024;
+/** link() errors that mean the filesystem has no hard links, not that linking was refused. */
+const LINK_UNSUPPORTED = new Set(["EPERM", "ENOTSUP", "EOPNOTSUPP", "ENOSYS"]);
+
+type LinkFunction = (existingPath: string, newPath: string) => Promise<void>;
+
+type State = "open" | "committed" | "discarded";
+
+export class ArchiveFile {
+  readonly finalPath: string;
+  readonly partialPath: string;
+  private handle: FileHandle | undefined;
+  private state: State = "open";
+  private size = 0;
+
+  private constructor(finalPath: string, partialPath: string, handle: FileHandle) {
+    this.finalPath = finalPath;
+    this.partialPath = partialPath;
+    this.handle = handle;
+  }
+
+  /** Creates `<finalPath>.partial`; fails with EEXIST if it exists, even as a symlink. */
+  static async create(finalPath: string): Promise<ArchiveFile> {
+    const partialPath = finalPath + PARTIAL_SUFFIX;
+    const handle = await open(partialPath, CREATE_FLAGS, ARCHIVE_MODE);
+    return new ArchiveFile(finalPath, partialPath, handle);
+  }
+
+  /** Bytes appended so far (including writes still in flight). */
+  get length(): number {
+    return this.size;
+  }
+
+  /**
+   * Appends the chunks with vectored positional writes. The byte range is
+   * reserved before the first await, so calls may overlap and still land in
+   * call order.
+   */
+  async write(chunks: readonly Uint8Array[]): Promise<void> {
+    const handle = this.writableHandle();
+    let pending = chunks.filter((chunk) => chunk.byteLength > 0);
+    let position = this.size;
+    for (const chunk of pending) this.size += chunk.byteLength;
+    while (pending.length > 0) {
+      const batch = pending.length > IOV_MAX ? pending.slice(0, IOV_MAX) : pending;
+      const { bytesWritten } = await handle.writev(batch, position);
+      if (bytesWritten === 0) {
+        throw Object.assign(new Error(`EIO: writev wrote nothing to ${this.partialPath}`), { code: "EIO" });
+      }
+      position += bytesWritten;
+      pending = dropWritten(pending, bytesWritten);
+    }
+  }
+
+  /**
+   * Makes the archive durable under its final name: fsync, publish without
+   * overwriting (EEXIST when the final name is taken), fsync the directory.
+   * Wait for every write before calling it.
+   */
+  async commit(): Promise<void> {
+    if (this.state !== "open") {
+      throw new Error(`cannot commit ${this.partialPath}: the file was already ${this.state}`);
+    }
+    const handle = this.handle;
+    if (handle !== undefined) {
+      await handle.sync();
+      this.handle = undefined;
+      await handle.close();
+    }
+    await publishWithoutOverwrite(this.partialPath, this.finalPath);
+    this.state = "committed";
+    await fsyncDirectory(dirname(this.finalPath));
+  }
+
+  /** Closes and removes the partial file. Safe to call more than once; a no-op after commit. */
+  async discard(): Promise<void> {
+    if (this.state !== "open") return;
+    this.state = "discarded";
+    const handle = this.handle;
+    this.handle = undefined;
+    // Closing can only fail on an fd that is unusable anyway; the unlink is what matters.
+    await handle?.close().catch(() => undefined);
+    await unlink(this.partialPath).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== "ENOENT") throw error;
+    });
+  }
+
+  private writableHandle(): FileHandle {
+    if (this.state !== "open" || this.handle === undefined) {
+      throw new Error(`cannot write to ${this.partialPath}: the file is no longer open`);
+    }
+    return this.handle;
+  }
+}
+
+/**
+ * Gives `source` the name `target` without ever replacing an existing file:
+ * a hard link fails with EEXIST when `target` exists. Only on filesystems
+ * without hard links does it fall back to rename, after checking that
+ * `target` does not exist (that check and the rename are not atomic).
+ */
+export async function publishWithoutOverwrite(
+  source: string,
+  target: string,
+  linkFile: LinkFunction = link,
+): Promise<void> {
+  try {
+    await linkFile(source, target);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === undefined || !LINK_UNSUPPORTED.has(code)) throw error;
+    await assertAbsent(target);
+    await rename(source, target);
+    return;
+  }
+  await unlink(source);
+}
+
+async function assertAbsent(path: string): Promise<void> {
+  try {
+    await lstat(path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return;
+    throw error;
+  }
+  throw Object.assign(new Error(`EEXIST: file already exists, '${path}'`), {
+    code: "EEXIST",
+    errno: -osConstants.errno.EEXIST,
+    path,
+  });
+}
+
+/** Makes a new directory entry durable. */
+export async function fsyncDirectory(path: string): Promise<void> {
+  const directory = await open(path, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    await directory.sync();
+  } finally {
+    await directory.close();
+  }
+}
+
+/** The chunks still to write after `bytes` of them were written. */
+function dropWritten(chunks: readonly Uint8Array[], bytes: number): Uint8Array[] {
+  let index = 0;
+  let left = bytes;
+  while (index < chunks.length && left >= chunks[index]!.byteLength) {
+    left -= chunks[index]!.byteLength;
+    index += 1;
+  }
+  const rest = chunks.slice(index);
+  if (left > 0) rest[0] = rest[0]!.subarray(left);
+  return rest;
+}

@@ -1,0 +1,80 @@
+// The VMA backup driver: the streaming VMA writer on top of an archive file
+// that only gets its final name once the archive is complete.
+import { parse as parseUuid } from "uuid";
+import { checkHeaderPlan, VmaLimitError } from "../vma/encode-limits.js";
+import { VmaWriter } from "../vma/writer.js";
+import { ArchiveFile } from "./archive-file.js";
+import {
+  ArchiveLimitError,
+  type ArchivePlan,
+  type BackupDriver,
+  type BackupTarget,
+  type OpenTargetOptions,
+} from "./driver.js";
+
+export const vmaDriver: BackupDriver = {
+  format: "vma",
+  fileSuffix: ".vma",
+
+  checkPlan(plan: ArchivePlan): void {
+    withArchiveLimitErrors(() => checkHeaderPlan(plan));
+  },
+
+  async open(options: OpenTargetOptions): Promise<BackupTarget> {
+    // Parse first: a bad uuid must not leave a partial file behind.
+    const uuid = parseUuid(options.uuid);
+    const file = await ArchiveFile.create(options.path);
+    return new VmaTarget(file, new VmaWriter(file, { uuid }));
+  },
+};
+
+class VmaTarget implements BackupTarget {
+  private readonly file: ArchiveFile;
+  private readonly writer: VmaWriter;
+
+  constructor(file: ArchiveFile, writer: VmaWriter) {
+    this.file = file;
+    this.writer = writer;
+  }
+
+  get partialPath(): string {
+    return this.file.partialPath;
+  }
+
+  registerConfig(name: string, data: Uint8Array): void {
+    withArchiveLimitErrors(() => this.writer.addConfig(name, data));
+  }
+
+  registerDevice(name: string, size: number): number {
+    return withArchiveLimitErrors(() => this.writer.addDevice(name, size));
+  }
+
+  writeCluster(devId: number, clusterNum: number, data: Uint8Array, storedMask: number): Promise<void> {
+    return this.writer.writeCluster(devId, clusterNum, data, storedMask);
+  }
+
+  async completeDevice(devId: number): Promise<void> {
+    this.writer.completeDevice(devId);
+  }
+
+  async close(): Promise<void> {
+    // When either step fails the partial file stays until abort() removes it.
+    await this.writer.finish();
+    await this.file.commit();
+  }
+
+  async abort(): Promise<void> {
+    await this.writer.abort();
+    await this.file.discard();
+  }
+}
+
+/** The format layer names its limits VmaLimitError; the driver contract calls them ArchiveLimitError. */
+function withArchiveLimitErrors<T>(action: () => T): T {
+  try {
+    return action();
+  } catch (error) {
+    if (error instanceof VmaLimitError) throw new ArchiveLimitError(error.field, error.message);
+    throw error;
+  }
+}

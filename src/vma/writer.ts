@@ -1,0 +1,199 @@
+// Streams a VMA archive to a sink: the header at the first flush, then extents
+// of up to 58 clusters each. Cluster data is passed to the sink by reference,
+// and at most one extent is written while the next one fills.
+import { CLUSTER_SIZE, WRITER_SLOTS_PER_EXTENT } from "./constants.js";
+import { encodeHeader, type VmaHeaderConfig } from "./encode-header.js";
+import { checkHeaderPlan, checkUuidBytes } from "./encode-limits.js";
+import { WriterDevice } from "./writer-device.js";
+import { VmaUsageError } from "./writer-errors.js";
+import { ExtentBuilder } from "./writer-extent.js";
+
+/** Where the archive bytes go, in order: each call appends its chunks. */
+export interface VmaSink {
+  write(chunks: readonly Uint8Array[]): Promise<void>;
+}
+
+export interface VmaWriterOptions {
+  /** The archive uuid, 16 raw bytes; repeated in every extent. */
+  readonly uuid: Uint8Array;
+  /** Fixed header ctime in Unix seconds (tests); by default the time of the first flush, like Proxmox. */
+  readonly ctime?: number;
+}
+
+type Phase = "registering" | "writing" | "finished";
+
+export class VmaWriter {
+  private readonly sink: VmaSink;
+  private readonly uuid: Uint8Array;
+  private readonly fixedCtime: number | undefined;
+  private readonly configs: VmaHeaderConfig[] = [];
+  private readonly devices: WriterDevice[] = [];
+  private readonly extent = new ExtentBuilder();
+  private phase: Phase = "registering";
+  private headerQueued = false;
+  private extentsQueued = 0;
+  /** Queued extents whose write has not completed yet. */
+  private unwritten = 0;
+  /** Settles when every queued write has; never rejects (failures land in `failure`). */
+  private writes: Promise<void> = Promise.resolve();
+  /** The first sink error (or the abort); every later call rethrows it. */
+  private failure: unknown = undefined;
+
+  constructor(sink: VmaSink, options: VmaWriterOptions) {
+    checkUuidBytes(options.uuid);
+    if (options.ctime !== undefined && !Number.isSafeInteger(options.ctime)) {
+      throw new RangeError(`ctime must be an integer number of seconds, got ${options.ctime}`);
+    }
+    this.sink = sink;
+    this.uuid = Uint8Array.from(options.uuid);
+    this.fixedCtime = options.ctime;
+  }
+
+  /** Number of extents handed to the sink so far (queued or written). */
+  get extentCount(): number {
+    return this.extentsQueued;
+  }
+
+  /** Adds a config; only before the first cluster. Throws VmaLimitError when it does not fit. */
+  addConfig(name: string, data: Uint8Array): void {
+    this.assertRegistering("addConfig");
+    const config = { name, data: Uint8Array.from(data) };
+    checkHeaderPlan(this.planWith([...this.configs, config], this.devices));
+    this.configs.push(config);
+  }
+
+  /** Adds a device and returns its dev_id (1, 2, ...); only before the first cluster. */
+  addDevice(name: string, size: number): number {
+    this.assertRegistering("addDevice");
+    checkHeaderPlan(this.planWith(this.configs, [...this.devices, { name, size }]));
+    const devId = this.devices.length + 1;
+    this.devices.push(new WriterDevice(devId, name, size));
+    return devId;
+  }
+
+  /**
+   * Stores one cluster: the blocks whose `storedMask` bit is set, by reference.
+   * `data` must stay untouched until finish() (or abort()) settles. Resolves
+   * at once unless an extent is ready while the previous one is still being
+   * written; then it waits for that write (back-pressure).
+   */
+  async writeCluster(devId: number, clusterNum: number, data: Uint8Array, storedMask: number): Promise<void> {
+    this.assertUsable("writeCluster");
+    const device = this.device(devId);
+    if (data.byteLength !== CLUSTER_SIZE) {
+      throw new VmaUsageError(`cluster ${clusterNum} of ${device.label()} has ${data.byteLength} bytes; a cluster is ${CLUSTER_SIZE}`);
+    }
+    device.recordCluster(clusterNum, storedMask);
+    this.phase = "writing";
+    this.extent.add(devId, clusterNum, data, storedMask);
+    if (this.extent.slotCount >= WRITER_SLOTS_PER_EXTENT) {
+      const previous = this.queueExtent();
+      if (previous !== undefined) {
+        await previous;
+        this.throwIfFailed();
+      }
+    }
+  }
+
+  /** Declares a device done; throws naming the first cluster that was never written. */
+  completeDevice(devId: number): void {
+    this.assertUsable("completeDevice");
+    this.device(devId).complete();
+  }
+
+  /** Writes the last extent (an empty one if there was none) and waits for every write. */
+  async finish(): Promise<void> {
+    this.assertUsable("finish");
+    const incomplete = this.devices.find((device) => !device.isComplete);
+    if (incomplete !== undefined) {
+      throw new VmaUsageError(`cannot finish: ${incomplete.label()} was not completed`);
+    }
+    this.phase = "finished";
+    // Proxmox always writes at least one extent: an empty one when no cluster was written.
+    if (this.extent.slotCount > 0 || this.extentsQueued === 0) this.queueExtent();
+    await this.writes;
+    this.throwIfFailed();
+  }
+
+  /** Stops writing: no queued extent starts any more; resolves once the write in flight settled. */
+  async abort(): Promise<void> {
+    this.failure ??= new VmaUsageError("the archive was aborted");
+    this.phase = "finished";
+    await this.writes;
+  }
+
+  /**
+   * Hands the current extent to the sink after all earlier ones. Returns the
+   * previous write when one is still pending, so the caller can wait for it.
+   */
+  private queueExtent(): Promise<void> | undefined {
+    const chunks = this.extent.take(this.uuid);
+    if (!this.headerQueued) {
+      chunks.unshift(this.encodeHeader());
+      this.headerQueued = true;
+    }
+    const previous = this.writes;
+    const pendingBefore = this.unwritten;
+    this.unwritten += 1;
+    this.extentsQueued += 1;
+    this.writes = previous.then(() => this.writeChunks(chunks));
+    return pendingBefore > 0 ? previous : undefined;
+  }
+
+  private async writeChunks(chunks: readonly Uint8Array[]): Promise<void> {
+    try {
+      if (this.failure === undefined) await this.sink.write(chunks);
+    } catch (error) {
+      this.failure ??= error;
+    } finally {
+      this.unwritten -= 1;
+    }
+  }
+
+  private encodeHeader(): Uint8Array {
+    return encodeHeader({
+      uuid: this.uuid,
+      // Proxmox takes the time when it writes the header, at the first flush.
+      ctime: this.fixedCtime ?? Math.floor(Date.now() / 1000),
+      configs: this.configs,
+      devices: this.devices,
+    });
+  }
+
+  private planWith(
+    configs: readonly VmaHeaderConfig[],
+    devices: ReadonlyArray<{ readonly name: string; readonly size: number }>,
+  ): Parameters<typeof checkHeaderPlan>[0] {
+    return {
+      configs: configs.map((config) => ({ name: config.name, size: config.data.byteLength })),
+      devices,
+    };
+  }
+
+  private device(devId: number): WriterDevice {
+    const device = Number.isInteger(devId) ? this.devices[devId - 1] : undefined;
+    if (device === undefined) {
+      const known = this.devices.length === 0 ? "no devices are registered" : `devices are 1..${this.devices.length}`;
+      throw new VmaUsageError(`unknown dev_id ${devId}: ${known}`);
+    }
+    return device;
+  }
+
+  private assertRegistering(operation: string): void {
+    this.assertUsable(operation);
+    if (this.phase !== "registering") {
+      throw new VmaUsageError(`${operation} after the first cluster: the header is already fixed`);
+    }
+  }
+
+  private assertUsable(operation: string): void {
+    this.throwIfFailed();
+    if (this.phase === "finished") {
+      throw new VmaUsageError(`${operation} after finish`);
+    }
+  }
+
+  private throwIfFailed(): void {
+    if (this.failure !== undefined) throw this.failure;
+  }
+}

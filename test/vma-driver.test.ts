@@ -1,0 +1,226 @@
+import { createHash } from "node:crypto";
+import { link, lstat, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { ArchiveFile, publishWithoutOverwrite } from "../src/drivers/archive-file.js";
+import { ArchiveLimitError, type BackupTarget } from "../src/drivers/driver.js";
+import { vmaDriver } from "../src/drivers/vma-driver.js";
+import { CLUSTER_SIZE } from "../src/vma/constants.js";
+
+const UUID = "00112233-4455-6677-8899-aabbccddeeff";
+
+let dir: string;
+
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), "vma-driver-"));
+});
+
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+const exists = (path: string): Promise<boolean> =>
+  lstat(path).then(
+    () => true,
+    () => false,
+  );
+
+/** Writes the worked example of vma-format.md section 9 through a target. */
+async function writeExample(target: BackupTarget): Promise<void> {
+  target.registerConfig("qemu-server.conf", Buffer.from("memory: 512\n"));
+  const devId = target.registerDevice("drive-scsi0", 2 * CLUSTER_SIZE);
+  await target.writeCluster(devId, 0, new Uint8Array(CLUSTER_SIZE).fill(0xab), 0xffff);
+  await target.writeCluster(devId, 1, new Uint8Array(CLUSTER_SIZE), 0);
+  await target.completeDevice(devId);
+}
+
+describe("vmaDriver", () => {
+  it("names its format and suffix", () => {
+    expect(vmaDriver.format).toBe("vma");
+    expect(vmaDriver.fileSuffix).toBe(".vma");
+  });
+
+  it("writes under the partial name and shows the final name only after close", async () => {
+    const path = join(dir, "vzdump-qemu-100.vma");
+    const target = await vmaDriver.open({ path, uuid: UUID });
+    expect(target.partialPath).toBe(`${path}.partial`);
+    expect(await exists(target.partialPath)).toBe(true);
+    expect((await lstat(target.partialPath)).mode & 0o7777).toBe(0o640 & ~process.umask());
+    await writeExample(target);
+    expect(await exists(path)).toBe(false);
+    await target.close();
+    expect(await exists(path)).toBe(true);
+    expect(await exists(target.partialPath)).toBe(false);
+    const file = await readFile(path);
+    // Everything but ctime and the header md5 is fixed; the extent is byte-identical.
+    expect(file.byteLength).toBe(78848);
+    expect(file.subarray(8, 24).toString("hex")).toBe("00112233445566778899aabbccddeeff");
+    expect(file.subarray(12800 + 24, 12800 + 40).toString("hex")).toBe("4fb5f0bb3d21d1e2ecabc7e54d872a38");
+    const header = Buffer.from(file.subarray(0, 12800));
+    const headerMd5 = header.subarray(32, 48).toString("hex");
+    header.fill(0, 32, 48);
+    expect(createHash("md5").update(header).digest("hex")).toBe(headerMd5);
+    // abort after a successful close must not touch the archive.
+    await target.abort();
+    expect(await exists(path)).toBe(true);
+  });
+
+  it("refuses to overwrite an existing archive at close and leaves it intact", async () => {
+    const path = join(dir, "taken.vma");
+    const target = await vmaDriver.open({ path, uuid: UUID });
+    await writeExample(target);
+    await writeFile(path, "someone else's archive");
+    await expect(target.close()).rejects.toMatchObject({ code: "EEXIST" });
+    expect(await readFile(path, "utf8")).toBe("someone else's archive");
+    expect(await exists(target.partialPath)).toBe(true);
+    await target.abort();
+    expect(await exists(target.partialPath)).toBe(false);
+    expect(await readFile(path, "utf8")).toBe("someone else's archive");
+  });
+
+  it("abort removes the partial file and may be called again", async () => {
+    const path = join(dir, "aborted.vma");
+    const target = await vmaDriver.open({ path, uuid: UUID });
+    target.registerConfig("qemu-server.conf", Buffer.from("memory: 512\n"));
+    const devId = target.registerDevice("drive-scsi0", 200 * CLUSTER_SIZE);
+    const data = new Uint8Array(CLUSTER_SIZE).fill(1);
+    for (let clusterNum = 0; clusterNum < 120; clusterNum++) await target.writeCluster(devId, clusterNum, data, 0xffff);
+    await target.abort();
+    await target.abort();
+    expect(await readdir(dir)).toEqual([]);
+    await expect(target.writeCluster(devId, 120, data, 0xffff)).rejects.toThrow(/aborted/);
+    await expect(target.close()).rejects.toThrow(/aborted/);
+    expect(await readdir(dir)).toEqual([]);
+  });
+
+  it("keeps the partial file when close fails on an incomplete device", async () => {
+    const path = join(dir, "incomplete.vma");
+    const target = await vmaDriver.open({ path, uuid: UUID });
+    const devId = target.registerDevice("drive-scsi0", 2 * CLUSTER_SIZE);
+    await target.writeCluster(devId, 0, new Uint8Array(CLUSTER_SIZE), 0);
+    await expect(target.completeDevice(devId)).rejects.toThrow(/cluster 1 was not written/);
+    await expect(target.close()).rejects.toThrow(/was not completed/);
+    expect(await exists(path)).toBe(false);
+    await target.abort();
+    expect(await readdir(dir)).toEqual([]);
+  });
+
+  it("fails with EEXIST when the partial file already exists", async () => {
+    const path = join(dir, "busy.vma");
+    await writeFile(`${path}.partial`, "another job");
+    await expect(vmaDriver.open({ path, uuid: UUID })).rejects.toMatchObject({ code: "EEXIST" });
+    expect(await readFile(`${path}.partial`, "utf8")).toBe("another job");
+  });
+
+  it("does not follow a symlink at the partial path", async () => {
+    const path = join(dir, "link.vma");
+    const victim = join(dir, "victim");
+    await writeFile(victim, "precious");
+    await symlink(victim, `${path}.partial`);
+    await expect(vmaDriver.open({ path, uuid: UUID })).rejects.toMatchObject({ code: "EEXIST" });
+    // A dangling symlink must not be followed into creating its target either.
+    const dangling = join(dir, "dangling.vma");
+    await symlink(join(dir, "nowhere"), `${dangling}.partial`);
+    await expect(vmaDriver.open({ path: dangling, uuid: UUID })).rejects.toMatchObject({ code: "EEXIST" });
+    expect(await exists(join(dir, "nowhere"))).toBe(false);
+    expect(await readFile(victim, "utf8")).toBe("precious");
+  });
+
+  it("fails with the fs error when the directory is missing, and on a bad uuid creates nothing", async () => {
+    await expect(vmaDriver.open({ path: join(dir, "missing", "a.vma"), uuid: UUID })).rejects.toMatchObject({ code: "ENOENT" });
+    await expect(vmaDriver.open({ path: join(dir, "a.vma"), uuid: "not-a-uuid" })).rejects.toThrow(TypeError);
+    expect(await readdir(dir)).toEqual([]);
+  });
+
+  it("maps format limits of registered configs and devices to ArchiveLimitError", async () => {
+    const target = await vmaDriver.open({ path: join(dir, "limits.vma"), uuid: UUID });
+    expect(() => target.registerConfig("big.conf", new Uint8Array(70000))).toThrow(ArchiveLimitError);
+    expect(() => target.registerDevice("drive scsi0", CLUSTER_SIZE)).toThrow(expect.objectContaining({ field: "devices[0].name" }));
+    await target.abort();
+  });
+});
+
+describe("vmaDriver.checkPlan", () => {
+  const fieldOf = (action: () => void): string => {
+    try {
+      action();
+    } catch (error) {
+      expect(error).toBeInstanceOf(ArchiveLimitError);
+      return (error as ArchiveLimitError).field;
+    }
+    throw new Error("expected an ArchiveLimitError");
+  };
+  const disk = { name: "drive-scsi0", size: CLUSTER_SIZE };
+
+  it("accepts a plan that fits", () => {
+    expect(() => vmaDriver.checkPlan({ configs: [{ name: "qemu-server.conf", size: 65535 }], devices: [disk] })).not.toThrow();
+  });
+
+  it("names the field at fault", () => {
+    const small = { name: "a.conf", size: 10 };
+    expect(fieldOf(() => vmaDriver.checkPlan({ configs: [small, { name: "b.conf", size: 10 }, { name: "c.conf", size: 65536 }], devices: [disk] }))).toBe(
+      "configs[2].data",
+    );
+    const big = Array.from({ length: 8 }, (_, index) => ({ name: `c${index}.conf`, size: 65535 }));
+    expect(fieldOf(() => vmaDriver.checkPlan({ configs: big, devices: [disk] }))).toBe("configs");
+    const devices = Array.from({ length: 255 }, (_, index) => ({ name: `drive-virtio${index}`, size: CLUSTER_SIZE }));
+    expect(fieldOf(() => vmaDriver.checkPlan({ configs: [], devices }))).toBe("devices");
+    expect(fieldOf(() => vmaDriver.checkPlan({ configs: [], devices: [disk, { name: "drive-scsi1", size: 0 }] }))).toBe("devices[1].size");
+    expect(fieldOf(() => vmaDriver.checkPlan({ configs: [{ name: "a/b", size: 1 }], devices: [] }))).toBe("configs[0].name");
+  });
+});
+
+describe("ArchiveFile", () => {
+  it("splits more than IOV_MAX chunks and keeps their order", async () => {
+    const file = await ArchiveFile.create(join(dir, "many.bin"));
+    const chunks = Array.from({ length: 2500 }, (_, index) => Uint8Array.of(index & 0xff, index >> 8));
+    await file.write(chunks);
+    await file.write([Uint8Array.of(0xee), new Uint8Array(0)]);
+    expect(file.length).toBe(5001);
+    await file.commit();
+    const written = await readFile(join(dir, "many.bin"));
+    expect(written.equals(Buffer.concat([...chunks, Uint8Array.of(0xee)]))).toBe(true);
+  });
+
+  it("keeps overlapping writes in call order", async () => {
+    const file = await ArchiveFile.create(join(dir, "order.bin"));
+    const first = new Uint8Array(1 << 20).fill(1);
+    const second = new Uint8Array(1 << 20).fill(2);
+    await Promise.all([file.write([first]), file.write([second])]);
+    await file.commit();
+    const written = await readFile(join(dir, "order.bin"));
+    expect(written.equals(Buffer.concat([first, second]))).toBe(true);
+  });
+
+  it("refuses writes after discard, and discard is idempotent even when the file is gone", async () => {
+    const file = await ArchiveFile.create(join(dir, "gone.bin"));
+    await rm(file.partialPath);
+    await file.discard();
+    await file.discard();
+    await expect(file.write([Uint8Array.of(1)])).rejects.toThrow(/no longer open/);
+    await expect(file.commit()).rejects.toThrow(/discarded/);
+  });
+
+  it("publishes with rename only where hard links are unsupported, still never overwriting", async () => {
+    const noLinks = async (): Promise<void> => {
+      throw Object.assign(new Error("EPERM: operation not permitted, link"), { code: "EPERM" });
+    };
+    await writeFile(join(dir, "a.partial"), "a");
+    await publishWithoutOverwrite(join(dir, "a.partial"), join(dir, "a"), noLinks);
+    expect(await readdir(dir)).toEqual(["a"]);
+
+    await writeFile(join(dir, "b.partial"), "new");
+    await writeFile(join(dir, "b"), "old");
+    await expect(publishWithoutOverwrite(join(dir, "b.partial"), join(dir, "b"), noLinks)).rejects.toMatchObject({ code: "EEXIST" });
+    expect(await readFile(join(dir, "b"), "utf8")).toBe("old");
+    expect(await readFile(join(dir, "b.partial"), "utf8")).toBe("new");
+  });
+
+  it("passes other link errors through", async () => {
+    await mkdir(join(dir, "sub"));
+    await writeFile(join(dir, "c.partial"), "c");
+    await expect(publishWithoutOverwrite(join(dir, "c.partial"), join(dir, "sub", "missing", "c"), link)).rejects.toMatchObject({ code: "ENOENT" });
+    expect(await exists(join(dir, "c.partial"))).toBe(true);
+  });
+});

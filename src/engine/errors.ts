@@ -7,6 +7,7 @@ export type EngineErrorKind =
   | "already-exists"
   | "failed-precondition"
   | "permission-denied"
+  | "unavailable"
   | "internal";
 
 export class EngineError extends Error {

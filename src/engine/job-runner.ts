@@ -1,0 +1,122 @@
+// The read pipeline of one job: devices one after another in request
+// order, each read in chunks (one ahead), throttled, split into clusters
+// with their zero masks and handed to the archive target without copying.
+// Ends by committing the archive (done) or removing it (error, cancelled);
+// it never rejects, so no failure can escape as an unhandled rejection.
+import type { BackupTarget } from "../drivers/driver.js";
+import { ChunkReader } from "./cluster-reader.js";
+import type { Chunk } from "./cluster-reader.js";
+import type { Job, TerminalState } from "./job.js";
+import { describeError, JobFailure } from "./job-failure.js";
+import type { SourceDevice } from "./source-device.js";
+import type { SpeedLimiter } from "./speed-limiter.js";
+import { CLUSTER_SIZE, scanCluster } from "./zero-mask.js";
+
+/** Largest read: 64 clusters, big enough for few syscalls, small enough for little memory. */
+export const MAX_CHUNK_BYTES = 64 * CLUSTER_SIZE;
+
+export interface JobRun {
+  readonly job: Job;
+  readonly target: BackupTarget;
+  /** In request order; device i was registered as dev_id i + 1. */
+  readonly sources: readonly SourceDevice[];
+  readonly limiter: SpeedLimiter;
+  /** Called after each chunk's counters were added to the job. */
+  readonly onProgress: () => void;
+}
+
+export interface JobOutcome {
+  readonly state: TerminalState;
+  readonly errorMessage: string;
+  /** An unexpected error (a bug), for the log. */
+  readonly unexpected?: unknown;
+  /** Removing the partial archive failed, for the log. */
+  readonly cleanupError?: unknown;
+}
+
+function writeFailure(device: string, offset: number, error: unknown): JobFailure {
+  return new JobFailure(`device ${device}: writing archive failed at offset ${offset}: ${describeError(error)}`, {
+    cause: error,
+  });
+}
+
+/** Hands every cluster of `chunk` to the target; returns the chunk's zero bytes. */
+async function writeChunk(target: BackupTarget, devId: number, source: SourceDevice, chunk: Chunk): Promise<number> {
+  let zeroBytes = 0;
+  for (let start = 0; start < chunk.length; start += CLUSTER_SIZE) {
+    const scan = scanCluster(chunk.data, start, Math.min(CLUSTER_SIZE, chunk.length - start));
+    zeroBytes += scan.zeroBytes;
+    const offset = chunk.offset + start;
+    try {
+      const data = chunk.data.subarray(start, start + CLUSTER_SIZE);
+      await target.writeCluster(devId, offset / CLUSTER_SIZE, data, scan.mask);
+    } catch (error) {
+      throw writeFailure(source.name, offset, error);
+    }
+  }
+  return zeroBytes;
+}
+
+async function copyDevice(run: JobRun, index: number): Promise<void> {
+  const { job, target, limiter } = run;
+  const source = run.sources[index] as SourceDevice;
+  const devId = index + 1;
+  const reader = new ChunkReader({
+    name: source.name,
+    handle: source.handle,
+    size: source.size,
+    chunkSize: () => limiter.chunkSize(MAX_CHUNK_BYTES, CLUSTER_SIZE),
+  });
+  try {
+    for (;;) {
+      job.signal.throwIfAborted();
+      const chunk = await reader.next();
+      if (chunk === undefined) break;
+      await limiter.acquire(chunk.length, job.signal);
+      const zeroBytes = await writeChunk(target, devId, source, chunk);
+      job.addProgress(index, chunk.length, zeroBytes);
+      run.onProgress();
+    }
+    try {
+      await target.completeDevice(devId);
+    } catch (error) {
+      throw writeFailure(source.name, source.size, error);
+    }
+  } finally {
+    // The descriptor is closed after the job: no read may still be running then.
+    await reader.settle();
+  }
+}
+
+/** Runs the job to its end and reports how it ended. Never rejects. */
+export async function runJob(run: JobRun): Promise<JobOutcome> {
+  const { job, target } = run;
+  try {
+    for (let index = 0; index < run.sources.length; index++) await copyDevice(run, index);
+    job.signal.throwIfAborted();
+    try {
+      await target.close();
+    } catch (error) {
+      // The final flush belongs to the last device's last clusters.
+      const last = run.sources[run.sources.length - 1] as SourceDevice;
+      throw writeFailure(last.name, last.size, error);
+    }
+    return { state: "done", errorMessage: "" };
+  } catch (error) {
+    let cleanupError: unknown;
+    try {
+      await target.abort();
+    } catch (abortError) {
+      cleanupError = abortError;
+    }
+    const cleanup = cleanupError === undefined ? {} : { cleanupError };
+    if (job.signal.aborted) return { state: "cancelled", errorMessage: job.cancelReason, ...cleanup };
+    if (error instanceof JobFailure) return { state: "error", errorMessage: error.message, ...cleanup };
+    return {
+      state: "error",
+      errorMessage: `internal error: ${describeError(error)}`,
+      unexpected: error,
+      ...cleanup,
+    };
+  }
+}

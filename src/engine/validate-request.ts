@@ -1,0 +1,156 @@
+// Checks of a backup request that need no filesystem: names, counts, the
+// format, the archive name and the speed. They run first, so a malformed
+// request is refused before any file is opened.
+import type { BackupDriver } from "../drivers/driver.js";
+import { EngineError } from "./errors.js";
+import { quote } from "./quote.js";
+import { REASON } from "./reasons.js";
+import type { BackupSpec } from "./types.js";
+
+// API limits, documented in the proto. They match what a VMA archive can
+// hold (dev_ids 1..254, 256 config slots, 65535-byte blobs); limits that
+// depend on the whole plan (the header size) are the driver's checkPlan.
+export const MAX_DEVICES_PER_JOB = 254;
+export const MAX_CONFIGS_PER_JOB = 256;
+export const MAX_CONFIG_BYTES = 65535;
+export const MAX_DEVICE_NAME_BYTES = 127;
+/** Reserved in VMA for the VM's RAM state, never a disk. */
+export const RESERVED_DEVICE_NAME = "vmstate";
+
+// `\s` with the u flag covers Unicode whitespace too; restore tools match
+// device names with `\S+`.
+const WHITESPACE = /\s/u;
+// With the u flag a surrogate range matches only unpaired halves, which
+// cannot be encoded as UTF-8.
+const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
+
+function invalid(reason: string, field: string, problem: string): EngineError {
+  return new EngineError("invalid-argument", reason, `${field}: ${problem}`, field);
+}
+
+function deviceNameProblem(name: string): string | undefined {
+  if (name === "") return "must not be empty";
+  if (name.includes("/")) return `${quote(name)} contains "/"`;
+  if (name.includes("\0")) return `${quote(name)} contains NUL`;
+  if (WHITESPACE.test(name)) return `${quote(name)} contains whitespace`;
+  if (LONE_SURROGATE.test(name)) return `${quote(name)} is not valid UTF-8 text`;
+  return undefined;
+}
+
+function configNameProblem(name: string): string | undefined {
+  if (name === "") return "must not be empty";
+  if (name === "." || name === "..") return `${quote(name)} is not a file name`;
+  if (name.includes("/")) return `${quote(name)} contains "/"`;
+  if (name.includes("\0")) return `${quote(name)} contains NUL`;
+  if (LONE_SURROGATE.test(name)) return `${quote(name)} is not valid UTF-8 text`;
+  return undefined;
+}
+
+function checkDevices(spec: BackupSpec): void {
+  if (spec.devices.length === 0) {
+    throw invalid(REASON.NO_DEVICES, "devices", "at least one device is required");
+  }
+  if (spec.devices.length > MAX_DEVICES_PER_JOB) {
+    throw invalid(
+      REASON.TOO_MANY_DEVICES,
+      "devices",
+      `${spec.devices.length} devices given, at most ${MAX_DEVICES_PER_JOB} allowed`,
+    );
+  }
+  const seen = new Map<string, number>();
+  spec.devices.forEach((device, index) => {
+    const field = `devices[${index}].name`;
+    const problem = deviceNameProblem(device.name);
+    if (problem !== undefined) throw invalid(REASON.DEVICE_NAME_INVALID, field, problem);
+    if (device.name === RESERVED_DEVICE_NAME) {
+      throw invalid(REASON.DEVICE_NAME_RESERVED, field, `"${RESERVED_DEVICE_NAME}" is reserved`);
+    }
+    const bytes = Buffer.byteLength(device.name, "utf8");
+    if (bytes > MAX_DEVICE_NAME_BYTES) {
+      throw invalid(
+        REASON.DEVICE_NAME_TOO_LONG,
+        field,
+        `${bytes} bytes of UTF-8, at most ${MAX_DEVICE_NAME_BYTES} allowed`,
+      );
+    }
+    const earlier = seen.get(device.name);
+    if (earlier !== undefined) {
+      throw invalid(REASON.DEVICE_NAME_DUPLICATE, field, `${quote(device.name)} is also devices[${earlier}].name`);
+    }
+    seen.set(device.name, index);
+
+    const pathField = `devices[${index}].path`;
+    if (device.path === "") throw invalid(REASON.DEVICE_PATH_INVALID, pathField, "must not be empty");
+    if (device.path.includes("\0")) throw invalid(REASON.DEVICE_PATH_INVALID, pathField, "contains NUL");
+  });
+}
+
+function checkConfigs(spec: BackupSpec): void {
+  if (spec.configs.length > MAX_CONFIGS_PER_JOB) {
+    throw invalid(
+      REASON.TOO_MANY_CONFIGS,
+      "configs",
+      `${spec.configs.length} configs given, at most ${MAX_CONFIGS_PER_JOB} allowed`,
+    );
+  }
+  const seen = new Map<string, number>();
+  spec.configs.forEach((config, index) => {
+    const field = `configs[${index}].name`;
+    const problem = configNameProblem(config.name);
+    if (problem !== undefined) throw invalid(REASON.CONFIG_NAME_INVALID, field, problem);
+    const earlier = seen.get(config.name);
+    if (earlier !== undefined) {
+      throw invalid(REASON.CONFIG_NAME_DUPLICATE, field, `${quote(config.name)} is also configs[${earlier}].name`);
+    }
+    seen.set(config.name, index);
+    if (config.data.byteLength > MAX_CONFIG_BYTES) {
+      throw invalid(
+        REASON.CONFIG_TOO_LARGE,
+        `configs[${index}].data`,
+        `${config.data.byteLength} bytes, at most ${MAX_CONFIG_BYTES} allowed`,
+      );
+    }
+  });
+}
+
+function findDriver(spec: BackupSpec, drivers: readonly BackupDriver[]): BackupDriver {
+  const driver = drivers.find((candidate) => candidate.format === spec.format);
+  if (driver === undefined) {
+    const known = drivers.map((candidate) => candidate.format).join(", ");
+    throw invalid(REASON.FORMAT_UNSUPPORTED, "format", `${quote(spec.format)} is not one of: ${known}`);
+  }
+  return driver;
+}
+
+function checkBackupFile(backupFile: string, driver: BackupDriver): void {
+  const field = "backup_file";
+  if (backupFile === "") throw invalid(REASON.BACKUP_FILE_INVALID, field, "must not be empty");
+  if (backupFile.includes("\0")) throw invalid(REASON.BACKUP_FILE_INVALID, field, "contains NUL");
+  if (!backupFile.endsWith(driver.fileSuffix)) {
+    throw invalid(REASON.BACKUP_FILE_BAD_SUFFIX, field, `${quote(backupFile)} must end in "${driver.fileSuffix}"`);
+  }
+  const base = backupFile.slice(backupFile.lastIndexOf("/") + 1);
+  if (base === driver.fileSuffix) {
+    throw invalid(REASON.BACKUP_FILE_INVALID, field, `${quote(backupFile)} needs a name before "${driver.fileSuffix}"`);
+  }
+}
+
+/** Throws unless `bytesPerSecond` is a usable speed limit (0 = unlimited). */
+export function checkSpeedLimit(bytesPerSecond: number, field = "speed_limit"): void {
+  if (!Number.isSafeInteger(bytesPerSecond) || bytesPerSecond < 0) {
+    throw invalid(REASON.SPEED_LIMIT_INVALID, field, `${bytesPerSecond} is not a whole number of bytes per second`);
+  }
+}
+
+/**
+ * Checks everything about `spec` that needs no filesystem and returns the
+ * driver of its format. Throws EngineError (invalid-argument).
+ */
+export function validateRequest(spec: BackupSpec, drivers: readonly BackupDriver[]): BackupDriver {
+  checkDevices(spec);
+  checkConfigs(spec);
+  const driver = findDriver(spec, drivers);
+  checkBackupFile(spec.backupFile, driver);
+  checkSpeedLimit(spec.speedLimit);
+  return driver;
+}

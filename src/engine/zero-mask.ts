@@ -1,0 +1,47 @@
+// Zero detection for one cluster: which 4 KiB blocks hold data (the stored
+// mask) and how many bytes of the device were found to be zero. Comparisons
+// are native memcmp calls (Buffer#compare), never JS loops over bytes.
+
+/** The unit of zero detection; a cluster's mask has one bit per block. */
+export const BLOCK_SIZE = 4096;
+/** The unit devices are read and stored in. */
+export const CLUSTER_SIZE = 65536;
+export const BLOCKS_PER_CLUSTER = CLUSTER_SIZE / BLOCK_SIZE;
+
+const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE);
+const ZERO_CLUSTER = Buffer.alloc(CLUSTER_SIZE);
+
+export interface ClusterScan {
+  /** Bit j set: block j is not all zeros and must be stored. */
+  readonly mask: number;
+  /** Device bytes in all-zero blocks (only the in-device part of a straddling block). */
+  readonly zeroBytes: number;
+}
+
+const ALL_ZERO_CLUSTER: ClusterScan = { mask: 0, zeroBytes: CLUSTER_SIZE };
+
+/**
+ * Scans the cluster at `buffer[offset, offset + CLUSTER_SIZE)`, of which the
+ * first `deviceBytes` (1..CLUSTER_SIZE) belong to the device. The bytes
+ * after them must already be zero: a block wholly past the device end then
+ * gets mask bit 0, and a block straddling the end is judged on its device
+ * bytes alone.
+ */
+export function scanCluster(buffer: Uint8Array, offset: number, deviceBytes: number): ClusterScan {
+  if (deviceBytes === CLUSTER_SIZE && ZERO_CLUSTER.compare(buffer, offset, offset + CLUSTER_SIZE) === 0) {
+    return ALL_ZERO_CLUSTER;
+  }
+  let mask = 0;
+  let zeroBytes = 0;
+  for (let block = 0; block < BLOCKS_PER_CLUSTER; block++) {
+    const blockStart = block * BLOCK_SIZE;
+    if (blockStart >= deviceBytes) break;
+    const start = offset + blockStart;
+    if (ZERO_BLOCK.compare(buffer, start, start + BLOCK_SIZE) === 0) {
+      zeroBytes += Math.min(BLOCK_SIZE, deviceBytes - blockStart);
+    } else {
+      mask |= 1 << block;
+    }
+  }
+  return { mask, zeroBytes };
+}

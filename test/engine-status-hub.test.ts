@@ -1,0 +1,244 @@
+// The status hub: progress coalescing, bounded queues for slow watchers,
+// state changes never dropped, subscriptions freed at once; and watching
+// jobs through the engine.
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import type { BackupEngine } from "../src/engine/backup-engine.js";
+import { StatusHub } from "../src/engine/status-hub.js";
+import type { JobState, JobStatus } from "../src/engine/types.js";
+import { backupSpec, blockPattern, makeEngine, makeSandbox, MiB, waitForEnd, writeSource } from "./engine-helpers.js";
+import type { Sandbox } from "./engine-helpers.js";
+
+function status(uuid: string, state: JobState, transferredBytes = 0): JobStatus {
+  return {
+    uuid,
+    state,
+    errorMessage: "",
+    backupFile: `/backups/${uuid}.vma`,
+    format: "vma",
+    totalBytes: 1_000_000,
+    transferredBytes,
+    zeroBytes: 0,
+    startTime: new Date(0),
+    speedLimit: 0,
+    devices: [],
+  };
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+async function readAll(source: AsyncIterable<JobStatus>): Promise<JobStatus[]> {
+  const seen: JobStatus[] = [];
+  for await (const update of source) seen.push(update);
+  return seen;
+}
+
+/** The next value of a subscription, or "pending" if none arrives within `ms`. */
+async function nextWithin(
+  iterator: AsyncIterator<JobStatus>,
+  ms: number,
+): Promise<IteratorResult<JobStatus> | "pending"> {
+  return Promise.race([iterator.next(), sleep(ms).then(() => "pending" as const)]);
+}
+
+describe("StatusHub", () => {
+  it("publishes progress at most once per interval, the latest counters winning", async () => {
+    const hub = new StatusHub(100);
+    const subscription = hub.subscribe("a", []);
+    hub.publishState(status("a", "active"));
+    const received: Array<{ at: number; status: JobStatus }> = [];
+    const reading = (async () => {
+      for await (const update of subscription) received.push({ at: performance.now(), status: update });
+    })();
+
+    let counter = 0;
+    const startedAt = performance.now();
+    while (performance.now() - startedAt < 350) {
+      counter += 1;
+      const current = counter;
+      hub.publishProgress("a", () => status("a", "active", current));
+      await sleep(1);
+    }
+    // The trailing publication carries the counters of its moment.
+    await sleep(150);
+    const progress = received.filter((entry) => entry.status.state === "active").slice(1);
+    expect(progress.length).toBeGreaterThanOrEqual(2);
+    expect(progress.length).toBeLessThanOrEqual(5);
+    for (let index = 1; index < progress.length; index++) {
+      expect((progress[index]?.at ?? 0) - (progress[index - 1]?.at ?? 0)).toBeGreaterThanOrEqual(90);
+    }
+    expect(progress.at(-1)?.status.transferredBytes).toBe(counter);
+
+    hub.publishState(status("a", "done", counter));
+    await reading;
+    expect(received.at(-1)?.status.state).toBe("done");
+    expect(hub.subscriberCount).toBe(0);
+  });
+
+  it("keeps one pending progress per job for a slow reader and never drops a state change", async () => {
+    const hub = new StatusHub(0);
+    const all = hub.subscribe(undefined, []);
+    hub.publishState(status("a", "active"));
+    hub.publishState(status("b", "active"));
+    for (let counter = 1; counter <= 10_000; counter++) {
+      hub.publishProgress("a", () => status("a", "active", counter));
+      hub.publishProgress("b", () => status("b", "active", counter * 2));
+    }
+    hub.publishState(status("a", "error", 10_000));
+    for (let counter = 10_001; counter <= 20_000; counter++) {
+      hub.publishProgress("b", () => status("b", "active", counter * 2));
+    }
+
+    const iterator = all[Symbol.asyncIterator]();
+    const seen: JobStatus[] = [];
+    for (;;) {
+      const next = await nextWithin(iterator, 20);
+      if (next === "pending" || next.done === true) break;
+      seen.push(next.value);
+    }
+    expect(seen.map((update) => [update.uuid, update.state, update.transferredBytes])).toEqual([
+      ["a", "active", 0],
+      ["b", "active", 0],
+      ["b", "active", 40_000],
+      ["a", "error", 10_000],
+    ]);
+    // An all-jobs subscription stays open until closed.
+    all.close();
+    expect(await iterator.next()).toEqual({ done: true, value: undefined });
+    expect(hub.subscriberCount).toBe(0);
+  });
+
+  it("removes a closed subscription at once, also while a read is pending", async () => {
+    const hub = new StatusHub(0);
+    const one = hub.subscribe("a", [status("a", "active")]);
+    const all = hub.subscribe(undefined, []);
+    expect(hub.subscriberCount).toBe(2);
+    const iterator = all[Symbol.asyncIterator]();
+    const pending = iterator.next();
+    all.close();
+    expect(await pending).toEqual({ done: true, value: undefined });
+    one.close();
+    expect(hub.subscriberCount).toBe(0);
+
+    // Leaving a for-await loop early closes the subscription too.
+    const third = hub.subscribe("a", [status("a", "active")]);
+    for await (const update of third) {
+      expect(update.uuid).toBe("a");
+      break;
+    }
+    expect(hub.subscriberCount).toBe(0);
+  });
+
+  it("detaches a one-job subscription at its terminal status, before it is read", async () => {
+    const hub = new StatusHub(0);
+    const one = hub.subscribe("a", [status("a", "active")]);
+    hub.publishState(status("a", "cancelled"));
+    expect(hub.subscriberCount).toBe(0);
+    expect((await readAll(one)).map((update) => update.state)).toEqual(["active", "cancelled"]);
+
+    const finished = hub.subscribe("a", [status("a", "done")]);
+    expect(hub.subscriberCount).toBe(0);
+    expect((await readAll(finished)).map((update) => update.state)).toEqual(["done"]);
+  });
+
+  it("ends every subscription on endAll after what it has queued", async () => {
+    const hub = new StatusHub(0);
+    const all = hub.subscribe(undefined, [status("a", "active")]);
+    const one = hub.subscribe("b", [status("b", "active")]);
+    hub.publishState(status("a", "cancelled"));
+    hub.endAll();
+    expect(hub.subscriberCount).toBe(0);
+    expect((await readAll(all)).map((update) => update.state)).toEqual(["active", "cancelled"]);
+    expect((await readAll(one)).map((update) => update.state)).toEqual(["active"]);
+  });
+});
+
+describe("watching jobs", () => {
+  let sandbox: Sandbox;
+  let engine: BackupEngine;
+
+  beforeEach(async () => {
+    sandbox = await makeSandbox();
+    ({ engine } = makeEngine(sandbox, { progressIntervalMs: 100 }));
+  });
+
+  afterEach(async () => {
+    await engine.shutdown();
+    await sandbox.cleanup();
+  });
+
+  async function startJob(name: string, size: number, speedLimit: number): Promise<JobStatus> {
+    const source = await writeSource(sandbox, `${name}.raw`, blockPattern(size, (block) => block % 2 === 0));
+    return engine.start(backupSpec({ backupFile: `${name}.vma`, devices: [{ name: "d", path: source }], speedLimit }));
+  }
+
+  it("gives a watcher that does not read the latest progress and every state change", async () => {
+    const job = await startJob("slow", 8 * MiB, 8 * MiB);
+    const watcher = engine.watch(job.uuid);
+    const iterator = watcher[Symbol.asyncIterator]();
+    await sleep(500);
+
+    const first = await iterator.next();
+    expect(first.value).toMatchObject({ state: "active", transferredBytes: 0 });
+    // Half a second of progress collapsed into one status, close to the current counters.
+    const second = await iterator.next();
+    expect(second.value?.state).toBe("active");
+    const now = engine.query(job.uuid)?.transferredBytes ?? 0;
+    expect(second.value?.transferredBytes).toBeGreaterThan(2 * MiB);
+    expect(now - (second.value?.transferredBytes ?? 0)).toBeLessThanOrEqual(2 * MiB);
+
+    // Not reading until the end: the terminal status supersedes the pending progress.
+    await waitForEnd(engine, job.uuid);
+    const rest: JobStatus[] = [];
+    for (;;) {
+      const next = await iterator.next();
+      if (next.done === true) break;
+      rest.push(next.value);
+    }
+    expect(rest.length).toBeLessThanOrEqual(2);
+    expect(rest.at(-1)).toMatchObject({ state: "done", transferredBytes: 8 * MiB });
+  });
+
+  it("sends progress at most once per interval while a job runs", async () => {
+    const job = await startJob("paced", 4 * MiB, 4 * MiB);
+    const received: Array<{ at: number; status: JobStatus }> = [];
+    for await (const update of engine.watch(job.uuid)) received.push({ at: performance.now(), status: update });
+    expect(received.at(-1)?.status.state).toBe("done");
+    const progress = received.slice(1, -1);
+    // About one second at 100 ms: ~10 updates, never closer than the interval.
+    expect(progress.length).toBeGreaterThanOrEqual(5);
+    expect(progress.length).toBeLessThanOrEqual(12);
+    for (let index = 1; index < progress.length; index++) {
+      expect((progress[index]?.at ?? 0) - (progress[index - 1]?.at ?? 0)).toBeGreaterThanOrEqual(80);
+    }
+    const counters = progress.map((entry) => entry.status.transferredBytes);
+    expect([...counters].sort((a, b) => a - b)).toEqual(counters);
+  });
+
+  it("shows an all-jobs watcher the active jobs first, then jobs started later", async () => {
+    const running = await startJob("running", 4 * MiB, 1);
+    const all = engine.watch();
+    const iterator = all[Symbol.asyncIterator]();
+    expect((await iterator.next()).value).toMatchObject({ uuid: running.uuid, state: "active" });
+
+    const later = await startJob("later", 256 * 1024, 0);
+    const seen: JobStatus[] = [];
+    while (!seen.some((update) => update.uuid === later.uuid && update.state === "done")) {
+      const next = await iterator.next();
+      if (next.done === true) throw new Error("the all-jobs watch ended");
+      seen.push(next.value);
+    }
+    expect(seen.find((update) => update.uuid === later.uuid)?.state).toBe("active");
+    // It stays open after that job ended, until closed.
+    expect(await nextWithin(iterator, 50)).toBe("pending");
+    all.close();
+    expect(await iterator.next()).toEqual({ done: true, value: undefined });
+  });
+
+  it("answers a watch of a finished job with its final status and ends", async () => {
+    const job = await startJob("quick", 128 * 1024, 0);
+    const end = await waitForEnd(engine, job.uuid);
+    expect(await readAll(engine.watch(job.uuid))).toEqual([end]);
+  });
+});

@@ -1,0 +1,83 @@
+// The BackupService RPC handlers: decode the request, call the engine,
+// encode the answer. Policy and validation live in the engine; failures
+// become statuses in rpc-errors.ts.
+import { create } from "@bufbuild/protobuf";
+import type * as grpc from "@grpc/grpc-js";
+import type { Logger } from "pino";
+import {
+  BackupResponseSchema,
+  CancelBackupResponseSchema,
+  QueryBackupResponseSchema,
+  WatchBackupResponseSchema,
+} from "../../gen/vmabackup/v1/backup_pb.js";
+import type { BackupService } from "../../gen/vmabackup/v1/backup_pb.js";
+import type { BackupEngine } from "../engine/backup-engine.js";
+import type { ImplementationOf } from "./grpc-adapter.js";
+import { reportRpcFailure } from "./rpc-errors.js";
+import { toBackupSpec, toBackupStatus, toJobSelector } from "./status-codec.js";
+import type { WatchStreams } from "./watch-streams.js";
+
+/** The engine operations the handlers use. */
+export type JobEngine = Pick<BackupEngine, "start" | "query" | "cancel" | "watch">;
+
+export interface BackupServiceDependencies {
+  readonly engine: JobEngine;
+  readonly watchStreams: WatchStreams;
+  readonly logger: Logger;
+}
+
+/** Runs `handle` for a unary call and answers with its result or mapped failure. */
+function unaryHandler<Request, Response>(
+  logger: Logger,
+  rpc: string,
+  handle: (request: Request) => Response | Promise<Response>,
+): grpc.handleUnaryCall<Request, Response> {
+  return (call, callback) => {
+    Promise.resolve()
+      .then(() => handle(call.request))
+      .then(
+        (response) => {
+          logger.debug({ rpc, peer: call.getPeer() }, "rpc ok");
+          callback(null, response);
+        },
+        (error: unknown) => callback(reportRpcFailure(logger, rpc, error)),
+      );
+  };
+}
+
+export function createBackupService({
+  engine,
+  watchStreams,
+  logger,
+}: BackupServiceDependencies): ImplementationOf<typeof BackupService> {
+  return {
+    backup: unaryHandler(logger, "Backup", async (request) => {
+      const status = await engine.start(toBackupSpec(request));
+      return create(BackupResponseSchema, { status: toBackupStatus(status) });
+    }),
+
+    queryBackup: unaryHandler(logger, "QueryBackup", (request) => {
+      const status = engine.query(toJobSelector(request.uuid));
+      return create(QueryBackupResponseSchema, {
+        status: status === undefined ? undefined : toBackupStatus(status),
+      });
+    }),
+
+    cancelBackup: unaryHandler(logger, "CancelBackup", async (request) => {
+      const statuses = await engine.cancel(toJobSelector(request.uuid));
+      return create(CancelBackupResponseSchema, { statuses: statuses.map(toBackupStatus) });
+    }),
+
+    watchBackup: (call) => {
+      logger.debug({ rpc: "WatchBackup", uuid: call.request.uuid, peer: call.getPeer() }, "watch opened");
+      void watchStreams
+        .serve(
+          call,
+          () => engine.watch(toJobSelector(call.request.uuid)),
+          (status) => create(WatchBackupResponseSchema, { status: toBackupStatus(status) }),
+          logger,
+        )
+        .finally(() => logger.debug({ rpc: "WatchBackup", uuid: call.request.uuid }, "watch closed"));
+    },
+  };
+}

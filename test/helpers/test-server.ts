@@ -1,0 +1,92 @@
+// Starts a real vmabackup server in-process on 127.0.0.1 (a free port) with
+// its own temporary source, backup and state directories, and a client
+// connected to it. stop() shuts the server down and removes the directories.
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import * as os from "node:os";
+import * as path from "node:path";
+import { pino } from "pino";
+import type { Logger } from "pino";
+import { BackupService } from "../../gen/vmabackup/v1/backup_pb.js";
+import { createClient } from "../../src/server/grpc-client.js";
+import type { ClientOf } from "../../src/server/grpc-client.js";
+import { startServer } from "../../src/server/server.js";
+import type { RunningServer } from "../../src/server/server.js";
+
+export type BackupClient = ClientOf<typeof BackupService>;
+
+export interface TestServerOptions {
+  /** Progress interval of the server; short by default to keep tests fast. */
+  readonly progressIntervalMs?: number;
+  /** Defaults to a silent logger (set VMABACKUP_TEST_LOG=debug to see logs). */
+  readonly logger?: Logger;
+}
+
+export interface TestServer {
+  /** "127.0.0.1:<port>". */
+  readonly address: string;
+  readonly client: BackupClient;
+  /** The server's only source root. */
+  readonly sourceDir: string;
+  readonly backupDir: string;
+  readonly stateDir: string;
+  /** Holds the three directories; removed by stop(). */
+  readonly rootDir: string;
+  readonly server: RunningServer;
+  /** Writes a source image into sourceDir and returns its path. */
+  writeSource(name: string, data: Uint8Array): Promise<string>;
+  /** Shuts the server down and removes every directory. Safe to call twice. */
+  stop(): Promise<void>;
+}
+
+function defaultLogger(): Logger {
+  return pino({ level: process.env.VMABACKUP_TEST_LOG ?? "silent" });
+}
+
+export async function startTestServer(options: TestServerOptions = {}): Promise<TestServer> {
+  const rootDir = await mkdtemp(path.join(os.tmpdir(), "vmabackup-test-"));
+  const sourceDir = path.join(rootDir, "sources");
+  const backupDir = path.join(rootDir, "backups");
+  const stateDir = path.join(rootDir, "state");
+  await Promise.all([sourceDir, backupDir, stateDir].map((dir) => mkdir(dir)));
+
+  let server: RunningServer;
+  try {
+    server = await startServer({
+      listen: "127.0.0.1:0",
+      backupDir,
+      sourceRoots: [sourceDir],
+      stateDir,
+      progressIntervalMs: options.progressIntervalMs ?? 50,
+      logger: options.logger ?? defaultLogger(),
+      shutdownGraceMs: 200,
+    });
+  } catch (error) {
+    await rm(rootDir, { recursive: true, force: true });
+    throw error;
+  }
+  const client = createClient(BackupService, server.address);
+
+  let stopped: Promise<void> | undefined;
+  return {
+    address: server.address,
+    client,
+    sourceDir,
+    backupDir,
+    stateDir,
+    rootDir,
+    server,
+    async writeSource(name, data) {
+      const file = path.join(sourceDir, name);
+      await writeFile(file, data);
+      return file;
+    },
+    stop() {
+      stopped ??= (async () => {
+        client.close();
+        await server.shutdown("test finished");
+        await rm(rootDir, { recursive: true, force: true });
+      })();
+      return stopped;
+    },
+  };
+}

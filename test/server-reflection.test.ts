@@ -1,0 +1,193 @@
+// Server reflection (v1 and v1alpha) and the health service, seen by
+// clients built from the protos that ship with @grpc/reflection and
+// grpc-health-check, the way grpcurl or a load balancer would see them.
+import { createRequire } from "node:module";
+import * as path from "node:path";
+import { createFileRegistry, fromBinary } from "@bufbuild/protobuf";
+import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
+import type { FileDescriptorProto } from "@bufbuild/protobuf/wkt";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import { service as healthService } from "grpc-health-check";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startTestServer } from "./helpers/test-server.js";
+import type { TestServer } from "./helpers/test-server.js";
+
+const require = createRequire(import.meta.url);
+const reflectionPackageRoot = path.resolve(path.dirname(require.resolve("@grpc/reflection")), "../..");
+
+interface ReflectionResponse {
+  list_services_response?: { service: Array<{ name: string }> };
+  file_descriptor_response?: { file_descriptor_proto: Buffer[] };
+  error_response?: { error_code: number; error_message: string };
+}
+
+type ReflectionRequest =
+  | { list_services: string }
+  | { file_containing_symbol: string }
+  | { file_by_filename: string };
+
+/** A reflection client for one protocol version, speaking through a bidi stream. */
+class ReflectionClient {
+  private readonly client: grpc.Client & {
+    ServerReflectionInfo(): grpc.ClientDuplexStream<ReflectionRequest, ReflectionResponse>;
+  };
+
+  constructor(version: "v1" | "v1alpha", address: string) {
+    const definition = protoLoader.loadSync(
+      path.join(reflectionPackageRoot, "build/proto/grpc/reflection", version, "reflection.proto"),
+      { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true },
+    );
+    const loaded = grpc.loadPackageDefinition(definition) as unknown as {
+      grpc: { reflection: Record<string, { ServerReflection: grpc.ServiceClientConstructor }> };
+    };
+    const Constructor = loaded.grpc.reflection[version]!.ServerReflection;
+    this.client = new Constructor(address, grpc.credentials.createInsecure()) as unknown as typeof this.client;
+  }
+
+  /** Sends one request on a fresh stream and returns the single response. */
+  ask(request: ReflectionRequest): Promise<ReflectionResponse> {
+    return new Promise((resolve, reject) => {
+      const stream = this.client.ServerReflectionInfo();
+      stream.once("data", (response: ReflectionResponse) => {
+        resolve(response);
+        stream.end();
+      });
+      stream.once("error", reject);
+      stream.write(request);
+    });
+  }
+
+  async fileContainingSymbol(symbol: string): Promise<FileDescriptorProto[]> {
+    const response = await this.ask({ file_containing_symbol: symbol });
+    expect(response.error_response).toBeFalsy();
+    return response.file_descriptor_response!.file_descriptor_proto.map((bytes) =>
+      fromBinary(FileDescriptorProtoSchema, bytes),
+    );
+  }
+
+  async fileByName(name: string): Promise<FileDescriptorProto[]> {
+    const response = await this.ask({ file_by_filename: name });
+    expect(response.error_response).toBeFalsy();
+    return response.file_descriptor_response!.file_descriptor_proto.map((bytes) =>
+      fromBinary(FileDescriptorProtoSchema, bytes),
+    );
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}
+
+let server: TestServer;
+
+beforeAll(async () => {
+  server = await startTestServer();
+});
+
+afterAll(async () => {
+  await server.stop();
+});
+
+describe.each(["v1", "v1alpha"] as const)("reflection %s", (version) => {
+  let reflection: ReflectionClient;
+  beforeAll(() => {
+    reflection = new ReflectionClient(version, server.address);
+  });
+  afterAll(() => reflection.close());
+
+  it("lists our service, health and both reflection services", async () => {
+    const response = await reflection.ask({ list_services: "*" });
+    const names = response.list_services_response!.service.map((entry) => entry.name).sort();
+    expect(names).toEqual([
+      "grpc.health.v1.Health",
+      "grpc.reflection.v1.ServerReflection",
+      "grpc.reflection.v1alpha.ServerReflection",
+      "vmabackup.v1.BackupService",
+    ]);
+  });
+
+  it("resolves BackupService to descriptors a client can be built from", async () => {
+    const files = await reflection.fileContainingSymbol("vmabackup.v1.BackupService");
+    const main = files.find((file) => file.name === "vmabackup/v1/backup.proto");
+    expect(main).toBeDefined();
+    // Fetch the imports by name, as grpcurl does, and build a registry:
+    // this fails when any referenced type is missing.
+    const all = new Map(files.map((file) => [file.name, file]));
+    for (const dependency of main!.dependency) {
+      if (!all.has(dependency)) {
+        for (const file of await reflection.fileByName(dependency)) all.set(file.name, file);
+      }
+    }
+    const registry = createFileRegistry(main!, (name) => all.get(name));
+    const service = registry.getService("vmabackup.v1.BackupService");
+    expect(service?.methods.map((method) => method.name)).toEqual([
+      "Backup",
+      "QueryBackup",
+      "CancelBackup",
+      "WatchBackup",
+    ]);
+    expect(service?.method.watchBackup?.methodKind).toBe("server_streaming");
+    const status = registry.getMessage("vmabackup.v1.BackupStatus");
+    expect(status?.field.startTime?.message?.typeName).toBe("google.protobuf.Timestamp");
+  });
+
+  it("resolves the health service too", async () => {
+    const files = await reflection.fileContainingSymbol("grpc.health.v1.Health");
+    expect(files.some((file) => file.service.some((service) => service.name === "Health"))).toBe(true);
+  });
+
+  it("answers unknown symbols with NOT_FOUND", async () => {
+    const response = await reflection.ask({ file_containing_symbol: "no.such.Service" });
+    expect(response.error_response?.error_code).toBe(grpc.status.NOT_FOUND);
+  });
+});
+
+describe("health", () => {
+  const HealthClient = grpc.makeGenericClientConstructor(healthService, "Health");
+
+  function check(client: grpc.Client, serviceName: string): Promise<{ status: string }> {
+    return new Promise((resolve, reject) => {
+      (client as unknown as {
+        check(request: object, callback: grpc.requestCallback<{ status: string }>): void;
+      }).check({ service: serviceName }, (error, response) => (error ? reject(error) : resolve(response!)));
+    });
+  }
+
+  it("reports SERVING overall and for BackupService, NOT_FOUND for others", async () => {
+    const client = new HealthClient(server.address, grpc.credentials.createInsecure());
+    try {
+      expect((await check(client, "")).status).toBe("SERVING");
+      expect((await check(client, "vmabackup.v1.BackupService")).status).toBe("SERVING");
+      await expect(check(client, "nope.Service")).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
+    } finally {
+      client.close();
+    }
+  });
+
+  it("turns NOT_SERVING when the server shuts down", async () => {
+    const own = await startTestServer();
+    const client = new HealthClient(own.address, grpc.credentials.createInsecure());
+    try {
+      const stream = (client as unknown as {
+        watch(request: object): grpc.ClientReadableStream<{ status: string }>;
+      }).watch({ service: "vmabackup.v1.BackupService" });
+      stream.on("error", () => {}); // the forced shutdown ends it
+      const statuses: string[] = [];
+      const notServing = new Promise<void>((resolve) =>
+        stream.on("data", (message: { status: string }) => {
+          statuses.push(message.status);
+          if (message.status === "NOT_SERVING") resolve();
+        }),
+      );
+      await new Promise<void>((resolve) => stream.once("data", () => resolve()));
+      const stopping = own.stop();
+      await notServing;
+      await stopping;
+      expect(statuses).toEqual(["SERVING", "NOT_SERVING"]);
+    } finally {
+      client.close();
+      await own.stop();
+    }
+  });
+});

@@ -1,0 +1,60 @@
+// How the client commands report failures and which exit code each gets:
+// gRPC errors and failed jobs exit 1, usage errors exit 2, Ctrl-C 130.
+import { status as GrpcStatus, type ServiceError } from "@grpc/grpc-js";
+import { ArgumentSyntaxError } from "./parse-error.js";
+
+export const EXIT_OK = 0;
+/** A gRPC error, or a watched job that ended in ERROR or CANCELLED. */
+export const EXIT_FAILURE = 1;
+/** The command line itself was wrong. */
+export const EXIT_USAGE = 2;
+/** The watch was ended with Ctrl-C (128 + SIGINT, as shells report it). */
+export const EXIT_INTERRUPTED = 130;
+
+/** A mistake in the command line found after parsing, e.g. an unreadable --config file. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "UsageError";
+  }
+}
+
+export function isServiceError(error: unknown): error is ServiceError {
+  return (
+    error instanceof Error &&
+    typeof (error as Partial<ServiceError>).code === "number" &&
+    typeof (error as Partial<ServiceError>).details === "string"
+  );
+}
+
+/** "NOT_FOUND" for 5; the number itself for codes grpc-js does not know. */
+export function statusCodeName(code: number): string {
+  return GrpcStatus[code] ?? String(code);
+}
+
+export interface ErrorReport {
+  /** The line for stderr, without the newline. */
+  readonly message: string;
+  readonly exitCode: number;
+}
+
+/** Turns whatever a client command threw into the line to print and the exit code. */
+export function reportError(error: unknown, serverAddress: string): ErrorReport {
+  if (error instanceof UsageError || error instanceof ArgumentSyntaxError) {
+    return { message: `error: ${error.message}`, exitCode: EXIT_USAGE };
+  }
+  if (isServiceError(error)) {
+    const code = statusCodeName(error.code);
+    if (error.code === GrpcStatus.UNAVAILABLE) {
+      // grpc-js ends connection failures with an empty "Resolution note:".
+      const details = error.details.replace(/\s*Resolution note:\s*$/, "");
+      return {
+        message: `error: ${code}: cannot reach vmabackup at ${serverAddress} (${details})`,
+        exitCode: EXIT_FAILURE,
+      };
+    }
+    return { message: `error: ${code}: ${error.details}`, exitCode: EXIT_FAILURE };
+  }
+  const message = error instanceof Error ? error.message : String(error);
+  return { message: `error: ${message}`, exitCode: EXIT_FAILURE };
+}

@@ -1,0 +1,71 @@
+// Human-readable renderings of a BackupStatus: the multi-line summary of
+// `vmabackup status` and the one-line form used by `watch` and `cancel`.
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { BackupState, type BackupStatus } from "../../gen/vmabackup/v1/backup_pb.js";
+import { averageRate, elapsedMs, stateName } from "./client-status.js";
+import { formatBytes, formatDuration, formatPercent, formatRate } from "./format-size.js";
+
+/** "45.0%  1.2 GiB / 2.0 GiB  120.0 MiB/s  zero 30.0%": progress without identity or state. */
+export function formatProgress(status: BackupStatus, now: Date): string {
+  return [
+    formatPercent(status.transferredBytes, status.totalBytes),
+    `${formatBytes(status.transferredBytes)} / ${formatBytes(status.totalBytes)}`,
+    formatRate(averageRate(status, now)),
+    `zero ${formatPercent(status.zeroBytes, status.transferredBytes)}`,
+  ].join("  ");
+}
+
+/** What a finished job left: the archive path, or why there is none. */
+function formatOutcome(status: BackupStatus, now: Date): string {
+  const duration = `in ${formatDuration(elapsedMs(status, now))}`;
+  if (status.state === BackupState.DONE) return `${duration}  ${status.backupFile}`;
+  if (status.errorMessage !== "") return `${duration}  ${status.errorMessage}`;
+  return duration;
+}
+
+/** One line per status: uuid, state, progress and, once ended, the outcome. */
+export function formatStatusLine(status: BackupStatus, now: Date): string {
+  const line = `${status.uuid} ${stateName(status.state)}  ${formatProgress(status, now)}`;
+  return status.state === BackupState.ACTIVE ? line : `${line}  ${formatOutcome(status, now)}`;
+}
+
+/** The summary `vmabackup status` prints: one labelled field per line, then the devices. */
+export function formatStatusSummary(status: BackupStatus, now: Date): string {
+  const rows: Array<[string, string]> = [
+    ["uuid", status.uuid],
+    ["state", stateName(status.state)],
+    ["file", status.backupFile],
+    [
+      "progress",
+      `${formatPercent(status.transferredBytes, status.totalBytes)}  ` +
+        `${formatBytes(status.transferredBytes)} of ${formatBytes(status.totalBytes)}`,
+    ],
+    [
+      "zero",
+      `${formatPercent(status.zeroBytes, status.transferredBytes)}  ` +
+        `${formatBytes(status.zeroBytes)} not stored`,
+    ],
+    [
+      "rate",
+      `${formatRate(averageRate(status, now))} over ${formatDuration(elapsedMs(status, now))}` +
+        (status.speedLimit > 0n ? ` (limit ${formatRate(Number(status.speedLimit))})` : ""),
+    ],
+  ];
+  if (status.startTime !== undefined) rows.push(["started", timestampDate(status.startTime).toISOString()]);
+  if (status.endTime !== undefined) rows.push(["ended", timestampDate(status.endTime).toISOString()]);
+  if (status.errorMessage !== "") rows.push(["error", status.errorMessage]);
+
+  const width = Math.max(...rows.map(([label]) => label.length)) + 2;
+  const lines = rows.map(([label, value]) => `${label.padEnd(width)}${value}`);
+  lines.push("devices");
+  const nameWidth = Math.max(0, ...status.devices.map((device) => device.name.length)) + 2;
+  for (const device of status.devices) {
+    lines.push(
+      `  ${String(device.devId).padStart(3)}  ${device.name.padEnd(nameWidth)}` +
+        `${formatPercent(device.transferredBytes, device.size).padStart(6)}  ` +
+        `${formatBytes(device.transferredBytes)} of ${formatBytes(device.size)}  ` +
+        `zero ${formatPercent(device.zeroBytes, device.transferredBytes)}`,
+    );
+  }
+  return lines.join("\n");
+}

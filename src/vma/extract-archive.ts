@@ -1,0 +1,152 @@
+// Extracts an archive into a directory: `disk-<name>.raw` per chosen device
+// (`vmstate.bin` for the VM state, as Proxmox names it) at exactly its size,
+// and every config as `<name>`. Files are created exclusively, never
+// overwritten. The archive is judged exactly as `verify` judges it; when it
+// turns out invalid (or a chosen device is incomplete without
+// allowIncomplete), the files this run created are removed again, so a
+// restore never leaves a plausible-looking but wrong image behind.
+import { mkdir, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { DiskImageWriter } from "./extract-disk-image.js";
+import { ExtentData } from "./reader-extent-data.js";
+import type { VmaDevice, VmaExtent, VmaHeader } from "./reader-types.js";
+import { verifyArchive, type ArchiveVerdict } from "./verify-archive.js";
+
+export interface ExtractOptions {
+  /** Created when missing; existing files in it are never overwritten. */
+  readonly dir: string;
+  /** Names of the devices to extract; all when absent or empty. */
+  readonly devices?: readonly string[];
+  /** Leave zero blocks as holes instead of writing them. */
+  readonly sparse: boolean;
+  /** Extract even when chosen devices miss clusters (they read as zeros). */
+  readonly allowIncomplete: boolean;
+}
+
+export interface ExtractResult extends ArchiveVerdict {
+  /** Files written (empty when the extraction failed and was cleaned up). */
+  readonly files: readonly string[];
+}
+
+/** The request does not fit the archive (e.g. an unknown device name). */
+export class ExtractUsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ExtractUsageError";
+  }
+}
+
+/** File name of a device's image in the extract directory. */
+export function imageFileName(device: VmaDevice): string {
+  return device.isVmstate ? "vmstate.bin" : `disk-${device.name}.raw`;
+}
+
+export async function extractArchive(chunks: AsyncIterable<Uint8Array>, options: ExtractOptions): Promise<ExtractResult> {
+  const extraction = new Extraction(options);
+  try {
+    const verdict = await verifyArchive(chunks, {
+      allowIncomplete: options.allowIncomplete,
+      requireComplete: (devId) => extraction.isChosen(devId),
+      onHeader: (header, problemsSoFar) => extraction.start(header, problemsSoFar),
+      onExtent: (extent, problemsSoFar) => extraction.write(extent, problemsSoFar),
+    });
+    const files = await extraction.finish(verdict);
+    return { ...verdict, files };
+  } catch (error) {
+    await extraction.discard();
+    throw error;
+  }
+}
+
+class Extraction {
+  private readonly options: ExtractOptions;
+  private readonly chosen = new Set<number>();
+  private readonly writers = new Map<number, DiskImageWriter>();
+  private readonly created: string[] = [];
+  /** False once a problem makes the result worthless: nothing more is written. */
+  private writing = false;
+  /** The previous extent's writes, overlapping with reading the next extent. */
+  private inFlight: Promise<void> = Promise.resolve();
+
+  constructor(options: ExtractOptions) {
+    this.options = options;
+  }
+
+  isChosen(devId: number): boolean {
+    return this.chosen.has(devId);
+  }
+
+  async start(header: VmaHeader, problemsSoFar: number): Promise<void> {
+    const devices = this.chooseDevices(header);
+    for (const device of devices) this.chosen.add(device.devId);
+    // A header with problems (unsafe or duplicate names...) is not written out.
+    if (problemsSoFar > 0) return;
+    await mkdir(this.options.dir, { recursive: true });
+    for (const config of header.configs) {
+      const path = join(this.options.dir, config.name);
+      await writeFile(path, config.data, { flag: "wx" });
+      this.created.push(path);
+    }
+    for (const device of devices) {
+      const writer = await DiskImageWriter.create(join(this.options.dir, imageFileName(device)), device, this.options.sparse);
+      this.created.push(writer.path);
+      this.writers.set(device.devId, writer);
+    }
+    this.writing = true;
+  }
+
+  async write(extent: VmaExtent, problemsSoFar: number): Promise<void> {
+    if (!this.writing) return;
+    if (problemsSoFar > 0) {
+      this.writing = false;
+      return;
+    }
+    const data = new ExtentData(extent.data);
+    for (const slot of extent.slots) this.writers.get(slot.devId)?.addSlot(slot, data);
+    const flushes = Promise.all([...this.writers.values()].map((writer) => writer.flush())).then(() => undefined);
+    // Handled here so a failure before the next await is not "unhandled"; still awaited below.
+    flushes.catch(() => undefined);
+    await this.inFlight;
+    this.inFlight = flushes;
+  }
+
+  /** Completes the files when the verdict is good, else removes them; returns the files kept. */
+  async finish(verdict: ArchiveVerdict): Promise<string[]> {
+    await this.inFlight;
+    if (!verdict.ok || !this.writing) {
+      await this.discard();
+      return [];
+    }
+    if (!this.options.sparse) {
+      for (const device of verdict.missing) await this.writers.get(device.devId)?.fillClusters(device.allRanges());
+    }
+    await this.closeAll();
+    return [...this.created];
+  }
+
+  /** Closes and removes every file this extraction created. */
+  async discard(): Promise<void> {
+    await this.inFlight.catch(() => undefined);
+    await this.closeAll();
+    await Promise.all(this.created.map((path) => rm(path, { force: true })));
+    this.created.length = 0;
+  }
+
+  private async closeAll(): Promise<void> {
+    const writers = [...this.writers.values()];
+    this.writers.clear();
+    await Promise.allSettled(writers.map((writer) => writer.close()));
+  }
+
+  private chooseDevices(header: VmaHeader): VmaDevice[] {
+    const all = [...header.devices.values()];
+    const names = this.options.devices ?? [];
+    if (names.length === 0) return all;
+    const unknown = names.filter((name) => !all.some((device) => device.name === name));
+    if (unknown.length > 0) {
+      const known = all.map((device) => device.name).join(", ") || "none";
+      throw new ExtractUsageError(`no device named ${unknown.join(", ")} in the archive; its devices: ${known}`);
+    }
+    return all.filter((device) => names.includes(device.name));
+  }
+}

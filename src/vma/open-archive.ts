@@ -1,0 +1,166 @@
+// Opens an archive file or stream and hands out its decompressed bytes. The
+// compression is told by the first bytes, never by the file name: gzip
+// (1f 8b) through node:zlib, zstd (28 b5 2f fd, or a skippable frame first)
+// through fzstd, which streams in pure JS since Node 20's zlib has no zstd.
+// Anything else is passed through as is (the reader then checks the magic).
+import { open } from "node:fs/promises";
+import { Readable } from "node:stream";
+import { createGunzip } from "node:zlib";
+import { Decompress } from "fzstd";
+
+export type ArchiveCompression = "none" | "gzip" | "zstd";
+
+export interface OpenedArchive {
+  readonly compression: ArchiveCompression;
+  /** The archive's bytes after decompression, in order. Iterate once. */
+  readonly chunks: AsyncIterable<Buffer>;
+  /** Size of the input in bytes when it is a regular file, for progress. */
+  readonly inputSize: number | undefined;
+  /** Input bytes (compressed, as stored) consumed so far. */
+  inputBytesRead(): number;
+}
+
+/** The compressed stream is damaged or cut short; `offset` counts decompressed bytes. */
+export class CompressedDataError extends Error {
+  readonly offset: number;
+
+  constructor(compression: ArchiveCompression, offset: number, cause: unknown) {
+    const reason = cause instanceof Error ? cause.message : String(cause);
+    super(`${compression} data is damaged or truncated after ${offset} decompressed bytes: ${reason}`, { cause });
+    this.name = "CompressedDataError";
+    this.offset = offset;
+  }
+}
+
+/** The input uses a compression we cannot read. */
+export class UnsupportedCompressionError extends Error {
+  constructor(format: string, hint: string) {
+    super(`the archive is ${format}-compressed, which is not supported; ${hint}`);
+    this.name = "UnsupportedCompressionError";
+  }
+}
+
+/** Big reads keep the per-chunk overhead negligible next to the copy from the page cache. */
+export const ARCHIVE_READ_CHUNK = 4 * 1024 * 1024;
+const GUNZIP_CHUNK = 1024 * 1024;
+const MAGIC_BYTES = 4;
+
+/** Opens `path`, or stdin when `path` is "-". */
+export async function openArchive(path: string): Promise<OpenedArchive> {
+  if (path === "-") return openArchiveStream(process.stdin, undefined);
+  // Open first so that a missing file fails here, with its fs error.
+  const handle = await open(path, "r");
+  let size: number | undefined;
+  try {
+    const stat = await handle.stat();
+    size = stat.isFile() ? stat.size : undefined;
+  } catch (error) {
+    await handle.close();
+    throw error;
+  }
+  const stream = handle.createReadStream({ highWaterMark: ARCHIVE_READ_CHUNK, autoClose: true });
+  return openArchiveStream(stream, size);
+}
+
+/** Detects the compression of `input` from its first bytes and decompresses it. */
+export async function openArchiveStream(input: Readable, inputSize: number | undefined): Promise<OpenedArchive> {
+  const iterator = input[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  let bytesRead = 0;
+  const peeked: Buffer[] = [];
+  let peekedLength = 0;
+  while (peekedLength < MAGIC_BYTES) {
+    const next = await iterator.next();
+    if (next.done === true) break;
+    peeked.push(next.value);
+    peekedLength += next.value.length;
+    bytesRead += next.value.length;
+  }
+  const first = Buffer.concat(peeked, peekedLength).subarray(0, MAGIC_BYTES);
+  const compression = detectCompression(first);
+
+  async function* raw(): AsyncGenerator<Buffer, void, undefined> {
+    try {
+      yield* peeked;
+      for (;;) {
+        const next = await iterator.next();
+        if (next.done === true) return;
+        bytesRead += next.value.length;
+        yield next.value;
+      }
+    } finally {
+      // Ends (destroys) the input stream when the reader stops early.
+      await iterator.return?.();
+    }
+  }
+
+  const chunks = compression === "gzip" ? gunzip(raw()) : compression === "zstd" ? unzstd(raw()) : raw();
+  return { compression, chunks, inputSize, inputBytesRead: () => bytesRead };
+}
+
+function detectCompression(first: Buffer): ArchiveCompression {
+  if (first.length >= 2 && first[0] === 0x1f && first[1] === 0x8b) return "gzip";
+  if (first.length === MAGIC_BYTES) {
+    const magic = first.readUInt32LE(0);
+    // A zstd frame, or a skippable frame (0x184d2a50..5f) such as pzstd writes first.
+    if (magic === 0xfd2fb528 || (magic & 0xfffffff0) === 0x184d2a50) return "zstd";
+  }
+  if (first.length >= 3 && first.toString("latin1", 0, 3) === "BZh") {
+    throw new UnsupportedCompressionError("bzip2", "decompress it first, e.g. bzcat FILE | vmabackup vma verify -");
+  }
+  if (first.length === MAGIC_BYTES && first.toString("latin1", 1, 4) === "LZO") {
+    throw new UnsupportedCompressionError("lzop", "decompress it first, e.g. lzop -dc FILE | vmabackup vma verify -");
+  }
+  return "none";
+}
+
+async function* gunzip(raw: AsyncGenerator<Buffer>): AsyncGenerator<Buffer, void, undefined> {
+  const source = Readable.from(raw, { objectMode: false });
+  const inflater = createGunzip({ chunkSize: GUNZIP_CHUNK });
+  source.on("error", (error) => inflater.destroy(error));
+  source.pipe(inflater);
+  let produced = 0;
+  try {
+    for await (const chunk of inflater as AsyncIterable<Buffer>) {
+      produced += chunk.length;
+      yield chunk;
+    }
+  } catch (error) {
+    throw isZlibError(error) ? new CompressedDataError("gzip", produced, error) : error;
+  } finally {
+    inflater.destroy();
+    source.destroy();
+  }
+}
+
+function isZlibError(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" && code.startsWith("Z_");
+}
+
+async function* unzstd(raw: AsyncGenerator<Buffer>): AsyncGenerator<Buffer, void, undefined> {
+  const output: Uint8Array[] = [];
+  const decompressor = new Decompress((chunk) => {
+    if (chunk.length > 0) output.push(chunk);
+  });
+  let produced = 0;
+  const push = (chunk: Uint8Array, final: boolean): void => {
+    try {
+      decompressor.push(chunk, final);
+    } catch (error) {
+      throw new CompressedDataError("zstd", produced, error);
+    }
+  };
+  function* drain(): Generator<Buffer> {
+    for (const chunk of output.splice(0)) {
+      produced += chunk.length;
+      yield Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    }
+  }
+  for await (const chunk of raw) {
+    push(chunk, false);
+    yield* drain();
+  }
+  // The final push reports a frame cut short.
+  push(new Uint8Array(0), true);
+  yield* drain();
+}

@@ -1,16 +1,20 @@
 // The `vmabackup` command: the daemon (`serve`), its client commands and the
 // archive tools (`vma ...`).
 import { Command } from "commander";
-import { registerClientCommands } from "./client-commands.js";
-import { registerServeCommand } from "./serve-command.js";
-import { registerVmaCommands } from "./vma-commands.js";
 
 const program = new Command("vmabackup")
   .description("Back up virtual-machine disks into Proxmox-compatible VMA archives")
   .showHelpAfterError();
 
-registerServeCommand(program);
-registerClientCommands(program);
+// The archive tools need none of the gRPC stack, whose modules take longer
+// to load than a whole `vma list`: load only what the command uses.
+if (process.argv[2] !== "vma") {
+  const { registerServeCommand } = await import("./serve-command.js");
+  const { registerClientCommands } = await import("./client-commands.js");
+  registerServeCommand(program);
+  registerClientCommands(program);
+}
+const { registerVmaCommands } = await import("./vma-commands.js");
 registerVmaCommands(program);
 
 await program.parseAsync(process.argv);

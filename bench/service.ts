@@ -1,0 +1,88 @@
+// Runs the real daemon as a child process for the benchmark and times
+// backups through its gRPC API, from the Backup call to the DONE status.
+import { spawn, type ChildProcess } from "node:child_process";
+import { readFile } from "node:fs/promises";
+import { createServer } from "node:net";
+import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
+import { createClient, type ServiceClient } from "../src/server/grpc-client.js";
+
+export interface BenchService {
+  readonly client: ServiceClient<typeof BackupService.method>;
+  /** Seconds from the Backup call until the job reports DONE. */
+  timeBackup(devicePath: string, backupFile: string): Promise<number>;
+  /** Peak resident set size of the daemon so far (VmHWM), in bytes. */
+  peakRss(): Promise<number>;
+  stop(): Promise<void>;
+}
+
+export async function startBenchService(dirs: {
+  backupDir: string;
+  sourceRoot: string;
+  stateDir: string;
+}): Promise<BenchService> {
+  const port = await freePort();
+  const address = `127.0.0.1:${port}`;
+  const child = spawn(
+    process.execPath,
+    [
+      "--import",
+      "tsx",
+      "src/cli/main.ts",
+      "serve",
+      "--listen",
+      address,
+      "--backup-dir",
+      dirs.backupDir,
+      "--source-root",
+      dirs.sourceRoot,
+      "--state-dir",
+      dirs.stateDir,
+      "--log-level",
+      "warn",
+    ],
+    { stdio: ["ignore", "ignore", "inherit"] },
+  );
+  const client = createClient(BackupService, address);
+  await client.waitForReady(Date.now() + 15_000);
+
+  return {
+    client,
+    timeBackup: async (devicePath, backupFile) => {
+      const started = process.hrtime.bigint();
+      const { status } = await client.backup({ backupFile, devices: [{ name: "drive-scsi0", path: devicePath }] });
+      if (!status) throw new Error("Backup returned no status");
+      for await (const { status: update } of client.watchBackup({ uuid: status.uuid })) {
+        if (update?.state === BackupState.DONE) break;
+        if (update && update.state !== BackupState.ACTIVE) {
+          throw new Error(`backup ended ${BackupState[update.state]}: ${update.errorMessage}`);
+        }
+      }
+      return Number(process.hrtime.bigint() - started) / 1e9;
+    },
+    peakRss: () => peakRssOf(child),
+    stop: async () => {
+      client.close();
+      const exited = new Promise((resolve) => child.once("exit", resolve));
+      child.kill("SIGTERM");
+      await exited;
+    },
+  };
+}
+
+async function peakRssOf(child: ChildProcess): Promise<number> {
+  const status = await readFile(`/proc/${child.pid}/status`, "utf8");
+  const match = /^VmHWM:\s+(\d+) kB$/m.exec(status);
+  if (!match) throw new Error("no VmHWM in /proc status");
+  return Number(match[1]) * 1024;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      server.close(() => (typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port"))));
+    });
+  });
+}

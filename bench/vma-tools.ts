@@ -1,0 +1,117 @@
+// The archive tools in `npm run bench`: `vmabackup vma verify` and `vma
+// extract` (plain and --sparse) of the benchmark archive, each a real child
+// process, side by side with `cat ARCHIVE > /dev/null` and the service's own
+// backup time. Prints median wall time, MB/s of archive read, and each
+// tool's peak RSS; also the reader alone, in this process, without the
+// command's start-up time.
+import { spawn } from "node:child_process";
+import { rm, stat } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import { openArchive } from "../src/vma/open-archive.js";
+import { verifyArchive } from "../src/vma/verify-archive.js";
+import { formatMiB, formatRate, formatSeconds, median } from "./stats.js";
+import { timeCommand } from "./time-command.js";
+
+export interface VmaToolsBenchOptions {
+  /** An uncompressed .vma written by the service. */
+  readonly archive: string;
+  /** Scratch space for extracted images (removed after each run). */
+  readonly workDir: string;
+  readonly runs: number;
+  /** Median time the service took to write the archive, for comparison. */
+  readonly backupSeconds: number;
+}
+
+interface ToolRun {
+  readonly seconds: number;
+  /** Peak resident set size of the child, bytes. */
+  readonly peakRss: number;
+}
+
+const REPO = resolve(import.meta.dirname, "..");
+// Loaded into the child before the command: reports its own peak RSS (KiB) on fd 3 at exit.
+const PEAK_RSS_HOOK = `data:text/javascript,${encodeURIComponent(
+  'import { writeSync } from "node:fs"; process.on("exit", () => writeSync(3, String(process.resourceUsage().maxRSS)));',
+)}`;
+
+export async function benchVmaTools(options: VmaToolsBenchOptions): Promise<void> {
+  const archiveBytes = (await stat(options.archive)).size;
+  // Warm the page cache, as for the backup contenders.
+  await timeCommand("cat", [options.archive]);
+
+  const cat: number[] = [];
+  const inProcess: number[] = [];
+  const tools = { list: [] as ToolRun[], verify: [] as ToolRun[], extract: [] as ToolRun[], sparse: [] as ToolRun[] };
+  for (let run = 0; run < options.runs; run++) {
+    cat.push(await timeCommand("sh", ["-c", `cat '${options.archive}' > /dev/null`]));
+    inProcess.push(await verifyInProcess(options.archive));
+    tools.list.push(await runTool(["list", options.archive]));
+    tools.verify.push(await runTool(["verify", options.archive]));
+    const plain = join(options.workDir, `extract-${run}`);
+    tools.extract.push(await runTool(["extract", options.archive, plain]));
+    await rm(plain, { recursive: true });
+    const sparse = join(options.workDir, `extract-sparse-${run}`);
+    tools.sparse.push(await runTool(["extract", "--sparse", options.archive, sparse]));
+    await rm(sparse, { recursive: true });
+  }
+
+  const base = median(cat);
+  console.log(`\narchive tools on the ${formatMiB(archiveBytes)} archive (median wall time, MB/s of archive read):`);
+  const row = (name: string, seconds: number, peakRss?: number, readsArchive = true): void => {
+    const rss = peakRss === undefined ? "" : `  peak RSS ${formatMiB(peakRss)}`;
+    const rate = readsArchive ? formatRate(archiveBytes, seconds) : "-";
+    console.log(
+      `  ${name.padEnd(34)} ${formatSeconds(seconds).padStart(9)}  ${rate.padStart(10)}  ` +
+        `${(seconds / base).toFixed(1).padStart(5)}x cat${rss}`,
+    );
+  };
+  row("cat ARCHIVE > /dev/null", base);
+  row("reader alone (verify, in process)", median(inProcess));
+  // list reads only the header: its time is the command's start-up.
+  row("vmabackup vma list (start-up only)", medianSeconds(tools.list), medianRss(tools.list), false);
+  row("vmabackup vma verify", medianSeconds(tools.verify), medianRss(tools.verify));
+  row("vmabackup vma extract", medianSeconds(tools.extract), medianRss(tools.extract));
+  row("vmabackup vma extract --sparse", medianSeconds(tools.sparse), medianRss(tools.sparse));
+  row("service backup (for comparison)", options.backupSeconds);
+  const startup = medianSeconds(tools.list);
+  console.log(
+    `  verify without start-up: ${formatRate(archiveBytes, medianSeconds(tools.verify) - startup)}; ` +
+      `extract without start-up: ${formatRate(archiveBytes, medianSeconds(tools.extract) - startup)}`,
+  );
+}
+
+/** Seconds for the strict reader to verify the archive in this process (no process start-up). */
+async function verifyInProcess(archive: string): Promise<number> {
+  const started = process.hrtime.bigint();
+  const verdict = await verifyArchive((await openArchive(archive)).chunks, { allowIncomplete: false });
+  if (!verdict.ok) throw new Error(`the benchmark archive is invalid: ${verdict.problems[0]?.message}`);
+  return Number(process.hrtime.bigint() - started) / 1e9;
+}
+
+/** Runs `vmabackup vma ...` as a child process; fails unless it exits 0. */
+function runTool(args: readonly string[]): Promise<ToolRun> {
+  return new Promise((resolvePromise, reject) => {
+    const started = process.hrtime.bigint();
+    const child = spawn(process.execPath, ["--import", PEAK_RSS_HOOK, "bin/vmabackup.js", "vma", ...args], {
+      cwd: REPO,
+      stdio: ["ignore", "ignore", "inherit", "pipe"],
+    });
+    let report = "";
+    const rssPipe = child.stdio[3];
+    rssPipe?.on("data", (chunk: Buffer) => (report += chunk.toString()));
+    child.on("error", reject);
+    child.on("close", (code) => {
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      if (code !== 0) reject(new Error(`vmabackup vma ${args.join(" ")} exited ${code}`));
+      else resolvePromise({ seconds, peakRss: Number(report) * 1024 });
+    });
+  });
+}
+
+function medianSeconds(runs: readonly ToolRun[]): number {
+  return median(runs.map((run) => run.seconds));
+}
+
+function medianRss(runs: readonly ToolRun[]): number {
+  return median(runs.map((run) => run.peakRss));
+}

@@ -2,6 +2,7 @@
 # Fails when gen/ differs from what `npm run generate` makes of proto/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/proto-deps.sh
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 npx buf generate --template buf.gen.yaml -o "$tmp"

@@ -8,15 +8,15 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file vmabackup/v1/backup.proto.
  */
 export const file_vmabackup_v1_backup: GenFile = /*@__PURE__*/
-  fileDesc("Chl2bWFiYWNrdXAvdjEvYmFja3VwLnByb3RvEgx2bWFiYWNrdXAudjEiJAoGRGV2aWNlEgwKBG5hbWUYASABKAkSDAoEcGF0aBgCIAEoCSIoCgpDb25maWdGaWxlEgwKBG5hbWUYASABKAkSDAoEZGF0YRgCIAEoDCK3AQoNQmFja3VwUmVxdWVzdBITCgtiYWNrdXBfZmlsZRgBIAEoCRIqCgZmb3JtYXQYAiABKA4yGi52bWFiYWNrdXAudjEuQmFja3VwRm9ybWF0EiUKB2RldmljZXMYAyADKAsyFC52bWFiYWNrdXAudjEuRGV2aWNlEikKB2NvbmZpZ3MYBCADKAsyGC52bWFiYWNrdXAudjEuQ29uZmlnRmlsZRITCgtzcGVlZF9saW1pdBgFIAEoBCI8Cg5CYWNrdXBSZXNwb25zZRIqCgZzdGF0dXMYASABKAsyGi52bWFiYWNrdXAudjEuQmFja3VwU3RhdHVzIiIKElF1ZXJ5QmFja3VwUmVxdWVzdBIMCgR1dWlkGAEgASgJIkEKE1F1ZXJ5QmFja3VwUmVzcG9uc2USKgoGc3RhdHVzGAEgASgLMhoudm1hYmFja3VwLnYxLkJhY2t1cFN0YXR1cyIjChNDYW5jZWxCYWNrdXBSZXF1ZXN0EgwKBHV1aWQYASABKAkiRAoUQ2FuY2VsQmFja3VwUmVzcG9uc2USLAoIc3RhdHVzZXMYASADKAsyGi52bWFiYWNrdXAudjEuQmFja3VwU3RhdHVzIiIKEldhdGNoQmFja3VwUmVxdWVzdBIMCgR1dWlkGAEgASgJIkEKE1dhdGNoQmFja3VwUmVzcG9uc2USKgoGc3RhdHVzGAEgASgLMhoudm1hYmFja3VwLnYxLkJhY2t1cFN0YXR1cyJpCgxEZXZpY2VTdGF0dXMSDAoEbmFtZRgBIAEoCRIOCgZkZXZfaWQYAiABKA0SDAoEc2l6ZRgDIAEoBBIZChF0cmFuc2ZlcnJlZF9ieXRlcxgEIAEoBBISCgp6ZXJvX2J5dGVzGAUgASgEIoIDCgxCYWNrdXBTdGF0dXMSDAoEdXVpZBgBIAEoCRIoCgVzdGF0ZRgCIAEoDjIZLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0ZRIVCg1lcnJvcl9tZXNzYWdlGAMgASgJEhMKC2JhY2t1cF9maWxlGAQgASgJEioKBmZvcm1hdBgFIAEoDjIaLnZtYWJhY2t1cC52MS5CYWNrdXBGb3JtYXQSEwoLdG90YWxfYnl0ZXMYBiABKAQSGQoRdHJhbnNmZXJyZWRfYnl0ZXMYByABKAQSEgoKemVyb19ieXRlcxgIIAEoBBIuCgpzdGFydF90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLc3BlZWRfbGltaXQYCyABKAQSKwoHZGV2aWNlcxgMIAMoCzIaLnZtYWJhY2t1cC52MS5EZXZpY2VTdGF0dXMqRAoMQmFja3VwRm9ybWF0Eh0KGUJBQ0tVUF9GT1JNQVRfVU5TUEVDSUZJRUQQABIVChFCQUNLVVBfRk9STUFUX1ZNQRABKo8BCgtCYWNrdXBTdGF0ZRIcChhCQUNLVVBfU1RBVEVfVU5TUEVDSUZJRUQQABIXChNCQUNLVVBfU1RBVEVfQUNUSVZFEAESFQoRQkFDS1VQX1NUQVRFX0RPTkUQAhIWChJCQUNLVVBfU1RBVEVfRVJST1IQAxIaChZCQUNLVVBfU1RBVEVfQ0FOQ0VMTEVEEAQy1QIKDUJhY2t1cFNlcnZpY2USQwoGQmFja3VwEhsudm1hYmFja3VwLnYxLkJhY2t1cFJlcXVlc3QaHC52bWFiYWNrdXAudjEuQmFja3VwUmVzcG9uc2USUgoLUXVlcnlCYWNrdXASIC52bWFiYWNrdXAudjEuUXVlcnlCYWNrdXBSZXF1ZXN0GiEudm1hYmFja3VwLnYxLlF1ZXJ5QmFja3VwUmVzcG9uc2USVQoMQ2FuY2VsQmFja3VwEiEudm1hYmFja3VwLnYxLkNhbmNlbEJhY2t1cFJlcXVlc3QaIi52bWFiYWNrdXAudjEuQ2FuY2VsQmFja3VwUmVzcG9uc2USVAoLV2F0Y2hCYWNrdXASIC52bWFiYWNrdXAudjEuV2F0Y2hCYWNrdXBSZXF1ZXN0GiEudm1hYmFja3VwLnYxLldhdGNoQmFja3VwUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("Chl2bWFiYWNrdXAvdjEvYmFja3VwLnByb3RvEgx2bWFiYWNrdXAudjEiJAoGRGV2aWNlEgwKBG5hbWUYASABKAkSDAoEcGF0aBgCIAEoCSIoCgpDb25maWdGaWxlEgwKBG5hbWUYASABKAkSDAoEZGF0YRgCIAEoDCLLAQoNQmFja3VwUmVxdWVzdBITCgtiYWNrdXBfZmlsZRgBIAEoCRIqCgZmb3JtYXQYAiABKA4yGi52bWFiYWNrdXAudjEuQmFja3VwRm9ybWF0EiUKB2RldmljZXMYAyADKAsyFC52bWFiYWNrdXAudjEuRGV2aWNlEikKB2NvbmZpZ3MYBCADKAsyGC52bWFiYWNrdXAudjEuQ29uZmlnRmlsZRITCgtzcGVlZF9saW1pdBgFIAEoBBISCgpyZXF1ZXN0X2lkGAYgASgJIjwKDkJhY2t1cFJlc3BvbnNlEioKBnN0YXR1cxgBIAEoCzIaLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0dXMiIgoSUXVlcnlCYWNrdXBSZXF1ZXN0EgwKBHV1aWQYASABKAkiQQoTUXVlcnlCYWNrdXBSZXNwb25zZRIqCgZzdGF0dXMYASABKAsyGi52bWFiYWNrdXAudjEuQmFja3VwU3RhdHVzIiMKE0NhbmNlbEJhY2t1cFJlcXVlc3QSDAoEdXVpZBgBIAEoCSJEChRDYW5jZWxCYWNrdXBSZXNwb25zZRIsCghzdGF0dXNlcxgBIAMoCzIaLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0dXMiOgoSV2F0Y2hCYWNrdXBSZXF1ZXN0EgwKBHV1aWQYASABKAkSFgoOYWZ0ZXJfcmV2aXNpb24YAiABKAQiZgoSTGlzdEJhY2t1cHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEikKBnN0YXRlcxgDIAMoDjIZLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0ZSJcChNMaXN0QmFja3Vwc1Jlc3BvbnNlEiwKCHN0YXR1c2VzGAEgAygLMhoudm1hYmFja3VwLnYxLkJhY2t1cFN0YXR1cxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOgoVU2V0QmFja3VwU3BlZWRSZXF1ZXN0EgwKBHV1aWQYASABKAkSEwoLc3BlZWRfbGltaXQYAiABKAQiRAoWU2V0QmFja3VwU3BlZWRSZXNwb25zZRIqCgZzdGF0dXMYASABKAsyGi52bWFiYWNrdXAudjEuQmFja3VwU3RhdHVzIjsKE0RlbGV0ZUJhY2t1cFJlcXVlc3QSDAoEdXVpZBgBIAEoCRIWCg5kZWxldGVfYXJjaGl2ZRgCIAEoCCIWChREZWxldGVCYWNrdXBSZXNwb25zZSJBChNXYXRjaEJhY2t1cFJlc3BvbnNlEioKBnN0YXR1cxgBIAEoCzIaLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0dXMiaQoMRGV2aWNlU3RhdHVzEgwKBG5hbWUYASABKAkSDgoGZGV2X2lkGAIgASgNEgwKBHNpemUYAyABKAQSGQoRdHJhbnNmZXJyZWRfYnl0ZXMYBCABKAQSEgoKemVyb19ieXRlcxgFIAEoBCKPBAoMQmFja3VwU3RhdHVzEgwKBHV1aWQYASABKAkSKAoFc3RhdGUYAiABKA4yGS52bWFiYWNrdXAudjEuQmFja3VwU3RhdGUSFQoNZXJyb3JfbWVzc2FnZRgDIAEoCRITCgtiYWNrdXBfZmlsZRgEIAEoCRIqCgZmb3JtYXQYBSABKA4yGi52bWFiYWNrdXAudjEuQmFja3VwRm9ybWF0EhMKC3RvdGFsX2J5dGVzGAYgASgEEhkKEXRyYW5zZmVycmVkX2J5dGVzGAcgASgEEhIKCnplcm9fYnl0ZXMYCCABKAQSLgoKc3RhcnRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3NwZWVkX2xpbWl0GAsgASgEEisKB2RldmljZXMYDCADKAsyGi52bWFiYWNrdXAudjEuRGV2aWNlU3RhdHVzEgwKBHJhdGUYDSABKAQSJgoDZXRhGA4gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCHJldmlzaW9uGA8gASgEEi8KC3VwZGF0ZV90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpyZXF1ZXN0X2lkGBEgASgJKkQKDEJhY2t1cEZvcm1hdBIdChlCQUNLVVBfRk9STUFUX1VOU1BFQ0lGSUVEEAASFQoRQkFDS1VQX0ZPUk1BVF9WTUEQASqPAQoLQmFja3VwU3RhdGUSHAoYQkFDS1VQX1NUQVRFX1VOU1BFQ0lGSUVEEAASFwoTQkFDS1VQX1NUQVRFX0FDVElWRRABEhUKEUJBQ0tVUF9TVEFURV9ET05FEAISFgoSQkFDS1VQX1NUQVRFX0VSUk9SEAMSGgoWQkFDS1VQX1NUQVRFX0NBTkNFTExFRBAEMt0ECg1CYWNrdXBTZXJ2aWNlEkMKBkJhY2t1cBIbLnZtYWJhY2t1cC52MS5CYWNrdXBSZXF1ZXN0Ghwudm1hYmFja3VwLnYxLkJhY2t1cFJlc3BvbnNlElIKC1F1ZXJ5QmFja3VwEiAudm1hYmFja3VwLnYxLlF1ZXJ5QmFja3VwUmVxdWVzdBohLnZtYWJhY2t1cC52MS5RdWVyeUJhY2t1cFJlc3BvbnNlElUKDENhbmNlbEJhY2t1cBIhLnZtYWJhY2t1cC52MS5DYW5jZWxCYWNrdXBSZXF1ZXN0GiIudm1hYmFja3VwLnYxLkNhbmNlbEJhY2t1cFJlc3BvbnNlElQKC1dhdGNoQmFja3VwEiAudm1hYmFja3VwLnYxLldhdGNoQmFja3VwUmVxdWVzdBohLnZtYWJhY2t1cC52MS5XYXRjaEJhY2t1cFJlc3BvbnNlMAESUgoLTGlzdEJhY2t1cHMSIC52bWFiYWNrdXAudjEuTGlzdEJhY2t1cHNSZXF1ZXN0GiEudm1hYmFja3VwLnYxLkxpc3RCYWNrdXBzUmVzcG9uc2USWwoOU2V0QmFja3VwU3BlZWQSIy52bWFiYWNrdXAudjEuU2V0QmFja3VwU3BlZWRSZXF1ZXN0GiQudm1hYmFja3VwLnYxLlNldEJhY2t1cFNwZWVkUmVzcG9uc2USVQoMRGVsZXRlQmFja3VwEiEudm1hYmFja3VwLnYxLkRlbGV0ZUJhY2t1cFJlcXVlc3QaIi52bWFiYWNrdXAudjEuRGVsZXRlQmFja3VwUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Device is one disk image to back up.
@@ -122,6 +122,16 @@ export type BackupRequest = Message<"vmabackup.v1.BackupRequest"> & {
    * @generated from field: uint64 speed_limit = 5;
    */
   speedLimit: bigint;
+
+  /**
+   * Optional idempotency key chosen by the client (at most 128 bytes). A
+   * Backup with a request_id seen in the last 24 hours starts nothing and
+   * returns the status of the job that request started, so a client may
+   * retry safely after a lost response.
+   *
+   * @generated from field: string request_id = 6;
+   */
+  requestId: string;
 };
 
 /**
@@ -248,6 +258,14 @@ export type WatchBackupRequest = Message<"vmabackup.v1.WatchBackupRequest"> & {
    * @generated from field: string uuid = 1;
    */
   uuid: string;
+
+  /**
+   * Resume after this revision (see BackupStatus.revision): statuses whose
+   * revision is not greater are not sent. 0 sends the current status first.
+   *
+   * @generated from field: uint64 after_revision = 2;
+   */
+  afterRevision: bigint;
 };
 
 /**
@@ -256,6 +274,162 @@ export type WatchBackupRequest = Message<"vmabackup.v1.WatchBackupRequest"> & {
  */
 export const WatchBackupRequestSchema: GenMessage<WatchBackupRequest> = /*@__PURE__*/
   messageDesc(file_vmabackup_v1_backup, 8);
+
+/**
+ * ListBackupsRequest selects a page of jobs.
+ *
+ * @generated from message vmabackup.v1.ListBackupsRequest
+ */
+export type ListBackupsRequest = Message<"vmabackup.v1.ListBackupsRequest"> & {
+  /**
+   * Maximum number of jobs to return; 0 means 100, larger values are capped
+   * at 1000.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token of the previous page; empty for the first page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * Only jobs in these states; empty means every state.
+   *
+   * @generated from field: repeated vmabackup.v1.BackupState states = 3;
+   */
+  states: BackupState[];
+};
+
+/**
+ * Describes the message vmabackup.v1.ListBackupsRequest.
+ * Use `create(ListBackupsRequestSchema)` to create a new message.
+ */
+export const ListBackupsRequestSchema: GenMessage<ListBackupsRequest> = /*@__PURE__*/
+  messageDesc(file_vmabackup_v1_backup, 9);
+
+/**
+ * ListBackupsResponse is one page of jobs, newest first.
+ *
+ * @generated from message vmabackup.v1.ListBackupsResponse
+ */
+export type ListBackupsResponse = Message<"vmabackup.v1.ListBackupsResponse"> & {
+  /**
+   * Jobs on this page.
+   *
+   * @generated from field: repeated vmabackup.v1.BackupStatus statuses = 1;
+   */
+  statuses: BackupStatus[];
+
+  /**
+   * Token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message vmabackup.v1.ListBackupsResponse.
+ * Use `create(ListBackupsResponseSchema)` to create a new message.
+ */
+export const ListBackupsResponseSchema: GenMessage<ListBackupsResponse> = /*@__PURE__*/
+  messageDesc(file_vmabackup_v1_backup, 10);
+
+/**
+ * SetBackupSpeedRequest changes a running job's speed limit.
+ *
+ * @generated from message vmabackup.v1.SetBackupSpeedRequest
+ */
+export type SetBackupSpeedRequest = Message<"vmabackup.v1.SetBackupSpeedRequest"> & {
+  /**
+   * Job uuid (required).
+   *
+   * @generated from field: string uuid = 1;
+   */
+  uuid: string;
+
+  /**
+   * New limit in bytes per second of source data; 0 is unlimited.
+   *
+   * @generated from field: uint64 speed_limit = 2;
+   */
+  speedLimit: bigint;
+};
+
+/**
+ * Describes the message vmabackup.v1.SetBackupSpeedRequest.
+ * Use `create(SetBackupSpeedRequestSchema)` to create a new message.
+ */
+export const SetBackupSpeedRequestSchema: GenMessage<SetBackupSpeedRequest> = /*@__PURE__*/
+  messageDesc(file_vmabackup_v1_backup, 11);
+
+/**
+ * SetBackupSpeedResponse answers SetBackupSpeed.
+ *
+ * @generated from message vmabackup.v1.SetBackupSpeedResponse
+ */
+export type SetBackupSpeedResponse = Message<"vmabackup.v1.SetBackupSpeedResponse"> & {
+  /**
+   * Status of the job with its new speed limit.
+   *
+   * @generated from field: vmabackup.v1.BackupStatus status = 1;
+   */
+  status?: BackupStatus | undefined;
+};
+
+/**
+ * Describes the message vmabackup.v1.SetBackupSpeedResponse.
+ * Use `create(SetBackupSpeedResponseSchema)` to create a new message.
+ */
+export const SetBackupSpeedResponseSchema: GenMessage<SetBackupSpeedResponse> = /*@__PURE__*/
+  messageDesc(file_vmabackup_v1_backup, 12);
+
+/**
+ * DeleteBackupRequest selects a finished job to forget.
+ *
+ * @generated from message vmabackup.v1.DeleteBackupRequest
+ */
+export type DeleteBackupRequest = Message<"vmabackup.v1.DeleteBackupRequest"> & {
+  /**
+   * Job uuid (required).
+   *
+   * @generated from field: string uuid = 1;
+   */
+  uuid: string;
+
+  /**
+   * Also remove the job's archive, when it exists.
+   *
+   * @generated from field: bool delete_archive = 2;
+   */
+  deleteArchive: boolean;
+};
+
+/**
+ * Describes the message vmabackup.v1.DeleteBackupRequest.
+ * Use `create(DeleteBackupRequestSchema)` to create a new message.
+ */
+export const DeleteBackupRequestSchema: GenMessage<DeleteBackupRequest> = /*@__PURE__*/
+  messageDesc(file_vmabackup_v1_backup, 13);
+
+/**
+ * DeleteBackupResponse answers DeleteBackup.
+ *
+ * @generated from message vmabackup.v1.DeleteBackupResponse
+ */
+export type DeleteBackupResponse = Message<"vmabackup.v1.DeleteBackupResponse"> & {
+};
+
+/**
+ * Describes the message vmabackup.v1.DeleteBackupResponse.
+ * Use `create(DeleteBackupResponseSchema)` to create a new message.
+ */
+export const DeleteBackupResponseSchema: GenMessage<DeleteBackupResponse> = /*@__PURE__*/
+  messageDesc(file_vmabackup_v1_backup, 14);
 
 /**
  * WatchBackupResponse is one status update.
@@ -276,7 +450,7 @@ export type WatchBackupResponse = Message<"vmabackup.v1.WatchBackupResponse"> & 
  * Use `create(WatchBackupResponseSchema)` to create a new message.
  */
 export const WatchBackupResponseSchema: GenMessage<WatchBackupResponse> = /*@__PURE__*/
-  messageDesc(file_vmabackup_v1_backup, 9);
+  messageDesc(file_vmabackup_v1_backup, 15);
 
 /**
  * DeviceStatus is the progress of one device within a job.
@@ -325,7 +499,7 @@ export type DeviceStatus = Message<"vmabackup.v1.DeviceStatus"> & {
  * Use `create(DeviceStatusSchema)` to create a new message.
  */
 export const DeviceStatusSchema: GenMessage<DeviceStatus> = /*@__PURE__*/
-  messageDesc(file_vmabackup_v1_backup, 10);
+  messageDesc(file_vmabackup_v1_backup, 16);
 
 /**
  * BackupStatus is everything the server knows about a job.
@@ -417,6 +591,43 @@ export type BackupStatus = Message<"vmabackup.v1.BackupStatus"> & {
    * @generated from field: repeated vmabackup.v1.DeviceStatus devices = 12;
    */
   devices: DeviceStatus[];
+
+  /**
+   * Current rate in source bytes per second, measured over the last few
+   * seconds; 0 when the job is not active.
+   *
+   * @generated from field: uint64 rate = 13;
+   */
+  rate: bigint;
+
+  /**
+   * Estimated time until the job ends at the current rate; unset when
+   * unknown (no rate yet) or when the job is not active.
+   *
+   * @generated from field: google.protobuf.Duration eta = 14;
+   */
+  eta?: Duration | undefined;
+
+  /**
+   * Increases with every change of this job; watchers resume after it.
+   *
+   * @generated from field: uint64 revision = 15;
+   */
+  revision: bigint;
+
+  /**
+   * When this status last changed.
+   *
+   * @generated from field: google.protobuf.Timestamp update_time = 16;
+   */
+  updateTime?: Timestamp | undefined;
+
+  /**
+   * The request_id the job was started with, if any.
+   *
+   * @generated from field: string request_id = 17;
+   */
+  requestId: string;
 };
 
 /**
@@ -424,7 +635,7 @@ export type BackupStatus = Message<"vmabackup.v1.BackupStatus"> & {
  * Use `create(BackupStatusSchema)` to create a new message.
  */
 export const BackupStatusSchema: GenMessage<BackupStatus> = /*@__PURE__*/
-  messageDesc(file_vmabackup_v1_backup, 11);
+  messageDesc(file_vmabackup_v1_backup, 17);
 
 /**
  * BackupFormat is the archive format a job writes.
@@ -505,7 +716,14 @@ export const BackupStateSchema: GenEnum<BackupState> = /*@__PURE__*/
  * BackupService starts, inspects, cancels and follows backup jobs.
  *
  * A job belongs to the server, not to the connection that started it: a
- * client may disconnect at any time and the job goes on.
+ * client may disconnect at any time and the job goes on. Job history is
+ * persistent: it survives restarts of the server.
+ *
+ * Every error carries a google.rpc.Status in the grpc-status-details-bin
+ * trailer with an ErrorInfo (domain "vmabackup", a stable reason such as
+ * DEVICE_IN_USE, BACKUP_FILE_EXISTS, PATH_NOT_ALLOWED or JOB_NOT_FOUND, and
+ * metadata such as the field at fault) and, for invalid requests, a
+ * BadRequest with one field violation per problem.
  *
  * @generated from service vmabackup.v1.BackupService
  */
@@ -561,12 +779,53 @@ export const BackupService: GenService<{
    * started later, until the client cancels; it then opens with the current
    * status of every active job (nothing when no job is active).
    *
+   * A watcher that reconnects sets after_revision to the last revision it
+   * saw: it then receives only what changed after it. A slow watcher never
+   * makes the server buffer without bound: it receives the latest status of
+   * each job, coalesced, but never misses a state change.
+   *
    * @generated from rpc vmabackup.v1.BackupService.WatchBackup
    */
   watchBackup: {
     methodKind: "server_streaming";
     input: typeof WatchBackupRequestSchema;
     output: typeof WatchBackupResponseSchema;
+  },
+  /**
+   * ListBackups pages through every job the server remembers, newest first.
+   * Pages are stable while jobs are being added: a new job never shifts the
+   * pages still to come. An invalid page_token is INVALID_ARGUMENT.
+   *
+   * @generated from rpc vmabackup.v1.BackupService.ListBackups
+   */
+  listBackups: {
+    methodKind: "unary";
+    input: typeof ListBackupsRequestSchema;
+    output: typeof ListBackupsResponseSchema;
+  },
+  /**
+   * SetBackupSpeed changes the speed limit of an active job for the rest of
+   * the job (all its remaining devices); it takes effect within one second.
+   * A finished job is FAILED_PRECONDITION; an unknown uuid NOT_FOUND.
+   *
+   * @generated from rpc vmabackup.v1.BackupService.SetBackupSpeed
+   */
+  setBackupSpeed: {
+    methodKind: "unary";
+    input: typeof SetBackupSpeedRequestSchema;
+    output: typeof SetBackupSpeedResponseSchema;
+  },
+  /**
+   * DeleteBackup forgets a finished job's record and, when asked, removes its
+   * archive. An active job is FAILED_PRECONDITION (cancel it first); an
+   * unknown uuid NOT_FOUND.
+   *
+   * @generated from rpc vmabackup.v1.BackupService.DeleteBackup
+   */
+  deleteBackup: {
+    methodKind: "unary";
+    input: typeof DeleteBackupRequestSchema;
+    output: typeof DeleteBackupResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_vmabackup_v1_backup, 0);

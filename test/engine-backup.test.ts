@@ -165,29 +165,6 @@ describe("a two-device backup", () => {
   });
 });
 
-describe("job history", () => {
-  it("keeps a bounded number of finished jobs for query", async () => {
-    const limited = makeEngine(sandbox, { historyLimit: 2 }).engine;
-    const source = await writeSource(sandbox, "d.raw", Buffer.alloc(64 * KiB, 1));
-    try {
-      const ends: JobStatus[] = [];
-      for (let index = 0; index < 3; index++) {
-        const status = await limited.start(
-          backupSpec({ backupFile: `h${index}.vma`, devices: [{ name: "d", path: source }] }),
-        );
-        ends.push(await waitForEnd(limited, status.uuid));
-      }
-      expect(() => limited.query(ends[0]?.uuid)).toThrow(expect.objectContaining({ reason: "JOB_NOT_FOUND" }));
-      expect(limited.query(ends[1]?.uuid)).toEqual(ends[1]);
-      expect(limited.query()).toEqual(ends[2]);
-      // Records are plain data: they survive a JSON round trip (dates as strings).
-      expect(JSON.parse(JSON.stringify(ends[2]))).toMatchObject({ uuid: ends[2]?.uuid, state: "done" });
-    } finally {
-      await limited.shutdown();
-    }
-  });
-});
-
 describe("a target that fails", () => {
   it("ends in error naming device and offset, removes the partial file and keeps serving", async () => {
     const failing = makeEngine(sandbox, {

@@ -159,13 +159,28 @@ describe("shutdown", () => {
     const oneSeen = collect(one);
 
     await engine.shutdown();
-    const final = engine.query(status.uuid);
+    const final = (await oneSeen).at(-1);
     expect(final).toMatchObject({ state: "cancelled", errorMessage: "cancelled: the server is shutting down" });
     expect(await fs.readdir(sandbox.out)).toEqual([]);
     expect((await allSeen).at(-1)).toEqual(final);
-    expect((await oneSeen).at(-1)).toEqual(final);
-    // Watching after shutdown ends at once instead of hanging.
-    expect(await collect(engine.watch())).toEqual([]);
-    expect(await collect(engine.watch(status.uuid))).toEqual([final]);
+    // Once shut down (the job store is closed) every call is refused at
+    // once instead of hanging; a second shutdown is harmless.
+    for (const call of [
+      () => engine.query(status.uuid),
+      () => engine.watch(),
+      () => engine.watch(status.uuid),
+      () => engine.list({ pageSize: 0 }),
+      () => engine.cancel(),
+      () => engine.delete(status.uuid, { deleteArchive: false }),
+      () => engine.setSpeedLimit(status.uuid, 0),
+    ]) {
+      await expectEngineError(call, "unavailable", "ENGINE_SHUT_DOWN");
+    }
+    await engine.shutdown();
+
+    // The cancelled status was stored before it was announced.
+    const reopened = makeEngine(sandbox).engine;
+    expect(reopened.query(status.uuid)).toEqual(final);
+    await reopened.shutdown();
   });
 });

@@ -7,6 +7,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { Writable } from "node:stream";
 import pino from "pino";
+import type { Logger } from "pino";
 import { expect } from "vitest";
 import { vmaDriver } from "../src/drivers/vma-driver.js";
 import type { BackupDriver } from "../src/drivers/driver.js";
@@ -27,6 +28,8 @@ export interface Sandbox {
   readonly src: string;
   /** The backup dir. */
   readonly out: string;
+  /** The state dir (job database). */
+  readonly state: string;
   cleanup(): Promise<void>;
 }
 
@@ -34,9 +37,11 @@ export async function makeSandbox(): Promise<Sandbox> {
   const root = await fs.mkdtemp(path.join(os.tmpdir(), "vmabackup-engine-"));
   const src = path.join(root, "src");
   const out = path.join(root, "out");
+  const state = path.join(root, "state");
   await fs.mkdir(src);
   await fs.mkdir(out);
-  return { root, src, out, cleanup: () => fs.rm(root, { recursive: true, force: true }) };
+  await fs.mkdir(state);
+  return { root, src, out, state, cleanup: () => fs.rm(root, { recursive: true, force: true }) };
 }
 
 /** Log lines the engine wrote, parsed. */
@@ -44,10 +49,8 @@ export interface LogCapture {
   readonly lines: Array<Record<string, unknown>>;
 }
 
-export function makeEngine(
-  sandbox: Sandbox,
-  overrides: Partial<BackupEngineOptions> = {},
-): { engine: BackupEngine; logs: LogCapture } {
+/** A logger whose lines land in `logs`. */
+function captureLogger(): { logger: Logger; logs: LogCapture } {
   const logs: LogCapture = { lines: [] };
   const sink = new Writable({
     write(chunk: Buffer, _encoding, callback) {
@@ -57,14 +60,42 @@ export function makeEngine(
       callback();
     },
   });
-  const engine = new BackupEngine({
+  return { logger: pino({ level: "info" }, sink), logs };
+}
+
+function engineOptions(
+  sandbox: Sandbox,
+  logger: Logger,
+  overrides: Partial<BackupEngineOptions>,
+): BackupEngineOptions {
+  return {
     backupDir: sandbox.out,
     sourceRoots: [sandbox.src],
     progressIntervalMs: 50,
+    stateDir: sandbox.state,
     drivers: [vmaDriver],
-    logger: pino({ level: "info" }, sink),
+    logger,
     ...overrides,
-  });
+  };
+}
+
+/** An engine through the synchronous constructor (on the sandbox's state dir). */
+export function makeEngine(
+  sandbox: Sandbox,
+  overrides: Partial<BackupEngineOptions> = {},
+): { engine: BackupEngine; logs: LogCapture } {
+  const { logger, logs } = captureLogger();
+  const engine = new BackupEngine(engineOptions(sandbox, logger, overrides));
+  return { engine, logs };
+}
+
+/** An engine through BackupEngine.open, as the server makes it. */
+export async function openEngine(
+  sandbox: Sandbox,
+  overrides: Partial<BackupEngineOptions> = {},
+): Promise<{ engine: BackupEngine; logs: LogCapture }> {
+  const { logger, logs } = captureLogger();
+  const engine = await BackupEngine.open(engineOptions(sandbox, logger, overrides));
   return { engine, logs };
 }
 

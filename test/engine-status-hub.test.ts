@@ -8,7 +8,10 @@ import type { JobState, JobStatus } from "../src/engine/types.js";
 import { backupSpec, blockPattern, makeEngine, makeSandbox, MiB, waitForEnd, writeSource } from "./engine-helpers.js";
 import type { Sandbox } from "./engine-helpers.js";
 
+let revision = 0;
+
 function status(uuid: string, state: JobState, transferredBytes = 0): JobStatus {
+  revision += 1;
   return {
     uuid,
     state,
@@ -21,6 +24,9 @@ function status(uuid: string, state: JobState, transferredBytes = 0): JobStatus 
     startTime: new Date(0),
     speedLimit: 0,
     devices: [],
+    rate: 0,
+    revision,
+    updateTime: new Date(0),
   };
 }
 
@@ -140,6 +146,59 @@ describe("StatusHub", () => {
     const finished = hub.subscribe("a", [status("a", "done")]);
     expect(hub.subscriberCount).toBe(0);
     expect((await readAll(finished)).map((update) => update.state)).toEqual(["done"]);
+  });
+
+  it("publishes a change at once, coalesced like progress for a slow reader, with no trailing duplicate", async () => {
+    const hub = new StatusHub(1000);
+    const slow = hub.subscribe("a", []);
+    hub.publishState(status("a", "active"));
+    hub.publishProgress("a", () => status("a", "active", 1)); // within the interval: waits for its timer
+    expect(slow.backlog).toBe(1);
+    const changed = status("a", "active", 2);
+    hub.publishNow(changed);
+    expect(slow.backlog).toBe(2);
+    hub.publishNow(status("a", "active", 3)); // replaces the unread one
+    expect(slow.backlog).toBe(2);
+    await sleep(1100); // the trailing progress timer was cancelled
+    expect(slow.backlog).toBe(2);
+    const iterator = slow[Symbol.asyncIterator]();
+    expect((await iterator.next()).value).toMatchObject({ state: "active", transferredBytes: 0 });
+    expect((await iterator.next()).value).toMatchObject({ state: "active", transferredBytes: 3 });
+    // Unread, it would have been superseded by the terminal status, like progress.
+    hub.publishNow(status("a", "active", 4));
+    hub.publishState(status("a", "done", 4));
+    expect((await readAll(slow)).map((update) => [update.state, update.transferredBytes])).toEqual([["done", 4]]);
+    // A job that is not active: nothing.
+    const late = hub.subscribe("a", []);
+    hub.publishNow(status("a", "active", 4));
+    expect(late.backlog).toBe(0);
+    late.close();
+  });
+
+  it("never gives a watcher a revision of a job it already has", async () => {
+    const hub = new StatusHub(0);
+    const first = status("a", "active");
+    hub.publishState(first);
+    // Joined with the current snapshot, which is then published again unchanged.
+    const one = hub.subscribe("a", [first]);
+    const iterator = one[Symbol.asyncIterator]();
+    expect((await iterator.next()).value).toBe(first);
+    const pending = iterator.next();
+    hub.publishProgress("a", () => first);
+    const newer = status("a", "active", 5);
+    hub.publishProgress("a", () => newer);
+    expect((await pending).value).toBe(newer);
+    hub.publishProgress("a", () => first); // older still
+    expect(one.backlog).toBe(0);
+    one.close();
+  });
+
+  it("makes ended subscriptions that yield nothing", async () => {
+    const hub = new StatusHub(0);
+    const ended = hub.endedSubscription();
+    expect(ended.backlog).toBe(0);
+    expect(await readAll(ended)).toEqual([]);
+    expect(hub.subscriberCount).toBe(0);
   });
 
   it("ends every subscription on endAll after what it has queued", async () => {

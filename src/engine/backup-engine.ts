@@ -1,38 +1,69 @@
-// The engine's public face: start, query, cancel and watch backup jobs.
-// A request is validated completely (names, confinement, sources, format
-// limits, locks) before anything is created; then the driver creates the
-// archive, the job runs in the background and its status flows through the
-// status hub. Nothing here knows about gRPC.
+// The engine's public face: start, query, list, cancel, delete, watch and
+// re-limit backup jobs. A request is validated completely (names,
+// confinement, sources, format limits, locks) before anything is created;
+// then the driver creates the archive, the job is stored, runs in the
+// background and its status flows through the status hub. Every job's
+// status lives in the job store (state changes are written before they are
+// announced, progress at most once a second), so history survives restarts
+// and jobs a dead process left active are recovered at startup. Nothing
+// here knows about gRPC.
+import * as fs from "node:fs/promises";
+import * as path from "node:path";
 import type { Logger } from "pino";
 import { v4 as uuidv4, validate as isUuid } from "uuid";
 import { ArchiveLimitError } from "../drivers/driver.js";
 import type { BackupDriver, BackupTarget } from "../drivers/driver.js";
+import { InvalidPageTokenError, JobStore } from "../store/job-store.js";
 import { DeviceLocks } from "./device-locks.js";
 import { EngineError } from "./errors.js";
 import { Job } from "./job.js";
+import type { JobContext } from "./job.js";
 import { describeError } from "./job-failure.js";
-import { DEFAULT_HISTORY_LIMIT, JobRegistry } from "./job-registry.js";
+import type { JobEntry } from "./job-record.js";
+import { JobRegistry } from "./job-registry.js";
 import { runJob } from "./job-runner.js";
 import type { JobOutcome } from "./job-runner.js";
+import { resolveListQuery } from "./list-query.js";
+import { archiveIdentity, FileKeptError, removeArchive } from "./owned-files.js";
 import { PathPolicy } from "./path-policy.js";
 import { quote } from "./quote.js";
 import { REASON } from "./reasons.js";
+import { recoverInterruptedJobs } from "./recover-jobs.js";
+import { RevisionCounter } from "./revision-counter.js";
 import { closeSources, openSource } from "./source-device.js";
 import type { SourceDevice } from "./source-device.js";
 import { SpeedLimiter } from "./speed-limiter.js";
 import { StatusHub } from "./status-hub.js";
 import type { StatusSubscription } from "./status-hub.js";
-import type { BackupSpec, EngineOptions, JobStatus } from "./types.js";
-import { checkSpeedLimit, validateRequest } from "./validate-request.js";
+import type {
+  BackupSpec,
+  DeleteOptions,
+  EngineOptions,
+  JobStatus,
+  ListPage,
+  ListQuery,
+  WatchOptions,
+} from "./types.js";
+import { checkRequestId, checkSpeedLimit, validateRequest } from "./validate-request.js";
 
 export type { StatusSubscription } from "./status-hub.js";
+export { StoreVersionError } from "../store/job-store.js";
+export { INTERRUPTED_MESSAGE } from "./recover-jobs.js";
 
 export interface BackupEngineOptions extends EngineOptions {
   readonly drivers: readonly BackupDriver[];
   readonly logger: Logger;
-  /** Finished jobs kept in memory for query (default 1000). */
-  readonly historyLimit?: number;
+  /**
+   * Wall clock in Unix milliseconds, for start, end and update times and
+   * the 24-hour request-id window (default Date.now; tests move it).
+   */
+  readonly now?: () => number;
 }
+
+/** The job database's file name inside the state dir. */
+export const JOB_STORE_FILE = "jobs.sqlite";
+/** How long a request id keeps answering with the job it started. */
+export const REQUEST_ID_TTL_MS = 24 * 60 * 60 * 1000;
 
 const CANCELLED_BY_REQUEST = "cancelled by request";
 const CANCELLED_BY_SHUTDOWN = "cancelled: the server is shutting down";
@@ -47,35 +78,80 @@ function internalError(message: string, cause: unknown): EngineError {
   return error;
 }
 
+const monotonic = (): number => performance.now();
+
 export class BackupEngine {
   private readonly drivers: readonly BackupDriver[];
   private readonly logger: Logger;
   private readonly policy: PathPolicy;
+  private readonly now: () => number;
   private readonly locks = new DeviceLocks();
+  private readonly store: JobStore;
+  private readonly revisions: RevisionCounter;
+  private readonly jobContext: JobContext;
   private readonly registry: JobRegistry;
   private readonly hub: StatusHub;
   private readonly limiters = new Map<string, SpeedLimiter>();
   /** start() calls in progress and jobs running, so that shutdown can wait for them. */
   private readonly starting = new Set<Promise<unknown>>();
   private readonly running = new Set<Promise<void>>();
+  /** Starts with a request id in progress (settled form), by request id. */
+  private readonly requests = new Map<string, Promise<void>>();
+  /** shutdown() began: no new jobs. */
   private closing = false;
+  /** shutdown() finished: the store is closed. */
+  private closed = false;
 
-  /** Throws when the backup dir or a source root does not exist. */
+  /**
+   * Opens the engine on `${stateDir}/jobs.sqlite` (creating the state dir
+   * when missing): refuses a database of a newer schema (StoreVersionError),
+   * recovers the jobs a dead process left active, then is ready.
+   */
+  static async open(options: BackupEngineOptions): Promise<BackupEngine> {
+    await fs.mkdir(options.stateDir, { recursive: true });
+    return new BackupEngine(options);
+  }
+
+  /**
+   * Like open(), synchronously, with an existing state dir. Throws when the
+   * backup dir or a source root does not exist, or as open() does.
+   */
   constructor(options: BackupEngineOptions) {
     this.drivers = options.drivers;
     this.logger = options.logger;
     this.policy = new PathPolicy(options.backupDir, options.sourceRoots);
-    this.registry = new JobRegistry(options.historyLimit ?? DEFAULT_HISTORY_LIMIT);
+    this.now = options.now ?? Date.now;
     this.hub = new StatusHub(options.progressIntervalMs);
+    const store = JobStore.open(path.join(options.stateDir, JOB_STORE_FILE));
+    try {
+      this.revisions = new RevisionCounter(store, (error) => {
+        this.logger.error({ err: error }, "reserving revisions in the job store failed");
+      });
+      this.jobContext = { now: this.now, monotonic, nextRevision: () => this.revisions.next() };
+      this.registry = new JobRegistry(store, monotonic);
+      recoverInterruptedJobs({
+        store,
+        backupDir: this.policy.backupDir,
+        now: this.now,
+        nextRevision: this.jobContext.nextRevision,
+        logger: this.logger,
+      });
+    } catch (error) {
+      store.close();
+      throw error;
+    }
+    this.store = store;
   }
 
   /**
    * Validates everything, creates the job and starts it; resolves with its
-   * first (ACTIVE) status. Throws EngineError.
+   * first (ACTIVE) status. With a request id used by a job started within
+   * 24 hours, starts nothing and resolves with that job's current status.
+   * Throws EngineError.
    */
   async start(spec: BackupSpec): Promise<JobStatus> {
     this.ensureOpen();
-    const attempt = this.startJob(spec);
+    const attempt = this.startOrReuse(spec);
     this.starting.add(attempt);
     try {
       return await attempt;
@@ -91,12 +167,36 @@ export class BackupEngine {
   /**
    * Empty/undefined uuid: the most recently started job or undefined.
    * Unknown uuid: EngineError not-found JOB_NOT_FOUND. Malformed uuid:
-   * invalid-argument UUID_INVALID.
+   * invalid-argument UUID_INVALID. History comes from the store.
    */
   query(uuid?: string): JobStatus | undefined {
+    this.ensureStoreOpen();
     if (uuid === undefined || uuid === "") return this.registry.latest();
     const id = this.parseUuid(uuid);
     return this.registry.status(id) ?? this.throwNotFound(id);
+  }
+
+  /**
+   * A page of jobs, newest first, active ones with live counters. Pages
+   * stay stable while jobs are added. Throws EngineError invalid-argument
+   * (PAGE_SIZE_INVALID, PAGE_TOKEN_INVALID, JOB_STATE_INVALID).
+   */
+  list(query: ListQuery): ListPage {
+    this.ensureStoreOpen();
+    const { pageSize, pageToken, states } = resolveListQuery(query);
+    try {
+      return this.registry.list(pageSize, pageToken, states);
+    } catch (error) {
+      if (error instanceof InvalidPageTokenError) {
+        throw new EngineError(
+          "invalid-argument",
+          REASON.PAGE_TOKEN_INVALID,
+          `page_token: ${quote(pageToken ?? "")} is not a token returned by an earlier page`,
+          "page_token",
+        );
+      }
+      throw error;
+    }
   }
 
   /**
@@ -105,6 +205,7 @@ export class BackupEngine {
    * status unchanged. Throws like query.
    */
   async cancel(uuid?: string): Promise<JobStatus[]> {
+    this.ensureStoreOpen();
     if (uuid === undefined || uuid === "") {
       const jobs = this.registry.activeJobs();
       for (const job of jobs) job.requestCancel(CANCELLED_BY_REQUEST);
@@ -118,27 +219,73 @@ export class BackupEngine {
   }
 
   /**
+   * Forgets a finished job: it is gone from query, list and watch
+   * afterwards. With deleteArchive, first removes the archive a done job
+   * committed, provided it is still that file and inside the backup dir
+   * (a missing file is fine). Active job: failed-precondition JOB_ACTIVE.
+   * Throws like query.
+   */
+  async delete(uuid: string, options: DeleteOptions): Promise<void> {
+    this.ensureStoreOpen();
+    const id = this.parseUuid(uuid);
+    if (this.registry.activeJob(id) !== undefined) {
+      throw new EngineError(
+        "failed-precondition",
+        REASON.JOB_ACTIVE,
+        `uuid: job ${id} is still running; cancel it first`,
+        "uuid",
+      );
+    }
+    const entry = this.registry.stored(id) ?? this.throwNotFound(id);
+    let archiveRemoved = false;
+    if (options.deleteArchive) archiveRemoved = await this.removeArchiveOf(entry);
+    this.ensureStoreOpen();
+    this.registry.remove(id);
+    this.logger.info({ uuid: id, archiveRemoved }, "backup record deleted");
+  }
+
+  /**
    * A subscription: first the current status (for one job) or every active
    * job's status (empty uuid), then changes; ends after the terminal status
    * when a uuid was given; never ends for all-jobs until close() (or
-   * shutdown). Throws like query.
+   * shutdown). With afterRevision > 0 it resumes instead: one job's current
+   * status only when it is newer (a finished job that is not ends at once),
+   * or every job that changed after it, lowest revision first. Throws like
+   * query.
    */
-  watch(uuid?: string): StatusSubscription {
+  watch(uuid?: string, options: WatchOptions = {}): StatusSubscription {
+    this.ensureStoreOpen();
+    const after = options.afterRevision ?? 0;
+    if (!(after >= 0)) {
+      throw new EngineError(
+        "invalid-argument",
+        REASON.AFTER_REVISION_INVALID,
+        `after_revision: ${after} is not a revision`,
+        "after_revision",
+      );
+    }
     if (uuid === undefined || uuid === "") {
-      const active = this.registry.activeJobs().map((job) => job.snapshot());
-      return this.hub.subscribe(undefined, active);
+      const initial =
+        after > 0 ? this.registry.changedAfter(after) : this.registry.activeJobs().map((job) => job.snapshot());
+      return this.hub.subscribe(undefined, initial);
     }
     const id = this.parseUuid(uuid);
     const status = this.registry.status(id) ?? this.throwNotFound(id);
+    if (after > 0 && status.revision <= after) {
+      // Nothing new yet: an active job's next change will come; a finished job has none.
+      return status.state === "active" ? this.hub.subscribe(id, []) : this.hub.endedSubscription();
+    }
     return this.hub.subscribe(id, [status]);
   }
 
   /**
    * Changes the speed limit of an active job (bytes/s, 0 = unlimited) for
-   * the rest of the job; takes effect at once, even mid-wait. A finished
-   * job: failed-precondition JOB_NOT_ACTIVE. Throws like query.
+   * the rest of the job; takes effect at once, even mid-wait, and is stored
+   * and published with a new revision. A finished job: failed-precondition
+   * JOB_NOT_ACTIVE. Throws like query.
    */
   setSpeedLimit(uuid: string, bytesPerSecond: number): JobStatus {
+    this.ensureStoreOpen();
     checkSpeedLimit(bytesPerSecond);
     const id = this.parseUuid(uuid);
     const job = this.registry.activeJob(id);
@@ -153,12 +300,19 @@ export class BackupEngine {
     }
     job.setSpeedLimit(bytesPerSecond);
     this.limiters.get(id)?.setRate(bytesPerSecond);
-    this.hub.publishProgress(id, () => job.snapshot());
+    const status = job.snapshot();
+    try {
+      this.registry.save(job);
+    } catch (error) {
+      // The new limit holds anyway; the next progress write stores it.
+      this.logger.error({ uuid: id, err: error }, "storing a speed change failed");
+    }
+    this.hub.publishNow(status);
     this.logger.info({ uuid: id, speedLimit: bytesPerSecond }, "backup speed limit changed");
-    return job.snapshot();
+    return status;
   }
 
-  /** Cancels active jobs, waits for them, closes every subscription. */
+  /** Cancels active jobs, waits for them, closes every subscription, closes the store. */
   async shutdown(): Promise<void> {
     this.closing = true;
     // A start() that is creating its archive either registers its job
@@ -169,9 +323,40 @@ export class BackupEngine {
     await Promise.all(jobs.map((job) => job.whenFinished()));
     await Promise.all([...this.running]);
     this.hub.endAll();
+    if (!this.closed) {
+      this.closed = true;
+      this.store.close();
+    }
   }
 
-  private async startJob(spec: BackupSpec): Promise<JobStatus> {
+  /** Answers a retried request id with its job; otherwise starts a new job. */
+  private async startOrReuse(spec: BackupSpec): Promise<JobStatus> {
+    checkRequestId(spec.requestId);
+    const requestId = spec.requestId === "" ? undefined : spec.requestId;
+    if (requestId === undefined) return this.startJob(spec, undefined);
+    // Starts with one request id run one after another, so that two retries
+    // racing each other start one job (a refused start is not remembered:
+    // the next one tries for itself).
+    for (let pending = this.requests.get(requestId); pending !== undefined; pending = this.requests.get(requestId)) {
+      await pending;
+    }
+    this.ensureOpen();
+    const earlier = this.registry.findByRequestId(requestId, this.now() - REQUEST_ID_TTL_MS);
+    if (earlier !== undefined) return earlier;
+    const attempt = this.startJob(spec, requestId);
+    const settled = attempt.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.requests.set(requestId, settled);
+    try {
+      return await attempt;
+    } finally {
+      if (this.requests.get(requestId) === settled) this.requests.delete(requestId);
+    }
+  }
+
+  private async startJob(spec: BackupSpec, requestId: string | undefined): Promise<JobStatus> {
     const driver = validateRequest(spec, this.drivers);
     const backupFile = await this.policy.resolveBackupFile(spec.backupFile);
     const sources = await this.openSources(spec);
@@ -192,22 +377,31 @@ export class BackupEngine {
       });
       locked = true;
       const target = await this.openTarget(driver, backupFile, uuid);
+      let job: Job;
       try {
         this.ensureOpen();
         this.registerContents(target, spec, sources);
+        job = new Job(
+          {
+            uuid,
+            backupFile,
+            partialPath: target.partialPath,
+            format: driver.format,
+            speedLimit: spec.speedLimit,
+            ...(requestId === undefined ? {} : { requestId }),
+            devices: sources.map((source) => ({ name: source.name, size: source.size })),
+          },
+          this.jobContext,
+        );
+        // Stored before it is announced: from here on a crash leaves a
+        // record that recovery finishes (and whose partial file it removes).
+        this.registry.add(job);
       } catch (error) {
         await target.abort().catch((abortError: unknown) => {
           this.logger.warn({ uuid, err: abortError }, "removing an unused archive failed");
         });
         throw error;
       }
-      const job = new Job({
-        uuid,
-        backupFile,
-        format: driver.format,
-        speedLimit: spec.speedLimit,
-        devices: sources.map((source) => ({ name: source.name, size: source.size })),
-      });
       this.launch(job, target, sources);
       return job.snapshot();
     } catch (error) {
@@ -323,7 +517,6 @@ export class BackupEngine {
 
   private launch(job: Job, target: BackupTarget, sources: readonly SourceDevice[]): void {
     const limiter = new SpeedLimiter(job.speedLimit);
-    this.registry.add(job);
     this.limiters.set(job.uuid, limiter);
     this.hub.publishState(job.snapshot());
     this.logger.info(
@@ -333,6 +526,7 @@ export class BackupEngine {
         devices: sources.map((source) => ({ name: source.name, path: source.path, size: source.size })),
         totalBytes: job.totalBytes,
         speedLimit: job.speedLimit,
+        ...(job.requestId === undefined ? {} : { requestId: job.requestId }),
       },
       "backup started",
     );
@@ -344,7 +538,7 @@ export class BackupEngine {
     void run.then(() => this.running.delete(run));
   }
 
-  /** Runs the job, then releases everything and publishes the terminal status. Never rejects. */
+  /** Runs the job, then releases everything, stores and publishes the terminal status. Never rejects. */
   private async runToEnd(
     job: Job,
     target: BackupTarget,
@@ -359,7 +553,10 @@ export class BackupEngine {
         target,
         sources,
         limiter,
-        onProgress: () => this.hub.publishProgress(job.uuid, snapshot),
+        onProgress: () => {
+          this.saveProgress(job);
+          this.hub.publishProgress(job.uuid, snapshot);
+        },
       });
     } catch (error) {
       outcome = { state: "error", errorMessage: `internal error: ${describeError(error)}`, unexpected: error };
@@ -369,8 +566,13 @@ export class BackupEngine {
     await closeSources(sources);
     this.locks.release(job.uuid);
     this.limiters.delete(job.uuid);
+    if (outcome.state === "done") await this.recordArchive(job);
     job.finish(outcome.state, outcome.errorMessage);
-    this.registry.complete(job);
+    try {
+      this.registry.complete(job);
+    } catch (error) {
+      this.logger.error({ uuid: job.uuid, err: error }, "storing the end of a backup failed");
+    }
     try {
       this.hub.publishState(job.snapshot());
       this.logEnd(job.snapshot(), outcome);
@@ -380,8 +582,59 @@ export class BackupEngine {
     }
   }
 
+  /** Progress goes to the store at most once a second; a failure must not stop the job. */
+  private saveProgress(job: Job): void {
+    try {
+      this.registry.saveProgress(job);
+    } catch (error) {
+      this.logger.warn({ uuid: job.uuid, err: error }, "storing backup progress failed");
+    }
+  }
+
+  /** Notes who the committed archive is, so that deleting the job later removes only that file. */
+  private async recordArchive(job: Job): Promise<void> {
+    try {
+      job.recordArchive(await archiveIdentity(job.backupFile));
+    } catch (error) {
+      this.logger.warn({ uuid: job.uuid, err: error }, "reading the committed archive's identity failed");
+    }
+  }
+
+  /** Removes a done job's archive for delete(); returns whether a file was removed. */
+  private async removeArchiveOf(entry: JobEntry): Promise<boolean> {
+    const { status, extras } = entry;
+    // Only a job that ended done committed an archive; any file at the path
+    // of another job belongs to someone else.
+    if (status.state !== "done") return false;
+    const field = "delete_archive";
+    const kept = (message: string): EngineError =>
+      new EngineError("failed-precondition", REASON.ARCHIVE_REPLACED, `${field}: ${message}; nothing was deleted`, field);
+    if (extras.archive === undefined) throw kept(`the identity of ${status.backupFile} was not recorded`);
+    try {
+      return (await removeArchive(this.policy.backupDir, status.backupFile, extras.archive)) === "removed";
+    } catch (error) {
+      if (error instanceof FileKeptError) {
+        if (error.why === "outside-backup-dir") {
+          throw new EngineError(
+            "permission-denied",
+            REASON.PATH_NOT_ALLOWED,
+            `${field}: ${error.message}; nothing was deleted`,
+            field,
+          );
+        }
+        throw kept(error.message);
+      }
+      throw new EngineError(
+        "failed-precondition",
+        REASON.ARCHIVE_REMOVE_FAILED,
+        `${field}: cannot remove ${status.backupFile}: ${describeError(error)}; the record was kept`,
+        field,
+      );
+    }
+  }
+
   private logEnd(status: JobStatus, outcome: JobOutcome): void {
-    const durationMs = (status.endTime?.getTime() ?? Date.now()) - status.startTime.getTime();
+    const durationMs = (status.endTime?.getTime() ?? this.now()) - status.startTime.getTime();
     const fields = {
       uuid: status.uuid,
       state: status.state,
@@ -401,9 +654,17 @@ export class BackupEngine {
     else this.logger.info(fields, "backup finished");
   }
 
+  /** No new jobs once shutdown began. */
   private ensureOpen(): void {
     if (this.closing) {
       throw new EngineError("unavailable", REASON.ENGINE_SHUT_DOWN, "the server is shutting down; retry on another instance or after restart");
+    }
+  }
+
+  /** Nothing at all once shutdown finished (the store is closed). */
+  private ensureStoreOpen(): void {
+    if (this.closed) {
+      throw new EngineError("unavailable", REASON.ENGINE_SHUT_DOWN, "the server has shut down; retry after restart");
     }
   }
 

@@ -1,35 +1,56 @@
-// The jobs the engine knows: active ones (live Job objects) and a bounded
-// history of finished ones, kept as their final status (plain data, so a
-// persistent store can take over later).
+// Every job the engine knows: active ones as live Job objects, all of them
+// (active and finished, across restarts) in the job store. Reads prefer the
+// live job, so active jobs always show their current counters. Writes go to
+// the store synchronously, so a status is stored before anyone is told.
+import type { JobStore } from "../store/job-store.js";
 import type { Job } from "./job.js";
-import type { JobStatus } from "./types.js";
+import { fromStoredJob, toStoredJob } from "./job-record.js";
+import type { JobEntry } from "./job-record.js";
+import type { JobState, JobStatus, ListPage } from "./types.js";
 
-export const DEFAULT_HISTORY_LIMIT = 1000;
+/** An active job's progress is written at most this often. */
+export const PROGRESS_SAVE_INTERVAL_MS = 1000;
 
 export class JobRegistry {
-  private readonly historyLimit: number;
+  private readonly store: JobStore;
+  private readonly monotonic: () => number;
   private readonly active = new Map<string, Job>();
-  /** Insertion order is finishing order; the oldest is evicted first. */
-  private readonly history = new Map<string, JobStatus>();
-  private latestUuid: string | undefined;
+  /** When each active job was last written (monotonic ms). */
+  private readonly savedAt = new Map<string, number>();
 
-  constructor(historyLimit = DEFAULT_HISTORY_LIMIT) {
-    this.historyLimit = historyLimit;
+  constructor(store: JobStore, monotonic: () => number) {
+    this.store = store;
+    this.monotonic = monotonic;
   }
 
-  /** Registers a job that just started; it becomes the latest. */
+  /** Stores a job that just started (throws when the store fails), then tracks it. */
   add(job: Job): void {
+    this.write(job);
     this.active.set(job.uuid, job);
-    this.latestUuid = job.uuid;
   }
 
-  /** Moves a job that ended into the history. */
+  /** Stores an active job's current status now (a speed change). */
+  save(job: Job): void {
+    this.write(job);
+  }
+
+  /** Stores an active job's progress, unless it was written less than a second ago. */
+  saveProgress(job: Job): void {
+    const now = this.monotonic();
+    const last = this.savedAt.get(job.uuid);
+    if (last !== undefined && now - last < PROGRESS_SAVE_INTERVAL_MS) return;
+    // Noted first, so that a failing store is retried once a second, not per chunk.
+    this.savedAt.set(job.uuid, now);
+    this.write(job);
+  }
+
+  /** Stores a job's terminal status and stops tracking it (also when the store fails). */
   complete(job: Job): void {
-    this.active.delete(job.uuid);
-    this.history.set(job.uuid, job.snapshot());
-    while (this.history.size > this.historyLimit) {
-      const oldest = this.history.keys().next().value as string;
-      this.history.delete(oldest);
+    try {
+      this.write(job);
+    } finally {
+      this.active.delete(job.uuid);
+      this.savedAt.delete(job.uuid);
     }
   }
 
@@ -43,11 +64,73 @@ export class JobRegistry {
 
   /** The current status of a known job, active or finished. */
   status(uuid: string): JobStatus | undefined {
-    return this.active.get(uuid)?.snapshot() ?? this.history.get(uuid);
+    const live = this.active.get(uuid);
+    if (live !== undefined) return live.snapshot();
+    const stored = this.store.get(uuid);
+    return stored && fromStoredJob(stored).status;
+  }
+
+  /** A finished (or not live) job's stored status with its extras. */
+  stored(uuid: string): JobEntry | undefined {
+    const stored = this.store.get(uuid);
+    return stored && fromStoredJob(stored);
   }
 
   /** The status of the most recently started job, if any job has run. */
   latest(): JobStatus | undefined {
-    return this.latestUuid === undefined ? undefined : this.status(this.latestUuid);
+    const stored = this.store.latest();
+    return stored && this.current(fromStoredJob(stored).status);
+  }
+
+  /** The current status of the newest job started with `requestId` at or after `since` (Unix ms). */
+  findByRequestId(requestId: string, since: number): JobStatus | undefined {
+    const stored = this.store.findByRequestId(requestId, since);
+    return stored && this.current(fromStoredJob(stored).status);
+  }
+
+  /** A page of jobs, newest first. Throws InvalidPageTokenError. */
+  list(pageSize: number, pageToken: string | undefined, states: readonly JobState[]): ListPage {
+    const page = this.store.list({ pageSize, pageToken, states });
+    return {
+      statuses: page.jobs.map((stored) => this.current(fromStoredJob(stored).status)),
+      ...(page.nextPageToken === undefined ? {} : { nextPageToken: page.nextPageToken }),
+    };
+  }
+
+  /**
+   * The current status of every job that changed after `revision`, lowest
+   * revision first. Active jobs count with their live status (their
+   * progress may be newer than what was stored).
+   */
+  changedAfter(revision: number): JobStatus[] {
+    const finished = this.store
+      .changedAfter(revision)
+      .filter((stored) => !this.active.has(stored.uuid))
+      .map((stored) => fromStoredJob(stored).status);
+    const live = this.activeJobs()
+      .map((job) => job.snapshot())
+      .filter((status) => status.revision > revision);
+    return [...finished, ...live].sort((a, b) => a.revision - b.revision);
+  }
+
+  /** Forgets a job's record; returns whether it existed. */
+  remove(uuid: string): boolean {
+    return this.store.delete(uuid);
+  }
+
+  /** A stored status, replaced by the live one while the job runs. */
+  private current(status: JobStatus): JobStatus {
+    return this.active.get(status.uuid)?.snapshot() ?? status;
+  }
+
+  private write(job: Job): void {
+    const status = job.snapshot();
+    this.store.save(
+      toStoredJob(status, {
+        partialPath: job.partialPath,
+        ...(job.archive === undefined ? {} : { archive: job.archive }),
+      }),
+    );
+    this.savedAt.set(job.uuid, this.monotonic());
   }
 }

@@ -1,17 +1,44 @@
 // One backup job: its identity, its state machine (active → done | error |
 // cancelled, exactly once), its counters and immutable snapshots of all
 // that. The job is plain data plus an abort signal; running it is
-// job-runner.ts's business.
+// job-runner.ts's business, keeping it is job-registry.ts's.
+//
+// Revisions are stamped lazily: a change only marks the job dirty, and the
+// next snapshot takes the next server-wide revision. So every status anyone
+// sees (a watcher, a query, the store) carries a revision, changes that
+// nobody looked at in between share one, and a job moving a chunk a
+// millisecond does not burn a revision per chunk.
+import { RateMeter } from "./rate-meter.js";
 import type { DeviceStatus, JobState, JobStatus } from "./types.js";
+
+/** The clocks and counters a job draws from (shared by the engine's jobs). */
+export interface JobContext {
+  /** Wall clock, Unix milliseconds: start, end and update times. */
+  readonly now: () => number;
+  /** Monotonic milliseconds: rate measurement. */
+  readonly monotonic: () => number;
+  /** The next server-wide revision. */
+  readonly nextRevision: () => number;
+}
 
 export interface JobInit {
   readonly uuid: string;
   /** Final archive path. */
   readonly backupFile: string;
+  /** Where the archive is written until it is complete (removed after a crash). */
+  readonly partialPath: string;
   readonly format: string;
   readonly speedLimit: number;
+  readonly requestId?: string;
   /** In request order; dev_ids are 1..N in this order. */
   readonly devices: ReadonlyArray<{ readonly name: string; readonly size: number }>;
+}
+
+/** Who a finished archive is (so that deleting a job never removes another file). */
+export interface ArchiveIdentity {
+  readonly dev: string;
+  readonly ino: string;
+  readonly size: number;
 }
 
 interface DeviceCounters {
@@ -24,12 +51,18 @@ interface DeviceCounters {
 
 export type TerminalState = Exclude<JobState, "active">;
 
+/** An active job's cached snapshot is rebuilt after this long, so rate and ETA stay current. */
+const RATE_REFRESH_MS = 100;
+
 export class Job {
   readonly uuid: string;
   readonly backupFile: string;
+  readonly partialPath: string;
   readonly format: string;
+  readonly requestId: string | undefined;
   readonly startTime: Date;
   readonly totalBytes: number;
+  private readonly context: JobContext;
   private speed: number;
   private currentState: JobState = "active";
   private errorMessage = "";
@@ -37,18 +70,30 @@ export class Job {
   private transferredBytes = 0;
   private zeroBytes = 0;
   private readonly devices: DeviceCounters[];
+  private readonly meter: RateMeter;
+  private archiveIdentity: ArchiveIdentity | undefined;
   private readonly stopController = new AbortController();
   private stopReason = "";
+  /** Something changed since the last snapshot: the next one takes a new revision. */
+  private dirty = true;
+  private changedAt: number;
+  private revision = 0;
   private cached: JobStatus | undefined;
+  private cachedAt = 0;
   private readonly finished: Promise<JobStatus>;
   private resolveFinished!: (status: JobStatus) => void;
 
-  constructor(init: JobInit) {
+  constructor(init: JobInit, context: JobContext) {
     this.uuid = init.uuid;
     this.backupFile = init.backupFile;
+    this.partialPath = init.partialPath;
     this.format = init.format;
+    this.requestId = init.requestId;
     this.speed = init.speedLimit;
-    this.startTime = new Date();
+    this.context = context;
+    this.changedAt = context.now();
+    this.startTime = new Date(this.changedAt);
+    this.meter = new RateMeter(context.monotonic);
     this.devices = init.devices.map((device, index) => ({
       name: device.name,
       devId: index + 1,
@@ -74,6 +119,11 @@ export class Job {
     return this.speed;
   }
 
+  /** The finished archive's identity, once recorded. */
+  get archive(): ArchiveIdentity | undefined {
+    return this.archiveIdentity;
+  }
+
   /** Aborts when the job is asked to stop; the pipeline checks it between chunks and in waits. */
   get signal(): AbortSignal {
     return this.stopController.signal;
@@ -93,7 +143,7 @@ export class Job {
 
   setSpeedLimit(bytesPerSecond: number): void {
     this.speed = bytesPerSecond;
-    this.cached = undefined;
+    this.changed();
   }
 
   /** Adds processed bytes of device `deviceIndex` (0-based). */
@@ -104,7 +154,13 @@ export class Job {
     device.zeroBytes += zeroBytes;
     this.transferredBytes += transferredBytes;
     this.zeroBytes += zeroBytes;
-    this.cached = undefined;
+    this.meter.record(this.transferredBytes);
+    this.changed();
+  }
+
+  /** Records who the committed archive is; call before finish("done"). */
+  recordArchive(identity: ArchiveIdentity): void {
+    this.archiveIdentity = identity;
   }
 
   /**
@@ -115,8 +171,8 @@ export class Job {
     if (this.currentState !== "active") return false;
     this.currentState = state;
     this.errorMessage = errorMessage;
-    this.endTime = new Date();
-    this.cached = undefined;
+    this.changed();
+    this.endTime = new Date(this.changedAt);
     return true;
   }
 
@@ -130,26 +186,57 @@ export class Job {
     return this.finished;
   }
 
-  /** An immutable snapshot of the job now (the same object until something changes). */
+  /**
+   * An immutable snapshot of the job now: the same object until something
+   * changes (then with a new revision) or, while active, until its rate is
+   * due to be measured again (same revision: the job itself did not change).
+   */
   snapshot(): JobStatus {
-    if (this.cached === undefined) {
-      const devices: DeviceStatus[] = this.devices.map((device) => Object.freeze({ ...device }));
-      const status: JobStatus = {
-        uuid: this.uuid,
-        state: this.currentState,
-        errorMessage: this.errorMessage,
-        backupFile: this.backupFile,
-        format: this.format,
-        totalBytes: this.totalBytes,
-        transferredBytes: this.transferredBytes,
-        zeroBytes: this.zeroBytes,
-        startTime: this.startTime,
-        ...(this.endTime === undefined ? {} : { endTime: this.endTime }),
-        speedLimit: this.speed,
-        devices: Object.freeze(devices),
-      };
-      this.cached = Object.freeze(status);
+    const monotonicNow = this.context.monotonic();
+    if (this.dirty) {
+      this.revision = this.context.nextRevision();
+      this.dirty = false;
+    } else if (
+      this.cached !== undefined &&
+      (!this.isActive || monotonicNow - this.cachedAt < RATE_REFRESH_MS)
+    ) {
+      return this.cached;
     }
+    this.cached = this.build();
+    this.cachedAt = monotonicNow;
     return this.cached;
+  }
+
+  private changed(): void {
+    this.dirty = true;
+    this.changedAt = this.context.now();
+  }
+
+  private build(): JobStatus {
+    const devices: DeviceStatus[] = this.devices.map((device) => Object.freeze({ ...device }));
+    const active = this.isActive;
+    const rate = active ? this.meter.bytesPerSecond() : 0;
+    const remaining = this.totalBytes - this.transferredBytes;
+    const etaMs = active && rate > 0 ? Math.round((remaining * 1000) / rate) : undefined;
+    const status: JobStatus = {
+      uuid: this.uuid,
+      state: this.currentState,
+      errorMessage: this.errorMessage,
+      backupFile: this.backupFile,
+      format: this.format,
+      totalBytes: this.totalBytes,
+      transferredBytes: this.transferredBytes,
+      zeroBytes: this.zeroBytes,
+      startTime: this.startTime,
+      ...(this.endTime === undefined ? {} : { endTime: this.endTime }),
+      speedLimit: this.speed,
+      devices: Object.freeze(devices),
+      rate,
+      ...(etaMs === undefined ? {} : { etaMs }),
+      revision: this.revision,
+      updateTime: new Date(this.changedAt),
+      ...(this.requestId === undefined ? {} : { requestId: this.requestId }),
+    };
+    return Object.freeze(status);
   }
 }

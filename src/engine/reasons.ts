@@ -24,6 +24,16 @@ export const REASON = {
   BACKUP_FILE_BAD_SUFFIX: "BACKUP_FILE_BAD_SUFFIX",
   SPEED_LIMIT_INVALID: "SPEED_LIMIT_INVALID",
   UUID_INVALID: "UUID_INVALID",
+  /** request_id longer than 128 bytes of UTF-8 (or not text). */
+  REQUEST_ID_INVALID: "REQUEST_ID_INVALID",
+  /** ListBackups: a page_token that no earlier page returned. */
+  PAGE_TOKEN_INVALID: "PAGE_TOKEN_INVALID",
+  /** ListBackups: a negative or fractional page_size. */
+  PAGE_SIZE_INVALID: "PAGE_SIZE_INVALID",
+  /** ListBackups: a state filter that names no job state. */
+  JOB_STATE_INVALID: "JOB_STATE_INVALID",
+  /** WatchBackup: an after_revision that is not a revision (negative, NaN). */
+  AFTER_REVISION_INVALID: "AFTER_REVISION_INVALID",
 
   // Sources.
   SOURCE_NOT_FOUND: "SOURCE_NOT_FOUND",
@@ -46,6 +56,12 @@ export const REASON = {
   DEVICE_IN_USE: "DEVICE_IN_USE",
   JOB_NOT_FOUND: "JOB_NOT_FOUND",
   JOB_NOT_ACTIVE: "JOB_NOT_ACTIVE",
+  /** DeleteBackup of a job that is still running (failed-precondition). */
+  JOB_ACTIVE: "JOB_ACTIVE",
+  /** DeleteBackup: the file at the job's archive path is no longer the archive it wrote. */
+  ARCHIVE_REPLACED: "ARCHIVE_REPLACED",
+  /** DeleteBackup: removing the archive failed (e.g. EACCES). */
+  ARCHIVE_REMOVE_FAILED: "ARCHIVE_REMOVE_FAILED",
   ENGINE_SHUT_DOWN: "ENGINE_SHUT_DOWN",
   INTERNAL: "INTERNAL",
 } as const;

@@ -10,6 +10,8 @@ import { TERMINAL_STATES } from "./types.js";
 /** A stream of statuses; close() ends it at once and frees it. */
 export interface StatusSubscription extends AsyncIterable<JobStatus> {
   close(): void;
+  /** Statuses queued and not yet read (bounded: see the top of status-hub.ts). */
+  readonly backlog: number;
 }
 
 interface QueueEntry {
@@ -31,6 +33,14 @@ class Subscription implements StatusSubscription {
   private queue: QueueEntry[] = [];
   private head = 0;
   private readonly pendingProgress = new Map<string, QueueEntry>();
+  /**
+   * Revision of the last status taken in per job (until its terminal
+   * status). A job's revision only grows, so a status that is not newer is
+   * one this watcher already has (a snapshot published again after it came
+   * in as the initial status): it is dropped, and every watcher sees each
+   * job's revisions strictly increasing.
+   */
+  private readonly revisions = new Map<string, number>();
   private readonly waiters: Waiter[] = [];
   /** open: receiving; ending: delivers what is queued, then ends; closed: ended. */
   private phase: "open" | "ending" | "closed" = "open";
@@ -40,9 +50,22 @@ class Subscription implements StatusSubscription {
     this.detach = detach;
   }
 
+  get backlog(): number {
+    let count = 0;
+    for (let index = this.head; index < this.queue.length; index++) {
+      if (this.queue[index]?.status !== undefined) count++;
+    }
+    return count;
+  }
+
   push(status: JobStatus, progress: boolean): void {
     if (this.phase !== "open") return;
+    const seen = this.revisions.get(status.uuid);
+    if (seen !== undefined && status.revision <= seen) return;
     const terminal = !progress && TERMINAL_STATES.has(status.state);
+    // Nothing follows a terminal status, so its entry can go (this bounds the map).
+    if (terminal) this.revisions.delete(status.uuid);
+    else this.revisions.set(status.uuid, status.revision);
     const waiter = this.waiters.shift();
     if (waiter !== undefined) {
       // Someone is waiting, so the queue is empty: hand it over directly.
@@ -133,6 +156,7 @@ class Subscription implements StatusSubscription {
     this.queue = [];
     this.head = 0;
     this.pendingProgress.clear();
+    this.revisions.clear();
     for (const waiter of this.waiters.splice(0)) waiter(DONE);
   }
 }
@@ -181,6 +205,13 @@ export class StatusHub {
     return subscription;
   }
 
+  /** A subscription that has ended: it yields nothing. */
+  endedSubscription(): StatusSubscription {
+    const subscription = new Subscription(undefined, () => undefined);
+    subscription.close();
+    return subscription;
+  }
+
   /** Publishes a state change (a job started or ended) to every watcher at once. */
   publishState(status: JobStatus): void {
     const throttle = this.throttles.get(status.uuid);
@@ -215,6 +246,20 @@ export class StatusHub {
       this.publishThrottled(throttle);
     }, wait);
     throttle.timer.unref();
+  }
+
+  /**
+   * Publishes a change of an active job that is not progress (a new speed
+   * limit) at once. Like progress, a slow reader keeps only the latest; it
+   * includes the counters, so a trailing progress publication is moot.
+   */
+  publishNow(status: JobStatus): void {
+    const throttle = this.throttles.get(status.uuid);
+    if (throttle === undefined) return; // not active (or not announced yet)
+    clearTimeout(throttle.timer);
+    throttle.timer = undefined;
+    throttle.lastPublishedAt = this.clock();
+    this.deliver(status, true);
   }
 
   /** Ends every subscription after what it has queued, now and later (on shutdown). */

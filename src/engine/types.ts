@@ -3,6 +3,8 @@
 
 export type JobState = "active" | "done" | "error" | "cancelled";
 
+export const JOB_STATES: readonly JobState[] = ["active", "done", "error", "cancelled"];
+
 export const TERMINAL_STATES: ReadonlySet<JobState> = new Set(["done", "error", "cancelled"]);
 
 export interface DeviceSpec {
@@ -25,6 +27,12 @@ export interface BackupSpec {
   readonly configs: readonly ConfigSpec[];
   /** Bytes per second of source data; 0 = unlimited. */
   readonly speedLimit: number;
+  /**
+   * Idempotency key (at most 128 bytes of UTF-8; "" or undefined = none):
+   * a start with a request id already used within 24 hours starts nothing
+   * and returns that job's current status.
+   */
+  readonly requestId?: string;
 }
 
 export interface DeviceStatus {
@@ -50,6 +58,20 @@ export interface JobStatus {
   readonly endTime?: Date;
   readonly speedLimit: number;
   readonly devices: readonly DeviceStatus[];
+  /** Source bytes per second measured over the last second (RATE_WINDOW_MS); 0 when not active. */
+  readonly rate: number;
+  /** Remaining bytes at `rate`, in ms; undefined when unknown (no rate) or not active. */
+  readonly etaMs?: number;
+  /**
+   * Server-wide sequence, persisted: every change of any job takes a new,
+   * higher value, so it increases with every change of this job and orders
+   * changes across jobs (an all-jobs watcher resumes after it).
+   */
+  readonly revision: number;
+  /** When the job last changed. */
+  readonly updateTime: Date;
+  /** The request id the job was started with, if any. */
+  readonly requestId?: string;
 }
 
 export interface EngineOptions {
@@ -59,4 +81,36 @@ export interface EngineOptions {
   readonly sourceRoots: readonly string[];
   /** Minimum time between two progress updates of one job to a watcher. */
   readonly progressIntervalMs: number;
+  /** Where the job database lives: `${stateDir}/jobs.sqlite`. */
+  readonly stateDir: string;
+}
+
+export interface ListQuery {
+  /** 0 means 100; larger than 1000 means 1000. */
+  readonly pageSize: number;
+  /** nextPageToken of the previous page; undefined or "" for the first. */
+  readonly pageToken?: string;
+  /** Only jobs in these states; empty or undefined means every state. */
+  readonly states?: readonly JobState[];
+}
+
+export interface ListPage {
+  /** Newest first; active jobs with their live counters. */
+  readonly statuses: JobStatus[];
+  /** Undefined on the last page. */
+  readonly nextPageToken?: string;
+}
+
+export interface DeleteOptions {
+  /** Also remove the archive the job wrote (only a finished, successful job has one). */
+  readonly deleteArchive: boolean;
+}
+
+export interface WatchOptions {
+  /**
+   * Resume after this revision: only statuses with a higher revision are
+   * sent. 0 or undefined: no resume (the current status of the job, or of
+   * every active job).
+   */
+  readonly afterRevision?: number;
 }

@@ -142,6 +142,22 @@ export function checkSpeedLimit(bytesPerSecond: number, field = "speed_limit"): 
   }
 }
 
+/** Longest request id, in bytes of UTF-8. */
+export const MAX_REQUEST_ID_BYTES = 128;
+
+/** Throws unless `requestId` is usable as an idempotency key ("" or undefined: none). */
+export function checkRequestId(requestId: string | undefined): void {
+  if (requestId === undefined) return;
+  const field = "request_id";
+  if (LONE_SURROGATE.test(requestId)) {
+    throw invalid(REASON.REQUEST_ID_INVALID, field, `${quote(requestId)} is not valid UTF-8 text`);
+  }
+  const bytes = Buffer.byteLength(requestId, "utf8");
+  if (bytes > MAX_REQUEST_ID_BYTES) {
+    throw invalid(REASON.REQUEST_ID_INVALID, field, `${bytes} bytes of UTF-8, at most ${MAX_REQUEST_ID_BYTES} allowed`);
+  }
+}
+
 /**
  * Checks everything about `spec` that needs no filesystem and returns the
  * driver of its format. Throws EngineError (invalid-argument).
@@ -152,5 +168,6 @@ export function validateRequest(spec: BackupSpec, drivers: readonly BackupDriver
   const driver = findDriver(spec, drivers);
   checkBackupFile(spec.backupFile, driver);
   checkSpeedLimit(spec.speedLimit);
+  checkRequestId(spec.requestId);
   return driver;
 }

@@ -11,6 +11,8 @@ export interface StoredJob {
   readonly requestId?: string;
   /** Unix milliseconds. */
   readonly startTime: number;
+  /** The job's latest revision; revisions of all jobs share one sequence. */
+  readonly revision: number;
   /** The full job record, serialised by the caller's choice of shape. */
   readonly record: unknown;
 }
@@ -52,73 +54,116 @@ interface JobRow {
   state: string;
   request_id: string | null;
   start_time: number;
+  revision: number;
   record: string;
+}
+
+const REVISION_COUNTER = "revision";
+
+/** Statements used on every job change, compiled once. */
+interface Statements {
+  readonly save: Database.Statement;
+  readonly get: Database.Statement;
+  readonly latest: Database.Statement;
+  readonly inState: Database.Statement;
+  readonly byRequestId: Database.Statement;
+  readonly changedAfter: Database.Statement;
+  readonly delete: Database.Statement;
+  readonly maxRevision: Database.Statement;
+  readonly readCounter: Database.Statement;
+  readonly raiseCounter: Database.Statement;
 }
 
 export class JobStore {
   readonly #db: Database.Database;
+  readonly #statements: Statements;
 
   private constructor(db: Database.Database) {
     this.#db = db;
+    this.#statements = {
+      save: db.prepare(
+        `INSERT INTO jobs (uuid, state, request_id, start_time, revision, record)
+         VALUES (@uuid, @state, @requestId, @startTime, @revision, @record)
+         ON CONFLICT (uuid) DO UPDATE
+           SET state = excluded.state, revision = excluded.revision, record = excluded.record`,
+      ),
+      get: db.prepare(`SELECT * FROM jobs WHERE uuid = ?`),
+      latest: db.prepare(`SELECT * FROM jobs ORDER BY seq DESC LIMIT 1`),
+      inState: db.prepare(`SELECT * FROM jobs WHERE state = ? ORDER BY seq`),
+      byRequestId: db.prepare(
+        `SELECT * FROM jobs WHERE request_id = ? AND start_time >= ? ORDER BY seq DESC LIMIT 1`,
+      ),
+      changedAfter: db.prepare(`SELECT * FROM jobs WHERE revision > ? ORDER BY revision`),
+      delete: db.prepare(`DELETE FROM jobs WHERE uuid = ?`),
+      maxRevision: db.prepare(`SELECT coalesce(max(revision), 0) AS value FROM jobs`),
+      readCounter: db.prepare(`SELECT value FROM counters WHERE name = ?`),
+      raiseCounter: db.prepare(
+        `INSERT INTO counters (name, value) VALUES (?, ?)
+         ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)`,
+      ),
+    };
   }
 
-  /** Opens (creating if needed) the database file and brings its schema up to date. */
+  /**
+   * Opens (creating if needed) the database file and brings its schema up
+   * to date. Throws StoreVersionError, leaving the file untouched, when the
+   * database comes from a newer version.
+   */
   static open(path: string): JobStore {
     const db = new Database(path);
     try {
+      // Checked before anything is written, journal mode included.
+      checkVersion(db);
       db.pragma("journal_mode = WAL");
       // WAL with synchronous=NORMAL is durable against process crashes and
       // keeps each small write cheap; state changes are rare anyway.
       db.pragma("synchronous = NORMAL");
       db.pragma("busy_timeout = 5000");
       migrate(db);
+      return new JobStore(db);
     } catch (error) {
       db.close();
       throw error;
     }
-    return new JobStore(db);
   }
 
-  /** Inserts or replaces a job. */
+  /** Inserts or replaces a job (its request id and start time never change). */
   save(job: StoredJob): void {
-    this.#db
-      .prepare(
-        `INSERT INTO jobs (uuid, state, request_id, start_time, record)
-         VALUES (@uuid, @state, @requestId, @startTime, @record)
-         ON CONFLICT (uuid) DO UPDATE SET state = excluded.state, record = excluded.record`,
-      )
-      .run({
-        uuid: job.uuid,
-        state: job.state,
-        requestId: job.requestId ?? null,
-        startTime: job.startTime,
-        record: JSON.stringify(job.record),
-      });
+    this.#statements.save.run({
+      uuid: job.uuid,
+      state: job.state,
+      requestId: job.requestId ?? null,
+      startTime: job.startTime,
+      revision: job.revision,
+      record: JSON.stringify(job.record),
+    });
   }
 
   get(uuid: string): StoredJob | undefined {
-    const row = this.#db.prepare(`SELECT * FROM jobs WHERE uuid = ?`).get(uuid) as JobRow | undefined;
+    const row = this.#statements.get.get(uuid) as JobRow | undefined;
     return row && toStoredJob(row);
   }
 
   /** The most recently started job. */
   latest(): StoredJob | undefined {
-    const row = this.#db.prepare(`SELECT * FROM jobs ORDER BY seq DESC LIMIT 1`).get() as JobRow | undefined;
+    const row = this.#statements.latest.get() as JobRow | undefined;
     return row && toStoredJob(row);
   }
 
   /** Jobs in the given state, oldest first. */
   inState(state: string): StoredJob[] {
-    const rows = this.#db.prepare(`SELECT * FROM jobs WHERE state = ? ORDER BY seq`).all(state) as JobRow[];
-    return rows.map(toStoredJob);
+    return (this.#statements.inState.all(state) as JobRow[]).map(toStoredJob);
   }
 
   /** The newest job started with this request id at or after `since` (Unix ms). */
   findByRequestId(requestId: string, since: number): StoredJob | undefined {
-    const row = this.#db
-      .prepare(`SELECT * FROM jobs WHERE request_id = ? AND start_time >= ? ORDER BY seq DESC LIMIT 1`)
-      .get(requestId, since) as JobRow | undefined;
+    const row = this.#statements.byRequestId.get(requestId, since) as JobRow | undefined;
     return row && toStoredJob(row);
+  }
+
+  /** Every job whose revision is greater than `revision`, lowest revision first. */
+  changedAfter(revision: number): StoredJob[] {
+    return (this.#statements.changedAfter.all(revision) as JobRow[]).map(toStoredJob);
   }
 
   /**
@@ -143,16 +188,37 @@ export class JobStore {
       .prepare(`SELECT * FROM jobs ${where} ORDER BY seq DESC LIMIT ?`)
       .all(...params, query.pageSize + 1) as JobRow[];
     const page = rows.slice(0, query.pageSize);
-    const more = rows.length > query.pageSize;
+    const last = page[page.length - 1];
+    const more = rows.length > query.pageSize && last !== undefined;
     return {
       jobs: page.map(toStoredJob),
-      nextPageToken: more ? encodeToken(page[page.length - 1].seq) : undefined,
+      nextPageToken: more ? encodeToken(last.seq) : undefined,
     };
   }
 
   /** Removes a job's record; returns whether it existed. */
   delete(uuid: string): boolean {
-    return this.#db.prepare(`DELETE FROM jobs WHERE uuid = ?`).run(uuid).changes > 0;
+    return this.#statements.delete.run(uuid).changes > 0;
+  }
+
+  /**
+   * The highest revision ever handed out: the larger of the reserved mark
+   * (see reserveRevisions) and the highest revision stored.
+   */
+  revisionHighWater(): number {
+    const stored = (this.#statements.maxRevision.get() as { value: number }).value;
+    const reserved = (this.#statements.readCounter.get(REVISION_COUNTER) as { value: number } | undefined)?.value ?? 0;
+    return Math.max(stored, reserved);
+  }
+
+  /**
+   * Records that revisions up to `upTo` may be handed out, so that after a
+   * restart (even one that lost unsaved changes, or after the job holding
+   * the highest revision was deleted) no revision is ever given twice.
+   * Never lowers the mark.
+   */
+  reserveRevisions(upTo: number): void {
+    this.#statements.raiseCounter.run(REVISION_COUNTER, upTo);
   }
 
   close(): void {
@@ -160,14 +226,20 @@ export class JobStore {
   }
 }
 
+function schemaVersion(db: Database.Database): number {
+  return db.pragma("user_version", { simple: true }) as number;
+}
+
+function checkVersion(db: Database.Database): void {
+  const current = schemaVersion(db);
+  if (current > SCHEMA_VERSION) throw new StoreVersionError(current);
+}
+
 function migrate(db: Database.Database): void {
-  const current = db.pragma("user_version", { simple: true }) as number;
-  if (current > SCHEMA_VERSION) {
-    throw new StoreVersionError(current);
-  }
+  const current = schemaVersion(db);
   for (let version = current; version < SCHEMA_VERSION; version++) {
     db.transaction(() => {
-      db.exec(MIGRATIONS[version]);
+      db.exec(MIGRATIONS[version] as string);
       db.pragma(`user_version = ${version + 1}`);
     })();
   }
@@ -179,6 +251,7 @@ function toStoredJob(row: JobRow): StoredJob {
     state: row.state,
     requestId: row.request_id ?? undefined,
     startTime: row.start_time,
+    revision: row.revision,
     record: JSON.parse(row.record) as unknown,
   };
 }
@@ -188,7 +261,7 @@ function encodeToken(seq: number): string {
 }
 
 function decodeToken(token: string): number {
-  const match = /^v1:(\d+)$/.exec(Buffer.from(token, "base64url").toString());
+  const match = /^v1:(\d{1,15})$/.exec(Buffer.from(token, "base64url").toString());
   if (!match) throw new InvalidPageTokenError();
   return Number(match[1]);
 }

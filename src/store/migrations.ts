@@ -11,6 +11,18 @@ export const MIGRATIONS: readonly string[] = [
    );
    CREATE INDEX jobs_state ON jobs (state);
    CREATE INDEX jobs_request_id ON jobs (request_id) WHERE request_id IS NOT NULL;`,
+
+  // 2: revisions, so that an all-jobs watcher can resume after the last
+  // change it saw. Jobs from version 1 take their insertion order as their
+  // revision. The counters table keeps the revision high-water mark, which
+  // survives the deletion of the job that last held it.
+  `ALTER TABLE jobs ADD COLUMN revision INTEGER NOT NULL DEFAULT 0;
+   UPDATE jobs SET revision = seq;
+   CREATE INDEX jobs_revision ON jobs (revision);
+   CREATE TABLE counters (
+     name         TEXT PRIMARY KEY,
+     value        INTEGER NOT NULL
+   ) WITHOUT ROWID;`,
 ];
 
 /** The schema version this build writes. */

@@ -1,0 +1,195 @@
+// How a job is kept in the store: its status as JSON (times as Unix ms)
+// plus what only recovery and deletion need (the partial file, the
+// archive's identity). Rate and ETA are measurements of a running job and
+// are not stored: a stored status shows rate 0 and no ETA.
+import type { StoredJob } from "../store/job-store.js";
+import type { ArchiveIdentity } from "./job.js";
+import type { DeviceStatus, JobState, JobStatus } from "./types.js";
+import { JOB_STATES } from "./types.js";
+
+/** Bumped only if the record's shape changes incompatibly. */
+const RECORD_VERSION = 1;
+
+/** What a stored job holds besides its status. */
+export interface JobExtras {
+  /** Where the archive was written while the job ran. */
+  readonly partialPath?: string;
+  /** The committed archive, for a job that ended done. */
+  readonly archive?: ArchiveIdentity;
+}
+
+interface StatusRecord {
+  readonly uuid: string;
+  readonly state: JobState;
+  readonly errorMessage: string;
+  readonly backupFile: string;
+  readonly format: string;
+  readonly totalBytes: number;
+  readonly transferredBytes: number;
+  readonly zeroBytes: number;
+  readonly startTime: number;
+  readonly endTime?: number;
+  readonly speedLimit: number;
+  readonly devices: readonly DeviceStatus[];
+  readonly revision: number;
+  readonly updateTime: number;
+  readonly requestId?: string;
+}
+
+interface JobRecord {
+  readonly version: number;
+  readonly status: StatusRecord;
+  readonly partialPath?: string;
+  readonly archive?: ArchiveIdentity;
+}
+
+/** A stored job, decoded. */
+export interface JobEntry {
+  readonly status: JobStatus;
+  readonly extras: JobExtras;
+}
+
+/** The store's form of a status. */
+export function toStoredJob(status: JobStatus, extras: JobExtras): StoredJob {
+  const record: JobRecord = {
+    version: RECORD_VERSION,
+    status: {
+      uuid: status.uuid,
+      state: status.state,
+      errorMessage: status.errorMessage,
+      backupFile: status.backupFile,
+      format: status.format,
+      totalBytes: status.totalBytes,
+      transferredBytes: status.transferredBytes,
+      zeroBytes: status.zeroBytes,
+      startTime: status.startTime.getTime(),
+      ...(status.endTime === undefined ? {} : { endTime: status.endTime.getTime() }),
+      speedLimit: status.speedLimit,
+      devices: status.devices,
+      revision: status.revision,
+      updateTime: status.updateTime.getTime(),
+      ...(status.requestId === undefined ? {} : { requestId: status.requestId }),
+    },
+    ...(extras.partialPath === undefined ? {} : { partialPath: extras.partialPath }),
+    ...(extras.archive === undefined ? {} : { archive: extras.archive }),
+  };
+  return {
+    uuid: status.uuid,
+    state: status.state,
+    ...(status.requestId === undefined ? {} : { requestId: status.requestId }),
+    startTime: record.status.startTime,
+    revision: status.revision,
+    record,
+  };
+}
+
+class MalformedRecordError extends Error {
+  constructor(uuid: string, what: string) {
+    super(`stored job ${uuid} is malformed: ${what}`);
+    this.name = "MalformedRecordError";
+  }
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** Reads fields of an untrusted object, naming the first one that is wrong. */
+class FieldReader {
+  constructor(
+    private readonly uuid: string,
+    private readonly object: Record<string, unknown>,
+    private readonly where: string,
+  ) {}
+
+  string(name: string): string {
+    const value = this.object[name];
+    if (typeof value !== "string") throw this.bad(name);
+    return value;
+  }
+
+  optionalString(name: string): string | undefined {
+    return this.object[name] === undefined ? undefined : this.string(name);
+  }
+
+  count(name: string): number {
+    const value = this.object[name];
+    if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) throw this.bad(name);
+    return value;
+  }
+
+  optionalCount(name: string): number | undefined {
+    return this.object[name] === undefined ? undefined : this.count(name);
+  }
+
+  bad(name: string): MalformedRecordError {
+    return new MalformedRecordError(this.uuid, `${this.where}${name}`);
+  }
+}
+
+function readDevice(uuid: string, value: unknown, index: number): DeviceStatus {
+  if (!isObject(value)) throw new MalformedRecordError(uuid, `status.devices[${index}]`);
+  const fields = new FieldReader(uuid, value, `status.devices[${index}].`);
+  return Object.freeze({
+    name: fields.string("name"),
+    devId: fields.count("devId"),
+    size: fields.count("size"),
+    transferredBytes: fields.count("transferredBytes"),
+    zeroBytes: fields.count("zeroBytes"),
+  });
+}
+
+function readStatus(uuid: string, value: unknown): JobStatus {
+  if (!isObject(value)) throw new MalformedRecordError(uuid, "status");
+  const fields = new FieldReader(uuid, value, "status.");
+  const state = fields.string("state");
+  if (!(JOB_STATES as readonly string[]).includes(state)) throw fields.bad("state");
+  const devices = value.devices;
+  if (!Array.isArray(devices)) throw fields.bad("devices");
+  const endTime = fields.optionalCount("endTime");
+  const requestId = fields.optionalString("requestId");
+  const status: JobStatus = {
+    uuid: fields.string("uuid"),
+    state: state as JobState,
+    errorMessage: fields.string("errorMessage"),
+    backupFile: fields.string("backupFile"),
+    format: fields.string("format"),
+    totalBytes: fields.count("totalBytes"),
+    transferredBytes: fields.count("transferredBytes"),
+    zeroBytes: fields.count("zeroBytes"),
+    startTime: new Date(fields.count("startTime")),
+    ...(endTime === undefined ? {} : { endTime: new Date(endTime) }),
+    speedLimit: fields.count("speedLimit"),
+    devices: Object.freeze(devices.map((device: unknown, index) => readDevice(uuid, device, index))),
+    rate: 0,
+    revision: fields.count("revision"),
+    updateTime: new Date(fields.count("updateTime")),
+    ...(requestId === undefined ? {} : { requestId }),
+  };
+  if (status.uuid !== uuid) throw fields.bad("uuid");
+  return Object.freeze(status);
+}
+
+function readArchive(uuid: string, value: unknown): ArchiveIdentity | undefined {
+  if (value === undefined) return undefined;
+  if (!isObject(value)) throw new MalformedRecordError(uuid, "archive");
+  const fields = new FieldReader(uuid, value, "archive.");
+  return { dev: fields.string("dev"), ino: fields.string("ino"), size: fields.count("size") };
+}
+
+/** Decodes a stored job. Throws when the record is not one this engine wrote. */
+export function fromStoredJob(stored: StoredJob): JobEntry {
+  const record = stored.record;
+  if (!isObject(record)) throw new MalformedRecordError(stored.uuid, "record");
+  if (record.version !== RECORD_VERSION) throw new MalformedRecordError(stored.uuid, "version");
+  const fields = new FieldReader(stored.uuid, record, "");
+  const partialPath = fields.optionalString("partialPath");
+  const archive = readArchive(stored.uuid, record.archive);
+  return {
+    status: readStatus(stored.uuid, record.status),
+    extras: {
+      ...(partialPath === undefined ? {} : { partialPath }),
+      ...(archive === undefined ? {} : { archive }),
+    },
+  };
+}

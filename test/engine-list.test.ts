@@ -1,0 +1,231 @@
+// Listing jobs (newest first, stable pages while jobs are added, state
+// filter, live counters of active jobs, page size defaults and limits) and
+// request-id idempotency (same id within 24 hours: same job; later: a new
+// one; refused requests not remembered).
+import * as fs from "node:fs/promises";
+import * as path from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import type { BackupEngine } from "../src/engine/backup-engine.js";
+import { JOB_STORE_FILE, REQUEST_ID_TTL_MS } from "../src/engine/backup-engine.js";
+import { toStoredJob } from "../src/engine/job-record.js";
+import type { JobStatus } from "../src/engine/types.js";
+import { JobStore } from "../src/store/job-store.js";
+import {
+  backupSpec,
+  blockPattern,
+  expectEngineError,
+  KiB,
+  makeEngine,
+  makeSandbox,
+  MiB,
+  waitForEnd,
+  waitUntil,
+  writeSource,
+} from "./engine-helpers.js";
+import type { Sandbox } from "./engine-helpers.js";
+
+let sandbox: Sandbox;
+let engine: BackupEngine;
+let clock: number;
+let source: string;
+
+beforeEach(async () => {
+  sandbox = await makeSandbox();
+  clock = Date.UTC(2030, 0, 1);
+  ({ engine } = makeEngine(sandbox, { now: () => clock }));
+  source = await writeSource(sandbox, "tiny.raw", Buffer.alloc(4 * KiB, 1));
+});
+
+afterEach(async () => {
+  await engine.shutdown();
+  await sandbox.cleanup();
+});
+
+async function runBackup(backupFile: string, requestId?: string): Promise<JobStatus> {
+  const status = await engine.start(backupSpec({ backupFile, devices: [{ name: "d", path: source }], requestId }));
+  return waitForEnd(engine, status.uuid);
+}
+
+describe("list", () => {
+  it("pages over 500 jobs while jobs are added, without duplicates or gaps", async () => {
+    const existing: string[] = [];
+    for (let index = 0; index < 500; index++) existing.push((await runBackup(`job-${index}.vma`)).uuid);
+
+    const seen: string[] = [];
+    const added: string[] = [];
+    let token: string | undefined;
+    let pages = 0;
+    do {
+      const page = engine.list({ pageSize: 37, pageToken: token });
+      seen.push(...page.statuses.map((status) => status.uuid));
+      token = page.nextPageToken;
+      pages += 1;
+      // New jobs (started, some still running) must not shift the pages to come.
+      const own = await writeSource(sandbox, `new-${pages}.raw`, Buffer.alloc(4 * KiB, 2));
+      const started = await engine.start(
+        backupSpec({ backupFile: `new-${pages}.vma`, devices: [{ name: "d", path: own }] }),
+      );
+      added.push(started.uuid);
+      if (pages % 2 === 0) await waitForEnd(engine, started.uuid);
+    } while (token !== undefined);
+
+    expect(pages).toBe(Math.ceil(500 / 37));
+    expect(new Set(seen).size).toBe(seen.length);
+    expect(seen).toEqual([...existing].reverse());
+    // A fresh listing shows the added jobs first, newest first.
+    await waitUntil(() => engine.list({ pageSize: 0, states: ["active"] }).statuses.length === 0);
+    const fresh = engine.list({ pageSize: 1000 }).statuses.map((status) => status.uuid);
+    expect(fresh).toEqual([...added.reverse(), ...existing.reverse()]);
+  });
+
+  it("applies the default page size and caps large ones", async () => {
+    // Seeded through the store: 1005 finished jobs.
+    engine.list({ pageSize: 1 }); // the engine's store exists
+    const store = JobStore.open(path.join(sandbox.state, JOB_STORE_FILE));
+    const template = await runBackup("template.vma");
+    for (let index = 0; index < 1004; index++) {
+      const uuid = `00000000-0000-4000-8000-${String(index).padStart(12, "0")}`;
+      store.save(toStoredJob({ ...template, uuid, revision: template.revision + 1 + index }, {}));
+    }
+    store.close();
+    const first = engine.list({ pageSize: 0 });
+    expect(first.statuses).toHaveLength(100);
+    expect(first.nextPageToken).toBeDefined();
+    const capped = engine.list({ pageSize: 5000 });
+    expect(capped.statuses).toHaveLength(1000);
+    const rest = engine.list({ pageSize: 5000, pageToken: capped.nextPageToken });
+    expect(rest.statuses).toHaveLength(5);
+    expect(rest.nextPageToken).toBeUndefined();
+    expect(rest.statuses.at(-1)?.uuid).toBe(template.uuid);
+  });
+
+  it("filters by state and shows active jobs with their live counters", async () => {
+    const done = await runBackup("done.vma");
+    const big = await writeSource(sandbox, "big.raw", blockPattern(8 * MiB, (block) => block % 2 === 0));
+    const running = await engine.start(
+      backupSpec({ backupFile: "running.vma", devices: [{ name: "d", path: big }], speedLimit: 4 * MiB }),
+    );
+    const cancelledStart = await engine.start(
+      backupSpec({ backupFile: "cancelled.vma", devices: [{ name: "d", path: source }], speedLimit: 1 }),
+    );
+    const [cancelled] = await engine.cancel(cancelledStart.uuid);
+
+    await waitUntil(() => (engine.query(running.uuid)?.transferredBytes ?? 0) > MiB);
+    const active = engine.list({ pageSize: 10, states: ["active"] }).statuses;
+    expect(active.map((status) => status.uuid)).toEqual([running.uuid]);
+    expect(active[0]?.transferredBytes).toBeGreaterThan(MiB);
+    expect(active[0]?.rate).toBeGreaterThan(0);
+
+    const finished = engine.list({ pageSize: 10, states: ["done", "cancelled"] }).statuses;
+    expect(finished).toEqual([cancelled, done]);
+    expect(engine.list({ pageSize: 10, states: ["error"] }).statuses).toEqual([]);
+    expect(engine.list({ pageSize: 10, states: ["done", "done"] }).statuses).toEqual([done]);
+    expect(engine.list({ pageSize: 10, states: [] }).statuses.map((status) => status.uuid)).toEqual([
+      cancelled?.uuid,
+      running.uuid,
+      done.uuid,
+    ]);
+    await engine.cancel(running.uuid);
+  });
+
+  it("refuses a bad page token, page size or state", async () => {
+    await runBackup("a.vma");
+    await runBackup("b.vma");
+    const { nextPageToken } = engine.list({ pageSize: 1 });
+    expect(nextPageToken).toBeDefined();
+    for (const token of ["garbage", `${nextPageToken}x`, Buffer.from("v1:-3").toString("base64url")]) {
+      await expectEngineError(() => engine.list({ pageSize: 1, pageToken: token }), "invalid-argument", "PAGE_TOKEN_INVALID", "page_token");
+    }
+    expect(engine.list({ pageSize: 1, pageToken: "" }).statuses).toHaveLength(1);
+    for (const pageSize of [-1, 1.5, Number.NaN]) {
+      await expectEngineError(() => engine.list({ pageSize }), "invalid-argument", "PAGE_SIZE_INVALID", "page_size");
+    }
+    await expectEngineError(
+      () => engine.list({ pageSize: 1, states: ["done", "paused" as never] }),
+      "invalid-argument",
+      "JOB_STATE_INVALID",
+      "states[1]",
+    );
+  });
+});
+
+describe("request ids", () => {
+  it("answers a repeated request id with the job it started, even while it runs", async () => {
+    const big = await writeSource(sandbox, "big.raw", blockPattern(4 * MiB, () => false));
+    const spec = backupSpec({ backupFile: "vm.vma", devices: [{ name: "d", path: big }], speedLimit: 1, requestId: "retry-1" });
+    const first = await engine.start(spec);
+    expect(first.requestId).toBe("retry-1");
+    const again = await engine.start(spec);
+    expect(again.uuid).toBe(first.uuid);
+    expect(again.state).toBe("active");
+    // Even a different request with the same id starts nothing.
+    const other = await engine.start({ ...spec, backupFile: "other.vma", speedLimit: 0 });
+    expect(other.uuid).toBe(first.uuid);
+    expect(await fs.readdir(sandbox.out)).toEqual(["vm.vma.partial"]);
+
+    const [cancelled] = await engine.cancel(first.uuid);
+    expect(await engine.start(spec)).toEqual(cancelled);
+  });
+
+  it("starts one job for racing retries of one request id", async () => {
+    const spec = (index: number) =>
+      backupSpec({ backupFile: `race-${index}.vma`, devices: [{ name: "d", path: source }], speedLimit: 1, requestId: "race" });
+    const results = await Promise.all(Array.from({ length: 10 }, (_, index) => engine.start(spec(index))));
+    expect(new Set(results.map((status) => status.uuid)).size).toBe(1);
+    expect(await fs.readdir(sandbox.out)).toHaveLength(1);
+    await engine.cancel();
+  });
+
+  it("starts a new job once 24 hours have passed", async () => {
+    const first = await runBackup("day-1.vma", "nightly");
+    clock += REQUEST_ID_TTL_MS - 1;
+    expect((await engine.start(backupSpec({ backupFile: "day-1b.vma", devices: [{ name: "d", path: source }], requestId: "nightly" }))).uuid).toBe(first.uuid);
+    clock += 2;
+    const second = await runBackup("day-2.vma", "nightly");
+    expect(second.uuid).not.toBe(first.uuid);
+    expect(second.startTime.getTime()).toBe(clock);
+    // From now on the id means the new job.
+    expect((await engine.start(backupSpec({ backupFile: "x.vma", devices: [{ name: "d", path: source }], requestId: "nightly" }))).uuid).toBe(second.uuid);
+    expect(await fs.readdir(sandbox.out)).toEqual(expect.arrayContaining(["day-1.vma", "day-2.vma"]));
+    expect(await fs.readdir(sandbox.out)).toHaveLength(2);
+  });
+
+  it("remembers request ids across restarts", async () => {
+    const first = await runBackup("kept.vma", "durable");
+    await engine.shutdown();
+    ({ engine } = makeEngine(sandbox, { now: () => clock }));
+    const again = await engine.start(backupSpec({ backupFile: "kept.vma", devices: [{ name: "d", path: source }], requestId: "durable" }));
+    expect(again).toEqual(first);
+  });
+
+  it("does not remember refused requests and refuses ids over 128 bytes", async () => {
+    await expectEngineError(
+      () => engine.start(backupSpec({ backupFile: "bad.txt", devices: [{ name: "d", path: source }], requestId: "once" })),
+      "invalid-argument",
+      "BACKUP_FILE_BAD_SUFFIX",
+    );
+    const started = await runBackup("good.vma", "once");
+    expect(started.state).toBe("done");
+
+    await expectEngineError(
+      () => engine.start(backupSpec({ devices: [{ name: "d", path: source }], requestId: "r".repeat(129) })),
+      "invalid-argument",
+      "REQUEST_ID_INVALID",
+      "request_id",
+    );
+    // 43 characters, 129 bytes.
+    await expectEngineError(
+      () => engine.start(backupSpec({ devices: [{ name: "d", path: source }], requestId: "€".repeat(43) })),
+      "invalid-argument",
+      "REQUEST_ID_INVALID",
+      "request_id",
+    );
+    const longest = await runBackup("longest.vma", "€".repeat(42) + "rr");
+    expect(longest.requestId).toBe("€".repeat(42) + "rr");
+    // An empty id is no id: two starts, two jobs.
+    const a = await runBackup("empty-1.vma", "");
+    const b = await runBackup("empty-2.vma", "");
+    expect(a.uuid).not.toBe(b.uuid);
+    expect(a.requestId).toBeUndefined();
+  });
+});

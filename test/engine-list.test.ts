@@ -110,7 +110,8 @@ describe("list", () => {
     );
     const [cancelled] = await engine.cancel(cancelledStart.uuid);
 
-    await waitUntil(() => (engine.query(running.uuid)?.transferredBytes ?? 0) > MiB);
+    // The rate is known once the job has run for a whole measuring window.
+    await waitUntil(() => (engine.query(running.uuid)?.rate ?? 0) > 0);
     const active = engine.list({ pageSize: 10, states: ["active"] }).statuses;
     expect(active.map((status) => status.uuid)).toEqual([running.uuid]);
     expect(active[0]?.transferredBytes).toBeGreaterThan(MiB);

@@ -194,6 +194,15 @@ describe("sources", () => {
     );
   });
 
+  it("refuses a source path longer than the filesystem allows", async () => {
+    await expectEngineError(
+      start({ devices: [{ name: "a", path: path.join(sandbox.src, "x".repeat(300)) }] }),
+      "invalid-argument",
+      "SOURCE_PATH_TOO_LONG",
+      "devices[0].path",
+    );
+  });
+
   it("refuses an empty source", async () => {
     const empty = await writeSource(sandbox, "empty.raw", Buffer.alloc(0));
     await expectEngineError(
@@ -242,6 +251,15 @@ describe("the archive", () => {
     await expectEngineError(start({ backupFile: "busy.vma" }), "already-exists", "BACKUP_FILE_EXISTS", "backup_file");
     expect(await fs.readFile(partial, "utf8")).toBe("someone else's");
     await fs.rm(partial);
+  });
+
+  it("refuses a backup_file name longer than the filesystem allows", async () => {
+    await expectEngineError(
+      start({ backupFile: `${"n".repeat(300)}.vma` }),
+      "invalid-argument",
+      "BACKUP_FILE_INVALID",
+      "backup_file",
+    );
   });
 
   it("refuses a backup_file whose directory is missing", async () => {

@@ -1,10 +1,10 @@
 import { createHash } from "node:crypto";
-import { link, lstat, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from "node:fs/promises";
+import { link, lstat, mkdir, mkdtemp, readFile, readdir, rename, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ArchiveFile, publishWithoutOverwrite } from "../src/drivers/archive-file.js";
-import { ArchiveLimitError, type BackupTarget } from "../src/drivers/driver.js";
+import { ArchiveLimitError, ArchiveOutsideError, type BackupTarget } from "../src/drivers/driver.js";
 import { vmaDriver } from "../src/drivers/vma-driver.js";
 import { CLUSTER_SIZE } from "../src/vma/constants.js";
 
@@ -43,7 +43,7 @@ describe("vmaDriver", () => {
 
   it("writes under the partial name and shows the final name only after close", async () => {
     const path = join(dir, "vzdump-qemu-100.vma");
-    const target = await vmaDriver.open({ path, uuid: UUID });
+    const target = await vmaDriver.open({ path, uuid: UUID, confineTo: dir });
     expect(target.partialPath).toBe(`${path}.partial`);
     expect(await exists(target.partialPath)).toBe(true);
     expect((await lstat(target.partialPath)).mode & 0o7777).toBe(0o640 & ~process.umask());
@@ -68,7 +68,7 @@ describe("vmaDriver", () => {
 
   it("refuses to overwrite an existing archive at close and leaves it intact", async () => {
     const path = join(dir, "taken.vma");
-    const target = await vmaDriver.open({ path, uuid: UUID });
+    const target = await vmaDriver.open({ path, uuid: UUID, confineTo: dir });
     await writeExample(target);
     await writeFile(path, "someone else's archive");
     await expect(target.close()).rejects.toMatchObject({ code: "EEXIST" });
@@ -81,7 +81,7 @@ describe("vmaDriver", () => {
 
   it("abort removes the partial file and may be called again", async () => {
     const path = join(dir, "aborted.vma");
-    const target = await vmaDriver.open({ path, uuid: UUID });
+    const target = await vmaDriver.open({ path, uuid: UUID, confineTo: dir });
     target.registerConfig("qemu-server.conf", Buffer.from("memory: 512\n"));
     const devId = target.registerDevice("drive-scsi0", 200 * CLUSTER_SIZE);
     const data = new Uint8Array(CLUSTER_SIZE).fill(1);
@@ -96,7 +96,7 @@ describe("vmaDriver", () => {
 
   it("keeps the partial file when close fails on an incomplete device", async () => {
     const path = join(dir, "incomplete.vma");
-    const target = await vmaDriver.open({ path, uuid: UUID });
+    const target = await vmaDriver.open({ path, uuid: UUID, confineTo: dir });
     const devId = target.registerDevice("drive-scsi0", 2 * CLUSTER_SIZE);
     await target.writeCluster(devId, 0, new Uint8Array(CLUSTER_SIZE), 0);
     await expect(target.completeDevice(devId)).rejects.toThrow(/cluster 1 was not written/);
@@ -109,7 +109,7 @@ describe("vmaDriver", () => {
   it("fails with EEXIST when the partial file already exists", async () => {
     const path = join(dir, "busy.vma");
     await writeFile(`${path}.partial`, "another job");
-    await expect(vmaDriver.open({ path, uuid: UUID })).rejects.toMatchObject({ code: "EEXIST" });
+    await expect(vmaDriver.open({ path, uuid: UUID, confineTo: dir })).rejects.toMatchObject({ code: "EEXIST" });
     expect(await readFile(`${path}.partial`, "utf8")).toBe("another job");
   });
 
@@ -118,23 +118,23 @@ describe("vmaDriver", () => {
     const victim = join(dir, "victim");
     await writeFile(victim, "precious");
     await symlink(victim, `${path}.partial`);
-    await expect(vmaDriver.open({ path, uuid: UUID })).rejects.toMatchObject({ code: "EEXIST" });
+    await expect(vmaDriver.open({ path, uuid: UUID, confineTo: dir })).rejects.toMatchObject({ code: "EEXIST" });
     // A dangling symlink must not be followed into creating its target either.
     const dangling = join(dir, "dangling.vma");
     await symlink(join(dir, "nowhere"), `${dangling}.partial`);
-    await expect(vmaDriver.open({ path: dangling, uuid: UUID })).rejects.toMatchObject({ code: "EEXIST" });
+    await expect(vmaDriver.open({ path: dangling, uuid: UUID, confineTo: dir })).rejects.toMatchObject({ code: "EEXIST" });
     expect(await exists(join(dir, "nowhere"))).toBe(false);
     expect(await readFile(victim, "utf8")).toBe("precious");
   });
 
   it("fails with the fs error when the directory is missing, and on a bad uuid creates nothing", async () => {
-    await expect(vmaDriver.open({ path: join(dir, "missing", "a.vma"), uuid: UUID })).rejects.toMatchObject({ code: "ENOENT" });
-    await expect(vmaDriver.open({ path: join(dir, "a.vma"), uuid: "not-a-uuid" })).rejects.toThrow(TypeError);
+    await expect(vmaDriver.open({ path: join(dir, "missing", "a.vma"), uuid: UUID, confineTo: dir })).rejects.toMatchObject({ code: "ENOENT" });
+    await expect(vmaDriver.open({ path: join(dir, "a.vma"), uuid: "not-a-uuid", confineTo: dir })).rejects.toThrow(TypeError);
     expect(await readdir(dir)).toEqual([]);
   });
 
   it("maps format limits of registered configs and devices to ArchiveLimitError", async () => {
-    const target = await vmaDriver.open({ path: join(dir, "limits.vma"), uuid: UUID });
+    const target = await vmaDriver.open({ path: join(dir, "limits.vma"), uuid: UUID, confineTo: dir });
     expect(() => target.registerConfig("big.conf", new Uint8Array(70000))).toThrow(ArchiveLimitError);
     expect(() => target.registerDevice("drive scsi0", CLUSTER_SIZE)).toThrow(expect.objectContaining({ field: "devices[0].name" }));
     await target.abort();
@@ -172,8 +172,39 @@ describe("vmaDriver.checkPlan", () => {
 });
 
 describe("ArchiveFile", () => {
+  it("refuses a directory that resolves outside its confinement, creating nothing", async () => {
+    const inside = join(dir, "backups");
+    const outside = join(dir, "elsewhere");
+    await mkdir(inside);
+    await mkdir(outside);
+    await symlink(outside, join(inside, "sub"));
+    await expect(ArchiveFile.create(join(inside, "sub", "a.vma"), inside)).rejects.toBeInstanceOf(ArchiveOutsideError);
+    expect(await readdir(outside)).toEqual([]);
+  });
+
+  it("keeps writing into the directory it checked when a path component is swapped for a symlink", async () => {
+    const inside = join(dir, "backups");
+    const outside = join(dir, "elsewhere");
+    await mkdir(join(inside, "vm100"), { recursive: true });
+    await mkdir(outside);
+    const file = await ArchiveFile.create(join(inside, "vm100", "a.vma"), inside);
+    await rename(join(inside, "vm100"), join(inside, "moved"));
+    await symlink(outside, join(inside, "vm100"));
+    await file.write([Uint8Array.of(1, 2, 3)]);
+    await file.commit();
+    expect(await readdir(outside)).toEqual([]);
+    expect(await readdir(join(inside, "moved"))).toEqual(["a.vma"]);
+
+    const discarded = await ArchiveFile.create(join(inside, "moved", "b.vma"), inside);
+    await rename(join(inside, "moved"), join(inside, "moved-again"));
+    await symlink(outside, join(inside, "moved"));
+    await discarded.discard();
+    expect(await readdir(join(inside, "moved-again"))).toEqual(["a.vma"]);
+    expect(await readdir(outside)).toEqual([]);
+  });
+
   it("splits more than IOV_MAX chunks and keeps their order", async () => {
-    const file = await ArchiveFile.create(join(dir, "many.bin"));
+    const file = await ArchiveFile.create(join(dir, "many.bin"), dir);
     const chunks = Array.from({ length: 2500 }, (_, index) => Uint8Array.of(index & 0xff, index >> 8));
     await file.write(chunks);
     await file.write([Uint8Array.of(0xee), new Uint8Array(0)]);
@@ -184,7 +215,7 @@ describe("ArchiveFile", () => {
   });
 
   it("keeps overlapping writes in call order", async () => {
-    const file = await ArchiveFile.create(join(dir, "order.bin"));
+    const file = await ArchiveFile.create(join(dir, "order.bin"), dir);
     const first = new Uint8Array(1 << 20).fill(1);
     const second = new Uint8Array(1 << 20).fill(2);
     await Promise.all([file.write([first]), file.write([second])]);
@@ -194,7 +225,7 @@ describe("ArchiveFile", () => {
   });
 
   it("refuses writes after discard, and discard is idempotent even when the file is gone", async () => {
-    const file = await ArchiveFile.create(join(dir, "gone.bin"));
+    const file = await ArchiveFile.create(join(dir, "gone.bin"), dir);
     await rm(file.partialPath);
     await file.discard();
     await file.discard();

@@ -1,10 +1,12 @@
 // A file that becomes an archive only when it is complete: written under
 // `<final>.partial`, created exclusively and without following symlinks, and
 // published by a hard link so that an existing archive is never overwritten.
-// Errors keep their errno `code` (EEXIST, ENOSPC, ...).
+// Every operation goes through the directory opened and checked at create
+// time (ConfinedDirectory). Errors keep their errno `code` (EEXIST, ENOSPC, ...).
 import { constants, type FileHandle, link, lstat, open, rename, unlink } from "node:fs/promises";
 import { constants as osConstants } from "node:os";
-import { dirname } from "node:path";
+import { basename, dirname } from "node:path";
+import { ConfinedDirectory } from "./confined-directory.js";
 
 export const PARTIAL_SUFFIX = ".partial";
 const ARCHIVE_MODE = 0o640;
@@ -21,21 +23,38 @@ type State = "open" | "committed" | "discarded";
 export class ArchiveFile {
   readonly finalPath: string;
   readonly partialPath: string;
+  private readonly directory: ConfinedDirectory;
+  private readonly finalEntry: string;
+  private readonly partialEntry: string;
   private handle: FileHandle | undefined;
   private state: State = "open";
   private size = 0;
 
-  private constructor(finalPath: string, partialPath: string, handle: FileHandle) {
+  private constructor(finalPath: string, directory: ConfinedDirectory, handle: FileHandle) {
+    const name = basename(finalPath);
     this.finalPath = finalPath;
-    this.partialPath = partialPath;
+    this.partialPath = finalPath + PARTIAL_SUFFIX;
+    this.directory = directory;
+    this.finalEntry = directory.entry(name);
+    this.partialEntry = directory.entry(name + PARTIAL_SUFFIX);
     this.handle = handle;
   }
 
-  /** Creates `<finalPath>.partial`; fails with EEXIST if it exists, even as a symlink. */
-  static async create(finalPath: string): Promise<ArchiveFile> {
-    const partialPath = finalPath + PARTIAL_SUFFIX;
-    const handle = await open(partialPath, CREATE_FLAGS, ARCHIVE_MODE);
-    return new ArchiveFile(finalPath, partialPath, handle);
+  /**
+   * Creates `<finalPath>.partial` in the directory of `finalPath`, which must
+   * resolve to `confineTo` or below (ArchiveOutsideError otherwise); fails
+   * with EEXIST if the partial name exists, even as a symlink.
+   */
+  static async create(finalPath: string, confineTo: string): Promise<ArchiveFile> {
+    const directory = await ConfinedDirectory.open(dirname(finalPath), confineTo);
+    try {
+      const partialEntry = directory.entry(basename(finalPath) + PARTIAL_SUFFIX);
+      const handle = await open(partialEntry, CREATE_FLAGS, ARCHIVE_MODE);
+      return new ArchiveFile(finalPath, directory, handle);
+    } catch (error) {
+      await directory.close();
+      throw error;
+    }
   }
 
   /** Bytes appended so far (including writes still in flight). */
@@ -79,9 +98,13 @@ export class ArchiveFile {
       this.handle = undefined;
       await handle.close();
     }
-    await publishWithoutOverwrite(this.partialPath, this.finalPath);
+    await publishWithoutOverwrite(this.partialEntry, this.finalEntry);
     this.state = "committed";
-    await fsyncDirectory(dirname(this.finalPath));
+    try {
+      await this.directory.sync();
+    } finally {
+      await this.directory.close();
+    }
   }
 
   /** Closes and removes the partial file. Safe to call more than once; a no-op after commit. */
@@ -92,9 +115,13 @@ export class ArchiveFile {
     this.handle = undefined;
     // Closing can only fail on an fd that is unusable anyway; the unlink is what matters.
     await handle?.close().catch(() => undefined);
-    await unlink(this.partialPath).catch((error: NodeJS.ErrnoException) => {
-      if (error.code !== "ENOENT") throw error;
-    });
+    try {
+      await unlink(this.partialEntry).catch((error: NodeJS.ErrnoException) => {
+        if (error.code !== "ENOENT") throw error;
+      });
+    } finally {
+      await this.directory.close();
+    }
   }
 
   private writableHandle(): FileHandle {
@@ -140,16 +167,6 @@ async function assertAbsent(path: string): Promise<void> {
     errno: -osConstants.errno.EEXIST,
     path,
   });
-}
-
-/** Makes a new directory entry durable. */
-export async function fsyncDirectory(path: string): Promise<void> {
-  const directory = await open(path, constants.O_RDONLY | constants.O_DIRECTORY);
-  try {
-    await directory.sync();
-  } finally {
-    await directory.close();
-  }
 }
 
 /** The chunks still to write after `bytes` of them were written. */

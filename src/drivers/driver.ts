@@ -25,6 +25,23 @@ export interface OpenTargetOptions {
   readonly path: string;
   /** The job uuid (canonical string form); becomes the archive's uuid. */
   readonly uuid: string;
+  /**
+   * The real path of the directory the archive must stay inside. The driver
+   * checks the directory it actually opened against it, and creates, links
+   * and removes files only through that opened directory, so a path
+   * component swapped for a symlink after validation cannot redirect it.
+   */
+  readonly confineTo: string;
+}
+
+/** Thrown by open() when the archive's directory resolves outside `confineTo`. */
+export class ArchiveOutsideError extends Error {
+  readonly code = "EXDEV_CONFINEMENT";
+
+  constructor(directory: string, confineTo: string) {
+    super(`${directory} resolves outside ${confineTo}`);
+    this.name = "ArchiveOutsideError";
+  }
 }
 
 export interface BackupDriver {

@@ -23,7 +23,7 @@ export const vmaDriver: BackupDriver = {
   async open(options: OpenTargetOptions): Promise<BackupTarget> {
     // Parse first: a bad uuid must not leave a partial file behind.
     const uuid = parseUuid(options.uuid);
-    const file = await ArchiveFile.create(options.path);
+    const file = await ArchiveFile.create(options.path, options.confineTo);
     return new VmaTarget(file, new VmaWriter(file, { uuid }));
   },
 };

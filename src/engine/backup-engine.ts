@@ -11,7 +11,7 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { Logger } from "pino";
 import { v4 as uuidv4, validate as isUuid } from "uuid";
-import { ArchiveLimitError } from "../drivers/driver.js";
+import { ArchiveLimitError, ArchiveOutsideError } from "../drivers/driver.js";
 import type { BackupDriver, BackupTarget } from "../drivers/driver.js";
 import { InvalidPageTokenError, JobStore } from "../store/job-store.js";
 import { DeviceLocks } from "./device-locks.js";
@@ -464,9 +464,17 @@ export class BackupEngine {
 
   private async openTarget(driver: BackupDriver, backupFile: string, uuid: string): Promise<BackupTarget> {
     try {
-      return await driver.open({ path: backupFile, uuid });
+      return await driver.open({ path: backupFile, uuid, confineTo: this.policy.backupDir });
     } catch (error) {
       const field = "backup_file";
+      if (error instanceof ArchiveOutsideError) {
+        throw new EngineError(
+          "permission-denied",
+          REASON.PATH_NOT_ALLOWED,
+          `${field}: ${backupFile} is outside the backup directory (${error.message})`,
+          field,
+        );
+      }
       const code = errnoOf(error);
       switch (code) {
         case "EEXIST":

@@ -134,6 +134,14 @@ export class PathPolicy {
         field,
       );
     }
+    if (code === "ENAMETOOLONG") {
+      return new EngineError(
+        "invalid-argument",
+        REASON.BACKUP_FILE_INVALID,
+        `${field}: ${quote(backupFile)} is too long (a file name holds at most 255 bytes, a path 4095)`,
+        field,
+      );
+    }
     if (code === "EACCES" || code === "EPERM") {
       return new EngineError(
         "failed-precondition",

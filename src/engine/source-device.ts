@@ -54,6 +54,13 @@ function sourceError(error: unknown, device: DeviceSpec, field: string): EngineE
         `${field}: ${shown} is not readable (${code})`,
         field,
       );
+    case "ENAMETOOLONG":
+      return new EngineError(
+        "invalid-argument",
+        REASON.SOURCE_PATH_TOO_LONG,
+        `${field}: ${shown} is too long (a file name holds at most 255 bytes, a path 4095)`,
+        field,
+      );
     case "ENXIO": // a Unix socket, or a device without a driver
     case "ENODEV":
     case "EOPNOTSUPP":

@@ -1,8 +1,8 @@
 // The client side of the CLI: the argument parsers and formatters as units,
-// then `vmabackup backup | status | watch | cancel` as real child processes
-// against a real server on 127.0.0.1.
+// then `vmabackup backup | status | watch | cancel | list | speed | delete`
+// as real child processes against a real server on 127.0.0.1.
 import { create } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readdir, readFile, writeFile } from "node:fs/promises";
@@ -11,7 +11,8 @@ import { fileURLToPath } from "node:url";
 import fc from "fast-check";
 import { parse as parseUuid } from "uuid";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BackupState, BackupStatusSchema } from "../gen/vmabackup/v1/backup_pb.js";
+import { BackupState, BackupStatusSchema, type BackupStatus } from "../gen/vmabackup/v1/backup_pb.js";
+import { listBackups } from "../src/cli/client-list.js";
 import { formatBarLine } from "../src/cli/client-progress.js";
 import { formatStatusJson } from "../src/cli/format-json.js";
 import { formatBytes, formatDuration, formatPercent } from "../src/cli/format-size.js";
@@ -168,17 +169,22 @@ describe("status formatting", () => {
     );
   });
 
-  it("measures the rate of an active job up to now", () => {
+  it("shows the rate and ETA the server measured for an active job", () => {
     const active = create(BackupStatusSchema, {
       ...done,
       state: BackupState.ACTIVE,
       transferredBytes: BigInt(GiB),
       endTime: undefined,
+      rate: BigInt(256 * MiB),
+      eta: durationFromMs(4000),
     });
+    // The server's figures, whatever the average since the start would say.
     const line = formatStatusLine(active, new Date(start.getTime() + 2000));
     expect(line).toBe(
-      "0b6c3a52-8a40-4b0e-9c55-0123456789ab ACTIVE  50.0%  1.0 GiB / 2.0 GiB  512.0 MiB/s  zero 50.0%",
+      "0b6c3a52-8a40-4b0e-9c55-0123456789ab ACTIVE  50.0%  1.0 GiB / 2.0 GiB  256.0 MiB/s  ETA 4.0 s  zero 50.0%",
     );
+    const unknown = create(BackupStatusSchema, { ...active, rate: 0n, eta: undefined });
+    expect(formatStatusLine(unknown, new Date())).toContain("  0 B/s  ETA -  zero 50.0%");
   });
 
   it("fits a progress bar line into the terminal width", () => {
@@ -188,22 +194,44 @@ describe("status formatting", () => {
       transferredBytes: BigInt(GiB / 2),
       zeroBytes: 0n,
       endTime: undefined,
+      rate: BigInt(256 * MiB),
+      eta: durationFromMs(6000),
     });
     const now = new Date(start.getTime() + 2000);
+    // 80 columns: rate and ETA stay, the zero share goes.
     const narrow = formatBarLine(active, 80, now);
-    expect(narrow).toMatch(/^0b6c3a52 ACTIVE \[█+░+\] 25\.0% {2}512\.0 MiB \/ 2\.0 GiB {2}256\.0 MiB\/s {2}zero 0\.0%$/);
+    expect(narrow).toMatch(/^0b6c3a52 ACTIVE \[█+░+\] 25\.0% {2}512\.0 MiB \/ 2\.0 GiB {2}256\.0 MiB\/s {2}ETA 6\.0 s$/);
     expect(narrow.length).toBeLessThanOrEqual(80);
     const wide = formatBarLine(active, 200, now);
     expect(wide).toContain(`[${"█".repeat(10)}${"░".repeat(30)}]`);
+    expect(wide).toMatch(/ {2}ETA 6\.0 s {2}zero 0\.0%$/);
   });
 
   it("summarises a job with its devices", () => {
     const summary = formatStatusSummary(done, new Date());
     expect(summary).toContain("state     DONE");
     expect(summary).toContain("file      /var/backups/vm-101.vma");
-    expect(summary).toContain("rate      512.0 MiB/s over 4.0 s (limit 50.0 MiB/s)");
+    expect(summary).toContain("rate      512.0 MiB/s average over 4.0 s (limit 50.0 MiB/s)");
+    expect(summary).not.toContain("eta");
     expect(summary).toContain("started   2025-01-02T03:04:05.000Z");
     expect(summary).toMatch(/\n {4}2 {2}drive-scsi1 +100\.0% {2}1\.0 GiB of 1\.0 GiB {2}zero 50\.0%$/);
+  });
+
+  it("summarises an active job with the server's rate, its ETA and the request id", () => {
+    const active = create(BackupStatusSchema, {
+      ...done,
+      state: BackupState.ACTIVE,
+      endTime: undefined,
+      rate: BigInt(40 * MiB),
+      eta: durationFromMs(245_000),
+      requestId: "nightly-101",
+    });
+    const summary = formatStatusSummary(active, new Date());
+    expect(summary).toContain("rate      40.0 MiB/s (limit 50.0 MiB/s)\n");
+    expect(summary).toContain("eta       4 min 05 s\n");
+    expect(summary).toContain("request   nightly-101\n");
+    const unknown = formatStatusSummary(create(BackupStatusSchema, { ...active, eta: undefined }), new Date());
+    expect(unknown).toContain("eta       unknown\n");
   });
 
   it("writes JSON with the proto JSON names, defaults included", () => {
@@ -476,9 +504,10 @@ describe("vmabackup backup | status | watch | cancel against a real server", () 
     child.stdout.setEncoding("utf8").on("data", (chunk: string) => (output += chunk));
     const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
     expect(code).toBe(0);
-    // The bar: its frame, the bytes done so far and the state, redrawn in place.
+    // The bar: its frame, the bytes done so far, the server's rate and ETA
+    // and the state, redrawn in place (the zero share only on wide terminals).
     expect(output).toMatch(
-      /[0-9a-f]{8} ACTIVE \[[█░]{10,}\] \d+\.\d% {2}[\d.]+ [KM]iB \/ 1\.2 MiB {2}[\d.]+ [KM]iB\/s {2}zero \d+\.\d%/,
+      /[0-9a-f]{8} ACTIVE \[[█░]{10,}\] \d+\.\d% {2}[\d.]+ [KM]iB \/ 1\.2 MiB {2}[\d.]+ (B|KiB|MiB)\/s {2}ETA (-|\d+ ms|[\d.]+ s)( {2}zero \d+\.\d%)?\x1b/,
     );
     expect(output).toMatch(/\x1b\[[0-9;]*[GK]/);
     // The final line, after the bar was cleared.
@@ -503,7 +532,7 @@ describe("vmabackup backup | status | watch | cancel against a real server", () 
     expect(await readdir(server.backupDir)).not.toContain("x.vma");
   });
 
-  it("reports gRPC errors as CODE: message with exit 1", async () => {
+  it("reports gRPC errors as CODE (REASON): message with exit 1", async () => {
     const [notFound, exists, unreachable, noConfig] = await Promise.all([
       runCli(["status", "00000000-0000-4000-8000-000000000000", "--server", server.address]),
       runCli(["backup", "--file", "vm-101.vma", "--device", `d=${diskA}`, "--server", server.address]),
@@ -512,10 +541,10 @@ describe("vmabackup backup | status | watch | cancel against a real server", () 
       runCli(["backup", "--file", "y.vma", "--device", `d=${diskA}`, "--config", "/nonexistent/vm.conf"]),
     ]);
     expect(notFound.code).toBe(1);
-    expect(notFound.stderr).toMatch(/^error: NOT_FOUND: .*00000000-0000-4000-8000-000000000000.*\n$/);
+    expect(notFound.stderr).toMatch(/^error: NOT_FOUND \(JOB_NOT_FOUND\): .*00000000-0000-4000-8000-000000000000.*\n$/);
     expect(notFound.stdout).toBe("");
     expect(exists.code).toBe(1);
-    expect(exists.stderr).toMatch(/^error: ALREADY_EXISTS: .*vm-101\.vma/);
+    expect(exists.stderr).toMatch(/^error: ALREADY_EXISTS \(BACKUP_FILE_EXISTS\): .*vm-101\.vma/);
     expect(unreachable.code).toBe(1);
     expect(unreachable.stderr).toMatch(/^error: UNAVAILABLE: cannot reach vmabackup at 127\.0\.0\.1:1 \(.*ECONNREFUSED/);
     // A local file the client cannot read is a usage error, found before any call.
@@ -535,5 +564,154 @@ describe("vmabackup backup | status | watch | cancel against a real server", () 
     } finally {
       await fresh.stop();
     }
+  });
+});
+
+describe("vmabackup list | speed | delete against a real server", () => {
+  let server: TestServer;
+  let done: BackupStatus;
+  let cancelled: BackupStatus;
+  let active: BackupStatus;
+
+  async function finish(uuid: string): Promise<BackupStatus> {
+    let last: BackupStatus | undefined;
+    for await (const message of server.client.watchBackup({ uuid })) last = message.status;
+    return last!;
+  }
+
+  beforeAll(async () => {
+    server = await startTestServer({ progressIntervalMs: 50 });
+    const started = async (name: string, size: number, speedLimit: number): Promise<BackupStatus> => {
+      const source = await server.writeSource(`${name}.raw`, randomBytes(size));
+      const response = await server.client.backup({
+        backupFile: `${name}.vma`,
+        devices: [{ name: "drive-scsi0", path: source }],
+        speedLimit: BigInt(speedLimit),
+      });
+      return response.status!;
+    };
+    done = await finish((await started("done", 256 * KiB, 0)).uuid);
+    cancelled = (await server.client.cancelBackup({ uuid: (await started("cancelled", 8 * MiB, 256 * KiB)).uuid }))
+      .statuses[0]!;
+    // 32 s at this limit: active until the test lifts it.
+    active = await started("active", 8 * MiB, 256 * KiB);
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it("pages through every job in-process, page token by page token, up to a limit", async () => {
+    const all: string[] = [];
+    for await (const status of listBackups(server.client, { states: [], pageSize: 1 })) all.push(status.uuid);
+    expect(all).toEqual([active.uuid, cancelled.uuid, done.uuid]);
+    const limited: string[] = [];
+    for await (const status of listBackups(server.client, { states: [], pageSize: 2, limit: 2 })) {
+      limited.push(status.uuid);
+    }
+    expect(limited).toEqual([active.uuid, cancelled.uuid]);
+    const finished: string[] = [];
+    for await (const status of listBackups(server.client, { states: [BackupState.DONE, BackupState.CANCELLED] })) {
+      finished.push(status.uuid);
+    }
+    expect(finished).toEqual([cancelled.uuid, done.uuid]);
+  });
+
+  it("lists jobs newest first as lines or a JSON array, filtered by state and limited", async () => {
+    const [text, filtered, limited, badState, badLimit] = await Promise.all([
+      runCli(["list", "--server", server.address]),
+      runCli(["list", "--state", "done", "--state", "CANCELLED", "--json", "--server", server.address]),
+      runCli(["list", "--limit", "1", "--server", server.address]),
+      runCli(["list", "--state", "finished", "--server", server.address]),
+      runCli(["list", "--limit", "0", "--server", server.address]),
+    ]);
+    expect(text.code).toBe(0);
+    expect(stdoutLines(text)).toEqual([
+      expect.stringMatching(new RegExp(`^${active.uuid} ACTIVE  .* ETA `)),
+      expect.stringMatching(new RegExp(`^${cancelled.uuid} CANCELLED  .*cancelled by request$`)),
+      expect.stringMatching(new RegExp(`^${done.uuid} DONE  100\\.0% .*done\\.vma$`)),
+    ]);
+    expect(filtered.code).toBe(0);
+    const documents = JSON.parse(filtered.stdout) as Array<{ uuid: string; state: string }>;
+    expect(documents.map(({ uuid, state }) => [uuid, state])).toEqual([
+      [cancelled.uuid, "BACKUP_STATE_CANCELLED"],
+      [done.uuid, "BACKUP_STATE_DONE"],
+    ]);
+    expect(stdoutLines(limited)).toEqual([expect.stringMatching(new RegExp(`^${active.uuid} ACTIVE `))]);
+    expect(badState.code).toBe(2);
+    expect(badState.stderr).toContain("expected one of active, done, error, cancelled");
+    expect(badLimit.code).toBe(2);
+    expect(badLimit.stderr).toContain("must be at least 1");
+  });
+
+  it("changes a running job's speed, refuses a finished job with its reason, and 0 lifts the limit", async () => {
+    const [slower, finished, badSize, noSize] = await Promise.all([
+      runCli(["speed", active.uuid, "512K", "--server", server.address]),
+      runCli(["speed", done.uuid, "1M", "--server", server.address]),
+      runCli(["speed", active.uuid, "12Q", "--server", server.address]),
+      runCli(["speed", active.uuid, "--server", server.address]),
+    ]);
+    expect(slower).toEqual({ code: 0, stdout: `${active.uuid} speed limit 512.0 KiB/s\n`, stderr: "" });
+    expect((await server.client.queryBackup({ uuid: active.uuid })).status?.speedLimit).toBe(BigInt(512 * KiB));
+    expect(finished.code).toBe(1);
+    expect(finished.stderr).toMatch(new RegExp(`^error: FAILED_PRECONDITION \\(JOB_NOT_ACTIVE\\): .*${done.uuid}`));
+    expect(badSize.code).toBe(2);
+    expect(badSize.stderr).toContain(`unknown unit "Q"`);
+    expect(noSize.code).toBe(2);
+    expect(noSize.stderr).toContain("missing required argument 'size'");
+
+    const unlimited = await runCli(["speed", active.uuid, "0", "--json", "--server", server.address]);
+    expect(unlimited.code).toBe(0);
+    expect(JSON.parse(unlimited.stdout)).toMatchObject({ uuid: active.uuid, speedLimit: "0" });
+    // 8 MiB at 256 KiB/s would take half a minute.
+    expect((await finish(active.uuid)).state).toBe(BackupState.DONE);
+  });
+
+  it("deletes finished jobs, with their archive when asked, and refuses an active one", async () => {
+    const running = await server.client.backup({
+      backupFile: "still-running.vma",
+      devices: [{ name: "drive-scsi0", path: await server.writeSource("running.raw", randomBytes(MiB)) }],
+      speedLimit: BigInt(64 * KiB),
+    });
+    const runningUuid = running.status!.uuid;
+    const [withArchive, recordOnly, refused, unknown] = await Promise.all([
+      runCli(["delete", done.uuid, "--archive", "--server", server.address]),
+      runCli(["delete", cancelled.uuid, "--json", "--server", server.address]),
+      runCli(["delete", runningUuid, "--server", server.address]),
+      runCli(["delete", "00000000-0000-4000-8000-000000000000", "--server", server.address]),
+    ]);
+    await server.client.cancelBackup({ uuid: runningUuid });
+    expect(withArchive).toEqual({ code: 0, stdout: `deleted ${done.uuid} and its archive\n`, stderr: "" });
+    expect(recordOnly).toEqual({ code: 0, stdout: "{}\n", stderr: "" });
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/^error: FAILED_PRECONDITION \(JOB_ACTIVE\): .*cancel it first/);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/^error: NOT_FOUND \(JOB_NOT_FOUND\): /);
+
+    const backups = await readdir(server.backupDir);
+    expect(backups).not.toContain("done.vma");
+    // The other finished job's archive was not asked for and stays.
+    expect(backups).toContain("active.vma");
+    const listed = await runCli(["list", "--json", "--server", server.address]);
+    const uuids = (JSON.parse(listed.stdout) as Array<{ uuid: string }>).map(({ uuid }) => uuid);
+    expect(uuids).toEqual([runningUuid, active.uuid]);
+  });
+
+  it("says so when there is nothing to list", async () => {
+    const [none, noneInState] = await Promise.all([
+      runCli(["list", "--server", (await emptyServer()).address]),
+      runCli(["list", "--state", "error", "--server", server.address]),
+    ]);
+    expect(none).toEqual({ code: 0, stdout: "no backups\n", stderr: "" });
+    expect(noneInState).toEqual({ code: 0, stdout: "no backups in these states\n", stderr: "" });
+  });
+
+  let empty: TestServer | undefined;
+  async function emptyServer(): Promise<TestServer> {
+    empty ??= await startTestServer();
+    return empty;
+  }
+  afterAll(async () => {
+    await empty?.stop();
   });
 });

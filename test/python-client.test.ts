@@ -1,8 +1,11 @@
 // Cross-language proof of the API: stubs generated from proto/ with Debian's
 // Python toolchain drive a real server (test/python/backup_client.py) through
-// a whole backup, the watch stream and the documented error codes. The
-// script reports what it saw as JSON; this file judges it, and checks the
-// archive on disk against a size computed from vma-format.md.
+// a whole backup, the watch stream, a request_id retry, ListBackups and the
+// documented error codes, whose google.rpc.Status details Python decodes
+// with modules generated from google-proto-files (Debian has no
+// grpcio-status). The script reports what it saw as JSON; this file judges
+// it, and checks the archive on disk against a size computed from
+// vma-format.md.
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { constants as fsConstants } from "node:fs";
@@ -29,6 +32,11 @@ const PYTHON_FLAGS = ["-s"];
 const REPO_ROOT = fileURLToPath(new URL("..", import.meta.url));
 const PROTO_DIR = path.join(REPO_ROOT, "proto");
 const PROTO_FILE = path.join(PROTO_DIR, "vmabackup", "v1", "backup.proto");
+/** google/rpc/status.proto and error_details.proto, as the npm package ships them. */
+const GOOGLE_PROTO_DIR = path.join(REPO_ROOT, "node_modules", "google-proto-files");
+const RPC_PROTO_FILES = ["status.proto", "error_details.proto"].map((name) =>
+  path.join(GOOGLE_PROTO_DIR, "google", "rpc", name),
+);
 const CLIENT_SCRIPT = fileURLToPath(new URL("./python/backup_client.py", import.meta.url));
 const SCRIPT_TIMEOUT_MS = 20_000;
 
@@ -45,7 +53,7 @@ const ARCHIVE_NAME = "vm-python.vma";
 const CONFIG_NAME = "qemu-server.conf";
 const CONFIG_TEXT = "memory: 512\n#qmdump#map:scsi0:drive-scsi0:local:raw:\n#qmdump#map:scsi1:drive-scsi1:local:raw:\n";
 /** Throttled so that the job stays ACTIVE for about a second and the watch sees progress. */
-const SPEED_LIMIT = 4 * MiB;
+const SPEED_LIMIT = 2 * MiB; // slow enough (~1.8 s) for the 1 s rate window to report a rate
 
 /**
  * Both sizes end inside a cluster, the first one also inside a block. 49 + 10
@@ -78,6 +86,11 @@ interface PyStatus {
   start_time: string | null;
   end_time: string | null;
   speed_limit: number;
+  rate: number;
+  eta_ms: number | null;
+  revision: number;
+  update_time: string | null;
+  request_id: string;
   devices: PyDeviceStatus[];
 }
 
@@ -86,9 +99,19 @@ interface PyQuery {
   status: PyStatus | null;
 }
 
+/** A google.rpc.Status as the script decoded it from the trailer. */
+interface PyRichStatus {
+  code: number;
+  message: string;
+  types: string[];
+  error_info: { reason: string; domain: string; metadata: Record<string, string> } | null;
+  bad_request: Array<{ field: string; description: string }> | null;
+}
+
 interface PyFailure {
   code: string;
   details: string;
+  status: PyRichStatus | null;
 }
 
 interface PySummary {
@@ -98,11 +121,15 @@ interface PySummary {
   watch: PyStatus[];
   query_by_uuid: PyQuery;
   query_latest: PyQuery;
+  retried: PyStatus;
+  listed: string[];
   unknown_uuid: string;
   errors: {
     query_unknown_uuid: PyFailure;
     backup_without_devices: PyFailure;
     backup_to_existing_file: PyFailure;
+    watch_unknown_uuid: PyFailure;
+    device_in_use: PyFailure;
   };
 }
 
@@ -152,11 +179,17 @@ async function wellKnownProtoDir(): Promise<string> {
   return stdout.trim();
 }
 
-/** Generates backup_pb2.py and backup_pb2_grpc.py under `outDir`, as the README tells users to. */
+/**
+ * Generates backup_pb2.py and backup_pb2_grpc.py under `outDir`, as the
+ * README tells users to, and google/rpc/status_pb2.py and
+ * error_details_pb2.py, which grpcio-status would otherwise bring.
+ */
 async function generateStubs(outDir: string): Promise<void> {
+  const wellKnown = `-I${await wellKnownProtoDir()}`;
   const commands: Array<[string, string[]]> = [
-    [PROTOC, [`-I${PROTO_DIR}`, `-I${await wellKnownProtoDir()}`, `--python_out=${outDir}`, PROTO_FILE]],
+    [PROTOC, [`-I${PROTO_DIR}`, wellKnown, `--python_out=${outDir}`, PROTO_FILE]],
     [PYTHON, [...PYTHON_FLAGS, "-m", "grpc_tools.protoc", `-I${PROTO_DIR}`, `--grpc_python_out=${outDir}`, PROTO_FILE]],
+    [PROTOC, [`-I${GOOGLE_PROTO_DIR}`, wellKnown, `--python_out=${outDir}`, ...RPC_PROTO_FILES]],
   ];
   for (const [command, args] of commands) {
     try {
@@ -353,6 +386,72 @@ describe("a Python client generated from proto/", () => {
     const done = summary.watch.at(-1)!;
     expect(summary.query_by_uuid).toEqual({ has_status: true, status: done });
     expect(summary.query_latest).toEqual({ has_status: true, status: done });
+  });
+
+  it("carries rate, ETA, revision, update time and request id in the statuses", () => {
+    const { started, watch } = summary;
+    expect(started.request_id).toMatch(/^python-/);
+    expect(started.revision).toBeGreaterThan(0);
+    expect(started.update_time).not.toBeNull();
+    expect(watch.every((status) => status.request_id === started.request_id)).toBe(true);
+    for (let index = 1; index < watch.length; index += 1) {
+      expect(watch[index]!.revision).toBeGreaterThan(watch[index - 1]!.revision);
+    }
+    // Throttled at 2 MiB/s: some update measured a rate and estimated the time left.
+    expect(watch.some((status) => status.rate > 0 && status.eta_ms !== null)).toBe(true);
+    const done = watch.at(-1)!;
+    expect(done.rate).toBe(0);
+    expect(done.eta_ms).toBeNull();
+  });
+
+  it("gets the finished job back when it retries Backup with the same request_id", () => {
+    expect(summary.retried).toEqual(summary.watch.at(-1));
+  });
+
+  it("pages through ListBackups, newest first", () => {
+    // The collision job of the error checks started after the listing.
+    expect(summary.listed).toEqual([summary.started.uuid]);
+  });
+
+  it("decodes ErrorInfo and BadRequest from the grpc-status-details-bin trailer", () => {
+    const { errors } = summary;
+    const errorInfo = (failure: PyFailure): NonNullable<PyRichStatus["error_info"]> => {
+      expect(failure.status).not.toBeNull();
+      expect(failure.status!.message).toBe(failure.details);
+      return failure.status!.error_info!;
+    };
+    expect(errorInfo(errors.backup_without_devices)).toEqual({
+      reason: "NO_DEVICES",
+      domain: "vmabackup",
+      metadata: { field: "devices" },
+    });
+    expect(errors.backup_without_devices.status!.types).toEqual([
+      "type.googleapis.com/google.rpc.ErrorInfo",
+      "type.googleapis.com/google.rpc.BadRequest",
+    ]);
+    expect(errors.backup_without_devices.status!.bad_request).toEqual([
+      { field: "devices", description: errors.backup_without_devices.details },
+    ]);
+
+    expect(errors.backup_to_existing_file.status!.code).toBe(6); // ALREADY_EXISTS
+    expect(errorInfo(errors.backup_to_existing_file)).toEqual({
+      reason: "BACKUP_FILE_EXISTS",
+      domain: "vmabackup",
+      metadata: { field: "backup_file" },
+    });
+    expect(errors.backup_to_existing_file.status!.bad_request).toBeNull();
+
+    expect(errors.device_in_use.code).toBe("FAILED_PRECONDITION");
+    expect(errorInfo(errors.device_in_use)).toEqual({
+      reason: "DEVICE_IN_USE",
+      domain: "vmabackup",
+      metadata: { field: "devices[0].path" },
+    });
+
+    expect(errorInfo(errors.query_unknown_uuid)).toMatchObject({ reason: "JOB_NOT_FOUND", metadata: { field: "uuid" } });
+    // A streaming call carries them in its trailer just the same.
+    expect(errors.watch_unknown_uuid.code).toBe("NOT_FOUND");
+    expect(errorInfo(errors.watch_unknown_uuid)).toMatchObject({ reason: "JOB_NOT_FOUND", domain: "vmabackup" });
   });
 
   it("gets NOT_FOUND, INVALID_ARGUMENT and ALREADY_EXISTS as documented", () => {

@@ -75,6 +75,15 @@ const implementation: ImplementationOf<typeof BackupService> = {
     }
     call.end();
   },
+  listBackups: (_call, callback) => {
+    callback({ code: grpc.status.UNIMPLEMENTED, details: "no" });
+  },
+  setBackupSpeed: (_call, callback) => {
+    callback({ code: grpc.status.UNIMPLEMENTED, details: "no" });
+  },
+  deleteBackup: (_call, callback) => {
+    callback({ code: grpc.status.UNIMPLEMENTED, details: "no" });
+  },
 };
 
 let server: grpc.Server;
@@ -99,7 +108,15 @@ afterAll(() => {
 describe("createServiceDefinition", () => {
   it("derives paths and streaming flags from the descriptor", () => {
     const definition = createServiceDefinition(BackupService);
-    expect(Object.keys(definition)).toEqual(["backup", "queryBackup", "cancelBackup", "watchBackup"]);
+    expect(Object.keys(definition)).toEqual([
+      "backup",
+      "queryBackup",
+      "cancelBackup",
+      "watchBackup",
+      "listBackups",
+      "setBackupSpeed",
+      "deleteBackup",
+    ]);
     expect(definition.backup.path).toBe("/vmabackup.v1.BackupService/Backup");
     expect(definition.backup.requestStream).toBe(false);
     expect(definition.backup.responseStream).toBe(false);

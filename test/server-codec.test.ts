@@ -1,19 +1,28 @@
 // The pure parts of the server: protobuf <-> engine type mapping and the
-// mapping of engine errors to gRPC status codes.
+// mapping of engine errors to gRPC status codes with rich error details.
 import { create } from "@bufbuild/protobuf";
-import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { durationMs, timestampDate } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
 import { describe, expect, it } from "vitest";
 import {
   BackupFormat,
   BackupRequestSchema,
   BackupState,
+  ListBackupsRequestSchema,
 } from "../gen/vmabackup/v1/backup_pb.js";
 import { EngineError } from "../src/engine/errors.js";
 import type { EngineErrorKind } from "../src/engine/errors.js";
 import type { JobStatus } from "../src/engine/types.js";
-import { toRpcError } from "../src/server/rpc-errors.js";
-import { toBackupSpec, toBackupStatus, toJobSelector } from "../src/server/status-codec.js";
+import { readErrorDetails } from "../src/server/rpc-error-details.js";
+import { STATUS_DETAILS_KEY, toRpcError } from "../src/server/rpc-errors.js";
+import {
+  toBackupSpec,
+  toBackupStatus,
+  toJobSelector,
+  toListQuery,
+  toRequiredUuid,
+  toRevision,
+} from "../src/server/status-codec.js";
 
 function engineErrorOf(action: () => unknown): EngineError {
   try {
@@ -96,6 +105,9 @@ describe("toBackupStatus", () => {
     endTime: new Date(start.getTime() + 1500),
     speedLimit: 1_000_000,
     devices: [{ name: "drive-scsi0", devId: 1, size: 2 ** 40 + 5, transferredBytes: 65536, zeroBytes: 4096 }],
+    rate: 0,
+    revision: 2 ** 40 + 1,
+    updateTime: new Date(start.getTime() + 1500),
   };
 
   it("maps states, counters as uint64 and times as timestamps", () => {
@@ -112,12 +124,85 @@ describe("toBackupStatus", () => {
     expect(message.devices[0]).toMatchObject({ name: "drive-scsi0", devId: 1, size: 2n ** 40n + 5n });
   });
 
+  it("maps revision, update time and request id; a finished job has rate 0 and no ETA", () => {
+    const message = toBackupStatus({ ...status, requestId: "retry-7" });
+    expect(message.revision).toBe(2n ** 40n + 1n);
+    expect(timestampDate(message.updateTime!).getTime()).toBe(start.getTime() + 1500);
+    expect(message.requestId).toBe("retry-7");
+    expect(message.rate).toBe(0n);
+    expect(message.eta).toBeUndefined();
+    expect(toBackupStatus(status).requestId).toBe("");
+  });
+
+  it("sends an active job's rate in whole bytes per second and its ETA as a Duration", () => {
+    const active = { ...status, state: "active" as const, endTime: undefined };
+    const message = toBackupStatus({ ...active, rate: 2_097_151.6, etaMs: 61_250.4 });
+    expect(message.rate).toBe(2_097_152n);
+    expect(durationMs(message.eta!)).toBe(61_250);
+    expect(message.eta).toMatchObject({ seconds: 61n, nanos: 250_000_000 });
+    // No estimate yet: eta stays unset rather than claiming "0 s left".
+    expect(toBackupStatus({ ...active, rate: 0 }).eta).toBeUndefined();
+    // Nonsense from a measurement never reaches the wire as a negative or NaN.
+    const nonsense = toBackupStatus({ ...active, rate: Number.NaN, etaMs: Number.POSITIVE_INFINITY });
+    expect(nonsense.rate).toBe(0n);
+    expect(nonsense.eta).toBeUndefined();
+  });
+
   it("leaves end_time unset while active", () => {
     const message = toBackupStatus({ ...status, state: "active", endTime: undefined });
     expect(message.state).toBe(BackupState.ACTIVE);
     expect(message.endTime).toBeUndefined();
     expect(toBackupStatus({ ...status, state: "done" }).state).toBe(BackupState.DONE);
     expect(toBackupStatus({ ...status, state: "cancelled" }).state).toBe(BackupState.CANCELLED);
+  });
+});
+
+describe("toBackupSpec request_id", () => {
+  it("passes a request id on and treats an empty one as none", () => {
+    expect(toBackupSpec(create(BackupRequestSchema, { requestId: "nightly-101" })).requestId).toBe("nightly-101");
+    expect(toBackupSpec(create(BackupRequestSchema, {}))).not.toHaveProperty("requestId");
+  });
+});
+
+describe("toListQuery", () => {
+  it("passes page size, token and states on, each state once", () => {
+    const query = toListQuery(
+      create(ListBackupsRequestSchema, {
+        pageSize: 20,
+        pageToken: "abc",
+        states: [BackupState.DONE, BackupState.ERROR, BackupState.DONE],
+      }),
+    );
+    expect(query).toEqual({ pageSize: 20, pageToken: "abc", states: ["done", "error"] });
+    expect(toListQuery(create(ListBackupsRequestSchema, {}))).toEqual({ pageSize: 0, states: [] });
+  });
+
+  it("refuses a negative page size", () => {
+    const error = engineErrorOf(() => toListQuery(create(ListBackupsRequestSchema, { pageSize: -1 })));
+    expect(error).toMatchObject({ kind: "invalid-argument", reason: "PAGE_SIZE_INVALID", field: "page_size" });
+  });
+
+  it.each([
+    [[BackupState.DONE, 9 as BackupState], "states[1]", /unknown value 9/],
+    [[BackupState.UNSPECIFIED], "states[0]", /UNSPECIFIED/],
+  ])("refuses the states filter %j", (states, field, message) => {
+    const error = engineErrorOf(() => toListQuery(create(ListBackupsRequestSchema, { states })));
+    expect(error).toMatchObject({ kind: "invalid-argument", reason: "JOB_STATE_INVALID", field });
+    expect(error.message).toMatch(message);
+  });
+});
+
+describe("toRequiredUuid and toRevision", () => {
+  it("requires a uuid where the RPC needs one", () => {
+    expect(toRequiredUuid("0B6E3A64-6C4E-4C5D-9E55-7F1A2B3C4D5E")).toBe("0b6e3a64-6c4e-4c5d-9e55-7f1a2b3c4d5e");
+    expect(engineErrorOf(() => toRequiredUuid(""))).toMatchObject({ reason: "UUID_REQUIRED", field: "uuid" });
+    expect(engineErrorOf(() => toRequiredUuid("nope"))).toMatchObject({ reason: "UUID_INVALID", field: "uuid" });
+  });
+
+  it("takes revisions up to 2^53 - 1", () => {
+    expect(toRevision(BigInt(Number.MAX_SAFE_INTEGER))).toBe(Number.MAX_SAFE_INTEGER);
+    const error = engineErrorOf(() => toRevision(BigInt(Number.MAX_SAFE_INTEGER) + 1n));
+    expect(error).toMatchObject({ kind: "invalid-argument", reason: "AFTER_REVISION_INVALID", field: "after_revision" });
   });
 });
 
@@ -142,5 +227,60 @@ describe("toRpcError", () => {
     const failure = toRpcError(error);
     expect(failure.code).toBe(grpc.status.INTERNAL);
     expect(failure.details).not.toContain("secret");
+  });
+});
+
+describe("rich error details", () => {
+  it("sends INVALID_ARGUMENT with an ErrorInfo and a BadRequest field violation", () => {
+    const failure = toRpcError(
+      new EngineError("invalid-argument", "NO_DEVICES", "devices: at least one device is required", "devices"),
+    );
+    const details = readErrorDetails(failure)!;
+    expect(details.status).toMatchObject({
+      code: grpc.status.INVALID_ARGUMENT,
+      message: "devices: at least one device is required",
+    });
+    expect(details.status.details.map((detail) => detail.typeUrl)).toEqual([
+      "type.googleapis.com/google.rpc.ErrorInfo",
+      "type.googleapis.com/google.rpc.BadRequest",
+    ]);
+    expect(details.errorInfo).toMatchObject({
+      reason: "NO_DEVICES",
+      domain: "vmabackup",
+      metadata: { field: "devices" },
+    });
+    expect(details.badRequest?.fieldViolations).toEqual([
+      expect.objectContaining({ field: "devices", description: "devices: at least one device is required" }),
+    ]);
+  });
+
+  it("sends other refusals with an ErrorInfo only", () => {
+    const failure = toRpcError(
+      new EngineError("failed-precondition", "DEVICE_IN_USE", "devices[0].path: in use by job x", "devices[0].path"),
+    );
+    const details = readErrorDetails(failure)!;
+    expect(details.status.code).toBe(grpc.status.FAILED_PRECONDITION);
+    expect(details.errorInfo).toMatchObject({ reason: "DEVICE_IN_USE", metadata: { field: "devices[0].path" } });
+    expect(details.badRequest).toBeUndefined();
+    // Without a field, the metadata is empty rather than naming a wrong one.
+    const fieldless = readErrorDetails(toRpcError(new EngineError("unavailable", "ENGINE_SHUT_DOWN", "stopping")))!;
+    expect(fieldless.errorInfo).toMatchObject({ reason: "ENGINE_SHUT_DOWN", metadata: {} });
+  });
+
+  it("tells INTERNAL nothing but its reason", () => {
+    const failure = toRpcError(new Error("EIO reading /secret/path"));
+    const details = readErrorDetails(failure)!;
+    expect(details.status.code).toBe(grpc.status.INTERNAL);
+    expect(details.status.details).toHaveLength(1);
+    expect(details.errorInfo).toMatchObject({ reason: "INTERNAL", domain: "vmabackup", metadata: {} });
+    expect(JSON.stringify(details.status.message)).not.toContain("secret");
+  });
+
+  it("reads nothing from a failure without the trailer or with garbage in it", () => {
+    expect(readErrorDetails(new Error("plain"))).toBeUndefined();
+    expect(readErrorDetails({ metadata: new grpc.Metadata() })).toBeUndefined();
+    const garbage = new grpc.Metadata();
+    garbage.set(STATUS_DETAILS_KEY, Buffer.from([0xff, 0xff, 0xff]));
+    expect(readErrorDetails({ metadata: garbage })).toBeUndefined();
   });
 });

@@ -1,11 +1,15 @@
 // Every refusal of Backup, through gRPC: the status code, a message that
-// names the offending field, and nothing left behind in the backup dir.
+// names the offending field, the google.rpc.Status details (ErrorInfo with
+// the stable reason and the field, BadRequest for INVALID_ARGUMENT), and
+// nothing left behind in the backup dir.
 import { mkdir, readdir, symlink, writeFile } from "node:fs/promises";
 import * as path from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import type { BackupFormat } from "../gen/vmabackup/v1/backup_pb.js";
+import { readErrorDetails } from "../src/server/rpc-error-details.js";
+import { failureOf } from "./helpers/rpc-failure.js";
 import { startTestServer } from "./helpers/test-server.js";
 import type { TestServer } from "./helpers/test-server.js";
 
@@ -142,13 +146,53 @@ const cases: Array<[string, () => Request, grpc.status, RegExp]> = [
   ["an unknown format", () => request({ format: 9 as BackupFormat }), grpc.status.INVALID_ARGUMENT, /format/],
 ];
 
+/** The ErrorInfo reason and field each case above must carry. */
+const REASONS: Readonly<Record<string, [string, string]>> = {
+  "no devices": ["NO_DEVICES", "devices"],
+  "an empty device name": ["DEVICE_NAME_INVALID", "devices[0].name"],
+  'a device name with "/"': ["DEVICE_NAME_INVALID", "devices[0].name"],
+  "a device name with a space": ["DEVICE_NAME_INVALID", "devices[0].name"],
+  "a device name with NUL": ["DEVICE_NAME_INVALID", "devices[0].name"],
+  'the reserved name "vmstate"': ["DEVICE_NAME_RESERVED", "devices[0].name"],
+  "a 128-byte device name": ["DEVICE_NAME_TOO_LONG", "devices[0].name"],
+  "duplicate device names": ["DEVICE_NAME_DUPLICATE", "devices[1].name"],
+  "255 devices": ["TOO_MANY_DEVICES", "devices"],
+  "257 configs": ["TOO_MANY_CONFIGS", "configs"],
+  "a config over 65535 bytes": ["CONFIG_TOO_LARGE", "configs[0].data"],
+  "configs that overflow the VMA header": ["ARCHIVE_LIMIT_EXCEEDED", "configs"],
+  "a missing source": ["SOURCE_NOT_FOUND", "devices[0].path"],
+  "a directory as source": ["SOURCE_TYPE_UNSUPPORTED", "devices[0].path"],
+  "an empty source": ["SOURCE_EMPTY", "devices[0].path"],
+  'a source outside the roots through ".."': ["PATH_NOT_ALLOWED", "devices[0].path"],
+  "a source outside the roots through a symlink": ["PATH_NOT_ALLOWED", "devices[0].path"],
+  "a backup_file outside the backup dir (absolute)": ["PATH_NOT_ALLOWED", "backup_file"],
+  'a backup_file outside the backup dir (through "..")': ["PATH_NOT_ALLOWED", "backup_file"],
+  'a backup_file not ending in ".vma"': ["BACKUP_FILE_BAD_SUFFIX", "backup_file"],
+  "an existing backup_file": ["BACKUP_FILE_EXISTS", "backup_file"],
+  "a speed limit beyond 2^53 - 1": ["SPEED_LIMIT_INVALID", "speed_limit"],
+  "an unknown format": ["FORMAT_UNSUPPORTED", "format"],
+};
+
 describe("Backup refuses", () => {
-  it.each(cases)("%s", async (_label, build, code, field) => {
+  it("has a reason for every case", () => {
+    expect(Object.keys(REASONS).sort()).toEqual(cases.map(([label]) => label).sort());
+  });
+
+  it.each(cases)("%s", async (label, build, code, field) => {
     const before = (await readdir(server.backupDir)).sort();
-    await expect(server.client.backup(build())).rejects.toMatchObject({
-      code,
-      details: expect.stringMatching(field),
-    });
+    const failure = await failureOf(server.client.backup(build()));
+    expect(failure).toMatchObject({ code, details: expect.stringMatching(field) });
+    const [reason, fieldPath] = REASONS[label]!;
+    const details = readErrorDetails(failure);
+    expect(details?.status).toMatchObject({ code, message: failure.details });
+    expect(details?.errorInfo).toMatchObject({ reason, domain: "vmabackup", metadata: { field: fieldPath } });
+    if (code === grpc.status.INVALID_ARGUMENT) {
+      expect(details?.badRequest?.fieldViolations).toEqual([
+        expect.objectContaining({ field: fieldPath, description: failure.details }),
+      ]);
+    } else {
+      expect(details?.badRequest).toBeUndefined();
+    }
     // Refused before anything was created.
     expect((await readdir(server.backupDir)).sort()).toEqual(before);
     expect((await server.client.cancelBackup({ uuid: "" })).statuses).toEqual([]);
@@ -163,11 +207,14 @@ describe("device locks", () => {
     expect(first.status?.state).toBe(BackupState.ACTIVE);
 
     // The same source under another device name and archive is still busy.
-    await expect(
+    const busy = await failureOf(
       server.client.backup(request({ backupFile: "lock-2.vma", devices: [{ name: "other-name", path: goodSource }] })),
-    ).rejects.toMatchObject({
-      code: grpc.status.FAILED_PRECONDITION,
-      details: expect.stringMatching(/devices\[0\]/),
+    );
+    expect(busy).toMatchObject({ code: grpc.status.FAILED_PRECONDITION, details: expect.stringMatching(/devices\[0\]/) });
+    expect(readErrorDetails(busy)?.errorInfo).toMatchObject({
+      reason: "DEVICE_IN_USE",
+      domain: "vmabackup",
+      metadata: { field: "devices[0].path" },
     });
 
     const second = await server.client.backup(

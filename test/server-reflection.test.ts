@@ -126,10 +126,23 @@ describe.each(["v1", "v1alpha"] as const)("reflection %s", (version) => {
       "QueryBackup",
       "CancelBackup",
       "WatchBackup",
+      "ListBackups",
+      "SetBackupSpeed",
+      "DeleteBackup",
     ]);
     expect(service?.method.watchBackup?.methodKind).toBe("server_streaming");
     const status = registry.getMessage("vmabackup.v1.BackupStatus");
     expect(status?.field.startTime?.message?.typeName).toBe("google.protobuf.Timestamp");
+  });
+
+  it("resolves the google.rpc error details, so grpcurl can print them", async () => {
+    for (const symbol of ["google.rpc.Status", "google.rpc.ErrorInfo", "google.rpc.BadRequest"]) {
+      const files = await reflection.fileContainingSymbol(symbol);
+      const [, pkg, name] = /^(.*)\.([^.]+)$/.exec(symbol)!;
+      const declares = (file: FileDescriptorProto): boolean =>
+        file.package === pkg && file.messageType.some((message) => message.name === name);
+      expect(files.some(declares)).toBe(true);
+    }
   });
 
   it("resolves the health service too", async () => {

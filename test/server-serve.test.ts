@@ -1,76 +1,17 @@
 // `vmabackup serve` as a real child process: it logs JSON lines with the
 // bound address, and SIGTERM shuts it down cleanly (watch streams end,
 // active jobs are cancelled, no partial file is left, exit code 0).
-import { spawn } from "node:child_process";
-import type { ChildProcessWithoutNullStreams } from "node:child_process";
 import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
-import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import type { BackupStatus } from "../gen/vmabackup/v1/backup_pb.js";
 import { createClient } from "../src/server/grpc-client.js";
+import { runServe } from "./helpers/serve-process.js";
+import type { ServeProcess } from "./helpers/serve-process.js";
 
-const PROJECT_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const MiB = 1024 * 1024;
-
-interface LogLine {
-  readonly level: number;
-  readonly msg: string;
-  readonly [key: string]: unknown;
-}
-
-interface ServeProcess {
-  readonly child: ChildProcessWithoutNullStreams;
-  /** Every stdout line, parsed; the test fails on a line that is not JSON. */
-  readonly logs: LogLine[];
-  readonly stderr: string[];
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  /** Resolves with the first log line that `match` accepts. */
-  waitForLog(match: (line: LogLine) => boolean): Promise<LogLine>;
-}
-
-function runServe(args: string[]): ServeProcess {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/cli/main.ts", "serve", ...args], {
-    cwd: PROJECT_ROOT,
-    stdio: ["pipe", "pipe", "pipe"],
-  });
-  const logs: LogLine[] = [];
-  const stderr: string[] = [];
-  const waiters: Array<{ match: (line: LogLine) => boolean; resolve: (line: LogLine) => void }> = [];
-  createInterface({ input: child.stdout }).on("line", (text) => {
-    const line = JSON.parse(text) as LogLine;
-    logs.push(line);
-    for (const waiter of [...waiters]) {
-      if (waiter.match(line)) {
-        waiters.splice(waiters.indexOf(waiter), 1);
-        waiter.resolve(line);
-      }
-    }
-  });
-  child.stderr.setEncoding("utf8").on("data", (chunk: string) => stderr.push(chunk));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.on("exit", (code, signal) => resolve({ code, signal })),
-  );
-  return {
-    child,
-    logs,
-    stderr,
-    exited,
-    waitForLog(match) {
-      const found = logs.find(match);
-      if (found !== undefined) return Promise.resolve(found);
-      return new Promise((resolve, reject) => {
-        waiters.push({ match, resolve });
-        void exited.then(({ code }) =>
-          reject(new Error(`serve exited (${code}) first; stderr: ${stderr.join("")}`)),
-        );
-      });
-    },
-  };
-}
 
 let rootDir: string;
 let running: ServeProcess | undefined;

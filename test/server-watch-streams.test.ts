@@ -36,6 +36,9 @@ class EndlessSource implements StatusSource {
         startTime: new Date(),
         speedLimit: 0,
         devices: [],
+        rate: 0,
+        revision: this.pulled,
+        updateTime: new Date(),
       };
       // Yield to the event loop like a real source waiting for the next change.
       await new Promise((resolve) => setImmediate(resolve));
@@ -62,10 +65,13 @@ beforeAll(async () => {
     backup: unimplemented,
     queryBackup: unimplemented,
     cancelBackup: unimplemented,
+    listBackups: unimplemented,
+    setBackupSpeed: unimplemented,
+    deleteBackup: unimplemented,
     watchBackup: (call) => {
       served = watchStreams.serve(
         call,
-        () => source,
+        () => ({ source, afterRevision: 0 }),
         (status) => create(WatchBackupResponseSchema, { status: toBackupStatus(status) }),
         pino({ level: "silent" }),
       );

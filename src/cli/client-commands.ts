@@ -1,28 +1,26 @@
-// The client side of the CLI: `vmabackup backup | status | watch | cancel`.
-// Each command talks to a running `vmabackup serve` over gRPC.
-import { InvalidArgumentError, Option, type Command } from "commander";
-import {
-  BackupStatusSchema,
-  CancelBackupResponseSchema,
-  type BackupStatus,
-} from "../../gen/vmabackup/v1/backup_pb.js";
+// The client side of the CLI: `vmabackup backup | status | watch | cancel`,
+// plus `list | speed | delete` from client-job-commands.ts. Each command
+// talks to a running `vmabackup serve` over gRPC.
+import { Option, type Command } from "commander";
+import { BackupStatusSchema, CancelBackupResponseSchema } from "../../gen/vmabackup/v1/backup_pb.js";
 import { readConfigFiles } from "./client-configs.js";
 import { runClientCommand, unaryDeadline, type BackupClient } from "./client-connection.js";
-import { EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE } from "./client-errors.js";
+import { EXIT_INTERRUPTED, EXIT_OK } from "./client-errors.js";
+import { registerJobCommands } from "./client-job-commands.js";
+import {
+  addConnectionOptions,
+  collecting,
+  rejectingSyntaxErrors,
+  type ConnectionOptions,
+} from "./client-options.js";
 import { ProgressBarRenderer } from "./client-progress.js";
 import { JsonLineRenderer, StatusLineRenderer, type StatusRenderer } from "./client-render.js";
+import { requireStatus } from "./client-status.js";
 import { untilInterrupted, watchBackups } from "./client-watch.js";
 import { formatJsonDocument, formatStatusJson } from "./format-json.js";
 import { formatStatusLine, formatStatusSummary } from "./format-status.js";
 import { parseConfigArgument, parseDeviceArgument, type NamedPath } from "./parse-named-path.js";
-import { ArgumentSyntaxError } from "./parse-error.js";
-import { DEFAULT_SERVER_ADDRESS, parseServerAddress } from "./parse-server-address.js";
 import { parseSize } from "./parse-size.js";
-
-interface ConnectionOptions {
-  readonly server: string;
-  readonly json?: boolean;
-}
 
 interface BackupOptions extends ConnectionOptions {
   readonly file: string;
@@ -37,6 +35,7 @@ export function registerClientCommands(program: Command): void {
   registerStatusCommand(program);
   registerWatchCommand(program);
   registerCancelCommand(program);
+  registerJobCommands(program);
 }
 
 function registerBackupCommand(program: Command): void {
@@ -59,7 +58,7 @@ function registerBackupCommand(program: Command): void {
     )
     .option("--watch", "follow the job until it ends; exit 0 on DONE, 1 otherwise");
   addConnectionOptions(command).action((options: BackupOptions) =>
-    runClientCommand(options.server, async (client) => {
+    runClientCommand(options, async (client) => {
       const configs = await readConfigFiles(options.config ?? []);
       const response = await client.backup(
         {
@@ -83,7 +82,7 @@ function registerStatusCommand(program: Command): void {
     .description("show a job's status (default: the most recently started job)")
     .argument("[uuid]", "job uuid");
   addConnectionOptions(command).action((uuid: string | undefined, options: ConnectionOptions) =>
-    runClientCommand(options.server, async (client) => {
+    runClientCommand(options, async (client) => {
       const { status } = await client.queryBackup({ uuid: uuid ?? "" }, { deadline: unaryDeadline() });
       if (options.json) {
         const document = status === undefined ? "null" : formatJsonDocument(BackupStatusSchema, status);
@@ -105,7 +104,7 @@ function registerWatchCommand(program: Command): void {
     )
     .argument("[uuid]", "job uuid");
   addConnectionOptions(command).action((uuid: string | undefined, options: ConnectionOptions) =>
-    runClientCommand(options.server, (client) => watchFromCommandLine(client, uuid ?? "", options)),
+    runClientCommand(options, (client) => watchFromCommandLine(client, uuid ?? "", options)),
   );
 }
 
@@ -115,7 +114,7 @@ function registerCancelCommand(program: Command): void {
     .description("cancel a job, or every active job when no uuid is given")
     .argument("[uuid]", "job uuid");
   addConnectionOptions(command).action((uuid: string | undefined, options: ConnectionOptions) =>
-    runClientCommand(options.server, async (client) => {
+    runClientCommand(options, async (client) => {
       const response = await client.cancelBackup({ uuid: uuid ?? "" }, { deadline: unaryDeadline() });
       if (options.json) {
         process.stdout.write(`${formatJsonDocument(CancelBackupResponseSchema, response)}\n`);
@@ -128,19 +127,6 @@ function registerCancelCommand(program: Command): void {
       return EXIT_OK;
     }),
   );
-}
-
-/** --server and --json, and usage errors exiting 2, on every client command. */
-function addConnectionOptions(command: Command): Command {
-  return command
-    .addOption(
-      new Option("--server <host:port>", "address of the vmabackup server")
-        .env("VMABACKUP_SERVER")
-        .default(DEFAULT_SERVER_ADDRESS)
-        .argParser(rejectingSyntaxErrors(parseServerAddress)),
-    )
-    .option("--json", "print proto3 JSON instead of text (one object per line while watching)")
-    .exitOverride((error) => process.exit(error.exitCode === 0 ? EXIT_OK : EXIT_USAGE));
 }
 
 /** Follows `uuid` (or every job) with the renderer that suits the output. */
@@ -164,27 +150,4 @@ function createRenderer(json: boolean): StatusRenderer {
   if (json) return new JsonLineRenderer(process.stdout);
   if (process.stdout.isTTY && process.stderr.isTTY) return new ProgressBarRenderer(process.stderr);
   return new StatusLineRenderer(process.stdout);
-}
-
-function requireStatus(status: BackupStatus | undefined, rpc: string): BackupStatus {
-  if (status === undefined) throw new Error(`the server's ${rpc} response carries no status`);
-  return status;
-}
-
-/** Makes commander report a parser's syntax error as an invalid option value. */
-function rejectingSyntaxErrors<T>(parse: (text: string) => T): (text: string) => T {
-  return (text) => {
-    try {
-      return parse(text);
-    } catch (error) {
-      if (error instanceof ArgumentSyntaxError) throw new InvalidArgumentError(error.message);
-      throw error;
-    }
-  };
-}
-
-/** For options given once per item (--device, --config): parses each and keeps them in order. */
-function collecting<T>(parse: (text: string) => T): (text: string, previous: T[] | undefined) => T[] {
-  const parseOne = rejectingSyntaxErrors(parse);
-  return (text, previous) => [...(previous ?? []), parseOne(text)];
 }

@@ -1,6 +1,7 @@
 // How the client commands report failures and which exit code each gets:
 // gRPC errors and failed jobs exit 1, usage errors exit 2, Ctrl-C 130.
 import { status as GrpcStatus, type ServiceError } from "@grpc/grpc-js";
+import { errorReason } from "../server/rpc-error-details.js";
 import { ArgumentSyntaxError } from "./parse-error.js";
 
 export const EXIT_OK = 0;
@@ -53,7 +54,11 @@ export function reportError(error: unknown, serverAddress: string): ErrorReport 
         exitCode: EXIT_FAILURE,
       };
     }
-    return { message: `error: ${code}: ${error.details}`, exitCode: EXIT_FAILURE };
+    // The ErrorInfo reason (e.g. DEVICE_IN_USE) is what scripts and people
+    // can act on; the code alone is too coarse.
+    const reason = errorReason(error);
+    const label = reason === undefined ? code : `${code} (${reason})`;
+    return { message: `error: ${label}: ${error.details}`, exitCode: EXIT_FAILURE };
   }
   const message = error instanceof Error ? error.message : String(error);
   return { message: `error: ${message}`, exitCode: EXIT_FAILURE };

@@ -1,8 +1,9 @@
 // Live progress bars for `watch` on a terminal: one bar per active job
-// (percent, bytes done/total, rate, zero share, state). When a job ends its
-// bar is replaced by the job's final status line. cli-progress does the
-// terminal work (redrawing in place, several bars at once); the generic
-// single bar of progress-bar.ts cannot show several jobs with their states.
+// (percent, bytes done/total, rate and ETA as the server measures them,
+// zero share, state). When a job ends its bar is replaced by the job's
+// final status line. cli-progress does the terminal work (redrawing in
+// place, several bars at once); the generic single bar of progress-bar.ts
+// cannot show several jobs with their states.
 import cliProgress from "cli-progress";
 import type { BackupStatus } from "../../gen/vmabackup/v1/backup_pb.js";
 import type { StatusRenderer } from "./client-render.js";
@@ -19,11 +20,14 @@ const LABEL_LENGTH = 8;
 const MIN_BAR_WIDTH = 10;
 const MAX_BAR_WIDTH = 40;
 /**
- * Room kept for the text after the bar, as wide as it gets
- * ("100.0%  1023.9 MiB / 1023.9 MiB  1023.9 MiB/s  zero 100.0%"): sizing the
- * bar from the text's actual length would make it jitter as the numbers change.
+ * Room kept for the text after the bar, as wide as it usually gets
+ * ("100.0%  1023.9 MiB / 1023.9 MiB  1023.9 MiB/s  ETA 59 min 59 s  zero 100.0%"):
+ * sizing the bar from the text's actual length would make it jitter as the
+ * numbers change.
  */
-const TEXT_WIDTH = 58;
+const TEXT_WIDTH = 75;
+/** What the zero share ("  zero 100.0%") adds to the text. */
+const ZERO_SHARE_WIDTH = 13;
 
 /** A bar of `width` cells, the done share filled. */
 function drawBar(progress: number, width: number): string {
@@ -32,15 +36,20 @@ function drawBar(progress: number, width: number): string {
 }
 
 /**
- * "e3f0ff21 ACTIVE [████░░░░] 45.0%  1.2 GiB / 2.0 GiB  120.0 MiB/s  zero 30.0%".
- * The bar takes what the text leaves of the terminal width, so the line fits
- * an 80-column terminal and is not cut off before the numbers.
+ * "e3f0ff21 ACTIVE [████░░░░] 45.0%  1.2 GiB / 2.0 GiB  120.0 MiB/s  ETA 8.0 s  zero 30.0%".
+ * The bar takes what the text leaves of the terminal width. A terminal too
+ * narrow for the whole text (80 columns) loses the zero share, the least
+ * urgent figure while the job runs (the final line shows it), so that the
+ * line is not cut off before rate and ETA. Both choices depend on the
+ * terminal width only, so the line does not jump between updates.
  */
 export function formatBarLine(status: BackupStatus, terminalWidth: number, now: Date): string {
   const progress = status.totalBytes > 0n ? Number(status.transferredBytes) / Number(status.totalBytes) : 0;
   const head = `${status.uuid.slice(0, LABEL_LENGTH)} ${stateName(status.state)}`;
-  const tail = formatProgress(status, now);
-  const room = terminalWidth - head.length - TEXT_WIDTH - 4;
+  const fixed = head.length + 4;
+  const zeroShare = terminalWidth >= fixed + MIN_BAR_WIDTH + TEXT_WIDTH;
+  const tail = formatProgress(status, now, { zeroShare });
+  const room = terminalWidth - fixed - (zeroShare ? TEXT_WIDTH : TEXT_WIDTH - ZERO_SHARE_WIDTH);
   const width = Math.min(MAX_BAR_WIDTH, Math.max(MIN_BAR_WIDTH, room));
   return `${head} [${drawBar(progress, width)}] ${tail}`;
 }

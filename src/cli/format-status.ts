@@ -1,18 +1,40 @@
 // Human-readable renderings of a BackupStatus: the multi-line summary of
-// `vmabackup status` and the one-line form used by `watch` and `cancel`.
+// `vmabackup status` and the one-line form used by `watch`, `cancel` and
+// `list`. Rate and ETA of an active job are the server's (status.rate and
+// status.eta, measured over the last few seconds), not guessed here.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { BackupState, type BackupStatus } from "../../gen/vmabackup/v1/backup_pb.js";
-import { averageRate, elapsedMs, stateName } from "./client-status.js";
+import { averageRate, elapsedMs, etaMs, stateName } from "./client-status.js";
 import { formatBytes, formatDuration, formatPercent, formatRate } from "./format-size.js";
 
-/** "45.0%  1.2 GiB / 2.0 GiB  120.0 MiB/s  zero 30.0%": progress without identity or state. */
-export function formatProgress(status: BackupStatus, now: Date): string {
-  return [
+/** "1 min 05 s" left, or "-" while the server has no estimate. */
+export function formatEta(status: BackupStatus): string {
+  const left = etaMs(status);
+  return left === undefined ? "-" : formatDuration(left);
+}
+
+/**
+ * The rate to show: the current one while the job runs, the average over
+ * the run once it ended (the server reports a finished job's rate as 0).
+ */
+function shownRate(status: BackupStatus, now: Date): number {
+  return status.state === BackupState.ACTIVE ? Number(status.rate) : averageRate(status, now);
+}
+
+/**
+ * "45.0%  1.2 GiB / 2.0 GiB  120.0 MiB/s  ETA 1 min 05 s  zero 30.0%": progress
+ * without identity or state; a finished job has no ETA. `zeroShare: false`
+ * leaves the zero share out, for narrow progress bars.
+ */
+export function formatProgress(status: BackupStatus, now: Date, { zeroShare = true } = {}): string {
+  const parts = [
     formatPercent(status.transferredBytes, status.totalBytes),
     `${formatBytes(status.transferredBytes)} / ${formatBytes(status.totalBytes)}`,
-    formatRate(averageRate(status, now)),
-    `zero ${formatPercent(status.zeroBytes, status.transferredBytes)}`,
-  ].join("  ");
+    formatRate(shownRate(status, now)),
+  ];
+  if (status.state === BackupState.ACTIVE) parts.push(`ETA ${formatEta(status)}`);
+  if (zeroShare) parts.push(`zero ${formatPercent(status.zeroBytes, status.transferredBytes)}`);
+  return parts.join("  ");
 }
 
 /** What a finished job left: the archive path, or why there is none. */
@@ -27,6 +49,13 @@ function formatOutcome(status: BackupStatus, now: Date): string {
 export function formatStatusLine(status: BackupStatus, now: Date): string {
   const line = `${status.uuid} ${stateName(status.state)}  ${formatProgress(status, now)}`;
   return status.state === BackupState.ACTIVE ? line : `${line}  ${formatOutcome(status, now)}`;
+}
+
+/** "120.0 MiB/s (limit 200.0 MiB/s)" while active; "... average over 4.0 s ..." once ended. */
+function formatRateRow(status: BackupStatus, now: Date): string {
+  const limit = status.speedLimit > 0n ? ` (limit ${formatRate(Number(status.speedLimit))})` : "";
+  if (status.state === BackupState.ACTIVE) return `${formatRate(Number(status.rate))}${limit}`;
+  return `${formatRate(averageRate(status, now))} average over ${formatDuration(elapsedMs(status, now))}${limit}`;
 }
 
 /** The summary `vmabackup status` prints: one labelled field per line, then the devices. */
@@ -45,14 +74,12 @@ export function formatStatusSummary(status: BackupStatus, now: Date): string {
       `${formatPercent(status.zeroBytes, status.transferredBytes)}  ` +
         `${formatBytes(status.zeroBytes)} not stored`,
     ],
-    [
-      "rate",
-      `${formatRate(averageRate(status, now))} over ${formatDuration(elapsedMs(status, now))}` +
-        (status.speedLimit > 0n ? ` (limit ${formatRate(Number(status.speedLimit))})` : ""),
-    ],
+    ["rate", formatRateRow(status, now)],
   ];
+  if (status.state === BackupState.ACTIVE) rows.push(["eta", etaMs(status) === undefined ? "unknown" : formatEta(status)]);
   if (status.startTime !== undefined) rows.push(["started", timestampDate(status.startTime).toISOString()]);
   if (status.endTime !== undefined) rows.push(["ended", timestampDate(status.endTime).toISOString()]);
+  if (status.requestId !== "") rows.push(["request", status.requestId]);
   if (status.errorMessage !== "") rows.push(["error", status.errorMessage]);
 
   const width = Math.max(...rows.map(([label]) => label.length)) + 2;

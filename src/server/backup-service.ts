@@ -7,18 +7,32 @@ import type { Logger } from "pino";
 import {
   BackupResponseSchema,
   CancelBackupResponseSchema,
+  DeleteBackupResponseSchema,
+  ListBackupsResponseSchema,
   QueryBackupResponseSchema,
+  SetBackupSpeedResponseSchema,
   WatchBackupResponseSchema,
 } from "../../gen/vmabackup/v1/backup_pb.js";
-import type { BackupService } from "../../gen/vmabackup/v1/backup_pb.js";
+import type { BackupService, WatchBackupRequest } from "../../gen/vmabackup/v1/backup_pb.js";
 import type { BackupEngine } from "../engine/backup-engine.js";
 import type { ImplementationOf } from "./grpc-adapter.js";
 import { reportRpcFailure } from "./rpc-errors.js";
-import { toBackupSpec, toBackupStatus, toJobSelector } from "./status-codec.js";
-import type { WatchStreams } from "./watch-streams.js";
+import {
+  toBackupSpec,
+  toBackupStatus,
+  toJobSelector,
+  toListQuery,
+  toRequiredUuid,
+  toRevision,
+  toSpeedLimit,
+} from "./status-codec.js";
+import type { WatchOpening, WatchStreams } from "./watch-streams.js";
 
 /** The engine operations the handlers use. */
-export type JobEngine = Pick<BackupEngine, "start" | "query" | "cancel" | "watch">;
+export type JobEngine = Pick<
+  BackupEngine,
+  "start" | "query" | "cancel" | "watch" | "list" | "setSpeedLimit" | "delete"
+>;
 
 export interface BackupServiceDependencies {
   readonly engine: JobEngine;
@@ -45,6 +59,13 @@ function unaryHandler<Request, Response>(
   };
 }
 
+/** Opens the engine subscription a WatchBackup request asks for. */
+function openWatch(engine: JobEngine, request: WatchBackupRequest): WatchOpening {
+  const uuid = toJobSelector(request.uuid);
+  const afterRevision = toRevision(request.afterRevision);
+  return { source: engine.watch(uuid, afterRevision === 0 ? {} : { afterRevision }), afterRevision };
+}
+
 export function createBackupService({
   engine,
   watchStreams,
@@ -69,15 +90,39 @@ export function createBackupService({
     }),
 
     watchBackup: (call) => {
-      logger.debug({ rpc: "WatchBackup", uuid: call.request.uuid, peer: call.getPeer() }, "watch opened");
+      const { uuid } = call.request;
+      logger.debug(
+        { rpc: "WatchBackup", uuid, afterRevision: String(call.request.afterRevision), peer: call.getPeer() },
+        "watch opened",
+      );
       void watchStreams
         .serve(
           call,
-          () => engine.watch(toJobSelector(call.request.uuid)),
+          () => openWatch(engine, call.request),
           (status) => create(WatchBackupResponseSchema, { status: toBackupStatus(status) }),
           logger,
         )
-        .finally(() => logger.debug({ rpc: "WatchBackup", uuid: call.request.uuid }, "watch closed"));
+        .finally(() => logger.debug({ rpc: "WatchBackup", uuid }, "watch closed"));
     },
+
+    listBackups: unaryHandler(logger, "ListBackups", async (request) => {
+      const page = await engine.list(toListQuery(request));
+      return create(ListBackupsResponseSchema, {
+        statuses: page.statuses.map(toBackupStatus),
+        nextPageToken: page.nextPageToken ?? "",
+      });
+    }),
+
+    setBackupSpeed: unaryHandler(logger, "SetBackupSpeed", (request) => {
+      const uuid = toRequiredUuid(request.uuid);
+      const status = engine.setSpeedLimit(uuid, toSpeedLimit(request.speedLimit));
+      return create(SetBackupSpeedResponseSchema, { status: toBackupStatus(status) });
+    }),
+
+    deleteBackup: unaryHandler(logger, "DeleteBackup", async (request) => {
+      const uuid = toRequiredUuid(request.uuid);
+      await engine.delete(uuid, { deleteArchive: request.deleteArchive });
+      return create(DeleteBackupResponseSchema, {});
+    }),
   };
 }

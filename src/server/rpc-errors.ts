@@ -1,12 +1,29 @@
 // The one place where failures become gRPC statuses. Engine errors map by
 // kind; anything else is a bug and becomes INTERNAL with a generic message
-// (the stack goes to the log, never to the client). Rich error details
-// (google.rpc.Status with ErrorInfo / BadRequest) belong here as well: they
-// ride in the metadata built by toRpcError.
+// (the stack goes to the log, never to the client).
+//
+// Every status also carries a google.rpc.Status, binary-serialised into the
+// `grpc-status-details-bin` trailer, as gRPC's richer error model defines
+// it: an ErrorInfo with the stable reason always, and a BadRequest field
+// violation for INVALID_ARGUMENT. Clients in any language decode it with
+// their standard helpers (grpcio-status, status.FromError, ...).
+import { create, toBinary } from "@bufbuild/protobuf";
+import { anyPack } from "@bufbuild/protobuf/wkt";
+import type { Any } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
+import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
+import type { Status } from "../../gen/google/rpc/status_pb.js";
 import { EngineError } from "../engine/errors.js";
 import type { EngineErrorKind } from "../engine/errors.js";
+import { REASON } from "../engine/reasons.js";
+
+/** ErrorInfo.domain of every error we send. */
+export const ERROR_DOMAIN = "vmabackup";
+
+/** The trailer gRPC defines for a serialised google.rpc.Status. */
+export const STATUS_DETAILS_KEY = "grpc-status-details-bin";
 
 const STATUS_BY_KIND: Readonly<Record<EngineErrorKind, grpc.status>> = {
   "invalid-argument": grpc.status.INVALID_ARGUMENT,
@@ -27,18 +44,60 @@ export interface RpcError extends Error {
   readonly metadata: grpc.Metadata;
 }
 
-function rpcError(code: grpc.status, details: string): RpcError {
-  return Object.assign(new Error(details), { code, details, metadata: new grpc.Metadata() });
+/** What a refusal tells the client beyond its code and message. */
+interface Refusal {
+  readonly reason: string;
+  /** The request field at fault, e.g. "devices[1].path". */
+  readonly field?: string;
+}
+
+/**
+ * The google.rpc.Status of a failure: ErrorInfo always (metadata names the
+ * field when there is one), BadRequest with one violation for
+ * INVALID_ARGUMENT.
+ */
+export function richStatus(code: grpc.status, message: string, refusal: Refusal): Status {
+  const details: Any[] = [
+    anyPack(
+      ErrorInfoSchema,
+      create(ErrorInfoSchema, {
+        reason: refusal.reason,
+        domain: ERROR_DOMAIN,
+        metadata: refusal.field === undefined ? {} : { field: refusal.field },
+      }),
+    ),
+  ];
+  if (code === grpc.status.INVALID_ARGUMENT) {
+    details.push(
+      anyPack(
+        BadRequestSchema,
+        create(BadRequestSchema, {
+          fieldViolations: [{ field: refusal.field ?? "", description: message }],
+        }),
+      ),
+    );
+  }
+  return create(StatusSchema, { code, message, details });
+}
+
+function rpcError(code: grpc.status, details: string, refusal: Refusal): RpcError {
+  const metadata = new grpc.Metadata();
+  const bytes = toBinary(StatusSchema, richStatus(code, details, refusal));
+  metadata.set(STATUS_DETAILS_KEY, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+  return Object.assign(new Error(details), { code, details, metadata });
 }
 
 /** Maps any thrown value to the status the client receives. */
 export function toRpcError(error: unknown): RpcError {
   if (error instanceof EngineError && error.kind !== "internal") {
-    return rpcError(STATUS_BY_KIND[error.kind], error.message);
+    return rpcError(STATUS_BY_KIND[error.kind], error.message, {
+      reason: error.reason,
+      ...(error.field === undefined ? {} : { field: error.field }),
+    });
   }
   // Internal errors may carry paths, errno texts or stack details: they go
-  // to the log only.
-  return rpcError(grpc.status.INTERNAL, GENERIC_INTERNAL_MESSAGE);
+  // to the log only, and the client learns no more than the reason.
+  return rpcError(grpc.status.INTERNAL, GENERIC_INTERNAL_MESSAGE, { reason: REASON.INTERNAL });
 }
 
 /** The status name, e.g. "NOT_FOUND", for logs. */

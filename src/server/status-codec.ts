@@ -1,9 +1,9 @@
 // Translation between protobuf messages and the engine's plain types. Only
 // what the wire format allows but the engine cannot represent is refused
-// here (unknown enum values, uint64 beyond 2^53, malformed uuids); the
-// engine validates everything else.
+// here (unknown enum values, uint64 beyond 2^53, malformed uuids, negative
+// page sizes); the engine validates everything else.
 import { create } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { validate as isUuid } from "uuid";
 import {
   BackupFormat,
@@ -11,12 +11,12 @@ import {
   BackupStatusSchema,
   DeviceStatusSchema,
 } from "../../gen/vmabackup/v1/backup_pb.js";
-import type { BackupRequest, BackupStatus } from "../../gen/vmabackup/v1/backup_pb.js";
+import type { BackupRequest, BackupStatus, ListBackupsRequest } from "../../gen/vmabackup/v1/backup_pb.js";
 import { EngineError } from "../engine/errors.js";
 import { quote } from "../engine/quote.js";
 import { REASON } from "../engine/reasons.js";
-import type { Reason } from "../engine/reasons.js";
-import type { BackupSpec, JobState, JobStatus } from "../engine/types.js";
+import type { BackupSpec, JobState, JobStatus, ListQuery } from "../engine/types.js";
+import { REQUEST_REASON } from "./request-reasons.js";
 
 const STATE_TO_PROTO: Readonly<Record<JobState, BackupState>> = {
   active: BackupState.ACTIVE,
@@ -24,6 +24,11 @@ const STATE_TO_PROTO: Readonly<Record<JobState, BackupState>> = {
   error: BackupState.ERROR,
   cancelled: BackupState.CANCELLED,
 };
+
+/** Engine states by wire value; UNSPECIFIED selects nothing and is refused. */
+const STATE_FROM_PROTO: ReadonlyMap<number, JobState> = new Map(
+  Object.entries(STATE_TO_PROTO).map(([state, value]) => [value, state as JobState]),
+);
 
 /** Engine format names by wire value; UNSPECIFIED means the default, VMA. */
 const FORMAT_FROM_PROTO: ReadonlyMap<number, string> = new Map([
@@ -33,16 +38,26 @@ const FORMAT_FROM_PROTO: ReadonlyMap<number, string> = new Map([
 
 const FORMAT_TO_PROTO: ReadonlyMap<string, BackupFormat> = new Map([["vma", BackupFormat.VMA]]);
 
-function invalidArgument(reason: Reason, field: string, message: string): EngineError {
+function invalidArgument(reason: string, field: string, message: string): EngineError {
   return new EngineError("invalid-argument", reason, `${field}: ${message}`, field);
 }
 
-/** The speed limit as a JS number, which must hold it without losing precision. */
-function speedLimitNumber(value: bigint, field: string): number {
+/** A uint64 as a JS number, which must hold it without losing precision. */
+function safeNumber(value: bigint, field: string, reason: string): number {
   if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw invalidArgument(REASON.SPEED_LIMIT_INVALID, field, `${value} exceeds ${Number.MAX_SAFE_INTEGER}`);
+    throw invalidArgument(reason, field, `${value} exceeds ${Number.MAX_SAFE_INTEGER}`);
   }
   return Number(value);
+}
+
+/** A speed limit in bytes per second as a JS number. */
+export function toSpeedLimit(value: bigint, field = "speed_limit"): number {
+  return safeNumber(value, field, REASON.SPEED_LIMIT_INVALID);
+}
+
+/** A revision to resume after, as a JS number. */
+export function toRevision(value: bigint, field = "after_revision"): number {
+  return safeNumber(value, field, REASON.AFTER_REVISION_INVALID);
 }
 
 export function toBackupSpec(request: BackupRequest): BackupSpec {
@@ -55,7 +70,9 @@ export function toBackupSpec(request: BackupRequest): BackupSpec {
     format,
     devices: request.devices.map((device) => ({ name: device.name, path: device.path })),
     configs: request.configs.map((config) => ({ name: config.name, data: config.data })),
-    speedLimit: speedLimitNumber(request.speedLimit, "speed_limit"),
+    speedLimit: toSpeedLimit(request.speedLimit),
+    // proto3 has no "unset" for strings: empty means the client sent none.
+    ...(request.requestId === "" ? {} : { requestId: request.requestId }),
   };
 }
 
@@ -69,6 +86,44 @@ export function toJobSelector(uuid: string, field = "uuid"): string | undefined 
     throw invalidArgument(REASON.UUID_INVALID, field, `${quote(uuid)} is not a uuid`);
   }
   return uuid.toLowerCase();
+}
+
+/** Like toJobSelector for RPCs where the uuid is required: empty is INVALID_ARGUMENT. */
+export function toRequiredUuid(uuid: string, field = "uuid"): string {
+  const selected = toJobSelector(uuid, field);
+  if (selected === undefined) {
+    throw invalidArgument(REQUEST_REASON.UUID_REQUIRED, field, "is required");
+  }
+  return selected;
+}
+
+/**
+ * What ListBackups asks of the engine. page_size 0 (the default) and sizes
+ * above the maximum are the engine's to interpret; a negative one is a
+ * malformed request.
+ */
+export function toListQuery(request: ListBackupsRequest): ListQuery {
+  if (request.pageSize < 0) {
+    throw invalidArgument(REASON.PAGE_SIZE_INVALID, "page_size", `${request.pageSize} is negative`);
+  }
+  const states = request.states.map((value, index) => {
+    const state = STATE_FROM_PROTO.get(value);
+    if (state === undefined) {
+      const name = value === BackupState.UNSPECIFIED ? "BACKUP_STATE_UNSPECIFIED" : `unknown value ${value}`;
+      throw invalidArgument(REASON.JOB_STATE_INVALID, `states[${index}]`, `${name} is not a state to filter by`);
+    }
+    return state;
+  });
+  return {
+    pageSize: request.pageSize,
+    ...(request.pageToken === "" ? {} : { pageToken: request.pageToken }),
+    states: [...new Set(states)],
+  };
+}
+
+/** The engine measures floats; the wire carries whole units, never negative. */
+function wholeNonNegative(value: number): number {
+  return Number.isFinite(value) && value > 0 ? Math.round(value) : 0;
 }
 
 export function toBackupStatus(status: JobStatus): BackupStatus {
@@ -93,5 +148,13 @@ export function toBackupStatus(status: JobStatus): BackupStatus {
         zeroBytes: BigInt(device.zeroBytes),
       }),
     ),
+    rate: BigInt(wholeNonNegative(status.rate)),
+    eta:
+      status.etaMs === undefined || !Number.isFinite(status.etaMs)
+        ? undefined
+        : durationFromMs(wholeNonNegative(status.etaMs)),
+    revision: BigInt(status.revision),
+    updateTime: timestampFromDate(status.updateTime),
+    requestId: status.requestId ?? "",
   });
 }

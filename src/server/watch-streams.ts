@@ -14,6 +14,12 @@ export interface StatusSource extends AsyncIterable<JobStatus> {
   close(): void;
 }
 
+/** A subscription to serve, and the revision the watcher already has (0: none). */
+export interface WatchOpening {
+  readonly source: StatusSource;
+  readonly afterRevision: number;
+}
+
 type WatchCall<Response> = grpc.ServerWritableStream<unknown, Response>;
 
 /** Resolves on 'drain', on 'cancelled' or when `stop` aborts, whichever comes first. */
@@ -31,24 +37,61 @@ function drainOrStop(call: WatchCall<unknown>, stop: AbortSignal): Promise<void>
   });
 }
 
+/**
+ * Passes each job's statuses on only when they are newer than what the
+ * watcher has: a resumed watch asked for nothing at or before its
+ * after_revision, and the engine may hand over one snapshot twice (as the
+ * opening status and again as its next publication). Revisions grow with
+ * every change of a job, so this never drops a change.
+ */
+class RevisionFilter {
+  private readonly floor: number;
+  private readonly latest = new Map<string, number>();
+
+  constructor(afterRevision: number) {
+    this.floor = afterRevision;
+  }
+
+  isNew(status: JobStatus): boolean {
+    const seen = this.latest.get(status.uuid) ?? this.floor;
+    if (status.revision <= seen) return false;
+    this.latest.set(status.uuid, status.revision);
+    return true;
+  }
+}
+
 /** The set of open watch streams, so that shutdown can end them all. */
 export class WatchStreams {
-  private readonly stoppers = new Set<() => void>();
+  /** Each open stream's stop function, with its call (for the buffered count). */
+  private readonly streams = new Map<() => void, WatchCall<unknown>>();
 
   /** Number of open streams. */
   get size(): number {
-    return this.stoppers.size;
+    return this.streams.size;
   }
 
   /**
-   * Streams `source` to `call`, one message per status, until the source
-   * ends (then status OK), the client leaves, or endAll() is called (OK).
-   * `open` runs inside the stream's error handling, so that an engine error
-   * (e.g. an unknown uuid) ends the stream with its status code.
+   * Messages written to open streams that grpc-js has not yet handed to
+   * HTTP/2. Back-pressure keeps this at about 16 per stream however slowly
+   * a watcher reads (for metrics and tests).
+   */
+  get bufferedMessages(): number {
+    let count = 0;
+    for (const call of this.streams.values()) count += call.writableLength;
+    return count;
+  }
+
+  /**
+   * Streams the source `open` returns to `call`, one message per status
+   * newer than its `afterRevision` and than what the stream already sent of
+   * that job, until the source ends (then status OK), the client leaves, or
+   * endAll() is called (OK). `open` runs inside the stream's error handling,
+   * so that a refused request (e.g. an unknown uuid) ends the stream with
+   * its status code.
    */
   async serve<Response>(
     call: WatchCall<Response>,
-    open: () => StatusSource,
+    open: () => WatchOpening,
     encode: (status: JobStatus) => Response,
     logger: Logger,
   ): Promise<void> {
@@ -62,14 +105,17 @@ export class WatchStreams {
         source.close();
       }
     };
-    this.stoppers.add(stop);
+    this.streams.set(stop, call);
     call.on("cancelled", stop);
     call.on("close", stop);
     try {
       if (call.cancelled || stopController.signal.aborted) return;
-      source = open();
+      const opening = open();
+      source = opening.source;
+      const filter = new RevisionFilter(opening.afterRevision);
       for await (const status of source) {
         if (stopController.signal.aborted || call.cancelled) break;
+        if (!filter.isNew(status)) continue;
         if (!call.write(encode(status))) {
           await drainOrStop(call, stopController.signal);
         }
@@ -81,7 +127,7 @@ export class WatchStreams {
       if (!call.cancelled) call.emit("error", failure);
     } finally {
       stop();
-      this.stoppers.delete(stop);
+      this.streams.delete(stop);
       call.off("cancelled", stop);
       call.off("close", stop);
     }
@@ -89,6 +135,6 @@ export class WatchStreams {
 
   /** Ends every open stream with status OK (on shutdown). */
   endAll(): void {
-    for (const stop of [...this.stoppers]) stop();
+    for (const stop of [...this.streams.keys()]) stop();
   }
 }

@@ -1,12 +1,20 @@
 // `vmabackup serve`: runs the daemon in the foreground, logging pino JSON
 // lines to stdout, until SIGINT or SIGTERM stops it cleanly (exit 0).
+// Transport security (TLS, mutual TLS, bearer tokens) comes from the --tls-*
+// and --auth-token-file flags; an address other than loopback is refused
+// without them unless --insecure (exit 2, like any bad flag).
 import { mkdir } from "node:fs/promises";
 import * as path from "node:path";
 import type { Command } from "commander";
 import ms from "ms";
 import { pino } from "pino";
 import type { Logger } from "pino";
+import type * as grpc from "@grpc/grpc-js";
+import { createAuthInterceptor, readTokenFile, TokenFileError } from "../server/auth.js";
 import { startServer } from "../server/server.js";
+import { StoreVersionError } from "../store/job-store.js";
+import { isLoopbackHost, listenHost, listenPolicyViolation, loadServerCredentials, TlsConfigError } from "../server/tls.js";
+import type { ServerTlsFiles } from "../server/tls.js";
 
 const DEFAULT_LISTEN = "127.0.0.1:50051";
 const DEFAULT_BACKUP_DIR = "./var/backups";
@@ -25,6 +33,21 @@ interface ServeFlags {
   readonly stateDir: string;
   readonly progressInterval: string;
   readonly logLevel: string;
+  readonly authTokenFile?: string;
+  readonly tlsCert?: string;
+  readonly tlsKey?: string;
+  readonly tlsClientCa?: string;
+  readonly insecure?: boolean;
+}
+
+/** Who may connect and how, as the flags say. */
+interface SecuritySettings {
+  /** --auth-token-file: calls need one of its tokens. */
+  readonly authTokenFile?: string;
+  /** --tls-cert/--tls-key (and --tls-client-ca for mutual TLS). */
+  readonly tls?: ServerTlsFiles;
+  /** --insecure: serve an address other than loopback without TLS and a token. */
+  readonly insecure: boolean;
 }
 
 /** What the flags mean once checked: absolute paths, milliseconds. */
@@ -35,6 +58,7 @@ interface ServeSettings {
   readonly stateDir: string;
   readonly progressIntervalMs: number;
   readonly logLevel: string;
+  readonly security: SecuritySettings;
 }
 
 /** HOST:PORT with an optional bracketed IPv6 host; port 0 picks a free one. */
@@ -67,27 +91,88 @@ function parseLogLevel(text: string): string {
   return text;
 }
 
+function parseSecurity(flags: ServeFlags, listen: string): SecuritySettings {
+  if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined)) {
+    throw new FlagError("--tls-cert and --tls-key go together");
+  }
+  if (flags.tlsClientCa !== undefined && flags.tlsCert === undefined) {
+    throw new FlagError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)");
+  }
+  const tls: ServerTlsFiles | undefined =
+    flags.tlsCert === undefined || flags.tlsKey === undefined
+      ? undefined
+      : {
+          certFile: path.resolve(flags.tlsCert),
+          keyFile: path.resolve(flags.tlsKey),
+          ...(flags.tlsClientCa === undefined ? {} : { clientCaFile: path.resolve(flags.tlsClientCa) }),
+        };
+  const security: SecuritySettings = {
+    ...(flags.authTokenFile === undefined ? {} : { authTokenFile: path.resolve(flags.authTokenFile) }),
+    ...(tls === undefined ? {} : { tls }),
+    insecure: flags.insecure === true,
+  };
+  const violation = listenPolicyViolation(listen, {
+    tls: tls !== undefined,
+    auth: security.authTokenFile !== undefined,
+    insecure: security.insecure,
+  });
+  if (violation !== undefined) throw new FlagError(violation);
+  return security;
+}
+
 function settingsFrom(flags: ServeFlags): ServeSettings {
   const roots = flags.sourceRoot.length > 0 ? flags.sourceRoot : [DEFAULT_SOURCE_ROOT];
+  const listen = parseListen(flags.listen);
   return {
-    listen: parseListen(flags.listen),
+    listen,
     backupDir: path.resolve(flags.backupDir),
     sourceRoots: roots.map((root) => path.resolve(root)),
     stateDir: path.resolve(flags.stateDir),
     progressIntervalMs: parseDuration("--progress-interval", flags.progressInterval),
     logLevel: parseLogLevel(flags.logLevel),
+    security: parseSecurity(flags, listen),
   };
+}
+
+/** What startServer needs for the security settings. */
+interface TransportSecurity {
+  readonly credentials?: grpc.ServerCredentials;
+  readonly interceptors: grpc.ServerInterceptor[];
+}
+
+/** Loads the token file and TLS files; throws TokenFileError or TlsConfigError. */
+async function loadSecurity(settings: ServeSettings, logger: Logger): Promise<TransportSecurity> {
+  const { security } = settings;
+  const interceptors: grpc.ServerInterceptor[] = [];
+  let authTokens = 0;
+  if (security.authTokenFile !== undefined) {
+    const tokens = await readTokenFile(security.authTokenFile);
+    authTokens = tokens.size;
+    interceptors.push(createAuthInterceptor({ tokens, logger: logger.child({ component: "auth" }) }));
+  }
+  const credentials = security.tls === undefined ? undefined : await loadServerCredentials(security.tls);
+  logger.info(
+    { tls: security.tls !== undefined, mutualTls: security.tls?.clientCaFile !== undefined, authTokens },
+    "transport security",
+  );
+  if (security.insecure && !isLoopbackHost(listenHost(settings.listen)) && (credentials === undefined || authTokens === 0)) {
+    logger.warn(
+      { listen: settings.listen },
+      "--insecure: serving an address other than loopback without TLS and a bearer token",
+    );
+  }
+  return { ...(credentials === undefined ? {} : { credentials }), interceptors };
 }
 
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
 }
 
-async function serve(settings: ServeSettings, logger: Logger): Promise<void> {
+async function serve(settings: ServeSettings, security: TransportSecurity, logger: Logger): Promise<void> {
   for (const dir of [settings.backupDir, settings.stateDir, ...settings.sourceRoots]) {
     await mkdir(dir, { recursive: true });
   }
-  const server = await startServer({ ...settings, logger });
+  const server = await startServer({ ...settings, ...security, logger });
 
   let stopping = false;
   const onSignal = (signal: NodeJS.Signals): void => {
@@ -113,7 +198,7 @@ async function serve(settings: ServeSettings, logger: Logger): Promise<void> {
 export function registerServeCommand(program: Command): void {
   program
     .command("serve")
-    .description("Run the backup daemon in the foreground (stop it with SIGINT or SIGTERM)")
+    .description("run the backup daemon in the foreground (stop it with SIGINT or SIGTERM)")
     .option("--listen <host:port>", "address to serve gRPC on (port 0 picks a free port)", DEFAULT_LISTEN)
     .option("--backup-dir <dir>", "where archives are written", DEFAULT_BACKUP_DIR)
     .option(
@@ -129,6 +214,14 @@ export function registerServeCommand(program: Command): void {
       DEFAULT_PROGRESS_INTERVAL,
     )
     .option("--log-level <level>", `one of ${LOG_LEVELS.join(", ")}`, "info")
+    .option(
+      "--auth-token-file <file>",
+      "require a bearer token on every RPC except health: one of the tokens in this file, one per line",
+    )
+    .option("--tls-cert <file>", "serve TLS with this PEM certificate chain (needs --tls-key)")
+    .option("--tls-key <file>", "PEM private key of --tls-cert")
+    .option("--tls-client-ca <file>", "require client certificates signed by this PEM CA (mutual TLS)")
+    .option("--insecure", "allow an address other than loopback without TLS and --auth-token-file")
     .action(async (flags: ServeFlags, command: Command) => {
       let settings: ServeSettings;
       try {
@@ -138,10 +231,19 @@ export function registerServeCommand(program: Command): void {
         command.error(`error: ${error.message}`, { exitCode: USAGE_EXIT_CODE });
       }
       const logger = pino({ level: settings.logLevel });
+      let security: TransportSecurity;
       try {
-        await serve(settings, logger);
+        security = await loadSecurity(settings, logger);
+      } catch (error) {
+        if (!(error instanceof TokenFileError || error instanceof TlsConfigError)) throw error;
+        command.error(`error: ${error.message}`, { exitCode: USAGE_EXIT_CODE });
+      }
+      try {
+        await serve(settings, security, logger);
       } catch (error) {
         logger.fatal({ err: error }, "cannot start the server");
+        // A job database written by a newer vmabackup is the operator's to sort out: say so plainly.
+        if (error instanceof StoreVersionError) process.stderr.write(`error: ${error.message}\n`);
         process.exit(1);
       }
     });

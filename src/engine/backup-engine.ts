@@ -24,7 +24,7 @@ import { JobRegistry } from "./job-registry.js";
 import { runJob } from "./job-runner.js";
 import type { JobOutcome } from "./job-runner.js";
 import { resolveListQuery } from "./list-query.js";
-import { archiveIdentity, FileKeptError, removeArchive } from "./owned-files.js";
+import { archiveIdentity, FileKeptError, removeArchive, removePartialFileSync } from "./owned-files.js";
 import { PathPolicy } from "./path-policy.js";
 import { quote } from "./quote.js";
 import { REASON } from "./reasons.js";
@@ -86,6 +86,11 @@ export class BackupEngine {
   private readonly policy: PathPolicy;
   private readonly now: () => number;
   private readonly locks = new DeviceLocks();
+  /**
+   * Partial archives a failed job could not remove (its filesystem went
+   * read-only, say); retried before every new job.
+   */
+  private readonly leftoverPartials = new Set<string>();
   private readonly store: JobStore;
   private readonly revisions: RevisionCounter;
   private readonly jobContext: JobContext;
@@ -357,6 +362,7 @@ export class BackupEngine {
   }
 
   private async startJob(spec: BackupSpec, requestId: string | undefined): Promise<JobStatus> {
+    this.retryLeftoverPartials();
     const driver = validateRequest(spec, this.drivers);
     const backupFile = await this.policy.resolveBackupFile(spec.backupFile);
     const sources = await this.openSources(spec);
@@ -575,6 +581,7 @@ export class BackupEngine {
     this.locks.release(job.uuid);
     this.limiters.delete(job.uuid);
     if (outcome.state === "done") await this.recordArchive(job);
+    if (outcome.cleanupError !== undefined) this.leftoverPartials.add(job.partialPath);
     job.finish(outcome.state, outcome.errorMessage);
     try {
       this.registry.complete(job);
@@ -638,6 +645,19 @@ export class BackupEngine {
         `${field}: cannot remove ${status.backupFile}: ${describeError(error)}; the record was kept`,
         field,
       );
+    }
+  }
+
+  private retryLeftoverPartials(): void {
+    for (const partialPath of this.leftoverPartials) {
+      try {
+        removePartialFileSync(this.policy.backupDir, partialPath);
+        this.leftoverPartials.delete(partialPath);
+        this.logger.info({ partialPath }, "removed a partial archive left by a failed job");
+      } catch (error) {
+        if (error instanceof FileKeptError) this.leftoverPartials.delete(partialPath);
+        // Otherwise (still read-only, say) try again before the next job.
+      }
     }
   }
 

@@ -134,6 +134,14 @@ export class PathPolicy {
         field,
       );
     }
+    if (code === "ELOOP") {
+      return new EngineError(
+        "failed-precondition",
+        REASON.BACKUP_DIR_NOT_FOUND,
+        `${field}: the directory of ${quote(backupFile)} is a symlink loop`,
+        field,
+      );
+    }
     if (code === "ENAMETOOLONG") {
       return new EngineError(
         "invalid-argument",

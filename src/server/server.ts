@@ -2,6 +2,8 @@
 // reflection on one grpc-js server, and the order in which it all stops.
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
+import { file_google_rpc_error_details } from "../../gen/google/rpc/error_details_pb.js";
+import { file_google_rpc_status } from "../../gen/google/rpc/status_pb.js";
 import { BackupService, file_vmabackup_v1_backup } from "../../gen/vmabackup/v1/backup_pb.js";
 import type { BackupDriver } from "../drivers/driver.js";
 import { vmaDriver } from "../drivers/vma-driver.js";
@@ -20,7 +22,7 @@ export interface ServerOptions {
   readonly backupDir: string;
   /** Directories sources may be read from. */
   readonly sourceRoots: readonly string[];
-  /** Where the server keeps its own state; must exist. */
+  /** Where the server keeps its own state (the job database); created when missing. */
   readonly stateDir: string;
   /** Minimum time between two progress updates of one job to a watcher. */
   readonly progressIntervalMs: number;
@@ -29,6 +31,12 @@ export interface ServerOptions {
   readonly drivers?: readonly BackupDriver[];
   /** How long shutdown waits for calls to finish before cutting them off. */
   readonly shutdownGraceMs?: number;
+  /** Transport security (see tls.ts); plaintext when not given. */
+  readonly credentials?: grpc.ServerCredentials;
+  /** Run on every call before its handler, e.g. the bearer-token check of auth.ts. */
+  readonly interceptors?: readonly grpc.ServerInterceptor[];
+  /** Largest request accepted; larger ones end RESOURCE_EXHAUSTED (default MAX_RECEIVE_MESSAGE_BYTES). */
+  readonly maxReceiveMessageBytes?: number;
 }
 
 export interface RunningServer {
@@ -36,6 +44,11 @@ export interface RunningServer {
   readonly address: string;
   /** WatchBackup streams open right now (for metrics and tests). */
   readonly watchStreamCount: number;
+  /**
+   * Messages written to watch streams and not yet handed to HTTP/2; stays
+   * near 16 per stream however slowly watchers read (for metrics and tests).
+   */
+  readonly watchBufferedMessages: number;
   /**
    * Stops serving: health goes NOT_SERVING, watch streams end with OK,
    * active jobs are cancelled (their partial files removed), then the
@@ -46,9 +59,9 @@ export interface RunningServer {
 
 const DEFAULT_SHUTDOWN_GRACE_MS = 1000;
 
-function bind(server: grpc.Server, listen: string): Promise<number> {
+function bind(server: grpc.Server, listen: string, credentials: grpc.ServerCredentials): Promise<number> {
   return new Promise((resolve, reject) => {
-    server.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (error, port) =>
+    server.bindAsync(listen, credentials, (error, port) =>
       error ? reject(error) : resolve(port),
     );
   });
@@ -74,29 +87,45 @@ function closeServer(server: grpc.Server, graceMs: number): Promise<void> {
   });
 }
 
+/**
+ * Opens the engine on `stateDir` and serves it. Rejects when the state dir
+ * cannot be used (e.g. StoreVersionError from src/store/job-store.ts) or
+ * the address cannot be bound; nothing is left running then.
+ */
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const logger = options.logger.child({ component: "server" });
-  const engine = new BackupEngine({
+  // Opens the job store and settles jobs a previous run left ACTIVE; throws
+  // StoreVersionError for a database written by a newer vmabackup.
+  const engine = await BackupEngine.open({
     backupDir: options.backupDir,
     sourceRoots: options.sourceRoots,
+    stateDir: options.stateDir,
     progressIntervalMs: options.progressIntervalMs,
     drivers: options.drivers ?? [vmaDriver],
     logger: options.logger.child({ component: "engine" }),
   });
   const watchStreams = new WatchStreams();
   const health = new ServerHealth([BackupService.typeName]);
-  const server = new grpc.Server(SERVER_CHANNEL_OPTIONS);
+  const server = new grpc.Server({
+    ...SERVER_CHANNEL_OPTIONS,
+    ...(options.maxReceiveMessageBytes === undefined
+      ? {}
+      : { "grpc.max_receive_message_length": options.maxReceiveMessageBytes }),
+    interceptors: [...(options.interceptors ?? [])],
+  });
   addService(
     server,
     BackupService,
     createBackupService({ engine, watchStreams, logger: options.logger.child({ component: "rpc" }) }),
   );
   health.addToServer(server);
-  addReflection(server, [file_vmabackup_v1_backup]);
+  // The google.rpc files let reflection clients (grpcurl) decode the error
+  // details every failure carries.
+  addReflection(server, [file_vmabackup_v1_backup, file_google_rpc_status, file_google_rpc_error_details]);
 
   let port: number;
   try {
-    port = await bind(server, options.listen);
+    port = await bind(server, options.listen, options.credentials ?? grpc.ServerCredentials.createInsecure());
   } catch (error) {
     server.forceShutdown();
     await engine.shutdown();
@@ -132,6 +161,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     address,
     get watchStreamCount() {
       return watchStreams.size;
+    },
+    get watchBufferedMessages() {
+      return watchStreams.bufferedMessages;
     },
     shutdown,
   };

@@ -1,0 +1,176 @@
+// Bearer-token authentication: the server accepts a call only when its
+// `authorization: Bearer <token>` header carries one of the tokens of the
+// --auth-token-file. Tokens are compared as SHA-256 digests with
+// crypto.timingSafeEqual, so the comparison takes the same time whatever the
+// presented token shares with a real one. Health stays open so that probes
+// and load balancers need no secret; reflection is not exempt: it would tell
+// an anonymous caller what the service offers, and grpcurl sends its -H
+// headers on reflection calls as well. A token never reaches a log line or
+// an error message.
+import { createHash, timingSafeEqual } from "node:crypto";
+import { readFile } from "node:fs/promises";
+import * as grpc from "@grpc/grpc-js";
+import type { Logger } from "pino";
+
+/** The metadata key the token travels in (grpc-js keys are lower case). */
+export const AUTHORIZATION_KEY = "authorization";
+const BEARER_SCHEME = "bearer";
+
+/** Services any caller may use without a token. */
+export const UNAUTHENTICATED_SERVICES: readonly string[] = ["grpc.health.v1.Health"];
+
+/** What a client must do, in every UNAUTHENTICATED status. */
+const HOW_TO_AUTHENTICATE =
+  'send the header "authorization: Bearer <token>" with a token from the server\'s --auth-token-file ' +
+  "(vmabackup client commands: --token-file FILE or the VMABACKUP_TOKEN environment variable)";
+
+/** Characters allowed in a token: visible ASCII, which every client can send in a header. */
+const TOKEN_PATTERN = /^[\x21-\x7e]+$/;
+
+/** A token file that cannot be used, with a message that never contains a token. */
+export class TokenFileError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "TokenFileError";
+  }
+}
+
+function digest(token: string): Buffer {
+  return createHash("sha256").update(token, "utf8").digest();
+}
+
+/** The accepted tokens, kept only as digests. */
+export class BearerTokens {
+  private readonly digests: readonly Buffer[];
+
+  private constructor(digests: readonly Buffer[]) {
+    this.digests = digests;
+  }
+
+  /**
+   * Reads tokens from `text`, one per line; blank lines and lines starting
+   * with "#" are skipped, surrounding whitespace is ignored. `source` names
+   * the file in errors. Throws TokenFileError.
+   */
+  static parse(text: string, source: string): BearerTokens {
+    const digests: Buffer[] = [];
+    text.split(/\r?\n/).forEach((raw, index) => {
+      const line = raw.trim();
+      if (line === "" || line.startsWith("#")) return;
+      if (!TOKEN_PATTERN.test(line)) {
+        throw new TokenFileError(
+          `${source}: line ${index + 1}: a token must be printable ASCII without spaces`,
+        );
+      }
+      digests.push(digest(line));
+    });
+    if (digests.length === 0) throw new TokenFileError(`${source}: holds no token (one token per line)`);
+    return new BearerTokens(digests);
+  }
+
+  /** Number of accepted tokens. */
+  get size(): number {
+    return this.digests.length;
+  }
+
+  /** True when `token` is one of the accepted tokens; looks at every one of them. */
+  accepts(token: string): boolean {
+    const presented = digest(token);
+    let accepted = false;
+    for (const known of this.digests) {
+      // No early exit: the time taken says nothing about which token matched.
+      accepted = timingSafeEqual(known, presented) || accepted;
+    }
+    return accepted;
+  }
+}
+
+/** Reads an --auth-token-file. Throws TokenFileError. */
+export async function readTokenFile(file: string): Promise<BearerTokens> {
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+    throw new TokenFileError(`${file}: cannot be read (${code})`);
+  }
+  return BearerTokens.parse(text, file);
+}
+
+/** Why a call was refused, for the log and the status message. */
+type Refusal = "missing" | "malformed" | "invalid";
+
+/** The token of a call's metadata, or why there is none usable. */
+function presentedToken(metadata: grpc.Metadata): { token: string } | { refusal: Refusal } {
+  const values = metadata.get(AUTHORIZATION_KEY);
+  if (values.length === 0) return { refusal: "missing" };
+  const value = values.length === 1 ? values[0] : undefined;
+  if (typeof value !== "string") return { refusal: "malformed" };
+  const space = value.indexOf(" ");
+  if (space < 0 || value.slice(0, space).toLowerCase() !== BEARER_SCHEME) return { refusal: "malformed" };
+  const token = value.slice(space + 1).trim();
+  return token === "" ? { refusal: "malformed" } : { token };
+}
+
+const REFUSAL_MESSAGES: Readonly<Record<Refusal, string>> = {
+  missing: "missing bearer token",
+  malformed: 'malformed authorization header (expected "Bearer <token>")',
+  invalid: "invalid bearer token",
+};
+
+/** "vmabackup.v1.BackupService" for "/vmabackup.v1.BackupService/Backup". */
+function serviceOf(path: string): string {
+  return path.split("/")[1] ?? "";
+}
+
+export interface AuthInterceptorOptions {
+  readonly tokens: BearerTokens;
+  /** Refusals are logged here (rpc, peer and why; never the token). */
+  readonly logger: Logger;
+  /** Services callable without a token (default UNAUTHENTICATED_SERVICES). */
+  readonly openServices?: readonly string[];
+}
+
+/**
+ * A grpc-js server interceptor that ends every call without a valid bearer
+ * token with UNAUTHENTICATED before its handler runs.
+ */
+export function createAuthInterceptor(options: AuthInterceptorOptions): grpc.ServerInterceptor {
+  const openServices = new Set(options.openServices ?? UNAUTHENTICATED_SERVICES);
+  return (method, call) => {
+    if (openServices.has(serviceOf(method.path))) return new grpc.ServerInterceptingCall(call);
+    return new grpc.ServerInterceptingCall(call, {
+      start(next) {
+        next({
+          onReceiveMetadata(metadata, nextMetadata) {
+            const presented = presentedToken(metadata);
+            const refusal =
+              "refusal" in presented ? presented.refusal : options.tokens.accepts(presented.token) ? undefined : "invalid";
+            if (refusal === undefined) {
+              nextMetadata(metadata);
+              return;
+            }
+            options.logger.warn({ rpc: method.path, peer: call.getPeer(), refusal }, "rpc unauthenticated");
+            call.sendStatus({
+              code: grpc.status.UNAUTHENTICATED,
+              details: `${REFUSAL_MESSAGES[refusal]}: ${HOW_TO_AUTHENTICATE}`,
+              metadata: new grpc.Metadata(),
+            });
+          },
+        });
+      },
+    });
+  };
+}
+
+/** A client interceptor that sends `token` as a bearer token on every call. */
+export function bearerTokenInterceptor(token: string): grpc.Interceptor {
+  const value = `Bearer ${token}`;
+  return (options, nextCall) =>
+    new grpc.InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        metadata.set(AUTHORIZATION_KEY, value);
+        next(metadata, listener);
+      },
+    });
+}

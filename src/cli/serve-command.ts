@@ -29,7 +29,7 @@ const USAGE_EXIT_CODE = 2;
 interface ServeFlags {
   readonly listen: string;
   readonly backupDir: string;
-  readonly sourceRoot: string[];
+  readonly sourceRoot?: string[];
   readonly stateDir: string;
   readonly progressInterval: string;
   readonly logLevel: string;
@@ -121,7 +121,7 @@ function parseSecurity(flags: ServeFlags, listen: string): SecuritySettings {
 }
 
 function settingsFrom(flags: ServeFlags): ServeSettings {
-  const roots = flags.sourceRoot.length > 0 ? flags.sourceRoot : [DEFAULT_SOURCE_ROOT];
+  const roots = flags.sourceRoot ?? [DEFAULT_SOURCE_ROOT];
   const listen = parseListen(flags.listen);
   return {
     listen,
@@ -164,8 +164,8 @@ async function loadSecurity(settings: ServeSettings, logger: Logger): Promise<Tr
   return { ...(credentials === undefined ? {} : { credentials }), interceptors };
 }
 
-function collect(value: string, previous: string[]): string[] {
-  return [...previous, value];
+function collect(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
 }
 
 async function serve(settings: ServeSettings, security: TransportSecurity, logger: Logger): Promise<void> {
@@ -205,7 +205,6 @@ export function registerServeCommand(program: Command): void {
       "--source-root <dir>",
       `directory sources may be read from; repeatable (default: ${DEFAULT_SOURCE_ROOT})`,
       collect,
-      [],
     )
     .option("--state-dir <dir>", "where the daemon keeps its own state", DEFAULT_STATE_DIR)
     .option(

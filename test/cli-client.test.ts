@@ -183,8 +183,9 @@ describe("status formatting", () => {
     expect(line).toBe(
       "0b6c3a52-8a40-4b0e-9c55-0123456789ab ACTIVE  50.0%  1.0 GiB / 2.0 GiB  256.0 MiB/s  ETA 4.0 s  zero 50.0%",
     );
+    // No rate measured yet (the first second of a job): say so, not "0 B/s".
     const unknown = create(BackupStatusSchema, { ...active, rate: 0n, eta: undefined });
-    expect(formatStatusLine(unknown, new Date())).toContain("  0 B/s  ETA -  zero 50.0%");
+    expect(formatStatusLine(unknown, new Date())).toContain("  - B/s  ETA -  zero 50.0%");
   });
 
   it("fits a progress bar line into the terminal width", () => {
@@ -507,7 +508,7 @@ describe("vmabackup backup | status | watch | cancel against a real server", () 
     // The bar: its frame, the bytes done so far, the server's rate and ETA
     // and the state, redrawn in place (the zero share only on wide terminals).
     expect(output).toMatch(
-      /[0-9a-f]{8} ACTIVE \[[█░]{10,}\] \d+\.\d% {2}[\d.]+ [KM]iB \/ 1\.2 MiB {2}[\d.]+ (B|KiB|MiB)\/s {2}ETA (-|\d+ ms|[\d.]+ s)( {2}zero \d+\.\d%)?\x1b/,
+      /[0-9a-f]{8} ACTIVE \[[█░]{10,}\] \d+\.\d% {2}[\d.]+ [KM]iB \/ 1\.2 MiB {2}(-|[\d.]+) (B|KiB|MiB)\/s {2}ETA (-|\d+ ms|[\d.]+ s)( {2}zero \d+\.\d%)?\x1b/,
     );
     expect(output).toMatch(/\x1b\[[0-9;]*[GK]/);
     // The final line, after the bar was cleared.

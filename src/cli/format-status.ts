@@ -14,11 +14,13 @@ export function formatEta(status: BackupStatus): string {
 }
 
 /**
- * The rate to show: the current one while the job runs, the average over
- * the run once it ended (the server reports a finished job's rate as 0).
+ * The rate to show: the current one while the job runs ("- B/s" before the
+ * server has measured one), the average over the run once it ended (the
+ * server reports a finished job's rate as 0).
  */
-function shownRate(status: BackupStatus, now: Date): number {
-  return status.state === BackupState.ACTIVE ? Number(status.rate) : averageRate(status, now);
+function shownRate(status: BackupStatus, now: Date): string {
+  if (status.state !== BackupState.ACTIVE) return formatRate(averageRate(status, now));
+  return status.rate === 0n ? "- B/s" : formatRate(Number(status.rate));
 }
 
 /**
@@ -30,7 +32,7 @@ export function formatProgress(status: BackupStatus, now: Date, { zeroShare = tr
   const parts = [
     formatPercent(status.transferredBytes, status.totalBytes),
     `${formatBytes(status.transferredBytes)} / ${formatBytes(status.totalBytes)}`,
-    formatRate(shownRate(status, now)),
+    shownRate(status, now),
   ];
   if (status.state === BackupState.ACTIVE) parts.push(`ETA ${formatEta(status)}`);
   if (zeroShare) parts.push(`zero ${formatPercent(status.zeroBytes, status.transferredBytes)}`);
@@ -54,7 +56,7 @@ export function formatStatusLine(status: BackupStatus, now: Date): string {
 /** "120.0 MiB/s (limit 200.0 MiB/s)" while active; "... average over 4.0 s ..." once ended. */
 function formatRateRow(status: BackupStatus, now: Date): string {
   const limit = status.speedLimit > 0n ? ` (limit ${formatRate(Number(status.speedLimit))})` : "";
-  if (status.state === BackupState.ACTIVE) return `${formatRate(Number(status.rate))}${limit}`;
+  if (status.state === BackupState.ACTIVE) return `${shownRate(status, now)}${limit}`;
   return `${formatRate(averageRate(status, now))} average over ${formatDuration(elapsedMs(status, now))}${limit}`;
 }
 

@@ -3,8 +3,7 @@
 // and a failing target.
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import type { BackupEngine } from "../src/engine/backup-engine.js";
+import { describe, expect, it } from "vitest";
 import type { JobStatus } from "../src/engine/types.js";
 import {
   backupSpec,
@@ -14,31 +13,19 @@ import {
   faultyDriver,
   KiB,
   makeEngine,
-  makeSandbox,
   MiB,
   parseVma,
+  useEngineSandbox,
   waitForEnd,
   waitUntil,
   writeSource,
 } from "./engine-helpers.js";
-import type { LogCapture, Sandbox } from "./engine-helpers.js";
 
-let sandbox: Sandbox;
-let engine: BackupEngine;
-let logs: LogCapture;
-
-beforeEach(async () => {
-  sandbox = await makeSandbox();
-  ({ engine, logs } = makeEngine(sandbox));
-});
-
-afterEach(async () => {
-  await engine.shutdown();
-  await sandbox.cleanup();
-});
+const fixture = useEngineSandbox();
 
 describe("a two-device backup", () => {
   it("stores both devices exactly, counts zero blocks exactly and commits only at the end", async () => {
+    const { sandbox, engine } = fixture;
     // Spans several 4 MiB chunks; ends 12345 bytes into a cluster, inside a
     // zero block (so only its in-device bytes count as zero).
     const sizeA = 9 * MiB + 12345;
@@ -110,6 +97,7 @@ describe("a two-device backup", () => {
   });
 
   it("stores an all-zero device as clusters without data", async () => {
+    const { sandbox, engine } = fixture;
     const size = 3 * CLUSTER + 4096 + 100;
     const source = await writeSource(sandbox, "zero.raw", Buffer.alloc(size));
     const status = await engine.start(backupSpec({ devices: [{ name: "zero", path: source }] }));
@@ -122,6 +110,7 @@ describe("a two-device backup", () => {
   });
 
   it("runs jobs that share nothing side by side", async () => {
+    const { sandbox, engine } = fixture;
     const first = await writeSource(sandbox, "1.raw", blockPattern(2 * MiB, (block) => block % 2 === 0));
     const second = await writeSource(sandbox, "2.raw", blockPattern(2 * MiB, (block) => block % 3 === 0));
     const startBackup = (backupFile: string, source: string): Promise<JobStatus> =>
@@ -140,6 +129,7 @@ describe("a two-device backup", () => {
   });
 
   it("logs the start and the end of a job", async () => {
+    const { sandbox, engine, logs } = fixture;
     const source = await writeSource(sandbox, "d.raw", blockPattern(256 * KiB, (block) => block < 10));
     const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit: 0 }));
     await waitForEnd(engine, status.uuid);
@@ -167,6 +157,7 @@ describe("a two-device backup", () => {
 
 describe("a target that fails", () => {
   it("ends in error naming device and offset, removes the partial file and keeps serving", async () => {
+    const { sandbox, engine } = fixture;
     const failing = makeEngine(sandbox, {
       drivers: [
         faultyDriver({
@@ -207,6 +198,7 @@ describe("a target that fails", () => {
   });
 
   it("reports a failure to create the archive and leaves nothing locked", async () => {
+    const { sandbox, engine } = fixture;
     const source = await writeSource(sandbox, "d.raw", Buffer.alloc(64 * KiB, 1));
     // The partial name is a directory: the exclusive create fails.
     await fs.mkdir(path.join(sandbox.out, "x.vma.partial"));

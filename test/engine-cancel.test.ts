@@ -2,8 +2,7 @@
 // device and archive locks, a source that shrinks mid-job, and shutdown.
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import type { BackupEngine } from "../src/engine/backup-engine.js";
+import { beforeEach, describe, expect, it } from "vitest";
 import type { JobStatus } from "../src/engine/types.js";
 import {
   backupSpec,
@@ -11,38 +10,30 @@ import {
   expectEngineError,
   KiB,
   makeEngine,
-  makeSandbox,
   MiB,
+  useEngineSandbox,
   waitForEnd,
-  waitUntil,
+  waitForTransfer,
   writeSource,
 } from "./engine-helpers.js";
-import type { Sandbox } from "./engine-helpers.js";
 
-let sandbox: Sandbox;
-let engine: BackupEngine;
+const fixture = useEngineSandbox();
 let disk: string;
 
 beforeEach(async () => {
-  sandbox = await makeSandbox();
-  ({ engine } = makeEngine(sandbox));
-  disk = await writeSource(sandbox, "disk.raw", blockPattern(4 * MiB, (block) => block % 3 === 0));
-});
-
-afterEach(async () => {
-  await engine.shutdown();
-  await sandbox.cleanup();
+  disk = await writeSource(fixture.sandbox, "disk.raw", blockPattern(4 * MiB, (block) => block % 3 === 0));
 });
 
 function throttled(backupFile: string, devicePath: string, speedLimit = 1): Promise<JobStatus> {
-  return engine.start(backupSpec({ backupFile, devices: [{ name: "drive-scsi0", path: devicePath }], speedLimit }));
+  return fixture.engine.start(backupSpec({ backupFile, devices: [{ name: "drive-scsi0", path: devicePath }], speedLimit }));
 }
 
 describe("cancel", () => {
   it("reaches CANCELLED within a second at 1 byte/s and removes the partial file", async () => {
+    const { sandbox, engine } = fixture;
     const status = await throttled("slow.vma", disk, 1);
     // The first chunk goes through at once; then the job waits ~a day.
-    await waitUntil(() => (engine.query(status.uuid)?.transferredBytes ?? 0) > 0);
+    await waitForTransfer(engine, status.uuid);
     expect(await fs.readdir(sandbox.out)).toEqual(["slow.vma.partial"]);
 
     const watcher = engine.watch(status.uuid);
@@ -62,6 +53,7 @@ describe("cancel", () => {
   });
 
   it("cancels every active job when no uuid is given", async () => {
+    const { sandbox, engine } = fixture;
     const second = await writeSource(sandbox, "second.raw", Buffer.alloc(MiB, 1));
     const jobs = await Promise.all([throttled("1.vma", disk), throttled("2.vma", second)]);
     const statuses = await engine.cancel();
@@ -72,6 +64,7 @@ describe("cancel", () => {
   });
 
   it("leaves a finished job as it is", async () => {
+    const { sandbox, engine } = fixture;
     const small = await writeSource(sandbox, "small.raw", Buffer.alloc(64 * KiB, 2));
     const status = await throttled("done.vma", small, 0);
     const end = await waitForEnd(engine, status.uuid);
@@ -82,6 +75,7 @@ describe("cancel", () => {
 
 describe("locks", () => {
   it("refuses a device in use under any path and releases it when the job ends", async () => {
+    const { sandbox, engine } = fixture;
     const small = await writeSource(sandbox, "small.raw", Buffer.alloc(512 * KiB, 7));
     const hardLink = path.join(sandbox.src, "hard.raw");
     const symlink = path.join(sandbox.src, "soft.raw");
@@ -113,6 +107,7 @@ describe("locks", () => {
   });
 
   it("lets exactly one of many racing requests for one device start", async () => {
+    const { sandbox } = fixture;
     const attempts = await Promise.allSettled(
       Array.from({ length: 20 }, (_, index) => throttled(`race-${index}.vma`, disk, 1)),
     );
@@ -127,8 +122,9 @@ describe("locks", () => {
 
 describe("a source that shrinks", () => {
   it("ends in error naming the device and offset, with no partial file left", async () => {
+    const { sandbox, engine } = fixture;
     const status = await throttled("shrink.vma", disk, MiB);
-    await waitUntil(() => (engine.query(status.uuid)?.transferredBytes ?? 0) >= 128 * KiB);
+    await waitForTransfer(engine, status.uuid, 128 * KiB);
     const shrunkTo = MiB + 1000;
     await fs.truncate(disk, shrunkTo);
 
@@ -147,6 +143,7 @@ describe("a source that shrinks", () => {
 
 describe("shutdown", () => {
   it("cancels active jobs, removes their partial files and ends every subscription", async () => {
+    const { sandbox, engine } = fixture;
     const status = await throttled("busy.vma", disk, 1);
     const everything = engine.watch();
     const one = engine.watch(status.uuid);

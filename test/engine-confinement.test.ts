@@ -5,8 +5,7 @@ import { execFileSync, spawnSync } from "node:child_process";
 import * as fs from "node:fs/promises";
 import * as net from "node:net";
 import * as path from "node:path";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import type { BackupEngine } from "../src/engine/backup-engine.js";
+import { beforeEach, describe, expect, it } from "vitest";
 import { PathPolicy } from "../src/engine/path-policy.js";
 import { openSource } from "../src/engine/source-device.js";
 import {
@@ -14,42 +13,35 @@ import {
   expectEngineError,
   KiB,
   makeEngine,
-  makeSandbox,
   MiB,
   parseVma,
+  useEngineSandbox,
   waitForEnd,
   writeSource,
 } from "./engine-helpers.js";
-import type { Sandbox } from "./engine-helpers.js";
 
-let sandbox: Sandbox;
-let engine: BackupEngine;
+const fixture = useEngineSandbox();
 let outside: string;
 
 beforeEach(async () => {
-  sandbox = await makeSandbox();
-  ({ engine } = makeEngine(sandbox));
-  outside = path.join(sandbox.root, "outside.raw");
+  outside = path.join(fixture.sandbox.root, "outside.raw");
   await fs.writeFile(outside, Buffer.alloc(64 * KiB, 9));
 });
 
-afterEach(async () => {
-  await engine.shutdown();
-  await sandbox.cleanup();
-});
-
 function backupOf(devicePath: string, backupFile = "a.vma"): () => Promise<unknown> {
-  return () => engine.start(backupSpec({ backupFile, devices: [{ name: "drive-scsi0", path: devicePath }] }));
+  return () => fixture.engine.start(backupSpec({ backupFile, devices: [{ name: "drive-scsi0", path: devicePath }] }));
 }
 
 describe("source confinement", () => {
   it("refuses a symlink inside the root that points outside", async () => {
+    const { sandbox } = fixture;
     const link = path.join(sandbox.src, "escape.raw");
     await fs.symlink(outside, link);
     await expectEngineError(backupOf(link), "permission-denied", "PATH_NOT_ALLOWED", "devices[0].path");
   });
 
   it("refuses a symlinked directory inside the root that points outside", async () => {
+    const { sandbox } = fixture;
     await fs.symlink(sandbox.root, path.join(sandbox.src, "up"));
     await expectEngineError(
       backupOf(path.join(sandbox.src, "up", "outside.raw")),
@@ -60,6 +52,7 @@ describe("source confinement", () => {
   });
 
   it("refuses `..` escapes, absolute and relative", async () => {
+    const { sandbox } = fixture;
     await expectEngineError(
       backupOf(`${sandbox.src}/../outside.raw`),
       "permission-denied",
@@ -70,6 +63,7 @@ describe("source confinement", () => {
   });
 
   it("refuses a path outside before looking at it (no existence leak)", async () => {
+    const { sandbox } = fixture;
     await expectEngineError(
       backupOf(path.join(sandbox.root, "does-not-exist.raw")),
       "permission-denied",
@@ -79,6 +73,7 @@ describe("source confinement", () => {
   });
 
   it("follows symlinks that stay inside, and resolves relative paths under the source root", async () => {
+    const { sandbox, engine } = fixture;
     const data = Buffer.alloc(100 * KiB, 3);
     await writeSource(sandbox, "real.raw", data);
     await fs.symlink("real.raw", path.join(sandbox.src, "alias.raw"));
@@ -92,6 +87,7 @@ describe("source confinement", () => {
   });
 
   it("accepts a source root that is itself a symlink, by either path", async () => {
+    const { sandbox } = fixture;
     const linkedRoot = path.join(sandbox.root, "linked-src");
     await fs.symlink(sandbox.src, linkedRoot);
     const linked = makeEngine(sandbox, { sourceRoots: [linkedRoot] }).engine;
@@ -111,6 +107,7 @@ describe("source confinement", () => {
 
 describe("source types", () => {
   it("refuses a directory", async () => {
+    const { sandbox } = fixture;
     await fs.mkdir(path.join(sandbox.src, "dir"));
     const error = await expectEngineError(
       backupOf(path.join(sandbox.src, "dir")),
@@ -122,6 +119,7 @@ describe("source types", () => {
   });
 
   it("refuses a FIFO without waiting for a writer", async () => {
+    const { sandbox } = fixture;
     const fifo = path.join(sandbox.src, "fifo");
     execFileSync("mkfifo", [fifo]);
     const started = performance.now();
@@ -136,6 +134,7 @@ describe("source types", () => {
   });
 
   it("refuses /dev/zero: outside the roots, and as a character device when /dev is a root", async () => {
+    const { sandbox } = fixture;
     await expectEngineError(backupOf("/dev/zero"), "permission-denied", "PATH_NOT_ALLOWED", "devices[0].path");
     const withDev = makeEngine(sandbox, { sourceRoots: [sandbox.src, "/dev"] }).engine;
     try {
@@ -152,6 +151,7 @@ describe("source types", () => {
   });
 
   it("refuses a Unix socket", async () => {
+    const { sandbox } = fixture;
     const socketPath = path.join(sandbox.src, "sock");
     const server = net.createServer();
     await new Promise<void>((resolve) => server.listen(socketPath, resolve));
@@ -168,6 +168,7 @@ describe("source types", () => {
   });
 
   it("refuses a source the server cannot read", async () => {
+    const { sandbox, engine } = fixture;
     const secret = await writeSource(sandbox, "secret.raw", Buffer.alloc(4 * KiB, 1));
     await fs.chmod(secret, 0o000);
     let outcome: { kind?: string; reason?: string; field?: string };
@@ -203,6 +204,7 @@ describe("source types", () => {
   });
 
   it("reads a block device, sized from sysfs", async (context) => {
+    const { sandbox } = fixture;
     const image = path.join(sandbox.root, "loop.img");
     await fs.writeFile(image, Buffer.alloc(MiB + 512 * KiB, 0x5a));
     let loop: string;
@@ -228,12 +230,13 @@ describe("source types", () => {
 });
 
 describe("archive confinement", () => {
-  const disk = (): string => path.join(sandbox.src, "disk.raw");
+  const disk = (): string => path.join(fixture.sandbox.src, "disk.raw");
   beforeEach(async () => {
-    await writeSource(sandbox, "disk.raw", Buffer.alloc(64 * KiB, 1));
+    await writeSource(fixture.sandbox, "disk.raw", Buffer.alloc(64 * KiB, 1));
   });
 
   it("refuses `..` and absolute paths outside the backup dir", async () => {
+    const { sandbox } = fixture;
     await expectEngineError(backupOf(disk(), "../escape.vma"), "permission-denied", "PATH_NOT_ALLOWED", "backup_file");
     await expectEngineError(
       backupOf(disk(), path.join(sandbox.root, "escape.vma")),
@@ -245,6 +248,7 @@ describe("archive confinement", () => {
   });
 
   it("refuses a symlinked directory inside the backup dir that points outside", async () => {
+    const { sandbox } = fixture;
     const elsewhere = path.join(sandbox.root, "elsewhere");
     await fs.mkdir(elsewhere);
     await fs.symlink(elsewhere, path.join(sandbox.out, "link"));
@@ -253,6 +257,7 @@ describe("archive confinement", () => {
   });
 
   it("accepts a backup dir that is itself a symlink and reports the real path", async () => {
+    const { sandbox } = fixture;
     const linkedOut = path.join(sandbox.root, "linked-out");
     await fs.symlink(sandbox.out, linkedOut);
     const linked = makeEngine(sandbox, { backupDir: linkedOut }).engine;
@@ -267,6 +272,7 @@ describe("archive confinement", () => {
   });
 
   it("refuses to start when a configured directory does not exist", () => {
+    const { sandbox } = fixture;
     expect(() => makeEngine(sandbox, { backupDir: path.join(sandbox.root, "missing") })).toThrow(/backup dir/);
     expect(() => makeEngine(sandbox, { sourceRoots: [path.join(sandbox.root, "missing")] })).toThrow(/source root/);
   });

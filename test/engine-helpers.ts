@@ -8,7 +8,7 @@ import * as path from "node:path";
 import { Writable } from "node:stream";
 import pino from "pino";
 import type { Logger } from "pino";
-import { expect } from "vitest";
+import { afterEach, beforeEach, expect } from "vitest";
 import { vmaDriver } from "../src/drivers/vma-driver.js";
 import type { BackupDriver } from "../src/drivers/driver.js";
 import { BackupEngine } from "../src/engine/backup-engine.js";
@@ -99,6 +99,70 @@ export async function openEngine(
   return { engine, logs };
 }
 
+/** The sandbox and engine of the running test; see useEngineSandbox. */
+export interface EngineFixture {
+  readonly sandbox: Sandbox;
+  readonly engine: BackupEngine;
+  /** What `engine` logged. */
+  readonly logs: LogCapture;
+  /**
+   * Shuts the engine down (nothing happens if the test already did) and
+   * makes a new one on the same sandbox, with the options given to
+   * useEngineSandbox and `overrides` on top. From then on `engine` and
+   * `logs` are the new engine's.
+   */
+  restartEngine(overrides?: Partial<BackupEngineOptions>): Promise<BackupEngine>;
+}
+
+/**
+ * Gives every test of the calling file or describe block a fresh sandbox
+ * with an engine on it (makeEngine with `overrides`): registers a beforeEach
+ * that makes them and an afterEach that shuts the engine down and removes the
+ * sandbox. Read the fixture's fields inside tests and hooks only.
+ *
+ * An afterEach registered after this call runs before its cleanup, while the
+ * sandbox still exists.
+ */
+export function useEngineSandbox(overrides: Partial<BackupEngineOptions> = {}): EngineFixture {
+  type EngineInSandbox = { sandbox: Sandbox; engine: BackupEngine; logs: LogCapture };
+  let current: EngineInSandbox | undefined;
+  const currentOrThrow = (): EngineInSandbox => {
+    if (current === undefined) throw new Error("useEngineSandbox: the fixture is only there inside tests and hooks");
+    return current;
+  };
+
+  beforeEach(async () => {
+    const sandbox = await makeSandbox();
+    current = { sandbox, ...makeEngine(sandbox, overrides) };
+  });
+
+  afterEach(async () => {
+    if (current === undefined) return;
+    const { sandbox, engine } = current;
+    current = undefined;
+    await engine.shutdown();
+    await sandbox.cleanup();
+  });
+
+  return {
+    get sandbox() {
+      return currentOrThrow().sandbox;
+    },
+    get engine() {
+      return currentOrThrow().engine;
+    },
+    get logs() {
+      return currentOrThrow().logs;
+    },
+    async restartEngine(moreOverrides = {}) {
+      const { sandbox, engine } = currentOrThrow();
+      await engine.shutdown();
+      current = { sandbox, ...makeEngine(sandbox, { ...overrides, ...moreOverrides }) };
+      return current.engine;
+    },
+  };
+}
+
 export function backupSpec(partial: Partial<BackupSpec> = {}): BackupSpec {
   return {
     backupFile: "test.vma",
@@ -157,6 +221,32 @@ export async function waitUntil(condition: () => boolean | Promise<boolean>, tim
     if (Date.now() > deadline) throw new Error("condition not met in time");
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
+}
+
+/** Resolves after `ms` milliseconds. */
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Waits (as waitUntil does) until job `uuid` has transferred at least `bytes`. */
+export function waitForTransfer(engine: BackupEngine, uuid: string, bytes = 1): Promise<void> {
+  return waitUntil(() => (engine.query(uuid)?.transferredBytes ?? 0) >= bytes);
+}
+
+/**
+ * Starts a backup of a new source `<name>.raw` of `size` bytes (every other
+ * 4 KiB block zero) into `<name>.vma`, at `speedLimit` bytes/s (0: unlimited).
+ */
+export async function startJob(
+  fixture: Pick<EngineFixture, "engine" | "sandbox">,
+  name: string,
+  size: number,
+  speedLimit: number,
+): Promise<JobStatus> {
+  const source = await writeSource(fixture.sandbox, `${name}.raw`, blockPattern(size, (block) => block % 2 === 0));
+  return fixture.engine.start(
+    backupSpec({ backupFile: `${name}.vma`, devices: [{ name: "d", path: source }], speedLimit }),
+  );
 }
 
 /** Asserts that `action` throws (or rejects with) an EngineError of this kind and reason. */

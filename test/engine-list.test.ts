@@ -4,8 +4,7 @@
 // one; refused requests not remembered).
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import type { BackupEngine } from "../src/engine/backup-engine.js";
+import { beforeEach, describe, expect, it } from "vitest";
 import { JOB_STORE_FILE, REQUEST_ID_TTL_MS } from "../src/engine/backup-engine.js";
 import { toStoredJob } from "../src/engine/job-record.js";
 import type { JobStatus } from "../src/engine/types.js";
@@ -15,39 +14,32 @@ import {
   blockPattern,
   expectEngineError,
   KiB,
-  makeEngine,
-  makeSandbox,
   MiB,
+  useEngineSandbox,
   waitForEnd,
   waitUntil,
   writeSource,
 } from "./engine-helpers.js";
-import type { Sandbox } from "./engine-helpers.js";
 
-let sandbox: Sandbox;
-let engine: BackupEngine;
+/** The engine's wall clock (it reads it only when it needs the time). */
 let clock: number;
+const fixture = useEngineSandbox({ now: () => clock });
 let source: string;
 
 beforeEach(async () => {
-  sandbox = await makeSandbox();
   clock = Date.UTC(2030, 0, 1);
-  ({ engine } = makeEngine(sandbox, { now: () => clock }));
-  source = await writeSource(sandbox, "tiny.raw", Buffer.alloc(4 * KiB, 1));
-});
-
-afterEach(async () => {
-  await engine.shutdown();
-  await sandbox.cleanup();
+  source = await writeSource(fixture.sandbox, "tiny.raw", Buffer.alloc(4 * KiB, 1));
 });
 
 async function runBackup(backupFile: string, requestId?: string): Promise<JobStatus> {
+  const { engine } = fixture;
   const status = await engine.start(backupSpec({ backupFile, devices: [{ name: "d", path: source }], requestId }));
   return waitForEnd(engine, status.uuid);
 }
 
 describe("list", () => {
   it("pages over 500 jobs while jobs are added, without duplicates or gaps", async () => {
+    const { sandbox, engine } = fixture;
     const existing: string[] = [];
     for (let index = 0; index < 500; index++) existing.push((await runBackup(`job-${index}.vma`)).uuid);
 
@@ -79,6 +71,7 @@ describe("list", () => {
   });
 
   it("applies the default page size and caps large ones", async () => {
+    const { sandbox, engine } = fixture;
     // Seeded through the store: 1005 finished jobs.
     engine.list({ pageSize: 1 }); // the engine's store exists
     const store = JobStore.open(path.join(sandbox.state, JOB_STORE_FILE));
@@ -100,6 +93,7 @@ describe("list", () => {
   });
 
   it("filters by state and shows active jobs with their live counters", async () => {
+    const { sandbox, engine } = fixture;
     const done = await runBackup("done.vma");
     const big = await writeSource(sandbox, "big.raw", blockPattern(8 * MiB, (block) => block % 2 === 0));
     const running = await engine.start(
@@ -130,6 +124,7 @@ describe("list", () => {
   });
 
   it("refuses a bad page token, page size or state", async () => {
+    const { engine } = fixture;
     await runBackup("a.vma");
     await runBackup("b.vma");
     const { nextPageToken } = engine.list({ pageSize: 1 });
@@ -152,6 +147,7 @@ describe("list", () => {
 
 describe("request ids", () => {
   it("answers a repeated request id with the job it started, even while it runs", async () => {
+    const { sandbox, engine } = fixture;
     const big = await writeSource(sandbox, "big.raw", blockPattern(4 * MiB, () => false));
     const spec = backupSpec({ backupFile: "vm.vma", devices: [{ name: "d", path: big }], speedLimit: 1, requestId: "retry-1" });
     const first = await engine.start(spec);
@@ -169,6 +165,7 @@ describe("request ids", () => {
   });
 
   it("starts one job for racing retries of one request id", async () => {
+    const { sandbox, engine } = fixture;
     const spec = (index: number) =>
       backupSpec({ backupFile: `race-${index}.vma`, devices: [{ name: "d", path: source }], speedLimit: 1, requestId: "race" });
     const results = await Promise.all(Array.from({ length: 10 }, (_, index) => engine.start(spec(index))));
@@ -178,6 +175,7 @@ describe("request ids", () => {
   });
 
   it("starts a new job once 24 hours have passed", async () => {
+    const { sandbox, engine } = fixture;
     const first = await runBackup("day-1.vma", "nightly");
     clock += REQUEST_ID_TTL_MS - 1;
     expect((await engine.start(backupSpec({ backupFile: "day-1b.vma", devices: [{ name: "d", path: source }], requestId: "nightly" }))).uuid).toBe(first.uuid);
@@ -193,13 +191,13 @@ describe("request ids", () => {
 
   it("remembers request ids across restarts", async () => {
     const first = await runBackup("kept.vma", "durable");
-    await engine.shutdown();
-    ({ engine } = makeEngine(sandbox, { now: () => clock }));
+    const engine = await fixture.restartEngine();
     const again = await engine.start(backupSpec({ backupFile: "kept.vma", devices: [{ name: "d", path: source }], requestId: "durable" }));
     expect(again).toEqual(first);
   });
 
   it("does not remember refused requests and refuses ids over 128 bytes", async () => {
+    const { engine } = fixture;
     await expectEngineError(
       () => engine.start(backupSpec({ backupFile: "bad.txt", devices: [{ name: "d", path: source }], requestId: "once" })),
       "invalid-argument",

@@ -22,7 +22,7 @@ import {
   MiB,
   openEngine,
   waitForEnd,
-  waitUntil,
+  waitForTransfer,
   writeSource,
 } from "./engine-helpers.js";
 import type { Sandbox } from "./engine-helpers.js";
@@ -347,7 +347,7 @@ describe("delete", () => {
 
   it("stores a speed change, refuses one for a finished job and survives a restart with it", async () => {
     const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit: 1 }));
-    await waitUntil(() => (engine.query(status.uuid)?.transferredBytes ?? 0) > 0);
+    await waitForTransfer(engine, status.uuid);
     const changed = engine.setSpeedLimit(status.uuid, 2);
     expect(changed).toMatchObject({ speedLimit: 2 });
     expect(changed.revision).toBeGreaterThan(status.revision);

@@ -1,12 +1,10 @@
 // The measured rate and ETA: the sliding window on its own (fake clock),
 // and a running job whose speed limit is raised and lowered: the measured
 // rate follows within 2 seconds, both ways.
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import type { BackupEngine } from "../src/engine/backup-engine.js";
+import { beforeEach, describe, expect, it } from "vitest";
 import { RATE_WINDOW_MS, RateMeter } from "../src/engine/rate-meter.js";
 import type { JobStatus } from "../src/engine/types.js";
-import { backupSpec, blockPattern, makeEngine, makeSandbox, MiB, waitForEnd, writeSource } from "./engine-helpers.js";
-import type { Sandbox } from "./engine-helpers.js";
+import { backupSpec, blockPattern, MiB, sleep, useEngineSandbox, waitForEnd, writeSource } from "./engine-helpers.js";
 
 describe("RateMeter", () => {
   let now: number;
@@ -80,28 +78,13 @@ describe("RateMeter", () => {
 });
 
 describe("rate and ETA of a running job", () => {
-  let sandbox: Sandbox;
-  let engine: BackupEngine;
-
-  beforeEach(async () => {
-    sandbox = await makeSandbox();
-    ({ engine } = makeEngine(sandbox));
-  });
-
-  afterEach(async () => {
-    await engine.shutdown();
-    await sandbox.cleanup();
-  });
-
-  function sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => setTimeout(resolve, ms));
-  }
+  const fixture = useEngineSandbox();
 
   /** Polls the job every 25 ms until its rate is within 15 % of `target`; returns the wait in ms. */
   async function timeUntilRate(uuid: string, target: number, limitMs: number): Promise<{ ms: number; status: JobStatus }> {
     const started = performance.now();
     for (;;) {
-      const status = engine.query(uuid) as JobStatus;
+      const status = fixture.engine.query(uuid) as JobStatus;
       if (Math.abs(status.rate - target) <= target * 0.15) return { ms: performance.now() - started, status };
       if (performance.now() - started > limitMs) {
         throw new Error(`rate ${status.rate} did not reach ${target} within ${limitMs} ms`);
@@ -114,7 +97,7 @@ describe("rate and ETA of a running job", () => {
   async function holdsRate(uuid: string, target: number, ms: number): Promise<void> {
     const until = performance.now() + ms;
     while (performance.now() < until) {
-      const rate = (engine.query(uuid) as JobStatus).rate;
+      const rate = (fixture.engine.query(uuid) as JobStatus).rate;
       expect(rate).toBeGreaterThan(target * 0.8);
       expect(rate).toBeLessThan(target * 1.2);
       await sleep(50);
@@ -122,6 +105,7 @@ describe("rate and ETA of a running job", () => {
   }
 
   it("shows a speed change in the measured rate within 2 seconds, both ways, with a matching ETA", async () => {
+    const { sandbox, engine } = fixture;
     const total = 64 * MiB;
     const source = await writeSource(sandbox, "d.raw", blockPattern(total, (block) => block % 2 === 0));
     const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit: 4 * MiB }));
@@ -162,6 +146,7 @@ describe("rate and ETA of a running job", () => {
   });
 
   it("measures an unlimited job and reports no rate once it is done", async () => {
+    const { sandbox, engine } = fixture;
     const source = await writeSource(sandbox, "d.raw", blockPattern(16 * MiB, (block) => block % 4 === 0));
     const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }] }));
     const seen: JobStatus[] = [];

@@ -1,20 +1,18 @@
 // The speed limit: the limiter on its own (aborts, live rate changes, chunk
 // sizes) and a throttled job measured over 2-second windows.
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import type { BackupEngine } from "../src/engine/backup-engine.js";
+import { describe, expect, it } from "vitest";
 import { SpeedLimiter } from "../src/engine/speed-limiter.js";
 import {
   backupSpec,
   blockPattern,
   CLUSTER,
   KiB,
-  makeEngine,
-  makeSandbox,
   MiB,
+  sleep,
+  useEngineSandbox,
   waitForEnd,
   writeSource,
 } from "./engine-helpers.js";
-import type { Sandbox } from "./engine-helpers.js";
 
 describe("SpeedLimiter", () => {
   it("never waits when unlimited", async () => {
@@ -75,7 +73,7 @@ describe("SpeedLimiter", () => {
     void slow.then(() => {
       done = true;
     });
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    await sleep(50);
     expect(done).toBe(false);
     limiter.setRate(0);
     await slow;
@@ -83,24 +81,13 @@ describe("SpeedLimiter", () => {
 });
 
 describe("a throttled job", () => {
-  let sandbox: Sandbox;
-  let engine: BackupEngine;
-
-  beforeEach(async () => {
-    sandbox = await makeSandbox();
-    ({ engine } = makeEngine(sandbox));
-  });
-
-  afterEach(async () => {
-    await engine.shutdown();
-    await sandbox.cleanup();
-  });
+  const fixture = useEngineSandbox();
 
   /** Samples (ms, transferred bytes) of a job every 20 ms while it is active. */
   function sample(uuid: string): { samples: Array<[number, number]>; stop: () => void } {
     const samples: Array<[number, number]> = [];
     const timer = setInterval(() => {
-      const status = engine.query(uuid);
+      const status = fixture.engine.query(uuid);
       if (status?.state === "active") samples.push([performance.now(), status.transferredBytes]);
     }, 20);
     return { samples, stop: () => clearInterval(timer) };
@@ -118,6 +105,7 @@ describe("a throttled job", () => {
   }
 
   it("holds 8 MiB/s over every 2-second window to within 15 %", async () => {
+    const { sandbox, engine } = fixture;
     const rate = 8 * MiB;
     const source = await writeSource(sandbox, "d.raw", blockPattern(32 * MiB, (block) => block % 4 === 0));
     const started = performance.now();
@@ -140,14 +128,15 @@ describe("a throttled job", () => {
   });
 
   it("changes speed while running", async () => {
+    const { sandbox, engine } = fixture;
     const source = await writeSource(sandbox, "d.raw", blockPattern(64 * MiB, (block) => block % 2 === 0));
     const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit: 2 * MiB }));
     const sampler = sample(status.uuid);
-    await new Promise((resolve) => setTimeout(resolve, 1000));
+    await sleep(1000);
     const changedAt = performance.now();
     const changed = engine.setSpeedLimit(status.uuid, 16 * MiB);
     expect(changed.speedLimit).toBe(16 * MiB);
-    await new Promise((resolve) => setTimeout(resolve, 1200));
+    await sleep(1200);
     sampler.stop();
     await engine.cancel(status.uuid);
 

@@ -1,12 +1,10 @@
 // The status hub: progress coalescing, bounded queues for slow watchers,
 // state changes never dropped, subscriptions freed at once; and watching
 // jobs through the engine.
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import type { BackupEngine } from "../src/engine/backup-engine.js";
+import { describe, expect, it } from "vitest";
 import { StatusHub } from "../src/engine/status-hub.js";
 import type { JobState, JobStatus } from "../src/engine/types.js";
-import { backupSpec, blockPattern, makeEngine, makeSandbox, MiB, waitForEnd, writeSource } from "./engine-helpers.js";
-import type { Sandbox } from "./engine-helpers.js";
+import { MiB, sleep, startJob, useEngineSandbox, waitForEnd } from "./engine-helpers.js";
 
 let revision = 0;
 
@@ -28,10 +26,6 @@ function status(uuid: string, state: JobState, transferredBytes = 0): JobStatus 
     revision,
     updateTime: new Date(0),
   };
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 async function readAll(source: AsyncIterable<JobStatus>): Promise<JobStatus[]> {
@@ -214,26 +208,11 @@ describe("StatusHub", () => {
 });
 
 describe("watching jobs", () => {
-  let sandbox: Sandbox;
-  let engine: BackupEngine;
-
-  beforeEach(async () => {
-    sandbox = await makeSandbox();
-    ({ engine } = makeEngine(sandbox, { progressIntervalMs: 100 }));
-  });
-
-  afterEach(async () => {
-    await engine.shutdown();
-    await sandbox.cleanup();
-  });
-
-  async function startJob(name: string, size: number, speedLimit: number): Promise<JobStatus> {
-    const source = await writeSource(sandbox, `${name}.raw`, blockPattern(size, (block) => block % 2 === 0));
-    return engine.start(backupSpec({ backupFile: `${name}.vma`, devices: [{ name: "d", path: source }], speedLimit }));
-  }
+  const fixture = useEngineSandbox({ progressIntervalMs: 100 });
 
   it("gives a watcher that does not read the latest progress and every state change", async () => {
-    const job = await startJob("slow", 8 * MiB, 8 * MiB);
+    const { engine } = fixture;
+    const job = await startJob(fixture, "slow", 8 * MiB, 8 * MiB);
     const watcher = engine.watch(job.uuid);
     const iterator = watcher[Symbol.asyncIterator]();
     await sleep(500);
@@ -260,7 +239,8 @@ describe("watching jobs", () => {
   });
 
   it("sends progress at most once per interval while a job runs", async () => {
-    const job = await startJob("paced", 4 * MiB, 4 * MiB);
+    const { engine } = fixture;
+    const job = await startJob(fixture, "paced", 4 * MiB, 4 * MiB);
     const received: Array<{ at: number; status: JobStatus }> = [];
     for await (const update of engine.watch(job.uuid)) received.push({ at: performance.now(), status: update });
     expect(received.at(-1)?.status.state).toBe("done");
@@ -276,12 +256,13 @@ describe("watching jobs", () => {
   });
 
   it("shows an all-jobs watcher the active jobs first, then jobs started later", async () => {
-    const running = await startJob("running", 4 * MiB, 1);
+    const { engine } = fixture;
+    const running = await startJob(fixture, "running", 4 * MiB, 1);
     const all = engine.watch();
     const iterator = all[Symbol.asyncIterator]();
     expect((await iterator.next()).value).toMatchObject({ uuid: running.uuid, state: "active" });
 
-    const later = await startJob("later", 256 * 1024, 0);
+    const later = await startJob(fixture, "later", 256 * 1024, 0);
     const seen: JobStatus[] = [];
     while (!seen.some((update) => update.uuid === later.uuid && update.state === "done")) {
       const next = await iterator.next();
@@ -296,7 +277,8 @@ describe("watching jobs", () => {
   });
 
   it("answers a watch of a finished job with its final status and ends", async () => {
-    const job = await startJob("quick", 128 * 1024, 0);
+    const { engine } = fixture;
+    const job = await startJob(fixture, "quick", 128 * 1024, 0);
     const end = await waitForEnd(engine, job.uuid);
     expect(await readAll(engine.watch(job.uuid))).toEqual([end]);
   });

@@ -3,34 +3,22 @@
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import type { BackupEngine } from "../src/engine/backup-engine.js";
 import type { DeviceSpec } from "../src/engine/types.js";
-import {
-  backupSpec,
-  expectEngineError,
-  KiB,
-  makeEngine,
-  makeSandbox,
-  waitForEnd,
-  writeSource,
-} from "./engine-helpers.js";
-import type { Sandbox } from "./engine-helpers.js";
+import { backupSpec, expectEngineError, KiB, useEngineSandbox, waitForEnd, writeSource } from "./engine-helpers.js";
 
-let sandbox: Sandbox;
-let engine: BackupEngine;
+const fixture = useEngineSandbox();
 let disk: string;
 
 beforeEach(async () => {
-  sandbox = await makeSandbox();
-  ({ engine } = makeEngine(sandbox));
-  disk = await writeSource(sandbox, "disk.raw", Buffer.alloc(64 * KiB, 1));
+  disk = await writeSource(fixture.sandbox, "disk.raw", Buffer.alloc(64 * KiB, 1));
 });
 
+// Runs before the fixture removes the sandbox.
 afterEach(async () => {
+  const { sandbox, engine } = fixture;
   await engine.shutdown();
   // A refused request creates nothing: no archive, no partial file.
   expect(await fs.readdir(sandbox.out)).toEqual([]);
-  await sandbox.cleanup();
 });
 
 function devices(count: number): DeviceSpec[] {
@@ -38,7 +26,7 @@ function devices(count: number): DeviceSpec[] {
 }
 
 function start(partial: Parameters<typeof backupSpec>[0]): () => Promise<unknown> {
-  return () => engine.start(backupSpec({ devices: [{ name: "drive-scsi0", path: disk }], ...partial }));
+  return () => fixture.engine.start(backupSpec({ devices: [{ name: "drive-scsi0", path: disk }], ...partial }));
 }
 
 describe("request shape", () => {
@@ -94,6 +82,7 @@ describe("request shape", () => {
   });
 
   it("accepts a name of exactly 127 bytes", async () => {
+    const { engine } = fixture;
     const status = await start({ devices: [{ name: `${"€".repeat(42)}d`, path: disk }] })();
     const end = await waitForEnd(engine, (status as { uuid: string }).uuid);
     expect(end.state).toBe("done");
@@ -186,6 +175,7 @@ describe("request shape", () => {
 
 describe("sources", () => {
   it("reports a missing source as not found", async () => {
+    const { sandbox } = fixture;
     await expectEngineError(
       start({ devices: [{ name: "a", path: path.join(sandbox.src, "missing.raw") }] }),
       "not-found",
@@ -195,6 +185,7 @@ describe("sources", () => {
   });
 
   it("refuses a source path longer than the filesystem allows", async () => {
+    const { sandbox } = fixture;
     await expectEngineError(
       start({ devices: [{ name: "a", path: path.join(sandbox.src, "x".repeat(300)) }] }),
       "invalid-argument",
@@ -204,6 +195,7 @@ describe("sources", () => {
   });
 
   it("refuses an empty source", async () => {
+    const { sandbox } = fixture;
     const empty = await writeSource(sandbox, "empty.raw", Buffer.alloc(0));
     await expectEngineError(
       start({ devices: [{ name: "a", path: disk }, { name: "b", path: empty }] }),
@@ -214,6 +206,7 @@ describe("sources", () => {
   });
 
   it("refuses the same source given twice, even under another name", async () => {
+    const { sandbox } = fixture;
     const link = path.join(sandbox.src, "hardlink.raw");
     await fs.link(disk, link);
     await expectEngineError(
@@ -227,12 +220,14 @@ describe("sources", () => {
 
 describe("the archive", () => {
   it("refuses an existing backup_file", async () => {
+    const { sandbox } = fixture;
     await fs.writeFile(path.join(sandbox.out, "taken.vma"), "x");
     await expectEngineError(start({ backupFile: "taken.vma" }), "already-exists", "BACKUP_FILE_EXISTS", "backup_file");
     await fs.rm(path.join(sandbox.out, "taken.vma"));
   });
 
   it("refuses a dangling symlink planted at the final name", async () => {
+    const { sandbox } = fixture;
     const planted = path.join(sandbox.out, "planted.vma");
     await fs.symlink(path.join(sandbox.root, "elsewhere.vma"), planted);
     await expectEngineError(
@@ -246,6 +241,7 @@ describe("the archive", () => {
   });
 
   it("refuses when the partial file already exists, and leaves it alone", async () => {
+    const { sandbox } = fixture;
     const partial = path.join(sandbox.out, "busy.vma.partial");
     await fs.writeFile(partial, "someone else's");
     await expectEngineError(start({ backupFile: "busy.vma" }), "already-exists", "BACKUP_FILE_EXISTS", "backup_file");
@@ -272,6 +268,7 @@ describe("the archive", () => {
   });
 
   it("refuses a backup_file under a regular file", async () => {
+    const { sandbox } = fixture;
     await fs.writeFile(path.join(sandbox.out, "file"), "x");
     await expectEngineError(
       start({ backupFile: "file/a.vma" }),
@@ -283,6 +280,7 @@ describe("the archive", () => {
   });
 
   it("accepts an absolute backup_file inside the backup dir and a subdirectory", async () => {
+    const { sandbox, engine } = fixture;
     await fs.mkdir(path.join(sandbox.out, "vm100"));
     const status = await engine.start(
       backupSpec({ backupFile: path.join(sandbox.out, "vm100", "a.vma"), devices: [{ name: "a", path: disk }] }),
@@ -295,6 +293,7 @@ describe("the archive", () => {
 
 describe("job selectors", () => {
   it("refuses malformed uuids everywhere", async () => {
+    const { engine } = fixture;
     await expectEngineError(() => engine.query("not-a-uuid"), "invalid-argument", "UUID_INVALID", "uuid");
     await expectEngineError(() => engine.cancel("../etc"), "invalid-argument", "UUID_INVALID", "uuid");
     await expectEngineError(() => engine.watch("1234"), "invalid-argument", "UUID_INVALID", "uuid");
@@ -302,6 +301,7 @@ describe("job selectors", () => {
   });
 
   it("reports unknown jobs as not found everywhere", async () => {
+    const { engine } = fixture;
     const unknown = "0f8fad5b-d9cb-469f-a165-70867728950e";
     await expectEngineError(() => engine.query(unknown), "not-found", "JOB_NOT_FOUND", "uuid");
     await expectEngineError(() => engine.cancel(unknown), "not-found", "JOB_NOT_FOUND", "uuid");
@@ -310,12 +310,14 @@ describe("job selectors", () => {
   });
 
   it("answers an empty selector with nothing before any job ran", async () => {
+    const { engine } = fixture;
     expect(engine.query()).toBeUndefined();
     expect(engine.query("")).toBeUndefined();
     expect(await engine.cancel()).toEqual([]);
   });
 
   it("refuses a speed change of a finished job and accepts upper-case uuids", async () => {
+    const { engine } = fixture;
     const status = await start({})();
     const uuid = (status as { uuid: string }).uuid;
     const end = await waitForEnd(engine, uuid);
@@ -325,6 +327,7 @@ describe("job selectors", () => {
   });
 
   it("refuses new jobs once shut down", async () => {
+    const { engine } = fixture;
     await engine.shutdown();
     await expectEngineError(start({}), "unavailable", "ENGINE_SHUT_DOWN");
   });

@@ -4,42 +4,26 @@
 // neither slows a job nor makes the engine buffer more than a status or two.
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import type { BackupEngine, StatusSubscription } from "../src/engine/backup-engine.js";
+import { describe, expect, it } from "vitest";
+import type { StatusSubscription } from "../src/engine/backup-engine.js";
 import { INTERRUPTED_MESSAGE, JOB_STORE_FILE } from "../src/engine/backup-engine.js";
 import { toStoredJob } from "../src/engine/job-record.js";
 import type { JobStatus } from "../src/engine/types.js";
 import { JobStore } from "../src/store/job-store.js";
 import {
   backupSpec,
-  blockPattern,
   expectEngineError,
   KiB,
-  makeEngine,
-  makeSandbox,
   MiB,
+  sleep,
+  startJob,
+  useEngineSandbox,
   waitForEnd,
+  waitForTransfer,
   waitUntil,
-  writeSource,
 } from "./engine-helpers.js";
-import type { Sandbox } from "./engine-helpers.js";
 
-let sandbox: Sandbox;
-let engine: BackupEngine;
-
-beforeEach(async () => {
-  sandbox = await makeSandbox();
-  ({ engine } = makeEngine(sandbox));
-});
-
-afterEach(async () => {
-  await engine.shutdown();
-  await sandbox.cleanup();
-});
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
+const fixture = useEngineSandbox();
 
 type Next = JobStatus | "pending" | "ended";
 
@@ -72,14 +56,10 @@ function expectIncreasing(revisions: readonly number[]): void {
   }
 }
 
-async function startJob(name: string, size: number, speedLimit: number): Promise<JobStatus> {
-  const source = await writeSource(sandbox, `${name}.raw`, blockPattern(size, (block) => block % 2 === 0));
-  return engine.start(backupSpec({ backupFile: `${name}.vma`, devices: [{ name: "d", path: source }], speedLimit }));
-}
-
 describe("resuming the watch of one job", () => {
   it("continues after the last revision seen, missing no state change", async () => {
-    const job = await startJob("paced", 4 * MiB, 8 * MiB);
+    const { engine } = fixture;
+    const job = await startJob(fixture, "paced", 4 * MiB, 8 * MiB);
     const first: JobStatus[] = [];
     for await (const status of engine.watch(job.uuid)) {
       first.push(status);
@@ -105,8 +85,9 @@ describe("resuming the watch of one job", () => {
   });
 
   it("sends an active job's status only once it changes after the revision", async () => {
-    const job = await startJob("crawl", 512 * KiB, 1);
-    await waitUntil(() => (engine.query(job.uuid)?.transferredBytes ?? 0) > 0);
+    const { engine } = fixture;
+    const job = await startJob(fixture, "crawl", 512 * KiB, 1);
+    await waitForTransfer(engine, job.uuid);
     await sleep(100); // the first chunk's progress is published
     const current = engine.query(job.uuid) as JobStatus;
 
@@ -128,7 +109,8 @@ describe("resuming the watch of one job", () => {
   });
 
   it("refuses an after_revision that is not a revision", async () => {
-    const job = await startJob("quick", 64 * KiB, 0);
+    const { engine } = fixture;
+    const job = await startJob(fixture, "quick", 64 * KiB, 0);
     await waitForEnd(engine, job.uuid);
     for (const afterRevision of [-1, Number.NaN]) {
       await expectEngineError(
@@ -143,10 +125,11 @@ describe("resuming the watch of one job", () => {
 
 describe("resuming the watch of every job", () => {
   it("sends every job changed after the revision, oldest first, then live changes", async () => {
-    const a = await waitForEnd(engine, (await startJob("a", 64 * KiB, 0)).uuid);
-    const crawl = await startJob("crawl", 512 * KiB, 1);
-    const b = await waitForEnd(engine, (await startJob("b", 64 * KiB, 0)).uuid);
-    const c = await waitForEnd(engine, (await startJob("c", 64 * KiB, 0)).uuid);
+    const { engine } = fixture;
+    const a = await waitForEnd(engine, (await startJob(fixture, "a", 64 * KiB, 0)).uuid);
+    const crawl = await startJob(fixture, "crawl", 512 * KiB, 1);
+    const b = await waitForEnd(engine, (await startJob(fixture, "b", 64 * KiB, 0)).uuid);
+    const c = await waitForEnd(engine, (await startJob(fixture, "c", 64 * KiB, 0)).uuid);
     const sped = engine.setSpeedLimit(crawl.uuid, 3);
 
     const resumed = engine.watch(undefined, { afterRevision: a.revision });
@@ -163,7 +146,7 @@ describe("resuming the watch of every job", () => {
     expectIncreasing(replay.map((status) => status.revision));
 
     // Then live changes.
-    const d = await startJob("d", 64 * KiB, 0);
+    const d = await startJob(fixture, "d", 64 * KiB, 0);
     const live: JobStatus[] = [];
     while (!live.some((status) => status.uuid === d.uuid && status.state === "done")) {
       const status = await next(2000);
@@ -184,9 +167,11 @@ describe("resuming the watch of every job", () => {
   });
 
   it("resumes across a restart: the jobs recovered at startup come first", async () => {
+    const { sandbox } = fixture;
+    let { engine } = fixture;
     const all = engine.watch();
     const seen: JobStatus[] = [];
-    const job = await startJob("before", 64 * KiB, 0);
+    const job = await startJob(fixture, "before", 64 * KiB, 0);
     for await (const status of all) {
       seen.push(status);
       if (status.uuid === job.uuid && status.state === "done") break;
@@ -208,13 +193,13 @@ describe("resuming the watch of every job", () => {
     store.save(toStoredJob(dead, { partialPath: `${backupFile}.partial` }));
     store.close();
 
-    ({ engine } = makeEngine(sandbox));
+    engine = await fixture.restartEngine();
     const next = reader(engine.watch(undefined, { afterRevision: lastSeen }));
     const first = await next(200);
     expect(first).toMatchObject({ uuid: dead.uuid, state: "error", errorMessage: INTERRUPTED_MESSAGE });
     expect((first as JobStatus).revision).toBeGreaterThan(lastSeen + 1);
     expect(await next(100)).toBe("pending");
-    const after = await startJob("after", 64 * KiB, 0);
+    const after = await startJob(fixture, "after", 64 * KiB, 0);
     expect(await next(1000)).toMatchObject({ uuid: after.uuid, state: "active" });
     expect(after.revision).toBeGreaterThan((first as JobStatus).revision);
   });
@@ -222,6 +207,7 @@ describe("resuming the watch of every job", () => {
 
 describe("revisions", () => {
   it("increase with every change of a job, as every watcher sees them", async () => {
+    const { engine } = fixture;
     const all: JobStatus[] = [];
     const watching = (async () => {
       for await (const status of engine.watch()) {
@@ -230,9 +216,9 @@ describe("revisions", () => {
       }
     })();
     const jobs = await Promise.all([
-      startJob("x", 2 * MiB, 8 * MiB),
-      startJob("y", 2 * MiB, 4 * MiB),
-      startJob("z", 1 * MiB, 0),
+      startJob(fixture, "x", 2 * MiB, 8 * MiB),
+      startJob(fixture, "y", 2 * MiB, 4 * MiB),
+      startJob(fixture, "z", 1 * MiB, 0),
     ]);
     const own = await Promise.all(jobs.map((job) => readAll(engine.watch(job.uuid))));
     await watching;
@@ -255,10 +241,8 @@ describe("revisions", () => {
 
 describe("a watcher that never reads", () => {
   it("neither slows the job nor holds more than a status or two", async () => {
-    ({ engine } = await (async () => {
-      await engine.shutdown();
-      return makeEngine(sandbox, { progressIntervalMs: 0 }); // every chunk is published
-    })());
+    const { sandbox } = fixture;
+    const engine = await fixture.restartEngine({ progressIntervalMs: 0 }); // every chunk is published
     const image = path.join(sandbox.src, "sparse.raw");
     await fs.writeFile(image, "");
     await fs.truncate(image, 256 * MiB);

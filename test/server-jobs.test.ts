@@ -2,24 +2,22 @@
 // SetBackupSpeed, DeleteBackup, Backup.request_id, the status fields that
 // came with them (rate, eta, revision, update_time, request_id), and every
 // error code of the new RPCs with its ErrorInfo reason.
-import { randomBytes, randomUUID } from "node:crypto";
+import { randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
 import { readdir } from "node:fs/promises";
 import * as path from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { durationMs, timestampMs } from "@bufbuild/protobuf/wkt";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import type { BackupStatus } from "../gen/vmabackup/v1/backup_pb.js";
 import { expectRefusal } from "./helpers/rpc-failure.js";
-import { startTestServer } from "./helpers/test-server.js";
-import type { BackupClient, TestServer } from "./helpers/test-server.js";
+import { halfRandomImage, useSharedTestServer } from "./helpers/test-server.js";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
-let server: TestServer;
-let client: BackupClient;
+const fixture = useSharedTestServer({ progressIntervalMs: 50 });
 let counter = 0;
 
 /** A fresh name, so that jobs never collide on a source or an archive. */
@@ -30,14 +28,12 @@ function unique(prefix: string): string {
 
 /** A source with random data in its first half. */
 async function source(size: number): Promise<string> {
-  const data = Buffer.alloc(size);
-  randomBytes(Math.floor(size / 2)).copy(data, 0);
-  return server.writeSource(`${unique("src")}.raw`, data);
+  return fixture.server.writeSource(`${unique("src")}.raw`, halfRandomImage(size));
 }
 
 /** A job that stays ACTIVE for a long time (8 MiB at 256 KiB/s: 32 s) unless told otherwise. */
 async function startSlowJob(options: { requestId?: string; backupFile?: string } = {}): Promise<BackupStatus> {
-  const response = await client.backup({
+  const response = await fixture.client.backup({
     backupFile: options.backupFile ?? `${unique("slow")}.vma`,
     devices: [{ name: "drive-scsi0", path: await source(8 * MiB) }],
     speedLimit: BigInt(256 * KiB),
@@ -48,13 +44,13 @@ async function startSlowJob(options: { requestId?: string; backupFile?: string }
 
 async function waitForEnd(uuid: string): Promise<BackupStatus> {
   let last: BackupStatus | undefined;
-  for await (const message of client.watchBackup({ uuid })) last = message.status;
+  for await (const message of fixture.client.watchBackup({ uuid })) last = message.status;
   return last!;
 }
 
 /** A small unthrottled job, followed to its end. */
 async function runQuickJob(): Promise<BackupStatus> {
-  const response = await client.backup({
+  const response = await fixture.client.backup({
     backupFile: `${unique("quick")}.vma`,
     devices: [{ name: "drive-virtio0", path: await source(256 * KiB) }],
   });
@@ -65,28 +61,16 @@ async function listAll(states: BackupState[] = [], pageSize = 0): Promise<Backup
   const all: BackupStatus[] = [];
   let pageToken = "";
   do {
-    const page = await client.listBackups({ pageSize, pageToken, states });
+    const page = await fixture.client.listBackups({ pageSize, pageToken, states });
     all.push(...page.statuses);
     pageToken = page.nextPageToken;
   } while (pageToken !== "");
   return all;
 }
 
-beforeAll(async () => {
-  server = await startTestServer({ progressIntervalMs: 50 });
-  client = server.client;
-});
-
-afterEach(async () => {
-  await client.cancelBackup({ uuid: "" });
-});
-
-afterAll(async () => {
-  await server.stop();
-});
-
 describe("ListBackups", () => {
   it("lists every job newest first, with live counters for active ones, and filters by state", async () => {
+    const { client } = fixture;
     const done = await runQuickJob();
     const cancelled = await startSlowJob();
     await client.cancelBackup({ uuid: cancelled.uuid });
@@ -109,6 +93,7 @@ describe("ListBackups", () => {
   });
 
   it("gives pages of page_size with a token, and an empty token on the last page", async () => {
+    const { client } = fixture;
     await runQuickJob();
     await runQuickJob();
     const first = await client.listBackups({ pageSize: 1 });
@@ -120,6 +105,7 @@ describe("ListBackups", () => {
   });
 
   it("refuses a negative page_size, an unknown state and a page_token it never gave", async () => {
+    const { client } = fixture;
     await expectRefusal(client.listBackups({ pageSize: -1 }), grpc.status.INVALID_ARGUMENT, "PAGE_SIZE_INVALID", "page_size");
     await expectRefusal(
       client.listBackups({ states: [BackupState.DONE, 42 as BackupState] }),
@@ -144,6 +130,7 @@ describe("ListBackups", () => {
 
 describe("SetBackupSpeed", () => {
   it("changes an active job's limit at once; 0 lifts it and the job finishes", async () => {
+    const { client } = fixture;
     const job = await startSlowJob();
     const faster = await client.setBackupSpeed({ uuid: job.uuid, speedLimit: BigInt(MiB) });
     expect(faster.status).toMatchObject({ uuid: job.uuid, state: BackupState.ACTIVE, speedLimit: BigInt(MiB) });
@@ -161,6 +148,7 @@ describe("SetBackupSpeed", () => {
   });
 
   it("refuses a finished job, an unknown, empty or malformed uuid and a limit beyond 2^53", async () => {
+    const { client } = fixture;
     const done = await runQuickJob();
     const finished = await expectRefusal(
       client.setBackupSpeed({ uuid: done.uuid, speedLimit: 1n }),
@@ -193,6 +181,7 @@ describe("SetBackupSpeed", () => {
 
 describe("DeleteBackup", () => {
   it("forgets a finished job and keeps its archive unless asked", async () => {
+    const { client } = fixture;
     const kept = await runQuickJob();
     const removed = await runQuickJob();
     expect(existsSync(kept.backupFile) && existsSync(removed.backupFile)).toBe(true);
@@ -212,6 +201,7 @@ describe("DeleteBackup", () => {
   });
 
   it("forgets a cancelled job (which left no archive) even with delete_archive", async () => {
+    const { client } = fixture;
     const job = await startSlowJob();
     await client.cancelBackup({ uuid: job.uuid });
     await client.deleteBackup({ uuid: job.uuid, deleteArchive: true });
@@ -219,6 +209,7 @@ describe("DeleteBackup", () => {
   });
 
   it("refuses an active job, and an unknown, empty or malformed uuid", async () => {
+    const { client } = fixture;
     const job = await startSlowJob();
     const active = await expectRefusal(
       client.deleteBackup({ uuid: job.uuid, deleteArchive: true }),
@@ -236,6 +227,7 @@ describe("DeleteBackup", () => {
 
 describe("Backup with a request_id", () => {
   it("returns the job the first request started when retried, while active and after it ended", async () => {
+    const { server, client } = fixture;
     const requestId = `retry-${randomUUID()}`;
     const backupFile = `${unique("idempotent")}.vma`;
     const first = await startSlowJob({ requestId, backupFile });
@@ -265,6 +257,7 @@ describe("Backup with a request_id", () => {
 
 describe("status fields", () => {
   it("carry rate and ETA while active, a revision that grows with every change, and update_time", async () => {
+    const { client } = fixture;
     const job = await startSlowJob();
     expect(job.revision).toBeGreaterThan(0n);
     expect(job.updateTime).toBeDefined();
@@ -301,6 +294,7 @@ describe("status fields", () => {
 
 describe("WatchBackup errors", () => {
   it("carry their details in the trailer of the stream", async () => {
+    const { client } = fixture;
     const drain = async (uuid: string, afterRevision = 0n): Promise<void> => {
       for await (const _ of client.watchBackup({ uuid, afterRevision })) {
         // nothing arrives before the error

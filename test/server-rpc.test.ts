@@ -1,23 +1,21 @@
 // Every RPC of BackupService against a real server on 127.0.0.1 with real
 // source images and archives in temporary directories.
-import { randomBytes, randomUUID } from "node:crypto";
+import { randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
 import { readdir } from "node:fs/promises";
 import * as path from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import type { BackupStatus } from "../gen/vmabackup/v1/backup_pb.js";
-import { startTestServer } from "./helpers/test-server.js";
-import type { BackupClient, TestServer } from "./helpers/test-server.js";
+import { halfRandomImage, useSharedTestServer } from "./helpers/test-server.js";
 
 const MiB = 1024 * 1024;
 const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const TERMINAL = new Set([BackupState.DONE, BackupState.ERROR, BackupState.CANCELLED]);
 
-let server: TestServer;
-let client: BackupClient;
+const fixture = useSharedTestServer({ progressIntervalMs: 50 });
 let fileCounter = 0;
 
 /** A fresh archive name, so that jobs never collide on their backup_file. */
@@ -28,13 +26,12 @@ function archiveName(): string {
 
 /** A source image of `size` bytes with some data and some zeros. */
 async function source(name: string, size: number): Promise<string> {
-  const data = Buffer.alloc(size);
-  randomBytes(Math.floor(size / 2)).copy(data, 0);
-  return server.writeSource(name, data);
+  return fixture.server.writeSource(name, halfRandomImage(size));
 }
 
 /** Starts a job that stays ACTIVE for seconds (a 16 MiB source at 2 MiB/s). */
 async function startSlowJob(deviceName = "drive-scsi0", sourceName = "slow.raw"): Promise<BackupStatus> {
+  const { server, client } = fixture;
   const devicePath = existsSync(path.join(server.sourceDir, sourceName))
     ? path.join(server.sourceDir, sourceName)
     : await source(sourceName, 16 * MiB);
@@ -49,7 +46,7 @@ async function startSlowJob(deviceName = "drive-scsi0", sourceName = "slow.raw")
 /** Starts a small unthrottled job and waits until it is done. */
 async function runQuickJob(): Promise<BackupStatus> {
   const devicePath = await source(`quick-${fileCounter}.raw`, 256 * 1024);
-  const response = await client.backup({
+  const response = await fixture.client.backup({
     backupFile: archiveName(),
     devices: [{ name: "drive-virtio0", path: devicePath }],
   });
@@ -59,7 +56,7 @@ async function runQuickJob(): Promise<BackupStatus> {
 /** Follows a job to its terminal status. */
 async function waitForEnd(uuid: string): Promise<BackupStatus> {
   let last: BackupStatus | undefined;
-  for await (const message of client.watchBackup({ uuid })) last = message.status;
+  for await (const message of fixture.client.watchBackup({ uuid })) last = message.status;
   expect(last && TERMINAL.has(last.state)).toBe(true);
   return last!;
 }
@@ -83,26 +80,15 @@ async function drain(stream: AsyncIterable<{ status?: BackupStatus }>): Promise<
   return statuses;
 }
 
-beforeAll(async () => {
-  server = await startTestServer({ progressIntervalMs: 50 });
-  client = server.client;
-});
-
-afterEach(async () => {
-  await client.cancelBackup({ uuid: "" });
-});
-
-afterAll(async () => {
-  await server.stop();
-});
-
 describe("QueryBackup before any job", () => {
   it("returns no status for an empty uuid when no job has ever run", async () => {
+    const { client } = fixture;
     const response = await client.queryBackup({ uuid: "" });
     expect(response.status).toBeUndefined();
   });
 
   it("cancels nothing when no job is active", async () => {
+    const { client } = fixture;
     const response = await client.cancelBackup({ uuid: "" });
     expect(response.statuses).toEqual([]);
   });
@@ -110,6 +96,7 @@ describe("QueryBackup before any job", () => {
 
 describe("Backup", () => {
   it("starts a job and answers at once with an ACTIVE status", async () => {
+    const { server } = fixture;
     const before = Date.now();
     const status = await startSlowJob();
     expect(status.uuid).toMatch(UUID_PATTERN);
@@ -129,6 +116,7 @@ describe("Backup", () => {
 
 describe("QueryBackup", () => {
   it("finds a job by uuid, and the most recent one for an empty uuid", async () => {
+    const { client } = fixture;
     const first = await startSlowJob("drive-scsi0", "a.raw");
     const second = await startSlowJob("drive-scsi1", "b.raw");
     const byUuid = await client.queryBackup({ uuid: first.uuid });
@@ -142,6 +130,7 @@ describe("QueryBackup", () => {
   });
 
   it("is NOT_FOUND for an unknown uuid and INVALID_ARGUMENT for a malformed one", async () => {
+    const { client } = fixture;
     await expectCode(client.queryBackup({ uuid: randomUUID() }), grpc.status.NOT_FOUND, /./);
     await expectCode(client.queryBackup({ uuid: "not-a-uuid" }), grpc.status.INVALID_ARGUMENT, /uuid/);
   });
@@ -149,6 +138,7 @@ describe("QueryBackup", () => {
 
 describe("CancelBackup", () => {
   it("cancels one job by uuid within a second and removes its partial file", async () => {
+    const { server, client } = fixture;
     const job = await startSlowJob();
     const other = await startSlowJob("drive-scsi1", "other.raw");
     const started = Date.now();
@@ -165,6 +155,7 @@ describe("CancelBackup", () => {
   });
 
   it("cancels every active job for an empty uuid", async () => {
+    const { client } = fixture;
     const a = await startSlowJob("drive-scsi0", "all-a.raw");
     const b = await startSlowJob("drive-scsi1", "all-b.raw");
     const response = await client.cancelBackup({ uuid: "" });
@@ -175,6 +166,7 @@ describe("CancelBackup", () => {
   });
 
   it("leaves a finished job as it was", async () => {
+    const { client } = fixture;
     const done = await runQuickJob();
     expect(done.state).toBe(BackupState.DONE);
     const response = await client.cancelBackup({ uuid: done.uuid });
@@ -184,6 +176,7 @@ describe("CancelBackup", () => {
   });
 
   it("is NOT_FOUND for an unknown uuid and INVALID_ARGUMENT for a malformed one", async () => {
+    const { client } = fixture;
     await expectCode(client.cancelBackup({ uuid: randomUUID() }), grpc.status.NOT_FOUND, /./);
     await expectCode(client.cancelBackup({ uuid: "1234" }), grpc.status.INVALID_ARGUMENT, /uuid/);
   });
@@ -191,6 +184,7 @@ describe("CancelBackup", () => {
 
 describe("WatchBackup", () => {
   it("opens with the current status, follows state changes in order and ends OK", async () => {
+    const { client } = fixture;
     const job = await startSlowJob();
     const watching = drain(client.watchBackup({ uuid: job.uuid }));
     await new Promise((resolve) => setTimeout(resolve, 300));
@@ -209,12 +203,14 @@ describe("WatchBackup", () => {
   });
 
   it("sends the terminal status of a finished job and ends", async () => {
+    const { client } = fixture;
     const done = await runQuickJob();
     const statuses = await drain(client.watchBackup({ uuid: done.uuid }));
     expect(statuses).toEqual([done]);
   });
 
   it("serves several watchers at once, one of which leaves early", async () => {
+    const { server, client } = fixture;
     const job = await startSlowJob();
     const stayers = [1, 2, 3].map(() => drain(client.watchBackup({ uuid: job.uuid })));
     let leaverSaw = 0;
@@ -234,6 +230,7 @@ describe("WatchBackup", () => {
   });
 
   it("with an empty uuid follows jobs started later, until the client leaves", async () => {
+    const { server, client } = fixture;
     const controller = new AbortController();
     const seen: BackupStatus[] = [];
     const startedLater = new Promise<void>((resolve, reject) => {
@@ -262,6 +259,7 @@ describe("WatchBackup", () => {
   });
 
   it("is NOT_FOUND for an unknown uuid and INVALID_ARGUMENT for a malformed one", async () => {
+    const { client } = fixture;
     await expectCode(drain(client.watchBackup({ uuid: randomUUID() })), grpc.status.NOT_FOUND, /./);
     await expectCode(drain(client.watchBackup({ uuid: "zzz" })), grpc.status.INVALID_ARGUMENT, /uuid/);
   });

@@ -1,11 +1,14 @@
 // Starts a real vmabackup server in-process on 127.0.0.1 (a free port) with
 // its own temporary source, backup and state directories, and a client
 // connected to it. stop() shuts the server down and removes the directories.
+// useSharedTestServer() does all that for the tests of a file or describe block.
+import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { pino } from "pino";
 import type { Logger } from "pino";
+import { afterAll, afterEach, beforeAll } from "vitest";
 import { BackupService } from "../../gen/vmabackup/v1/backup_pb.js";
 import { createClient } from "../../src/server/grpc-client.js";
 import type { ClientOf } from "../../src/server/grpc-client.js";
@@ -89,4 +92,52 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
       return stopped;
     },
   };
+}
+
+/** The server of a useSharedTestServer() block and its client. */
+export interface SharedTestServer {
+  readonly server: TestServer;
+  readonly client: BackupClient;
+}
+
+/**
+ * One server for all the tests of the calling file or describe block:
+ * started before the first test (startTestServer with `options`), every job
+ * still active cancelled after each test, stopped after the last test. Read
+ * the fields inside tests and hooks only.
+ */
+export function useSharedTestServer(options: TestServerOptions = {}): SharedTestServer {
+  let server: TestServer | undefined;
+  const startedServer = (): TestServer => {
+    if (server === undefined) throw new Error("useSharedTestServer: the server is only there inside tests and hooks");
+    return server;
+  };
+
+  beforeAll(async () => {
+    server = await startTestServer(options);
+  });
+
+  afterEach(async () => {
+    await startedServer().client.cancelBackup({ uuid: "" });
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  return {
+    get server() {
+      return startedServer();
+    },
+    get client() {
+      return startedServer().client;
+    },
+  };
+}
+
+/** A source image of `size` bytes: random data in its first half, zeros after. */
+export function halfRandomImage(size: number): Buffer {
+  const data = Buffer.alloc(size);
+  randomBytes(Math.floor(size / 2)).copy(data, 0);
+  return data;
 }

@@ -1,6 +1,6 @@
 // `npm run bench`: backs up a disk image with the real daemon and, side by
 // side in the same run, copies it with qemu-img and cp; prints medians and
-// ratios. Size and repetitions: BENCH_SIZE_MIB (1024), BENCH_RUNS (5).
+// ratios. Size and repetitions: BENCH_SIZE_MIB (1024), BENCH_RUNS (7).
 import { execFileSync } from "node:child_process";
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -12,7 +12,7 @@ import { timeCommand } from "./time-command.js";
 import { benchVmaTools } from "./vma-tools.js";
 
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 1024);
-const runs = Number(process.env.BENCH_RUNS ?? 5);
+const runs = Number(process.env.BENCH_RUNS ?? 7);
 const sizeBytes = sizeMiB * 2 ** 20;
 
 function requireTool(name: string, debianPackage: string): void {
@@ -39,34 +39,72 @@ async function main(): Promise<void> {
   try {
     // Warm the page cache so that every contender reads from memory.
     await timeCommand("cat", [image]);
+    const archiveOf = (run: number): string => join(backupDir, `bench-${run}.vma`);
+    const contenders: Array<{ times: number[]; run: (run: number) => Promise<number> }> = [
+      {
+        times: times.qemuImg,
+        run: async (run) => {
+          const out = join(copies, `qemu-${run}.raw`);
+          const seconds = await timeCommand("qemu-img", ["convert", "-f", "raw", "-O", "raw", "-S", "4k", image, out]);
+          await rm(out);
+          return seconds;
+        },
+      },
+      {
+        // qemu-img does not fsync its output; vmabackup does. Same work plus fsync:
+        times: times.qemuImgSync,
+        run: async (run) => {
+          const out = join(copies, `qemu-sync-${run}.raw`);
+          const script = `qemu-img convert -f raw -O raw -S 4k '${image}' '${out}' && sync '${out}'`;
+          const seconds = await timeCommand("sh", ["-c", script]);
+          await rm(out);
+          return seconds;
+        },
+      },
+      {
+        times: times.cp,
+        run: async (run) => {
+          const out = join(copies, `cp-${run}.raw`);
+          const seconds = await timeCommand("cp", ["--sparse=never", image, out]);
+          await rm(out);
+          return seconds;
+        },
+      },
+      {
+        times: times.vmabackup,
+        run: async (run) => {
+          const seconds = await service.timeBackup(image, archiveOf(run));
+          if (run < runs - 1) await rm(archiveOf(run));
+          return seconds;
+        },
+      },
+    ];
+    // Each run starts with the next contender, so that none always follows
+    // the same neighbour; and each starts with no dirty pages left by the
+    // previous one, whose writeback would otherwise slow the next fsync.
     for (let run = 0; run < runs; run++) {
-      const qemuOut = join(copies, `qemu-${run}.raw`);
-      times.qemuImg.push(await timeCommand("qemu-img", ["convert", "-f", "raw", "-O", "raw", "-S", "4k", image, qemuOut]));
-      await rm(qemuOut);
-      // qemu-img does not fsync its output; vmabackup does. Same work plus fsync:
-      times.qemuImgSync.push(
-        await timeCommand("sh", ["-c", `qemu-img convert -f raw -O raw -S 4k '${image}' '${qemuOut}' && sync '${qemuOut}'`]),
-      );
-      await rm(qemuOut);
-      const cpOut = join(copies, `cp-${run}.raw`);
-      times.cp.push(await timeCommand("cp", ["--sparse=never", image, cpOut]));
-      await rm(cpOut);
-      const archive = join(backupDir, `bench-${run}.vma`);
-      times.vmabackup.push(await service.timeBackup(image, archive));
-      if (run < runs - 1) await rm(archive);
+      for (let step = 0; step < contenders.length; step++) {
+        const contender = contenders[(run + step) % contenders.length]!;
+        await timeCommand("sync", []);
+        contender.times.push(await contender.run(run));
+      }
     }
     const peakRss = await service.peakRss();
     const base = median(times.qemuImg);
-    const rows: Array<[string, number]> = [
-      ["vmabackup (incl. fsync)", median(times.vmabackup)],
-      ["qemu-img convert -S 4k", base],
-      ["qemu-img convert + sync", median(times.qemuImgSync)],
-      ["cp --sparse=never", median(times.cp)],
+    const rows: Array<[string, number[]]> = [
+      ["vmabackup (incl. fsync)", times.vmabackup],
+      ["qemu-img convert -S 4k", times.qemuImg],
+      ["qemu-img convert + sync", times.qemuImgSync],
+      ["cp --sparse=never", times.cp],
     ];
-    console.log("\nbackup of the image (median wall time):");
-    for (const [name, seconds] of rows) {
+    console.log("\nbackup of the image (median wall time; the fastest run shows how noisy the machine was):");
+    for (const [name, samples] of rows) {
+      const seconds = median(samples);
       const ratio = (seconds / base).toFixed(2);
-      console.log(`  ${name.padEnd(26)} ${formatSeconds(seconds).padStart(9)}  ${formatRate(sizeBytes, seconds).padStart(10)}  ${ratio}x qemu-img`);
+      const fastest = formatSeconds(Math.min(...samples));
+      console.log(
+        `  ${name.padEnd(26)} ${formatSeconds(seconds).padStart(9)}  ${formatRate(sizeBytes, seconds).padStart(10)}  ${ratio}x qemu-img  (fastest ${fastest})`,
+      );
     }
     console.log(`  vmabackup daemon peak RSS: ${formatMiB(peakRss)}`);
 

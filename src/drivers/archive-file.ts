@@ -11,6 +11,8 @@ import { ConfinedDirectory } from "./confined-directory.js";
 export const PARTIAL_SUFFIX = ".partial";
 const ARCHIVE_MODE = 0o640;
 const CREATE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+/** Written bytes after which a background flush starts (see flushInBackground). */
+const BACKGROUND_FLUSH_BYTES = 64 * 2 ** 20;
 /** Linux's IOV_MAX: writev takes at most this many buffers per call. */
 const IOV_MAX = 1024;
 /** link() errors that mean the filesystem has no hard links, not that linking was refused. */
@@ -29,6 +31,9 @@ export class ArchiveFile {
   private handle: FileHandle | undefined;
   private state: State = "open";
   private size = 0;
+  /** Bytes written when the last background flush started. */
+  private flushedUpTo = 0;
+  private backgroundFlush: Promise<void> | undefined;
 
   private constructor(finalPath: string, directory: ConfinedDirectory, handle: FileHandle) {
     const name = basename(finalPath);
@@ -81,6 +86,26 @@ export class ArchiveFile {
       position += bytesWritten;
       pending = dropWritten(pending, bytesWritten);
     }
+    this.flushInBackground(handle);
+  }
+
+  /**
+   * Starts writing dirty pages back while the job goes on, one flush at a
+   * time, so that the fsync in commit() finds little left to do instead of
+   * the whole archive.
+   */
+  private flushInBackground(handle: FileHandle): void {
+    if (this.backgroundFlush !== undefined || this.size - this.flushedUpTo < BACKGROUND_FLUSH_BYTES) return;
+    this.flushedUpTo = this.size;
+    this.backgroundFlush = handle.datasync().then(
+      () => {
+        this.backgroundFlush = undefined;
+      },
+      // A failing flush is reported by commit()'s own fsync; here it only ends.
+      () => {
+        this.backgroundFlush = undefined;
+      },
+    );
   }
 
   /**
@@ -94,6 +119,7 @@ export class ArchiveFile {
     }
     const handle = this.handle;
     if (handle !== undefined) {
+      await this.backgroundFlush;
       await handle.sync();
       this.handle = undefined;
       await handle.close();

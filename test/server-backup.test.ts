@@ -23,7 +23,14 @@ const CLUSTER = 64 * KiB;
 type Piece = { zero: number } | { data: number };
 
 function image(pieces: readonly Piece[]): Buffer {
-  return Buffer.concat(pieces.map((piece) => ("zero" in piece ? Buffer.alloc(piece.zero) : randomBytes(piece.data))));
+  return Buffer.concat(pieces.map((piece) => ("zero" in piece ? Buffer.alloc(piece.zero) : nonZeroRandom(piece.data))));
+}
+
+/** Random bytes none of which is zero, so that a short data piece never reads as a zero block. */
+function nonZeroRandom(size: number): Buffer {
+  const bytes = randomBytes(size);
+  for (let index = 0; index < size; index++) bytes[index]! |= 1;
+  return bytes;
 }
 
 /** Device bytes in all-zero 4 KiB blocks (a straddling last block counts its device part). */

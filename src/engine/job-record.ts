@@ -18,23 +18,16 @@ export interface JobExtras {
   readonly archive?: ArchiveIdentity;
 }
 
-interface StatusRecord {
-  readonly uuid: string;
-  readonly state: JobState;
-  readonly errorMessage: string;
-  readonly backupFile: string;
-  readonly format: string;
-  readonly totalBytes: number;
-  readonly transferredBytes: number;
-  readonly zeroBytes: number;
+/**
+ * A status as stored: times as Unix milliseconds. Rate and ETA describe a
+ * moment of a running job and are not stored. Derived from JobStatus so that
+ * a new status field cannot be forgotten here silently.
+ */
+type StatusRecord = Omit<JobStatus, "startTime" | "endTime" | "updateTime" | "rate" | "etaMs"> & {
   readonly startTime: number;
   readonly endTime?: number;
-  readonly speedLimit: number;
-  readonly devices: readonly DeviceStatus[];
-  readonly revision: number;
   readonly updateTime: number;
-  readonly requestId?: string;
-}
+};
 
 interface JobRecord {
   readonly version: number;

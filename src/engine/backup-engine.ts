@@ -11,7 +11,7 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { Logger } from "pino";
 import { v4 as uuidv4, validate as isUuid } from "uuid";
-import { ArchiveLimitError, ArchiveOutsideError } from "../drivers/driver.js";
+import { ArchiveLimitError } from "../drivers/driver.js";
 import type { BackupDriver, BackupTarget } from "../drivers/driver.js";
 import { InvalidPageTokenError, JobStore } from "../store/job-store.js";
 import { DeviceLocks } from "./device-locks.js";
@@ -34,6 +34,7 @@ import { closeSources, openSource } from "./source-device.js";
 import type { SourceDevice } from "./source-device.js";
 import { SpeedLimiter } from "./speed-limiter.js";
 import { StatusHub } from "./status-hub.js";
+import { targetOpenError } from "./target-open-error.js";
 import type { StatusSubscription } from "./status-hub.js";
 import type {
   BackupSpec,
@@ -67,10 +68,6 @@ export const REQUEST_ID_TTL_MS = 24 * 60 * 60 * 1000;
 
 const CANCELLED_BY_REQUEST = "cancelled by request";
 const CANCELLED_BY_SHUTDOWN = "cancelled: the server is shutting down";
-
-function errnoOf(error: unknown): string | undefined {
-  return (error as NodeJS.ErrnoException | undefined)?.code;
-}
 
 function internalError(message: string, cause: unknown): EngineError {
   const error = new EngineError("internal", REASON.INTERNAL, message);
@@ -472,49 +469,7 @@ export class BackupEngine {
     try {
       return await driver.open({ path: backupFile, uuid, confineTo: this.policy.backupDir });
     } catch (error) {
-      const field = "backup_file";
-      if (error instanceof ArchiveOutsideError) {
-        throw new EngineError(
-          "permission-denied",
-          REASON.PATH_NOT_ALLOWED,
-          `${field}: ${backupFile} is outside the backup directory (${error.message})`,
-          field,
-        );
-      }
-      const code = errnoOf(error);
-      switch (code) {
-        case "EEXIST":
-          throw new EngineError(
-            "already-exists",
-            REASON.BACKUP_FILE_EXISTS,
-            `${field}: ${backupFile} or its temporary file already exists`,
-            field,
-          );
-        case "ENOENT":
-        case "ENOTDIR":
-          throw new EngineError(
-            "failed-precondition",
-            REASON.BACKUP_DIR_NOT_FOUND,
-            `${field}: the directory of ${backupFile} does not exist`,
-            field,
-          );
-        case "EACCES":
-        case "EPERM":
-        case "EROFS":
-          throw new EngineError(
-            "failed-precondition",
-            REASON.BACKUP_DIR_NOT_WRITABLE,
-            `${field}: cannot create ${backupFile} (${code})`,
-            field,
-          );
-        default:
-          throw new EngineError(
-            "failed-precondition",
-            REASON.BACKUP_FILE_CREATE_FAILED,
-            `${field}: cannot create ${backupFile}: ${describeError(error)}`,
-            field,
-          );
-      }
+      throw targetOpenError(error, backupFile);
     }
   }
 

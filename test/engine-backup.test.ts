@@ -14,6 +14,7 @@ import {
   KiB,
   makeEngine,
   MiB,
+  ownStateDir,
   parseVma,
   useEngineSandbox,
   waitForEnd,
@@ -159,6 +160,7 @@ describe("a target that fails", () => {
   it("ends in error naming device and offset, removes the partial file and keeps serving", async () => {
     const { sandbox, engine } = fixture;
     const failing = makeEngine(sandbox, {
+      stateDir: ownStateDir(sandbox),
       drivers: [
         faultyDriver({
           writeCluster: (devId, clusterNum) => {

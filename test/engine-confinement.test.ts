@@ -14,6 +14,7 @@ import {
   KiB,
   makeEngine,
   MiB,
+  ownStateDir,
   parseVma,
   useEngineSandbox,
   waitForEnd,
@@ -90,7 +91,7 @@ describe("source confinement", () => {
     const { sandbox } = fixture;
     const linkedRoot = path.join(sandbox.root, "linked-src");
     await fs.symlink(sandbox.src, linkedRoot);
-    const linked = makeEngine(sandbox, { sourceRoots: [linkedRoot] }).engine;
+    const linked = makeEngine(sandbox, { sourceRoots: [linkedRoot], stateDir: ownStateDir(sandbox) }).engine;
     await writeSource(sandbox, "d.raw", Buffer.alloc(64 * KiB, 1));
     try {
       for (const [index, devicePath] of [path.join(linkedRoot, "d.raw"), path.join(sandbox.src, "d.raw")].entries()) {
@@ -136,7 +137,7 @@ describe("source types", () => {
   it("refuses /dev/zero: outside the roots, and as a character device when /dev is a root", async () => {
     const { sandbox } = fixture;
     await expectEngineError(backupOf("/dev/zero"), "permission-denied", "PATH_NOT_ALLOWED", "devices[0].path");
-    const withDev = makeEngine(sandbox, { sourceRoots: [sandbox.src, "/dev"] }).engine;
+    const withDev = makeEngine(sandbox, { sourceRoots: [sandbox.src, "/dev"], stateDir: ownStateDir(sandbox) }).engine;
     try {
       const error = await expectEngineError(
         () => withDev.start(backupSpec({ devices: [{ name: "zero", path: "/dev/zero" }] })),
@@ -214,7 +215,7 @@ describe("source types", () => {
       context.skip(); // needs root and loop devices
       return;
     }
-    const withDev = makeEngine(sandbox, { sourceRoots: [sandbox.src, "/dev"] }).engine;
+    const withDev = makeEngine(sandbox, { sourceRoots: [sandbox.src, "/dev"], stateDir: ownStateDir(sandbox) }).engine;
     try {
       const status = await withDev.start(backupSpec({ devices: [{ name: "loop", path: loop }] }));
       expect(status.totalBytes).toBe(MiB + 512 * KiB);
@@ -260,7 +261,7 @@ describe("archive confinement", () => {
     const { sandbox } = fixture;
     const linkedOut = path.join(sandbox.root, "linked-out");
     await fs.symlink(sandbox.out, linkedOut);
-    const linked = makeEngine(sandbox, { backupDir: linkedOut }).engine;
+    const linked = makeEngine(sandbox, { backupDir: linkedOut, stateDir: ownStateDir(sandbox) }).engine;
     try {
       const status = await linked.start(backupSpec({ backupFile: "a.vma", devices: [{ name: "d", path: disk() }] }));
       expect(status.backupFile).toBe(path.join(await fs.realpath(sandbox.out), "a.vma"));

@@ -2,6 +2,7 @@
 // engine on the real VMA driver, and an independent strict VMA parser so that
 // what the engine wrote can be checked against the sources byte for byte.
 import { createHash, randomBytes } from "node:crypto";
+import { mkdtempSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -87,6 +88,14 @@ export function makeEngine(
   const { logger, logs } = captureLogger();
   const engine = new BackupEngine(engineOptions(sandbox, logger, overrides));
   return { engine, logs };
+}
+
+/**
+ * A state dir of its own, for a second engine running beside the sandbox's:
+ * one engine at a time owns a state dir.
+ */
+export function ownStateDir(sandbox: Sandbox): string {
+  return mkdtempSync(path.join(sandbox.root, "state-"));
 }
 
 /** An engine through BackupEngine.open, as the server makes it. */

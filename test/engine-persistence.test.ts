@@ -7,7 +7,13 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { BackupEngine, INTERRUPTED_MESSAGE, JOB_STORE_FILE, StoreVersionError } from "../src/engine/backup-engine.js";
+import {
+  BackupEngine,
+  INTERRUPTED_MESSAGE,
+  JOB_STORE_FILE,
+  StateDirLockedError,
+  StoreVersionError,
+} from "../src/engine/backup-engine.js";
 import { toStoredJob } from "../src/engine/job-record.js";
 import type { JobStatus } from "../src/engine/types.js";
 import { JobStore } from "../src/store/job-store.js";
@@ -95,6 +101,15 @@ describe("history across engine instances", () => {
     const third = await runBackup(second, "three.vma", source);
     expect(third.revision).toBeGreaterThan(cancelled?.revision ?? Infinity);
     expect(second.query()).toEqual(third);
+  });
+
+  it("lets one engine at a time own a state dir, and frees it on shutdown", async () => {
+    const first = await open();
+    await expect(openEngine(sandbox)).rejects.toBeInstanceOf(StateDirLockedError);
+    await expect(openEngine(sandbox)).rejects.toThrow(/another vmabackup server is using this state dir/);
+    await first.shutdown();
+    const second = await open();
+    expect(second.query()).toBeUndefined();
   });
 
   it("creates a missing state dir on open and refuses a database of a newer schema untouched", async () => {

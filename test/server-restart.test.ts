@@ -153,3 +153,18 @@ describe("a job database from a newer vmabackup", () => {
     }
   });
 });
+
+describe("a second server on the same state dir", () => {
+  it("is refused with a clear message and exit code 1 while the first one runs", async () => {
+    const first = serve();
+    await listeningAddress(first);
+
+    const refused = serve();
+    expect((await refused.exited).code).toBe(1);
+    expect(refused.stderr.join("")).toMatch(/^error: another vmabackup server is using this state dir .*--state-dir\n$/);
+    expect(refused.logs.some((line) => line.msg === "listening")).toBe(false);
+
+    first.child.kill("SIGTERM");
+    expect((await first.exited).code).toBe(0);
+  });
+});

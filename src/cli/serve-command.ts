@@ -13,6 +13,7 @@ import type * as grpc from "@grpc/grpc-js";
 import { createAuthInterceptor, readTokenFile, TokenFileError } from "../server/auth.js";
 import { startServer } from "../server/server.js";
 import { StoreVersionError } from "../store/job-store.js";
+import { StateDirLockedError } from "../store/state-dir-lock.js";
 import { isLoopbackHost, listenHost, listenPolicyViolation, loadServerCredentials, TlsConfigError } from "../server/tls.js";
 import type { ServerTlsFiles } from "../server/tls.js";
 
@@ -241,8 +242,11 @@ export function registerServeCommand(program: Command): void {
         await serve(settings, security, logger);
       } catch (error) {
         logger.fatal({ err: error }, "cannot start the server");
-        // A job database written by a newer vmabackup is the operator's to sort out: say so plainly.
-        if (error instanceof StoreVersionError) process.stderr.write(`error: ${error.message}\n`);
+        // A job database written by a newer vmabackup, or a state dir another
+        // server holds, is the operator's to sort out: say so plainly.
+        if (error instanceof StoreVersionError || error instanceof StateDirLockedError) {
+          process.stderr.write(`error: ${error.message}\n`);
+        }
         process.exit(1);
       }
     });

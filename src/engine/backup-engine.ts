@@ -14,6 +14,7 @@ import { v4 as uuidv4, validate as isUuid } from "uuid";
 import { ArchiveLimitError } from "../drivers/driver.js";
 import type { BackupDriver, BackupTarget } from "../drivers/driver.js";
 import { InvalidPageTokenError, JobStore } from "../store/job-store.js";
+import { StateDirLock } from "../store/state-dir-lock.js";
 import { DeviceLocks } from "./device-locks.js";
 import { EngineError } from "./errors.js";
 import { Job } from "./job.js";
@@ -49,6 +50,7 @@ import { checkRequestId, checkSpeedLimit, validateRequest } from "./validate-req
 
 export type { StatusSubscription } from "./status-hub.js";
 export { StoreVersionError } from "../store/job-store.js";
+export { StateDirLockedError } from "../store/state-dir-lock.js";
 export { INTERRUPTED_MESSAGE } from "./recover-jobs.js";
 
 export interface BackupEngineOptions extends EngineOptions {
@@ -63,6 +65,8 @@ export interface BackupEngineOptions extends EngineOptions {
 
 /** The job database's file name inside the state dir. */
 export const JOB_STORE_FILE = "jobs.sqlite";
+/** Held by the one engine that owns the state dir. */
+export const STATE_DIR_LOCK_FILE = "server.lock";
 /** How long a request id keeps answering with the job it started. */
 export const REQUEST_ID_TTL_MS = 24 * 60 * 60 * 1000;
 
@@ -89,6 +93,7 @@ export class BackupEngine {
    */
   private readonly leftoverPartials = new Set<string>();
   private readonly store: JobStore;
+  private readonly stateDirLock: StateDirLock;
   private readonly revisions: RevisionCounter;
   private readonly jobContext: JobContext;
   private readonly registry: JobRegistry;
@@ -124,7 +129,14 @@ export class BackupEngine {
     this.policy = new PathPolicy(options.backupDir, options.sourceRoots);
     this.now = options.now ?? Date.now;
     this.hub = new StatusHub(options.progressIntervalMs);
-    const store = JobStore.open(path.join(options.stateDir, JOB_STORE_FILE));
+    const lock = StateDirLock.acquire(path.join(options.stateDir, STATE_DIR_LOCK_FILE));
+    let store: JobStore;
+    try {
+      store = JobStore.open(path.join(options.stateDir, JOB_STORE_FILE));
+    } catch (error) {
+      lock.release();
+      throw error;
+    }
     try {
       this.revisions = new RevisionCounter(store, (error) => {
         this.logger.error({ err: error }, "reserving revisions in the job store failed");
@@ -140,9 +152,11 @@ export class BackupEngine {
       });
     } catch (error) {
       store.close();
+      lock.release();
       throw error;
     }
     this.store = store;
+    this.stateDirLock = lock;
   }
 
   /**
@@ -328,6 +342,7 @@ export class BackupEngine {
     if (!this.closed) {
       this.closed = true;
       this.store.close();
+      this.stateDirLock.release();
     }
   }
 

@@ -568,6 +568,20 @@ describe("VmaWriter", () => {
       }
     }
 
+    /**
+     * Two full extents queued: the first is being written (held by the sink),
+     * and the write that completes the second waits for it.
+     */
+    const secondExtentWaitingOnFirst = async () => {
+      const sink = new ManualSink();
+      const vma = writer(sink);
+      vma.addDevice("drive-scsi0", 2 * 58 * CLUSTER_SIZE);
+      const data = filled(0);
+      for (let clusterNum = 0; clusterNum < 115; clusterNum++) await vma.writeCluster(1, clusterNum, data, 0);
+      const blocked = vma.writeCluster(1, 115, data, 0);
+      return { sink, vma, data, blocked };
+    };
+
     const settled = async (promise: Promise<unknown>): Promise<boolean> => {
       let done = false;
       void promise.then(
@@ -625,12 +639,7 @@ describe("VmaWriter", () => {
     });
 
     it("reports a failure of the extent it waited for", async () => {
-      const sink = new ManualSink();
-      const vma = writer(sink);
-      vma.addDevice("drive-scsi0", 2 * 58 * CLUSTER_SIZE);
-      const data = filled(0);
-      for (let clusterNum = 0; clusterNum < 115; clusterNum++) await vma.writeCluster(1, clusterNum, data, 0);
-      const blocked = vma.writeCluster(1, 115, data, 0);
+      const { sink, vma, data, blocked } = await secondExtentWaitingOnFirst();
       sink.release(0, Object.assign(new Error("EIO"), { code: "EIO" }));
       await expect(blocked).rejects.toMatchObject({ code: "EIO" });
       // The queued extent is never started once the archive is broken.
@@ -638,12 +647,7 @@ describe("VmaWriter", () => {
     });
 
     it("abort waits for the write in flight and starts no other", async () => {
-      const sink = new ManualSink();
-      const vma = writer(sink);
-      vma.addDevice("drive-scsi0", 2 * 58 * CLUSTER_SIZE);
-      const data = filled(0);
-      for (let clusterNum = 0; clusterNum < 115; clusterNum++) await vma.writeCluster(1, clusterNum, data, 0);
-      const blocked = vma.writeCluster(1, 115, data, 0);
+      const { sink, vma, data, blocked } = await secondExtentWaitingOnFirst();
       const aborted = vma.abort();
       expect(await settled(aborted)).toBe(false);
       sink.release(0);

@@ -3,7 +3,7 @@
 // interceptors, a small message size limit, extra source roots, a captured
 // log, and an "outside" directory next to the allowed ones that nothing may
 // ever touch. Also the small helpers the safety tests share.
-import { lstat, mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { lstat, mkdir, mkdtemp, readdir, rm } from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import * as grpc from "@grpc/grpc-js";
@@ -16,6 +16,7 @@ import { startServer } from "../../src/server/server.js";
 import type { RunningServer } from "../../src/server/server.js";
 import { captureLog } from "./log-capture.js";
 import type { CapturedLog } from "./log-capture.js";
+import { sourceWriter } from "./test-server.js";
 
 export type BackupClient = ClientOf<typeof BackupService>;
 
@@ -104,11 +105,7 @@ export async function startSafetyServer(options: SafetyServerOptions = {}): Prom
     backupDir,
     stateDir,
     outsideDir,
-    async writeSource(name, data) {
-      const file = path.join(sourceDir, name);
-      await writeFile(file, data);
-      return file;
-    },
+    writeSource: sourceWriter(sourceDir),
     newClient,
     stop() {
       stopped ??= (async () => {

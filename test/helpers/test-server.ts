@@ -78,11 +78,7 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     stateDir,
     rootDir,
     server,
-    async writeSource(name, data) {
-      const file = path.join(sourceDir, name);
-      await writeFile(file, data);
-      return file;
-    },
+    writeSource: sourceWriter(sourceDir),
     stop() {
       stopped ??= (async () => {
         client.close();
@@ -140,4 +136,13 @@ export function halfRandomImage(size: number): Buffer {
   const data = Buffer.alloc(size);
   randomBytes(Math.floor(size / 2)).copy(data, 0);
   return data;
+}
+
+/** Writes a source image into `sourceDir` and returns its path. */
+export function sourceWriter(sourceDir: string): (name: string, data: Uint8Array) => Promise<string> {
+  return async (name, data) => {
+    const file = path.join(sourceDir, name);
+    await writeFile(file, data);
+    return file;
+  };
 }

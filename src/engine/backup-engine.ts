@@ -280,6 +280,7 @@ export class BackupEngine {
         "after_revision",
       );
     }
+    this.checkRevisionKnown(after);
     if (uuid === undefined || uuid === "") {
       const initial =
         after > 0 ? this.registry.changedAfter(after) : this.registry.activeJobs().map((job) => job.snapshot());
@@ -664,6 +665,24 @@ export class BackupEngine {
     if (this.closed) {
       throw new EngineError("unavailable", REASON.ENGINE_SHUT_DOWN, "the server has shut down; retry after restart");
     }
+  }
+
+  /**
+   * A revision above the latest one handed out cannot be resumed after:
+   * waiting for it would stay silent (or end without a terminal status)
+   * through changes the watcher has never seen.
+   */
+  private checkRevisionKnown(after: number): void {
+    const latest = this.revisions.current;
+    if (after <= latest) return;
+    throw new EngineError(
+      "out-of-range",
+      REASON.AFTER_REVISION_OUT_OF_RANGE,
+      `after_revision: ${after} was never handed out: this server's latest revision is ${latest} ` +
+        `(was its state dir reset?); watch again with after_revision 0 for the current statuses`,
+      "after_revision",
+      { latest_revision: String(latest) },
+    );
   }
 
   private parseUuid(uuid: string): string {

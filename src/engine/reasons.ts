@@ -35,6 +35,12 @@ export const REASON = {
   JOB_STATE_INVALID: "JOB_STATE_INVALID",
   /** WatchBackup: an after_revision that is not a revision (negative, NaN). */
   AFTER_REVISION_INVALID: "AFTER_REVISION_INVALID",
+  /**
+   * WatchBackup: an after_revision above the latest revision this server
+   * handed out (its state dir was reset, or the revision came from another
+   * server); out-of-range, with latest_revision in the metadata.
+   */
+  AFTER_REVISION_OUT_OF_RANGE: "AFTER_REVISION_OUT_OF_RANGE",
 
   // Sources.
   SOURCE_NOT_FOUND: "SOURCE_NOT_FOUND",

@@ -780,7 +780,10 @@ export const BackupService: GenService<{
    * status of every active job (nothing when no job is active).
    *
    * A watcher that reconnects sets after_revision to the last revision it
-   * saw: it then receives only what changed after it. A slow watcher never
+   * saw: it then receives only what changed after it. An after_revision
+   * above the server's latest revision (say its state was reset) is
+   * OUT_OF_RANGE, with the latest revision in the ErrorInfo metadata
+   * "latest_revision": watch again with 0. A slow watcher never
    * makes the server buffer without bound: it receives the latest status of
    * each job, coalesced, but never misses a state change.
    *

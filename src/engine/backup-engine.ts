@@ -30,6 +30,7 @@ import { PathPolicy } from "./path-policy.js";
 import { quote } from "./quote.js";
 import { REASON } from "./reasons.js";
 import { recoverInterruptedJobs } from "./recover-jobs.js";
+import { requestFingerprint } from "./request-fingerprint.js";
 import { RevisionCounter } from "./revision-counter.js";
 import { closeSources, openSource } from "./source-device.js";
 import type { SourceDevice } from "./source-device.js";
@@ -72,6 +73,28 @@ export const REQUEST_ID_TTL_MS = 24 * 60 * 60 * 1000;
 
 const CANCELLED_BY_REQUEST = "cancelled by request";
 const CANCELLED_BY_SHUTDOWN = "cancelled: the server is shutting down";
+
+/** The idempotency key of a start and the canonical form of its request. */
+interface RequestIdentity {
+  readonly requestId: string;
+  readonly requestFingerprint: string;
+}
+
+/**
+ * AIP-155 makes a request id idempotent for the request it came with; the
+ * same id with another request is a client bug, and answering with the
+ * earlier job would claim the new request was accepted.
+ */
+function requestIdReused(requestId: string, uuid: string): EngineError {
+  return new EngineError(
+    "already-exists",
+    REASON.REQUEST_ID_REUSED,
+    `request_id: ${quote(requestId)} was used by job ${uuid} for a different request within the last 24 hours; ` +
+      `send a new request_id for a new backup, or the original request unchanged to get that job`,
+    "request_id",
+    { uuid },
+  );
+}
 
 function internalError(message: string, cause: unknown): EngineError {
   const error = new EngineError("internal", REASON.INTERNAL, message);
@@ -359,9 +382,16 @@ export class BackupEngine {
       await pending;
     }
     this.ensureOpen();
+    const fingerprint = requestFingerprint(spec);
     const earlier = this.registry.findByRequestId(requestId, this.now() - REQUEST_ID_TTL_MS);
-    if (earlier !== undefined) return earlier;
-    const attempt = this.startJob(spec, requestId);
+    if (earlier !== undefined) {
+      // A job stored without a fingerprint (by an older version) cannot tell: it counts as the same request.
+      if (earlier.requestFingerprint !== undefined && earlier.requestFingerprint !== fingerprint) {
+        throw requestIdReused(requestId, earlier.status.uuid);
+      }
+      return earlier.status;
+    }
+    const attempt = this.startJob(spec, { requestId, requestFingerprint: fingerprint });
     const settled = attempt.then(
       () => undefined,
       () => undefined,
@@ -374,7 +404,7 @@ export class BackupEngine {
     }
   }
 
-  private async startJob(spec: BackupSpec, requestId: string | undefined): Promise<JobStatus> {
+  private async startJob(spec: BackupSpec, request: RequestIdentity | undefined): Promise<JobStatus> {
     this.retryLeftoverPartials();
     const driver = validateRequest(spec, this.drivers);
     const backupFile = await this.policy.resolveBackupFile(spec.backupFile);
@@ -407,7 +437,7 @@ export class BackupEngine {
             partialPath: target.partialPath,
             format: driver.format,
             speedLimit: spec.speedLimit,
-            ...(requestId === undefined ? {} : { requestId }),
+            ...request,
             devices: sources.map((source) => ({ name: source.name, size: source.size })),
           },
           this.jobContext,

@@ -82,10 +82,19 @@ export class JobRegistry {
     return stored && this.current(fromStoredJob(stored).status);
   }
 
-  /** The current status of the newest job started with `requestId` at or after `since` (Unix ms). */
-  findByRequestId(requestId: string, since: number): JobStatus | undefined {
+  /**
+   * The newest job started with `requestId` at or after `since` (Unix ms):
+   * its current status, and the fingerprint of the request that started it
+   * (undefined for jobs stored before fingerprints were kept).
+   */
+  findByRequestId(
+    requestId: string,
+    since: number,
+  ): { status: JobStatus; requestFingerprint: string | undefined } | undefined {
     const stored = this.store.findByRequestId(requestId, since);
-    return stored && this.current(fromStoredJob(stored).status);
+    if (stored === undefined) return undefined;
+    const entry = fromStoredJob(stored);
+    return { status: this.current(entry.status), requestFingerprint: entry.extras.requestFingerprint };
   }
 
   /** A page of jobs, newest first. Throws InvalidPageTokenError. */
@@ -129,6 +138,7 @@ export class JobRegistry {
       toStoredJob(status, {
         partialPath: job.partialPath,
         ...(job.archive === undefined ? {} : { archive: job.archive }),
+        ...(job.requestFingerprint === undefined ? {} : { requestFingerprint: job.requestFingerprint }),
       }),
     );
     this.savedAt.set(job.uuid, this.monotonic());

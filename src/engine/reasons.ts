@@ -27,6 +27,11 @@ export const REASON = {
   UUID_INVALID: "UUID_INVALID",
   /** request_id longer than 128 bytes of UTF-8 (or not text). */
   REQUEST_ID_INVALID: "REQUEST_ID_INVALID",
+  /**
+   * Backup: the request_id started a job within 24 hours with a different
+   * request (already-exists, the job's uuid in the metadata).
+   */
+  REQUEST_ID_REUSED: "REQUEST_ID_REUSED",
   /** ListBackups: a page_token that no earlier page returned. */
   PAGE_TOKEN_INVALID: "PAGE_TOKEN_INVALID",
   /** ListBackups: a negative or fractional page_size. */

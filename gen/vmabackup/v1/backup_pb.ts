@@ -127,7 +127,9 @@ export type BackupRequest = Message<"vmabackup.v1.BackupRequest"> & {
    * Optional idempotency key chosen by the client (at most 128 bytes). A
    * Backup with a request_id seen in the last 24 hours starts nothing and
    * returns the status of the job that request started, so a client may
-   * retry safely after a lost response.
+   * retry safely after a lost response. The retry must be the same request:
+   * the request_id with any other field different is ALREADY_EXISTS (reason
+   * REQUEST_ID_REUSED, the earlier job's uuid in the ErrorInfo metadata).
    *
    * @generated from field: string request_id = 6;
    */
@@ -736,7 +738,8 @@ export const BackupService: GenService<{
    * Errors: INVALID_ARGUMENT for malformed requests, NOT_FOUND for a missing
    * source, FAILED_PRECONDITION for an unusable source or a device that is
    * already being backed up, PERMISSION_DENIED for a path outside the
-   * allowed directories, ALREADY_EXISTS when backup_file exists.
+   * allowed directories, ALREADY_EXISTS when backup_file exists or
+   * request_id was used for a different request.
    *
    * @generated from rpc vmabackup.v1.BackupService.Backup
    */

@@ -75,6 +75,10 @@ export const REASON = {
   /** DeleteBackup: removing the archive failed (e.g. EACCES). */
   ARCHIVE_REMOVE_FAILED: "ARCHIVE_REMOVE_FAILED",
   ENGINE_SHUT_DOWN: "ENGINE_SHUT_DOWN",
+  /** The job store's filesystem is full (resource-exhausted): free space in the state dir. */
+  STATE_STORE_FULL: "STATE_STORE_FULL",
+  /** The job store cannot be read or written now (unavailable): I/O error, locked, read-only. */
+  STATE_STORE_UNAVAILABLE: "STATE_STORE_UNAVAILABLE",
   INTERNAL: "INTERNAL",
 } as const;
 

@@ -727,6 +727,12 @@ export const BackupStateSchema: GenEnum<BackupState> = /*@__PURE__*/
  * metadata such as the field at fault) and, for invalid requests, a
  * BadRequest with one field violation per problem.
  *
+ * While the server cannot write its job store (its state dir is full, or
+ * the database fails), calls that need to write it answer
+ * RESOURCE_EXHAUSTED (reason STATE_STORE_FULL) or UNAVAILABLE (reason
+ * STATE_STORE_UNAVAILABLE); retry later. Statuses stay true meanwhile: a
+ * job that ended then reads as ended everywhere.
+ *
  * @generated from service vmabackup.v1.BackupService
  */
 export const BackupService: GenService<{

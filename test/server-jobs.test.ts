@@ -9,7 +9,7 @@ import * as path from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { durationMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { describe, expect, it } from "vitest";
-import { BackupState } from "../gen/vmabackup/v1/backup_pb.js";
+import { BackupFormat, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import type { BackupStatus } from "../gen/vmabackup/v1/backup_pb.js";
 import { readErrorDetails } from "../src/server/rpc-error-details.js";
 import { expectRefusal } from "./helpers/rpc-failure.js";
@@ -255,9 +255,20 @@ describe("Backup with a request_id", () => {
     const { server } = fixture;
     const requestId = `reused-${randomUUID()}`;
     const sourcePath = await source(8 * MiB);
-    const first = await startSlowJob({ requestId, backupFile: `${unique("first")}.vma`, sourcePath });
+    const backupFile = `${unique("first")}.vma`;
+    const first = await startSlowJob({ requestId, backupFile, sourcePath });
     const before = (await listAll()).length;
     const other = `${unique("other")}.vma`;
+
+    // The same request spelled differently on the wire (the default format named) is a retry.
+    const spelled = await fixture.client.backup({
+      backupFile,
+      format: BackupFormat.VMA,
+      devices: [{ name: "drive-scsi0", path: sourcePath }],
+      speedLimit: BigInt(256 * KiB),
+      requestId,
+    });
+    expect(spelled.status!.uuid).toBe(first.uuid);
 
     const error = await expectRefusal(
       startSlowJob({ requestId, backupFile: other, sourcePath }),

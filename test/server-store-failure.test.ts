@@ -111,6 +111,12 @@ describe.skipIf(!mountsAllowed)("a full state dir at the end of a job (server)",
     ]);
     expect((await client.listBackups({ states: [BackupState.ACTIVE] })).statuses).toEqual([]);
     expect((await readAll(started.uuid)).map((status) => status.state)).toEqual([BackupState.DONE]);
+    const resume = new AbortController();
+    for await (const message of client.watchBackup({ uuid: "", afterRevision: started.revision }, { signal: resume.signal })) {
+      expect(message.status).toMatchObject({ uuid: started.uuid, state: BackupState.DONE });
+      resume.abort();
+      break;
+    }
     const speed = await expectRefusal(
       client.setBackupSpeed({ uuid: started.uuid, speedLimit: 1n }),
       grpc.status.FAILED_PRECONDITION,

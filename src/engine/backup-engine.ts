@@ -438,10 +438,11 @@ export class BackupEngine {
   }
 
   private async startJob(spec: BackupSpec, request: RequestIdentity | undefined): Promise<JobStatus> {
-    // A store that cannot take the ends of earlier jobs cannot record this one.
-    this.flushUnsavedOrRefuse("cannot record a new job");
     this.retryLeftoverPartials();
     const driver = validateRequest(spec, this.drivers);
+    // A store that cannot take the ends of earlier jobs cannot record this
+    // one: refused before any source or archive is opened.
+    this.flushUnsavedOrRefuse("cannot record a new job");
     const backupFile = await this.policy.resolveBackupFile(spec.backupFile);
     const sources = await this.openSources(spec);
     const uuid = uuidv4();

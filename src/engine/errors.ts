@@ -7,6 +7,8 @@ export type EngineErrorKind =
   | "already-exists"
   | "failed-precondition"
   | "permission-denied"
+  | "out-of-range"
+  | "resource-exhausted"
   | "unavailable"
   | "internal";
 
@@ -16,12 +18,21 @@ export class EngineError extends Error {
   readonly reason: string;
   /** The request field at fault, e.g. "devices[1].path", when there is one. */
   readonly field?: string;
+  /** More machine-readable facts for the client, e.g. { latest_revision: "42" }. */
+  readonly metadata?: Readonly<Record<string, string>>;
 
-  constructor(kind: EngineErrorKind, reason: string, message: string, field?: string) {
+  constructor(
+    kind: EngineErrorKind,
+    reason: string,
+    message: string,
+    field?: string,
+    metadata?: Readonly<Record<string, string>>,
+  ) {
     super(message);
     this.name = "EngineError";
     this.kind = kind;
     this.reason = reason;
     this.field = field;
+    if (metadata !== undefined) this.metadata = metadata;
   }
 }

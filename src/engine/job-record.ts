@@ -16,6 +16,8 @@ export interface JobExtras {
   readonly partialPath?: string;
   /** The committed archive, for a job that ended done. */
   readonly archive?: ArchiveIdentity;
+  /** The canonical form of the request, for a job started with a request id. */
+  readonly requestFingerprint?: string;
 }
 
 /**
@@ -34,6 +36,7 @@ interface JobRecord {
   readonly status: StatusRecord;
   readonly partialPath?: string;
   readonly archive?: ArchiveIdentity;
+  readonly requestFingerprint?: string;
 }
 
 /** A stored job, decoded. */
@@ -65,6 +68,7 @@ export function toStoredJob(status: JobStatus, extras: JobExtras): StoredJob {
     },
     ...(extras.partialPath === undefined ? {} : { partialPath: extras.partialPath }),
     ...(extras.archive === undefined ? {} : { archive: extras.archive }),
+    ...(extras.requestFingerprint === undefined ? {} : { requestFingerprint: extras.requestFingerprint }),
   };
   return {
     uuid: status.uuid,
@@ -177,12 +181,15 @@ export function fromStoredJob(stored: StoredJob): JobEntry {
   if (record.version !== RECORD_VERSION) throw new MalformedRecordError(stored.uuid, "version");
   const fields = new FieldReader(stored.uuid, record, "");
   const partialPath = fields.optionalString("partialPath");
+  // Missing in records written before request fingerprints were kept.
+  const requestFingerprint = fields.optionalString("requestFingerprint");
   const archive = readArchive(stored.uuid, record.archive);
   return {
     status: readStatus(stored.uuid, record.status),
     extras: {
       ...(partialPath === undefined ? {} : { partialPath }),
       ...(archive === undefined ? {} : { archive }),
+      ...(requestFingerprint === undefined ? {} : { requestFingerprint }),
     },
   };
 }

@@ -30,6 +30,8 @@ export interface JobInit {
   readonly format: string;
   readonly speedLimit: number;
   readonly requestId?: string;
+  /** The canonical form of the request (see request-fingerprint.ts), kept with its request id. */
+  readonly requestFingerprint?: string;
   /** In request order; dev_ids are 1..N in this order. */
   readonly devices: ReadonlyArray<{ readonly name: string; readonly size: number }>;
 }
@@ -60,6 +62,7 @@ export class Job {
   readonly partialPath: string;
   readonly format: string;
   readonly requestId: string | undefined;
+  readonly requestFingerprint: string | undefined;
   readonly startTime: Date;
   readonly totalBytes: number;
   private readonly context: JobContext;
@@ -89,6 +92,7 @@ export class Job {
     this.partialPath = init.partialPath;
     this.format = init.format;
     this.requestId = init.requestId;
+    this.requestFingerprint = init.requestFingerprint;
     this.speed = init.speedLimit;
     this.context = context;
     this.changedAt = context.now();

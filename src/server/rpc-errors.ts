@@ -31,6 +31,8 @@ const STATUS_BY_KIND: Readonly<Record<EngineErrorKind, grpc.status>> = {
   "already-exists": grpc.status.ALREADY_EXISTS,
   "failed-precondition": grpc.status.FAILED_PRECONDITION,
   "permission-denied": grpc.status.PERMISSION_DENIED,
+  "out-of-range": grpc.status.OUT_OF_RANGE,
+  "resource-exhausted": grpc.status.RESOURCE_EXHAUSTED,
   unavailable: grpc.status.UNAVAILABLE,
   internal: grpc.status.INTERNAL,
 };
@@ -49,6 +51,8 @@ interface Refusal {
   readonly reason: string;
   /** The request field at fault, e.g. "devices[1].path". */
   readonly field?: string;
+  /** More facts for ErrorInfo.metadata, e.g. { latest_revision: "42" }. */
+  readonly metadata?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -63,7 +67,7 @@ export function richStatus(code: grpc.status, message: string, refusal: Refusal)
       create(ErrorInfoSchema, {
         reason: refusal.reason,
         domain: ERROR_DOMAIN,
-        metadata: refusal.field === undefined ? {} : { field: refusal.field },
+        metadata: { ...refusal.metadata, ...(refusal.field === undefined ? {} : { field: refusal.field }) },
       }),
     ),
   ];
@@ -93,6 +97,7 @@ export function toRpcError(error: unknown): RpcError {
     return rpcError(STATUS_BY_KIND[error.kind], error.message, {
       reason: error.reason,
       ...(error.field === undefined ? {} : { field: error.field }),
+      ...(error.metadata === undefined ? {} : { metadata: error.metadata }),
     });
   }
   // Internal errors may carry paths, errno texts or stack details: they go

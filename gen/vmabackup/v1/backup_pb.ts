@@ -127,7 +127,9 @@ export type BackupRequest = Message<"vmabackup.v1.BackupRequest"> & {
    * Optional idempotency key chosen by the client (at most 128 bytes). A
    * Backup with a request_id seen in the last 24 hours starts nothing and
    * returns the status of the job that request started, so a client may
-   * retry safely after a lost response.
+   * retry safely after a lost response. The retry must be the same request:
+   * the request_id with any other field different is ALREADY_EXISTS (reason
+   * REQUEST_ID_REUSED, the earlier job's uuid in the ErrorInfo metadata).
    *
    * @generated from field: string request_id = 6;
    */
@@ -725,6 +727,12 @@ export const BackupStateSchema: GenEnum<BackupState> = /*@__PURE__*/
  * metadata such as the field at fault) and, for invalid requests, a
  * BadRequest with one field violation per problem.
  *
+ * While the server cannot write its job store (its state dir is full, or
+ * the database fails), calls that need to write it answer
+ * RESOURCE_EXHAUSTED (reason STATE_STORE_FULL) or UNAVAILABLE (reason
+ * STATE_STORE_UNAVAILABLE); retry later. Statuses stay true meanwhile: a
+ * job that ended then reads as ended everywhere.
+ *
  * @generated from service vmabackup.v1.BackupService
  */
 export const BackupService: GenService<{
@@ -736,7 +744,8 @@ export const BackupService: GenService<{
    * Errors: INVALID_ARGUMENT for malformed requests, NOT_FOUND for a missing
    * source, FAILED_PRECONDITION for an unusable source or a device that is
    * already being backed up, PERMISSION_DENIED for a path outside the
-   * allowed directories, ALREADY_EXISTS when backup_file exists.
+   * allowed directories, ALREADY_EXISTS when backup_file exists or
+   * request_id was used for a different request.
    *
    * @generated from rpc vmabackup.v1.BackupService.Backup
    */
@@ -780,7 +789,10 @@ export const BackupService: GenService<{
    * status of every active job (nothing when no job is active).
    *
    * A watcher that reconnects sets after_revision to the last revision it
-   * saw: it then receives only what changed after it. A slow watcher never
+   * saw: it then receives only what changed after it. An after_revision
+   * above the server's latest revision (say its state was reset) is
+   * OUT_OF_RANGE, with the latest revision in the ErrorInfo metadata
+   * "latest_revision": watch again with 0. A slow watcher never
    * makes the server buffer without bound: it receives the latest status of
    * each job, coalesced, but never misses a state change.
    *

@@ -3,7 +3,7 @@
 // `list`. Rate and ETA of an active job are the server's (status.rate and
 // status.eta, measured over the last few seconds), not guessed here.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { BackupState, type BackupStatus } from "../../gen/vmabackup/v1/backup_pb.js";
+import { BackupState, type BackupStatus, type DeviceStatus } from "../../gen/vmabackup/v1/backup_pb.js";
 import { averageRate, elapsedMs, etaMs, stateName } from "./client-status.js";
 import { formatBytes, formatDuration, formatPercent, formatRate } from "./format-size.js";
 
@@ -60,6 +60,17 @@ function formatRateRow(status: BackupStatus, now: Date): string {
   return `${formatRate(averageRate(status, now))} average over ${formatDuration(elapsedMs(status, now))}${limit}`;
 }
 
+/**
+ * "  padded with 511 zero bytes to 1024 bytes" for a device whose size is not
+ * a multiple of 512 (the archive records it rounded up); "" otherwise, and
+ * from servers that do not report archive_size.
+ */
+function formatPadding(device: DeviceStatus): string {
+  if (device.archiveSize <= device.size) return "";
+  const padding = device.archiveSize - device.size;
+  return `  padded with ${padding} zero byte${padding === 1n ? "" : "s"} to ${device.archiveSize} bytes`;
+}
+
 /** The summary `vmabackup status` prints: one labelled field per line, then the devices. */
 export function formatStatusSummary(status: BackupStatus, now: Date): string {
   const rows: Array<[string, string]> = [
@@ -93,7 +104,8 @@ export function formatStatusSummary(status: BackupStatus, now: Date): string {
       `  ${String(device.devId).padStart(3)}  ${device.name.padEnd(nameWidth)}` +
         `${formatPercent(device.transferredBytes, device.size).padStart(6)}  ` +
         `${formatBytes(device.transferredBytes)} of ${formatBytes(device.size)}  ` +
-        `zero ${formatPercent(device.zeroBytes, device.transferredBytes)}`,
+        `zero ${formatPercent(device.zeroBytes, device.transferredBytes)}` +
+        formatPadding(device),
     );
   }
   return lines.join("\n");

@@ -370,6 +370,32 @@ describe.concurrent("vma extract", () => {
     expect(await readdir(dir)).toEqual(["disk-drive-b.raw"]);
   });
 
+  it("extracts the device, not a config named like its image file, and says how to get that config", async () => {
+    // Another writer's archive: config "disk-drive-a.raw" beside device "drive-a".
+    const uuid = randomBytes(16);
+    const disk = randomBytes(CLUSTER);
+    const chunks: Uint8Array[] = [];
+    const writer = new VmaWriter({ write: async (parts) => void chunks.push(...parts.map((part) => Uint8Array.from(part))) }, { uuid });
+    writer.addConfig("qemu-server.conf", smallConfig);
+    writer.addConfig("disk-drive-a.raw", Buffer.from("not a disk\n"));
+    writer.addDevice("drive-a", CLUSTER);
+    await writer.writeCluster(1, 0, disk, 0xffff);
+    writer.completeDevice(1);
+    await writer.finish();
+    const archive = join(root, "config-named-like-disk.vma");
+    await writeFile(archive, Buffer.concat(chunks));
+
+    const dir = join(root, "config-named-like-disk");
+    const result = await vma(["extract", archive, dir]);
+    expect(result.stderr).toBe(
+      'warning: config "disk-drive-a.raw" not extracted: the image of device drive-a has that file name (print the config with: vma config ARCHIVE disk-drive-a.raw)\n',
+    );
+    expect(result.code).toBe(0);
+    expect((await readdir(dir)).sort()).toEqual(["disk-drive-a.raw", "qemu-server.conf"]);
+    expect((await readFile(join(dir, "disk-drive-a.raw"))).equals(disk)).toBe(true);
+    expect((await vma(["config", archive, "disk-drive-a.raw"])).stdout.toString()).toBe("not a disk\n");
+  });
+
   it("removes what it wrote when the archive turns out damaged", async () => {
     const archive = await readFile(small);
     const damagedPath = join(root, "trailing.vma");

@@ -27,7 +27,7 @@ export type Device = Message<"vmabackup.v1.Device"> & {
   /**
    * Name of the device inside the archive, e.g. "drive-scsi0". Non-empty, at
    * most 127 bytes of UTF-8, no "/", no whitespace, no NUL, not "vmstate",
-   * unique within the request.
+   * ".", or "..", unique within the request.
    *
    * @generated from field: string name = 1;
    */
@@ -58,7 +58,9 @@ export const DeviceSchema: GenMessage<Device> = /*@__PURE__*/
 export type ConfigFile = Message<"vmabackup.v1.ConfigFile"> & {
   /**
    * Name of the config inside the archive (a file name, no "/"), e.g.
-   * "qemu-server.conf". Unique within the request.
+   * "qemu-server.conf". Unique within the request, and none of the file
+   * names restore tools give a device's image: NAME, "disk-NAME.raw" or
+   * "tmp-disk-NAME.raw" for a device NAME of the request.
    *
    * @generated from field: string name = 1;
    */

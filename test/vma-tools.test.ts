@@ -410,6 +410,57 @@ describe.concurrent("vma extract", () => {
   });
 });
 
+describe.concurrent("control characters in names", () => {
+  // Another writer's archive: an OSC title sequence in the device name, a C1 CSI in a config name.
+  const DEVICE = "drive\x1b]0;pwned\x07";
+  const CONFIG = "qemu\u009b2J.conf";
+  const CONTROL = /[\x00-\x09\x0b-\x1f\x7f-\x9f]/;
+  let archive: string;
+
+  beforeAll(async () => {
+    const chunks: Uint8Array[] = [];
+    const writer = new VmaWriter({ write: async (parts) => void chunks.push(...parts.map((part) => Uint8Array.from(part))) }, { uuid: randomBytes(16) });
+    writer.addConfig(CONFIG, Buffer.from("memory: 512\n"));
+    // 513 bytes: verify warns, naming the device.
+    writer.addDevice(DEVICE, CLUSTER + 513);
+    await writer.writeCluster(1, 0, randomBytes(CLUSTER), 0xffff);
+    await writer.writeCluster(1, 1, Buffer.alloc(CLUSTER), 0);
+    writer.completeDevice(1);
+    await writer.finish();
+    archive = join(root, "control-names.vma");
+    await writeFile(archive, Buffer.concat(chunks));
+  });
+
+  it("escapes them in list, verify, extract and config output; list --json keeps them exact", async () => {
+    const dir = join(root, "control-names-out");
+    const [list, json, verify, extract, config] = await Promise.all([
+      vma(["list", archive]),
+      vma(["list", "--json", archive]),
+      vma(["verify", archive]),
+      vma(["extract", archive, dir]),
+      vma(["config", archive, "absent.conf"]),
+    ]);
+    for (const result of [list, verify, extract, config]) {
+      expect(result.stdout.toString()).not.toMatch(CONTROL);
+      expect(result.stderr).not.toMatch(CONTROL);
+    }
+    expect(list.code).toBe(0);
+    expect(list.stdout.toString()).toContain("CFG: size: 12 name: qemu\\x9b2J.conf\n");
+    expect(list.stdout.toString()).toContain("devname: drive\\x1b]0;pwned\\x07\n");
+    expect(verify.stderr).toContain("warning: drive\\x1b]0;pwned\\x07: size 66049");
+    expect(extract.code).toBe(0);
+    expect(extract.stdout.toString()).toContain("disk-drive\\x1b]0;pwned\\x07.raw\n");
+    expect(config.code).toBe(2);
+    expect(config.stderr).toContain("its configs: qemu\\x9b2J.conf");
+
+    const exact = JSON.parse(json.stdout.toString()) as { configs: Array<{ name: string }>; devices: Array<{ name: string; file: string }> };
+    expect(exact.configs[0]?.name).toBe(CONFIG);
+    expect(exact.devices[0]).toMatchObject({ name: DEVICE, file: `disk-${DEVICE}.raw` });
+    // The files themselves carry the exact names.
+    expect((await readdir(dir)).sort()).toEqual([`disk-${DEVICE}.raw`, CONFIG]);
+  });
+});
+
 describe("vma extract of the 10 GiB sample image", () => {
   // Hashing 10 GiB takes seconds even without reading the holes, so this runs alone.
   it("extracts the sample with --allow-incomplete --sparse to the documented image", async () => {

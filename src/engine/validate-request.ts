@@ -60,7 +60,8 @@ function configConflict(name: string, devices: BackupSpec["devices"]): string | 
     (device) => name === `disk-${device.name}.raw` || name === `tmp-disk-${device.name}.raw` || name === device.name,
   );
   if (index === -1) return undefined;
-  return `${quote(name)} is a file name restore tools use for the image of devices[${index}].name; rename the config`;
+  const device = quote(devices[index]?.name ?? "");
+  return `${quote(name)} is a file name restore tools use for the image of devices[${index}].name ${device}; rename the config`;
 }
 
 function checkDevices(spec: BackupSpec): void {

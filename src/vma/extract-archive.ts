@@ -4,10 +4,10 @@
 // any device in the archive: the image wins (as with Proxmox's extract,
 // whose rename replaces such a config), the config is left out with a
 // warning and stays readable with `vma config`. Files are created
-// exclusively, never overwritten. The archive is judged exactly as `verify` judges it; when it
-// turns out invalid (or a chosen device is incomplete without
-// allowIncomplete), the files this run created are removed again, so a
-// restore never leaves a plausible-looking but wrong image behind.
+// exclusively, never overwritten. The archive is judged exactly as `verify`
+// judges it; when it turns out invalid (or a chosen device is incomplete
+// without allowIncomplete), the files this run created are removed again, so
+// a restore never leaves a plausible-looking but wrong image behind.
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { DiskImageWriter } from "./extract-disk-image.js";

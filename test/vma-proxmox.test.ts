@@ -4,8 +4,8 @@
 // binary is not there (PROXMOX_VMA, or /var/cache/proxmox-vma/vma).
 import { execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
-import { readFile, truncate, writeFile } from "node:fs/promises";
+import { constants, existsSync } from "node:fs";
+import { open, readFile, truncate, writeFile } from "node:fs/promises";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import { backupSpec, MiB, useEngineSandbox, waitForEnd, writeSource } from "./engine-helpers.js";
@@ -49,10 +49,16 @@ async function proxmoxRestore(
   execFileSync("mkfifo", [fifo]);
   const map = devices.map((device, index) => `format=raw:0:${device.name}=${targets[index]}\n`).join("");
   const run = runVma(["extract", ...(verbose ? ["-v"] : []), "-r", fifo, archive, dir]);
-  // Opening the FIFO waits for vma to open it; a vma that dies first never does.
-  const fed = writeFile(fifo, `${map}done\n`);
+  // Opening the FIFO waits for vma to open it; a vma that dies first never
+  // does, so then a reader of ours lets the write finish (into the pipe).
+  const fed = writeFile(fifo, `${map}done\n`).catch(() => undefined);
   const result = await run;
-  if (result.code === 0) await fed;
+  if (result.code !== 0) {
+    const unblock = await open(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+    await fed;
+    await unblock.close();
+  }
+  await fed;
   return { run: result, targets };
 }
 

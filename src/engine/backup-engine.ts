@@ -18,6 +18,7 @@ import { ArchiveLimitError } from "../drivers/driver.js";
 import type { BackupDriver, BackupTarget } from "../drivers/driver.js";
 import { InvalidPageTokenError, JobStore } from "../store/job-store.js";
 import { StateDirLock } from "../store/state-dir-lock.js";
+import { archiveDeviceSize } from "./archive-size.js";
 import { BackoffRetry } from "./backoff-retry.js";
 import type { RetryDelays } from "./backoff-retry.js";
 import { DeviceLocks } from "./device-locks.js";
@@ -532,7 +533,7 @@ export class BackupEngine {
     try {
       driver.checkPlan({
         configs: spec.configs.map((config) => ({ name: config.name, size: config.data.byteLength })),
-        devices: sources.map((source) => ({ name: source.name, size: source.size })),
+        devices: sources.map((source) => ({ name: source.name, size: archiveDeviceSize(source.size) })),
       });
     } catch (error) {
       if (error instanceof ArchiveLimitError) {
@@ -555,11 +556,14 @@ export class BackupEngine {
     }
   }
 
-  /** Configs first, then the devices as dev_ids 1..N in request order. */
+  /**
+   * Configs first, then the devices as dev_ids 1..N in request order, each
+   * with its size rounded up to 512 (the reader pads the tail with zeros).
+   */
   private registerContents(target: BackupTarget, spec: BackupSpec, sources: readonly SourceDevice[]): void {
     for (const config of spec.configs) target.registerConfig(config.name, config.data);
     sources.forEach((source, index) => {
-      const devId = target.registerDevice(source.name, source.size);
+      const devId = target.registerDevice(source.name, archiveDeviceSize(source.size));
       if (devId !== index + 1) {
         throw new Error(`driver gave device ${source.name} dev_id ${devId}, expected ${index + 1}`);
       }

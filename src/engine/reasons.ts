@@ -16,6 +16,8 @@ export const REASON = {
   DEVICE_SOURCE_DUPLICATE: "DEVICE_SOURCE_DUPLICATE",
   CONFIG_NAME_INVALID: "CONFIG_NAME_INVALID",
   CONFIG_NAME_DUPLICATE: "CONFIG_NAME_DUPLICATE",
+  /** A config would be restored to the file of a device's image (disk-<name>.raw, ...). */
+  CONFIG_NAME_CONFLICT: "CONFIG_NAME_CONFLICT",
   CONFIG_TOO_LARGE: "CONFIG_TOO_LARGE",
   /** The driver's format cannot hold the plan (e.g. configs overflow the VMA header). */
   ARCHIVE_LIMIT_EXCEEDED: "ARCHIVE_LIMIT_EXCEEDED",

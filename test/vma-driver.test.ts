@@ -191,9 +191,15 @@ describe("ArchiveFile", () => {
     await rename(join(inside, "vm100"), join(inside, "moved"));
     await symlink(outside, join(inside, "vm100"));
     await file.write([Uint8Array.of(1, 2, 3)]);
-    await file.commit();
+    expect(await readdir(join(inside, "moved"))).toEqual(["a.vma.partial"]);
+    // Published in the moved directory, the archive would not be at its path: refused.
+    await expect(file.commit()).rejects.toThrow(
+      `the directory ${join(inside, "vm100")} was moved to ${join(inside, "moved")} while the archive was written; it was not kept`,
+    );
+    await file.discard();
     expect(await readdir(outside)).toEqual([]);
-    expect(await readdir(join(inside, "moved"))).toEqual(["a.vma"]);
+    expect(await readdir(join(inside, "moved"))).toEqual([]);
+    await writeFile(join(inside, "moved", "a.vma"), "kept");
 
     const discarded = await ArchiveFile.create(join(inside, "moved", "b.vma"), inside);
     await rename(join(inside, "moved"), join(inside, "moved-again"));

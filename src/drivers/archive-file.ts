@@ -141,7 +141,8 @@ export class ArchiveFile {
   /**
    * Makes the archive durable under its final name: fsync, publish without
    * overwriting (EEXIST when the final name is taken), fsync the directory.
-   * Refuses (with its error) when any background flush failed. Wait for
+   * Refuses (with its error) when any background flush failed, and with
+   * DirectoryMovedError when the directory was renamed. Wait for
    * every write before calling it.
    */
   async commit(): Promise<void> {
@@ -156,7 +157,17 @@ export class ArchiveFile {
       this.handle = undefined;
       await handle.close();
     }
+    // An archive in a renamed directory would not be at the path the job
+    // records (nor could it be deleted by it): refuse, before and after
+    // publishing (the rename may fall in between).
+    await this.directory.assertNotMoved();
     await publishWithoutOverwrite(this.partialEntry, this.finalEntry);
+    try {
+      await this.directory.assertNotMoved();
+    } catch (error) {
+      await unlink(this.finalEntry);
+      throw error;
+    }
     this.state = "committed";
     try {
       await this.directory.sync();

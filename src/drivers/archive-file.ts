@@ -7,6 +7,7 @@ import { constants, type FileHandle, link, lstat, open, rename, unlink } from "n
 import { constants as osConstants } from "node:os";
 import { basename, dirname } from "node:path";
 import { ConfinedDirectory } from "./confined-directory.js";
+import type { FileIdentity } from "./driver.js";
 
 export const PARTIAL_SUFFIX = ".partial";
 const ARCHIVE_MODE = 0o640;
@@ -35,6 +36,8 @@ type State = "open" | "committed" | "discarded";
 export class ArchiveFile {
   readonly finalPath: string;
   readonly partialPath: string;
+  /** The file created at partialPath (the same file under the final name once committed). */
+  readonly identity: FileIdentity;
   private readonly directory: ConfinedDirectory;
   private readonly finalEntry: string;
   private readonly partialEntry: string;
@@ -56,8 +59,10 @@ export class ArchiveFile {
     finalPath: string,
     directory: ConfinedDirectory,
     handle: FileHandle,
+    identity: FileIdentity,
     options: ArchiveFileOptions,
   ) {
+    this.identity = identity;
     const name = basename(finalPath);
     this.finalPath = finalPath;
     this.partialPath = finalPath + PARTIAL_SUFFIX;
@@ -79,7 +84,15 @@ export class ArchiveFile {
     try {
       const partialEntry = directory.entry(basename(finalPath) + PARTIAL_SUFFIX);
       const handle = await open(partialEntry, CREATE_FLAGS, ARCHIVE_MODE);
-      return new ArchiveFile(finalPath, directory, handle, options);
+      try {
+        const stats = await handle.stat({ bigint: true });
+        const identity = { dev: String(stats.dev), ino: String(stats.ino), born: String(stats.birthtimeNs) };
+        return new ArchiveFile(finalPath, directory, handle, identity, options);
+      } catch (error) {
+        await handle.close();
+        await unlink(partialEntry).catch(() => undefined);
+        throw error;
+      }
     } catch (error) {
       await directory.close();
       throw error;

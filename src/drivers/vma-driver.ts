@@ -9,6 +9,7 @@ import {
   type ArchivePlan,
   type BackupDriver,
   type BackupTarget,
+  type FileIdentity,
   type OpenTargetOptions,
 } from "./driver.js";
 
@@ -44,6 +45,10 @@ class VmaTarget implements BackupTarget {
 
   get partialPath(): string {
     return this.file.partialPath;
+  }
+
+  get partialFile(): FileIdentity {
+    return this.file.identity;
   }
 
   registerConfig(name: string, data: Uint8Array): void {

@@ -471,6 +471,7 @@ export class BackupEngine {
             uuid,
             backupFile,
             partialPath: target.partialPath,
+            partialFile: target.partialFile,
             format: driver.format,
             speedLimit: spec.speedLimit,
             ...request,

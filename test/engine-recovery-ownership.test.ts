@@ -3,6 +3,7 @@
 // an archive with the job's uuid. A server that shares its backup dir with
 // another keeps its hands off the other's files of the same name; a job that
 // died after publishing its archive but before storing DONE ends DONE.
+import { randomBytes } from "node:crypto";
 import { linkSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
@@ -29,6 +30,8 @@ import {
   writeSource,
 } from "./engine-helpers.js";
 import type { LogCapture, Sandbox } from "./engine-helpers.js";
+import { canUseLoopDevices } from "./helpers/failing-disk.js";
+import { canMount, mountLoopFilesystem } from "./helpers/mounts.js";
 
 let sandbox: Sandbox;
 let engines: BackupEngine[];
@@ -147,6 +150,33 @@ describe("recovery removes only its own partial file", () => {
     const { engine: restarted } = await open();
     expect(restarted.query(status.uuid)).toMatchObject({ state: "error", errorMessage: INTERRUPTED_MESSAGE });
     expect(await fs.readdir(sandbox.out)).toEqual(["reused.vma.partial"]);
+  });
+});
+
+describe("a failed job's leftover partial file", () => {
+  it("is removed later only while it is still the job's own", async (context) => {
+    if (!(await canMount()) || !(await canUseLoopDevices())) context.skip(); // needs root and a loop device
+    const backupFs = await mountLoopFilesystem(sandbox.root, sandbox.out, 48 * MiB);
+    try {
+      const { engine } = await open();
+      const source = await writeSource(sandbox, "big.raw", randomBytes(16 * MiB));
+      const status = await engine.start(backupSpec({ backupFile: "ro.vma", devices: [{ name: "d", path: source }], speedLimit: 8 * MiB }));
+      await waitForTransfer(engine, status.uuid, 256 * KiB);
+      await backupFs.failReadOnly();
+      expect((await waitForEnd(engine, status.uuid)).state).toBe("error");
+      await backupFs.remount();
+      // The read-only filesystem kept the partial file; now another server's file has its name.
+      const partialPath = `${status.backupFile}.partial`;
+      await fs.rm(partialPath);
+      await fs.writeFile(partialPath, "another server's partial file");
+      const small = await writeSource(sandbox, "small.raw", blockPattern(256 * KiB, () => false));
+      const next = await engine.start(backupSpec({ backupFile: "next.vma", devices: [{ name: "d", path: small }] }));
+      expect((await waitForEnd(engine, next.uuid)).state).toBe("done");
+      expect(await fs.readFile(partialPath, "utf8")).toBe("another server's partial file");
+      await engine.shutdown();
+    } finally {
+      await backupFs.dispose();
+    }
   });
 });
 

@@ -31,6 +31,7 @@ import { runJob } from "./job-runner.js";
 import type { JobOutcome } from "./job-runner.js";
 import { resolveListQuery } from "./list-query.js";
 import { archiveIdentity, FileKeptError, removeArchive, removePartialFileSync } from "./owned-files.js";
+import type { FileOwner } from "./owned-files.js";
 import { PathPolicy } from "./path-policy.js";
 import { quote } from "./quote.js";
 import { REASON } from "./reasons.js";
@@ -126,9 +127,10 @@ export class BackupEngine {
   private readonly locks = new DeviceLocks();
   /**
    * Partial archives a failed job could not remove (its filesystem went
-   * read-only, say); retried before every new job.
+   * read-only, say); retried before every new job, and only while the file
+   * at that path is still the job's own. By path.
    */
-  private readonly leftoverPartials = new Set<string>();
+  private readonly leftoverPartials = new Map<string, FileOwner>();
   private readonly store: JobStore;
   private readonly stateDirLock: StateDirLock;
   private readonly revisions: RevisionCounter;
@@ -619,7 +621,9 @@ export class BackupEngine {
     this.locks.release(job.uuid);
     this.limiters.delete(job.uuid);
     if (outcome.state === "done") await this.recordArchive(job);
-    if (outcome.cleanupError !== undefined) this.leftoverPartials.add(job.partialPath);
+    if (outcome.cleanupError !== undefined) {
+      this.leftoverPartials.set(job.partialPath, { file: job.partialFile, uuid: job.uuid });
+    }
     job.finish(outcome.state, outcome.errorMessage);
     try {
       this.registry.complete(job);
@@ -692,9 +696,9 @@ export class BackupEngine {
   }
 
   private retryLeftoverPartials(): void {
-    for (const partialPath of this.leftoverPartials) {
+    for (const [partialPath, owner] of this.leftoverPartials) {
       try {
-        removePartialFileSync(this.policy.backupDir, partialPath);
+        removePartialFileSync(this.policy.backupDir, partialPath, owner);
         this.leftoverPartials.delete(partialPath);
         this.logger.info({ partialPath }, "removed a partial archive left by a failed job");
       } catch (error) {

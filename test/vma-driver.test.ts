@@ -209,6 +209,20 @@ describe("ArchiveFile", () => {
     expect(await readdir(outside)).toEqual([]);
   });
 
+  it("refuses to commit after a failed background flush, although the final fsync succeeds", async () => {
+    // Linux reports a writeback error to one fdatasync only; the fsync after it returns 0.
+    const eio = Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" });
+    const file = await ArchiveFile.create(join(dir, "lost.vma"), dir, {
+      backgroundFlushBytes: 1,
+      datasync: () => Promise.reject(eio),
+    });
+    await file.write([Uint8Array.of(1, 2, 3)]);
+    await expect(file.commit()).rejects.toBe(eio);
+    expect(await exists(join(dir, "lost.vma"))).toBe(false);
+    await file.discard();
+    expect(await readdir(dir)).toEqual([]);
+  });
+
   it("splits more than IOV_MAX chunks and keeps their order", async () => {
     const file = await ArchiveFile.create(join(dir, "many.bin"), dir);
     const chunks = Array.from({ length: 2500 }, (_, index) => Uint8Array.of(index & 0xff, index >> 8));

@@ -15,7 +15,7 @@ import { describeError } from "./job-failure.js";
 import { fromStoredJob, toStoredJob } from "./job-record.js";
 import type { JobExtras } from "./job-record.js";
 import { FileKeptError, type FileOwner, removePartialFileSync } from "./owned-files.js";
-import { findPublishedArchiveSync } from "./published-archive.js";
+import { findPublishedArchiveSync, type PublishedArchive } from "./published-archive.js";
 import type { JobStatus } from "./types.js";
 
 export const INTERRUPTED_MESSAGE = "interrupted: server restarted";
@@ -50,7 +50,7 @@ function finishPublished(
   owner: FileOwner,
 ): JobStatus | undefined {
   const { uuid, backupFile } = status;
-  let published;
+  let published: PublishedArchive;
   try {
     published = findPublishedArchiveSync(context.backupDir, status, owner);
   } catch (error) {
@@ -58,7 +58,7 @@ function finishPublished(
     return undefined;
   }
   if (published.kind === "invalid") {
-    // Not ours to judge further: left for an operator, the job ends in error.
+    // The job's own file, but nothing to restore from: left for an operator, the job ends in error.
     context.logger.error({ uuid, backupFile, problem: published.problem }, "the published archive is not valid and complete");
     return undefined;
   }

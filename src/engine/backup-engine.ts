@@ -32,6 +32,7 @@ import { runJob } from "./job-runner.js";
 import type { JobOutcome } from "./job-runner.js";
 import { resolveListQuery } from "./list-query.js";
 import { archiveIdentity, FileKeptError, removeArchive, removePartialFileSync } from "./owned-files.js";
+import type { FileOwner } from "./owned-files.js";
 import { PathPolicy } from "./path-policy.js";
 import { quote } from "./quote.js";
 import { REASON } from "./reasons.js";
@@ -127,9 +128,10 @@ export class BackupEngine {
   private readonly locks = new DeviceLocks();
   /**
    * Partial archives a failed job could not remove (its filesystem went
-   * read-only, say); retried before every new job.
+   * read-only, say); retried before every new job, and only while the file
+   * at that path is still the job's own. By path.
    */
-  private readonly leftoverPartials = new Set<string>();
+  private readonly leftoverPartials = new Map<string, FileOwner>();
   private readonly store: JobStore;
   private readonly stateDirLock: StateDirLock;
   private readonly revisions: RevisionCounter;
@@ -472,6 +474,7 @@ export class BackupEngine {
             uuid,
             backupFile,
             partialPath: target.partialPath,
+            partialFile: target.partialFile,
             format: driver.format,
             speedLimit: spec.speedLimit,
             ...request,
@@ -622,7 +625,9 @@ export class BackupEngine {
     this.locks.release(job.uuid);
     this.limiters.delete(job.uuid);
     if (outcome.state === "done") await this.recordArchive(job);
-    if (outcome.cleanupError !== undefined) this.leftoverPartials.add(job.partialPath);
+    if (outcome.cleanupError !== undefined) {
+      this.leftoverPartials.set(job.partialPath, { file: job.partialFile, uuid: job.uuid });
+    }
     job.finish(outcome.state, outcome.errorMessage);
     try {
       this.registry.complete(job);
@@ -695,9 +700,9 @@ export class BackupEngine {
   }
 
   private retryLeftoverPartials(): void {
-    for (const partialPath of this.leftoverPartials) {
+    for (const [partialPath, owner] of this.leftoverPartials) {
       try {
-        removePartialFileSync(this.policy.backupDir, partialPath);
+        removePartialFileSync(this.policy.backupDir, partialPath, owner);
         this.leftoverPartials.delete(partialPath);
         this.logger.info({ partialPath }, "removed a partial archive left by a failed job");
       } catch (error) {

@@ -190,6 +190,7 @@ export class JobRegistry {
 function extrasOf(job: Job): JobExtras {
   return {
     partialPath: job.partialPath,
+    partialFile: job.partialFile,
     ...(job.archive === undefined ? {} : { archive: job.archive }),
     ...(job.requestFingerprint === undefined ? {} : { requestFingerprint: job.requestFingerprint }),
   };

@@ -27,6 +27,8 @@ export interface JobInit {
   readonly backupFile: string;
   /** Where the archive is written until it is complete (removed after a crash). */
   readonly partialPath: string;
+  /** The file created at partialPath: recovery removes or adopts only that file. */
+  readonly partialFile: FileIdentity;
   readonly format: string;
   readonly speedLimit: number;
   readonly requestId?: string;
@@ -34,6 +36,13 @@ export interface JobInit {
   readonly requestFingerprint?: string;
   /** In request order; dev_ids are 1..N in this order. */
   readonly devices: ReadonlyArray<{ readonly name: string; readonly size: number }>;
+}
+
+/** Who a file is, whatever its name: device, inode and birth time in ns ("0": unknown), as decimal strings. */
+export interface FileIdentity {
+  readonly dev: string;
+  readonly ino: string;
+  readonly born: string;
 }
 
 /** Who a finished archive is (so that deleting a job never removes another file). */
@@ -60,6 +69,7 @@ export class Job {
   readonly uuid: string;
   readonly backupFile: string;
   readonly partialPath: string;
+  readonly partialFile: FileIdentity;
   readonly format: string;
   readonly requestId: string | undefined;
   readonly requestFingerprint: string | undefined;
@@ -90,6 +100,7 @@ export class Job {
     this.uuid = init.uuid;
     this.backupFile = init.backupFile;
     this.partialPath = init.partialPath;
+    this.partialFile = init.partialFile;
     this.format = init.format;
     this.requestId = init.requestId;
     this.requestFingerprint = init.requestFingerprint;

@@ -1,5 +1,6 @@
 // `vmabackup serve`: runs the daemon in the foreground, logging pino JSON
 // lines to stdout, until SIGINT or SIGTERM stops it cleanly (exit 0).
+// SIGHUP and SIGUSR1 are logged and ignored (see daemon-signals.ts).
 // Transport security (TLS, mutual TLS, bearer tokens) comes from the --tls-*
 // and --auth-token-file flags; an address other than loopback is refused
 // without them unless --insecure (exit 2, like any bad flag).
@@ -12,10 +13,10 @@ import type { Logger } from "pino";
 import type * as grpc from "@grpc/grpc-js";
 import { createAuthInterceptor, readTokenFile, TokenFileError } from "../server/auth.js";
 import { startServer } from "../server/server.js";
-import { StoreVersionError } from "../store/job-store.js";
-import { StateDirLockedError } from "../store/state-dir-lock.js";
 import { isLoopbackHost, listenHost, listenPolicyViolation, loadServerCredentials, TlsConfigError } from "../server/tls.js";
 import type { ServerTlsFiles } from "../server/tls.js";
+import { installDaemonSignals, logDaemonSignalsTo } from "./daemon-signals.js";
+import { startupProblem } from "./startup-problem.js";
 
 const DEFAULT_LISTEN = "127.0.0.1:50051";
 const DEFAULT_BACKUP_DIR = "./var/backups";
@@ -231,6 +232,8 @@ export function registerServeCommand(program: Command): void {
         command.error(`error: ${error.message}`, { exitCode: USAGE_EXIT_CODE });
       }
       const logger = pino({ level: settings.logLevel });
+      installDaemonSignals();
+      logDaemonSignalsTo(logger);
       let security: TransportSecurity;
       try {
         security = await loadSecurity(settings, logger);
@@ -242,11 +245,8 @@ export function registerServeCommand(program: Command): void {
         await serve(settings, security, logger);
       } catch (error) {
         logger.fatal({ err: error }, "cannot start the server");
-        // A job database written by a newer vmabackup, or a state dir another
-        // server holds, is the operator's to sort out: say so plainly.
-        if (error instanceof StoreVersionError || error instanceof StateDirLockedError) {
-          process.stderr.write(`error: ${error.message}\n`);
-        }
+        // The log line has the stack; the operator gets one line saying what to fix.
+        process.stderr.write(`error: ${startupProblem(error, settings)}\n`);
         process.exit(1);
       }
     });

@@ -92,6 +92,25 @@ async function callEveryMethod(client: BackupClient): Promise<Map<string, grpc.s
   return outcomes;
 }
 
+/** The status of a call to `method` (any path) with an empty request, unary or server streaming. */
+function rawCallCode(client: grpc.Client, method: string, kind: "unary" | "stream"): Promise<grpc.status> {
+  const serialize = (value: Buffer): Buffer => value;
+  const deserialize = (value: Buffer): Buffer => value;
+  const deadline = new Date(Date.now() + 5000);
+  return new Promise((resolve) => {
+    if (kind === "unary") {
+      client.makeUnaryRequest(method, serialize, deserialize, Buffer.alloc(0), { deadline }, (error) =>
+        resolve(error === null ? grpc.status.OK : error.code),
+      );
+      return;
+    }
+    const stream = client.makeServerStreamRequest(method, serialize, deserialize, Buffer.alloc(0), { deadline });
+    stream.on("data", () => undefined);
+    stream.on("error", (error: grpc.ServiceError) => resolve(error.code));
+    stream.on("status", (status: grpc.StatusObject) => resolve(status.code));
+  });
+}
+
 function tokenChannel(token: string): grpc.ChannelOptions {
   return { interceptors: [bearerTokenInterceptor(token)] };
 }
@@ -195,6 +214,37 @@ describe("bearer tokens", () => {
       for (const [method, code] of outcomes) {
         expect({ name, method, code }).toEqual({ name, method, code: grpc.status.UNAUTHENTICATED });
       }
+    }
+  });
+
+  it("answers UNAUTHENTICATED for methods that do not exist too, so that they cannot be told apart without a token", async () => {
+    const unknown = [
+      "/vmabackup.v1.BackupService/DeleteEverything",
+      "/vmabackup.v1.Admin/Shell",
+      "/grpc.reflection.v1.ServerReflection/Nope",
+      "/nope",
+    ];
+    const channel = new grpc.Client(server.address, grpc.credentials.createInsecure());
+    const authorized = new grpc.Client(server.address, grpc.credentials.createInsecure(), tokenChannel(TOKEN_A));
+    try {
+      for (const method of unknown) {
+        for (const kind of ["unary", "stream"] as const) {
+          expect({ method, kind, code: await rawCallCode(channel, method, kind) }).toEqual({
+            method,
+            kind,
+            code: grpc.status.UNAUTHENTICATED,
+          });
+          // With a valid token the truth: there is no such method.
+          expect({ method, kind, code: await rawCallCode(authorized, method, kind) }).toEqual({
+            method,
+            kind,
+            code: grpc.status.UNIMPLEMENTED,
+          });
+        }
+      }
+    } finally {
+      channel.close();
+      authorized.close();
     }
   });
 

@@ -13,6 +13,7 @@ import { addService } from "./grpc-adapter.js";
 import { ServerHealth } from "./health.js";
 import { addReflection } from "./reflection.js";
 import { SERVER_CHANNEL_OPTIONS } from "./server-options.js";
+import { routeUnknownMethodsThroughInterceptors } from "./unknown-methods.js";
 import { WatchStreams } from "./watch-streams.js";
 
 export interface ServerOptions {
@@ -113,6 +114,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       : { "grpc.max_receive_message_length": options.maxReceiveMessageBytes }),
     interceptors: [...(options.interceptors ?? [])],
   });
+  // Without a token, an unknown method must answer like a known one.
+  routeUnknownMethodsThroughInterceptors(server);
   addService(
     server,
     BackupService,

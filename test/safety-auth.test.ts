@@ -16,13 +16,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import { bearerTokenInterceptor, BearerTokens, createAuthInterceptor, readTokenFile, TokenFileError } from "../src/server/auth.js";
 import { createClient } from "../src/server/grpc-client.js";
-import {
-  isLoopbackHost,
-  listenHost,
-  listenPolicyViolation,
-  loadServerCredentials,
-  TlsConfigError,
-} from "../src/server/tls.js";
+import { isLoopbackAddress, listenHost, listenPolicyViolation } from "../src/server/listen-policy.js";
+import { loadServerCredentials, TlsConfigError } from "../src/server/tls.js";
 import { makeTestCertificates, writeTokenFile } from "./helpers/certs.js";
 import type { TestCertificates } from "./helpers/certs.js";
 import { captureLog } from "./helpers/log-capture.js";
@@ -405,12 +400,12 @@ describe("mutual TLS", () => {
 });
 
 describe("the listen policy", () => {
-  it("knows loopback addresses", () => {
-    for (const host of ["127.0.0.1", "127.8.9.10", "::1", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1", "localhost", "LOCALHOST"]) {
-      expect({ host, loopback: isLoopbackHost(host) }).toEqual({ host, loopback: true });
+  it("knows loopback addresses (names are judged by what they resolve to: safety-listen.test.ts)", () => {
+    for (const host of ["127.0.0.1", "127.8.9.10", "::1", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1"]) {
+      expect({ host, loopback: isLoopbackAddress(host) }).toEqual({ host, loopback: true });
     }
-    for (const host of ["0.0.0.0", "::", "10.0.0.1", "128.0.0.1", "::ffff:10.0.0.1", "example.com", "localhost.example.com", ""]) {
-      expect({ host, loopback: isLoopbackHost(host) }).toEqual({ host, loopback: false });
+    for (const host of ["0.0.0.0", "::", "10.0.0.1", "128.0.0.1", "::ffff:10.0.0.1", "localhost", "example.com", ""]) {
+      expect({ host, loopback: isLoopbackAddress(host) }).toEqual({ host, loopback: false });
     }
     expect(listenHost("[::1]:50051")).toBe("::1");
     expect(listenHost("0.0.0.0:50051")).toBe("0.0.0.0");
@@ -418,15 +413,15 @@ describe("the listen policy", () => {
 
   it("allows loopback always, other addresses with TLS and a token or --insecure", () => {
     const none = { tls: false, auth: false, insecure: false };
-    expect(listenPolicyViolation("127.0.0.1:50051", none)).toBeUndefined();
-    expect(listenPolicyViolation("[::1]:0", none)).toBeUndefined();
-    expect(listenPolicyViolation("0.0.0.0:50051", { tls: true, auth: true, insecure: false })).toBeUndefined();
-    expect(listenPolicyViolation("0.0.0.0:50051", { ...none, insecure: true })).toBeUndefined();
-    expect(listenPolicyViolation("0.0.0.0:50051", none)).toMatch(
+    expect(listenPolicyViolation("127.0.0.1:50051", ["127.0.0.1"], none)).toBeUndefined();
+    expect(listenPolicyViolation("[::1]:0", ["::1"], none)).toBeUndefined();
+    expect(listenPolicyViolation("0.0.0.0:50051", ["0.0.0.0"], { tls: true, auth: true, insecure: false })).toBeUndefined();
+    expect(listenPolicyViolation("0.0.0.0:50051", ["0.0.0.0"], { ...none, insecure: true })).toBeUndefined();
+    expect(listenPolicyViolation("0.0.0.0:50051", ["0.0.0.0"], none)).toMatch(
       /^refusing to listen on 0\.0\.0\.0:50051: .*\(missing: --tls-cert and --tls-key, --auth-token-file\).*--insecure/,
     );
-    expect(listenPolicyViolation("[::]:1", { ...none, tls: true })).toMatch(/\(missing: --auth-token-file\)/);
-    expect(listenPolicyViolation("10.1.2.3:1", { ...none, auth: true })).toMatch(/\(missing: --tls-cert and --tls-key\)/);
+    expect(listenPolicyViolation("[::]:1", ["::"], { ...none, tls: true })).toMatch(/\(missing: --auth-token-file\)/);
+    expect(listenPolicyViolation("10.1.2.3:1", ["10.1.2.3"], { ...none, auth: true })).toMatch(/\(missing: --tls-cert and --tls-key\)/);
   });
 });
 

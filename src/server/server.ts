@@ -12,6 +12,7 @@ import { createBackupService } from "./backup-service.js";
 import { addService } from "./grpc-adapter.js";
 import { ServerHealth } from "./health.js";
 import { addReflection } from "./reflection.js";
+import { joinHostPort, listenPort } from "./listen-policy.js";
 import { SERVER_CHANNEL_OPTIONS } from "./server-options.js";
 import { routeUnknownMethodsThroughInterceptors } from "./unknown-methods.js";
 import { WatchStreams } from "./watch-streams.js";
@@ -36,6 +37,12 @@ export interface ServerOptions {
   readonly credentials?: grpc.ServerCredentials;
   /** Run on every call before its handler, e.g. the bearer-token check of auth.ts. */
   readonly interceptors?: readonly grpc.ServerInterceptor[];
+  /**
+   * The IP addresses to bind, on `listen`'s port: those its host resolved to
+   * when the listen policy judged them (see listen-policy.ts). When not
+   * given, grpc-js resolves `listen` itself.
+   */
+  readonly listenAddresses?: readonly string[];
   /** Largest request accepted; larger ones end RESOURCE_EXHAUSTED (default MAX_RECEIVE_MESSAGE_BYTES). */
   readonly maxReceiveMessageBytes?: number;
 }
@@ -66,6 +73,21 @@ function bind(server: grpc.Server, listen: string, credentials: grpc.ServerCrede
       error ? reject(error) : resolve(port),
     );
   });
+}
+
+/**
+ * Binds every address of `addresses` on `listen`'s port (port 0: the one
+ * the first bind picked, as grpc-js does for a name with several addresses).
+ */
+async function bindAddresses(
+  server: grpc.Server,
+  listen: string,
+  addresses: readonly string[],
+  credentials: grpc.ServerCredentials,
+): Promise<number> {
+  let port = listenPort(listen);
+  for (const address of addresses) port = await bind(server, joinHostPort(address, port), credentials);
+  return port;
 }
 
 /** `listen` with its port replaced by the one bound (which differs for port 0). */
@@ -128,7 +150,11 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
 
   let port: number;
   try {
-    port = await bind(server, options.listen, options.credentials ?? grpc.ServerCredentials.createInsecure());
+    const credentials = options.credentials ?? grpc.ServerCredentials.createInsecure();
+    port =
+      options.listenAddresses === undefined
+        ? await bind(server, options.listen, credentials)
+        : await bindAddresses(server, options.listen, options.listenAddresses, credentials);
   } catch (error) {
     server.forceShutdown();
     await engine.shutdown();
@@ -138,6 +164,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   logger.info(
     {
       address,
+      ...(options.listenAddresses === undefined ? {} : { addresses: options.listenAddresses }),
       backupDir: options.backupDir,
       sourceRoots: options.sourceRoots,
       stateDir: options.stateDir,

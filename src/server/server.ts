@@ -13,7 +13,9 @@ import { addService } from "./grpc-adapter.js";
 import { ServerHealth } from "./health.js";
 import { addReflection } from "./reflection.js";
 import { joinHostPort, listenPort } from "./listen-policy.js";
-import { SERVER_CHANNEL_OPTIONS } from "./server-options.js";
+import { createRequestReadGate } from "./request-read-gate.js";
+import type { RequestReadGateOptions } from "./request-read-gate.js";
+import { REQUEST_READ_LIMITS, SERVER_CHANNEL_OPTIONS } from "./server-options.js";
 import { routeUnknownMethodsThroughInterceptors } from "./unknown-methods.js";
 import { WatchStreams } from "./watch-streams.js";
 
@@ -45,6 +47,8 @@ export interface ServerOptions {
   readonly listenAddresses?: readonly string[];
   /** Largest request accepted; larger ones end RESOURCE_EXHAUSTED (default MAX_RECEIVE_MESSAGE_BYTES). */
   readonly maxReceiveMessageBytes?: number;
+  /** How many requests are read into memory at once (default REQUEST_READ_LIMITS). */
+  readonly requestReads?: RequestReadGateOptions;
 }
 
 export interface RunningServer {
@@ -134,7 +138,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     ...(options.maxReceiveMessageBytes === undefined
       ? {}
       : { "grpc.max_receive_message_length": options.maxReceiveMessageBytes }),
-    interceptors: [...(options.interceptors ?? [])],
+    // The read gate last, so outermost: a call reaches it only once the
+    // interceptors before it (auth) have let its metadata through.
+    interceptors: [...(options.interceptors ?? []), createRequestReadGate(options.requestReads ?? REQUEST_READ_LIMITS).interceptor],
   });
   // Without a token, an unknown method must answer like a known one.
   routeUnknownMethodsThroughInterceptors(server);

@@ -80,17 +80,31 @@ function bind(server: grpc.Server, listen: string, credentials: grpc.ServerCrede
 }
 
 /**
- * Binds every address of `addresses` on `listen`'s port (port 0: the one
- * the first bind picked, as grpc-js does for a name with several addresses).
+ * Binds the addresses of `addresses` on `listen`'s port (port 0: the one
+ * the first bind picked). Like grpc-js for a name with several addresses,
+ * it serves those that bind (e.g. 127.0.0.1 when ::1 is disabled) and
+ * fails only when none does.
  */
 async function bindAddresses(
   server: grpc.Server,
   listen: string,
   addresses: readonly string[],
   credentials: grpc.ServerCredentials,
+  logger: Logger,
 ): Promise<number> {
   let port = listenPort(listen);
-  for (const address of addresses) port = await bind(server, joinHostPort(address, port), credentials);
+  let bound = false;
+  let firstError: unknown;
+  for (const address of addresses) {
+    try {
+      port = await bind(server, joinHostPort(address, port), credentials);
+      bound = true;
+    } catch (error) {
+      firstError ??= error;
+      logger.warn({ address, err: error }, "cannot bind one of the listen addresses");
+    }
+  }
+  if (!bound) throw firstError;
   return port;
 }
 
@@ -160,7 +174,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     port =
       options.listenAddresses === undefined
         ? await bind(server, options.listen, credentials)
-        : await bindAddresses(server, options.listen, options.listenAddresses, credentials);
+        : await bindAddresses(server, options.listen, options.listenAddresses, credentials, logger);
   } catch (error) {
     server.forceShutdown();
     await engine.shutdown();

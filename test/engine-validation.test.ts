@@ -270,7 +270,7 @@ describe("the archive", () => {
     await expectEngineError(
       start({ backupFile: `${"n".repeat(300)}.vma` }),
       "invalid-argument",
-      "BACKUP_FILE_INVALID",
+      "BACKUP_FILE_NAME_TOO_LONG",
       "backup_file",
     );
   });

@@ -4,6 +4,8 @@
 
 export const REASON = {
   // Request shape (invalid-argument).
+  /** The request bytes are not a protobuf message of the method's request type. */
+  REQUEST_MALFORMED: "REQUEST_MALFORMED",
   NO_DEVICES: "NO_DEVICES",
   TOO_MANY_DEVICES: "TOO_MANY_DEVICES",
   TOO_MANY_CONFIGS: "TOO_MANY_CONFIGS",
@@ -23,6 +25,8 @@ export const REASON = {
   ARCHIVE_LIMIT_EXCEEDED: "ARCHIVE_LIMIT_EXCEEDED",
   FORMAT_UNSUPPORTED: "FORMAT_UNSUPPORTED",
   BACKUP_FILE_INVALID: "BACKUP_FILE_INVALID",
+  /** backup_file's last component leaves no room for the temporary ".partial" suffix within 255 bytes. */
+  BACKUP_FILE_NAME_TOO_LONG: "BACKUP_FILE_NAME_TOO_LONG",
   SOURCE_PATH_TOO_LONG: "SOURCE_PATH_TOO_LONG",
   BACKUP_FILE_BAD_SUFFIX: "BACKUP_FILE_BAD_SUFFIX",
   SPEED_LIMIT_INVALID: "SPEED_LIMIT_INVALID",

@@ -1,6 +1,7 @@
 // Checks of a backup request that need no filesystem: names, counts, the
 // format, the archive name and the speed. They run first, so a malformed
 // request is refused before any file is opened.
+import { PARTIAL_SUFFIX } from "../drivers/archive-file.js";
 import type { BackupDriver } from "../drivers/driver.js";
 import { EngineError } from "./errors.js";
 import { quote } from "./quote.js";
@@ -14,6 +15,10 @@ export const MAX_DEVICES_PER_JOB = 254;
 export const MAX_CONFIGS_PER_JOB = 256;
 export const MAX_CONFIG_BYTES = 65535;
 export const MAX_DEVICE_NAME_BYTES = 127;
+/** Linux's limit on one file name, in bytes. */
+const NAME_MAX = 255;
+/** Longest backup_file name (last component): its temporary name must fit NAME_MAX too. */
+export const MAX_BACKUP_FILE_NAME_BYTES = NAME_MAX - PARTIAL_SUFFIX.length;
 /** Reserved in VMA for the VM's RAM state, never a disk. */
 export const RESERVED_DEVICE_NAME = "vmstate";
 
@@ -152,6 +157,16 @@ function checkBackupFile(backupFile: string, driver: BackupDriver): void {
   const base = backupFile.slice(backupFile.lastIndexOf("/") + 1);
   if (base === driver.fileSuffix) {
     throw invalid(REASON.BACKUP_FILE_INVALID, field, `${quote(backupFile)} needs a name before "${driver.fileSuffix}"`);
+  }
+  // Not the name itself: it is long enough to bury the message.
+  const bytes = Buffer.byteLength(base, "utf8");
+  if (bytes > MAX_BACKUP_FILE_NAME_BYTES) {
+    throw invalid(
+      REASON.BACKUP_FILE_NAME_TOO_LONG,
+      field,
+      `the file name is ${bytes} bytes of UTF-8, at most ${MAX_BACKUP_FILE_NAME_BYTES} allowed ` +
+        `(the archive is written as "<name>${PARTIAL_SUFFIX}" first, and a file name holds at most ${NAME_MAX} bytes)`,
+    );
   }
 }
 

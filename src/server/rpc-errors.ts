@@ -105,6 +105,13 @@ export function toRpcError(error: unknown): RpcError {
   return rpcError(grpc.status.INTERNAL, GENERIC_INTERNAL_MESSAGE, { reason: REASON.INTERNAL });
 }
 
+/** The status for request bytes that are not a `typeName` message (see malformed-requests.ts). */
+export function malformedRequestError(typeName: string, problem: string): RpcError {
+  return rpcError(grpc.status.INVALID_ARGUMENT, `request: not a valid ${typeName} message (${problem})`, {
+    reason: REASON.REQUEST_MALFORMED,
+  });
+}
+
 /** The status name, e.g. "NOT_FOUND", for logs. */
 export function statusName(code: grpc.status): string {
   return grpc.status[code] ?? String(code);

@@ -12,7 +12,11 @@ import { createBackupService } from "./backup-service.js";
 import { addService } from "./grpc-adapter.js";
 import { ServerHealth } from "./health.js";
 import { addReflection } from "./reflection.js";
-import { SERVER_CHANNEL_OPTIONS } from "./server-options.js";
+import { joinHostPort, listenPort } from "./listen-policy.js";
+import { createRequestReadGate } from "./request-read-gate.js";
+import type { RequestReadGateOptions } from "./request-read-gate.js";
+import { REQUEST_READ_LIMITS, SERVER_CHANNEL_OPTIONS } from "./server-options.js";
+import { routeUnknownMethodsThroughInterceptors } from "./unknown-methods.js";
 import { WatchStreams } from "./watch-streams.js";
 
 export interface ServerOptions {
@@ -35,8 +39,16 @@ export interface ServerOptions {
   readonly credentials?: grpc.ServerCredentials;
   /** Run on every call before its handler, e.g. the bearer-token check of auth.ts. */
   readonly interceptors?: readonly grpc.ServerInterceptor[];
+  /**
+   * The IP addresses to bind, on `listen`'s port: those its host resolved to
+   * when the listen policy judged them (see listen-policy.ts). When not
+   * given, grpc-js resolves `listen` itself.
+   */
+  readonly listenAddresses?: readonly string[];
   /** Largest request accepted; larger ones end RESOURCE_EXHAUSTED (default MAX_RECEIVE_MESSAGE_BYTES). */
   readonly maxReceiveMessageBytes?: number;
+  /** How many requests are read into memory at once (default REQUEST_READ_LIMITS). */
+  readonly requestReads?: RequestReadGateOptions;
 }
 
 export interface RunningServer {
@@ -65,6 +77,35 @@ function bind(server: grpc.Server, listen: string, credentials: grpc.ServerCrede
       error ? reject(error) : resolve(port),
     );
   });
+}
+
+/**
+ * Binds the addresses of `addresses` on `listen`'s port (port 0: the one
+ * the first bind picked). Like grpc-js for a name with several addresses,
+ * it serves those that bind (e.g. 127.0.0.1 when ::1 is disabled) and
+ * fails only when none does.
+ */
+async function bindAddresses(
+  server: grpc.Server,
+  listen: string,
+  addresses: readonly string[],
+  credentials: grpc.ServerCredentials,
+  logger: Logger,
+): Promise<number> {
+  let port = listenPort(listen);
+  let bound = false;
+  let firstError: unknown;
+  for (const address of addresses) {
+    try {
+      port = await bind(server, joinHostPort(address, port), credentials);
+      bound = true;
+    } catch (error) {
+      firstError ??= error;
+      logger.warn({ address, err: error }, "cannot bind one of the listen addresses");
+    }
+  }
+  if (!bound) throw firstError;
+  return port;
 }
 
 /** `listen` with its port replaced by the one bound (which differs for port 0). */
@@ -111,8 +152,12 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     ...(options.maxReceiveMessageBytes === undefined
       ? {}
       : { "grpc.max_receive_message_length": options.maxReceiveMessageBytes }),
-    interceptors: [...(options.interceptors ?? [])],
+    // The read gate last, so outermost: a call reaches it only once the
+    // interceptors before it (auth) have let its metadata through.
+    interceptors: [...(options.interceptors ?? []), createRequestReadGate(options.requestReads ?? REQUEST_READ_LIMITS).interceptor],
   });
+  // Without a token, an unknown method must answer like a known one.
+  routeUnknownMethodsThroughInterceptors(server);
   addService(
     server,
     BackupService,
@@ -125,7 +170,11 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
 
   let port: number;
   try {
-    port = await bind(server, options.listen, options.credentials ?? grpc.ServerCredentials.createInsecure());
+    const credentials = options.credentials ?? grpc.ServerCredentials.createInsecure();
+    port =
+      options.listenAddresses === undefined
+        ? await bind(server, options.listen, credentials)
+        : await bindAddresses(server, options.listen, options.listenAddresses, credentials, logger);
   } catch (error) {
     server.forceShutdown();
     await engine.shutdown();
@@ -135,6 +184,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   logger.info(
     {
       address,
+      ...(options.listenAddresses === undefined ? {} : { addresses: options.listenAddresses }),
       backupDir: options.backupDir,
       sourceRoots: options.sourceRoots,
       stateDir: options.stateDir,

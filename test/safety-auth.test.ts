@@ -233,8 +233,13 @@ describe("bearer tokens", () => {
     expect(await healthCheck(server.address)).toBe("SERVING");
   });
 
-  it("requires a token for reflection as well", async () => {
-    expect(await reflectionServices(server.address)).toBe(grpc.status.UNAUTHENTICATED);
+  it("shows callers without a token health and reflection only, and refuses wrong tokens", async () => {
+    expect(await reflectionServices(server.address)).toEqual([
+      "grpc.health.v1.Health",
+      "grpc.reflection.v1.ServerReflection",
+      "grpc.reflection.v1alpha.ServerReflection",
+    ]);
+    expect(await reflectionServices(server.address, rawHeaderChannel("Basic x"))).toBe(grpc.status.UNAUTHENTICATED);
     expect(await reflectionServices(server.address, tokenChannel(WRONG_TOKEN))).toBe(grpc.status.UNAUTHENTICATED);
     expect(await reflectionServices(server.address, tokenChannel(TOKEN_A))).toEqual(
       expect.arrayContaining(["grpc.health.v1.Health", "vmabackup.v1.BackupService"]),

@@ -10,18 +10,38 @@ export type EngineErrorKind =
   | "unavailable"
   | "internal";
 
+/** One problem of a request: the field at fault and what is wrong with it. */
+export interface FieldViolation {
+  readonly reason: string;
+  readonly field: string;
+  /** Starts with the field, e.g. "devices[0].name: must not be empty". */
+  readonly description: string;
+}
+
+/** What a refusal may carry besides kind, reason, message and field. */
+export interface EngineErrorExtras {
+  /** Every problem found, when a request has several (the first is the error's own). */
+  readonly violations?: readonly FieldViolation[];
+  /** More facts for the client, e.g. { job_uuid } of the job in the way. */
+  readonly metadata?: Readonly<Record<string, string>>;
+}
+
 export class EngineError extends Error {
   readonly kind: EngineErrorKind;
   /** Stable, e.g. "DEVICE_IN_USE", "BACKUP_FILE_EXISTS", "PATH_NOT_ALLOWED". */
   readonly reason: string;
   /** The request field at fault, e.g. "devices[1].path", when there is one. */
   readonly field?: string;
+  readonly violations: readonly FieldViolation[];
+  readonly metadata: Readonly<Record<string, string>>;
 
-  constructor(kind: EngineErrorKind, reason: string, message: string, field?: string) {
+  constructor(kind: EngineErrorKind, reason: string, message: string, field?: string, extras: EngineErrorExtras = {}) {
     super(message);
     this.name = "EngineError";
     this.kind = kind;
     this.reason = reason;
     this.field = field;
+    this.violations = extras.violations ?? [];
+    this.metadata = extras.metadata ?? {};
   }
 }

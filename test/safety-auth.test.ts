@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import { bearerTokenInterceptor, BearerTokens, createAuthInterceptor, readTokenFile, TokenFileError } from "../src/server/auth.js";
 import { createClient } from "../src/server/grpc-client.js";
+import { readErrorDetails } from "../src/server/rpc-error-details.js";
 import {
   isLoopbackHost,
   listenHost,
@@ -208,6 +209,20 @@ describe("bearer tokens", () => {
     expect(wrong?.details).toMatch(/^invalid bearer token: /);
     const malformed = await rpcErrorOf(server.newClient(undefined, rawHeaderChannel(`Basic ${TOKEN_A}`)).queryBackup({}));
     expect(malformed?.details).toMatch(/^malformed authorization header/);
+  });
+
+  it("says why in an ErrorInfo, as every other refusal does", async () => {
+    const cases: Array<[BackupClient, string]> = [
+      [server.client, "TOKEN_MISSING"],
+      [server.newClient(undefined, tokenChannel(WRONG_TOKEN)), "TOKEN_INVALID"],
+      [server.newClient(undefined, rawHeaderChannel(`Basic ${TOKEN_A}`)), "TOKEN_MALFORMED"],
+    ];
+    for (const [client, reason] of cases) {
+      const error = await rpcErrorOf(client.queryBackup({}));
+      const details = readErrorDetails(error);
+      expect(details?.status).toMatchObject({ code: grpc.status.UNAUTHENTICATED, message: error?.details });
+      expect(details?.errorInfo).toMatchObject({ reason, domain: "vmabackup" });
+    }
   });
 
   it("refuses a job without a token before anything is opened or created", async () => {

@@ -13,6 +13,7 @@ import { readFile } from "node:fs/promises";
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { PUBLIC_SCOPE, REFLECTION_SCOPE_KEY } from "./reflection-scope.js";
+import { richStatus, statusDetailsMetadata } from "./rpc-errors.js";
 
 /** The metadata key the token travels in (grpc-js keys are lower case). */
 export const AUTHORIZATION_KEY = "authorization";
@@ -120,6 +121,13 @@ function presentedToken(metadata: grpc.Metadata): { token: string } | { refusal:
   return token === "" ? { refusal: "malformed" } : { token };
 }
 
+/** ErrorInfo reasons of UNAUTHENTICATED, stable like the engine's. */
+const REFUSAL_REASONS: Readonly<Record<Refusal, string>> = {
+  missing: "TOKEN_MISSING",
+  malformed: "TOKEN_MALFORMED",
+  invalid: "TOKEN_INVALID",
+};
+
 const REFUSAL_MESSAGES: Readonly<Record<Refusal, string>> = {
   missing: "missing bearer token",
   malformed: 'malformed authorization header (expected "Bearer <token>")',
@@ -166,10 +174,13 @@ export function createAuthInterceptor(options: AuthInterceptorOptions): grpc.Ser
               return;
             }
             options.logger.warn({ rpc: method.path, peer: call.getPeer(), refusal }, "rpc unauthenticated");
+            const details = `${REFUSAL_MESSAGES[refusal]}: ${HOW_TO_AUTHENTICATE}`;
+            const code = grpc.status.UNAUTHENTICATED;
             call.sendStatus({
-              code: grpc.status.UNAUTHENTICATED,
-              details: `${REFUSAL_MESSAGES[refusal]}: ${HOW_TO_AUTHENTICATE}`,
-              metadata: new grpc.Metadata(),
+              code,
+              details,
+              // An ErrorInfo like every other refusal, for clients that act on reasons.
+              metadata: statusDetailsMetadata(richStatus(code, details, { reason: REFUSAL_REASONS[refusal] })),
             });
           },
         });

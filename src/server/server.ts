@@ -48,7 +48,8 @@ export interface RunningServer {
    */
   readonly watchBufferedMessages: number;
   /**
-   * Stops serving: health goes NOT_SERVING, watch streams end with OK,
+   * Stops serving: health goes NOT_SERVING, watch streams end with
+   * UNAVAILABLE (after the CANCELLED of their jobs),
    * active jobs are cancelled (their partial files removed), then the
    * server closes. Safe to call more than once.
    */

@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-.}
 bash scripts/proto-deps.sh
+# From scratch, so that nothing of a removed proto stays behind.
+rm -rf "$out/gen"
 npx buf generate --template buf.gen.yaml -o "$out"
 # One set from the two workspaces; a file both import (duration.proto) comes
 # twice, and src/server/descriptor-index.ts keeps the first.

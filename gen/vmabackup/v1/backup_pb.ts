@@ -722,8 +722,11 @@ export const BackupStateSchema: GenEnum<BackupState> = /*@__PURE__*/
  * Every error carries a google.rpc.Status in the grpc-status-details-bin
  * trailer with an ErrorInfo (domain "vmabackup", a stable reason such as
  * DEVICE_IN_USE, BACKUP_FILE_EXISTS, PATH_NOT_ALLOWED or JOB_NOT_FOUND, and
- * metadata such as the field at fault) and, for invalid requests, a
- * BadRequest with one field violation per problem.
+ * metadata such as the field at fault, and job_uuid for the job in the way
+ * of DEVICE_IN_USE and BACKUP_FILE_IN_USE) and, for invalid requests, a
+ * BadRequest with one field violation per problem (at most 10; the message
+ * says how many more). UNAUTHENTICATED carries the reason TOKEN_MISSING,
+ * TOKEN_MALFORMED or TOKEN_INVALID.
  *
  * @generated from service vmabackup.v1.BackupService
  */
@@ -777,7 +780,13 @@ export const BackupService: GenService<{
    * With a uuid the stream follows that job and ends with OK right after its
    * terminal status. With an empty uuid it follows every job, including jobs
    * started later, until the client cancels; it then opens with the current
-   * status of every active job (nothing when no job is active).
+   * status of every active job (nothing when no job is active). When the
+   * server shuts down, such a stream ends with UNAVAILABLE: reconnect and
+   * resume with after_revision.
+   *
+   * The stream blocks a simple client until the job ends: call
+   * SetBackupSpeed before watching (or from another thread) to change the
+   * job's speed.
    *
    * A watcher that reconnects sets after_revision to the last revision it
    * saw: it then receives only what changed after it. A slow watcher never

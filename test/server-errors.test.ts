@@ -225,6 +225,15 @@ describe("a request with several problems", () => {
     // ErrorInfo names the first problem.
     expect(details?.errorInfo).toMatchObject({ reason: "DEVICE_NAME_INVALID", metadata: { field: "devices[0].name" } });
   });
+
+  it("sends at most 10 violations (the trailer stays small) and says how many more there were", async () => {
+    const failure = await failureOf(server.client.backup(request({ devices: names(...Array<string>(12).fill("")) })));
+    const violations = readErrorDetails(failure)?.badRequest?.fieldViolations ?? [];
+    expect(violations.map((violation) => violation.field)).toEqual(
+      Array.from({ length: 10 }, (_, index) => `devices[${index}].name`),
+    );
+    expect(failure.details).toMatch(/; and 2 more problems$/);
+  });
 });
 
 describe("device locks", () => {

@@ -7,6 +7,8 @@ export type EngineErrorKind =
   | "already-exists"
   | "failed-precondition"
   | "permission-denied"
+  | "out-of-range"
+  | "resource-exhausted"
   | "unavailable"
   | "internal";
 
@@ -18,30 +20,31 @@ export interface FieldViolation {
   readonly description: string;
 }
 
-/** What a refusal may carry besides kind, reason, message and field. */
-export interface EngineErrorExtras {
-  /** Every problem found, when a request has several (the first is the error's own). */
-  readonly violations?: readonly FieldViolation[];
-  /** More facts for the client, e.g. { job_uuid } of the job in the way. */
-  readonly metadata?: Readonly<Record<string, string>>;
-}
-
 export class EngineError extends Error {
   readonly kind: EngineErrorKind;
   /** Stable, e.g. "DEVICE_IN_USE", "BACKUP_FILE_EXISTS", "PATH_NOT_ALLOWED". */
   readonly reason: string;
   /** The request field at fault, e.g. "devices[1].path", when there is one. */
   readonly field?: string;
+  /** More machine-readable facts for the client, e.g. { latest_revision: "42" }. */
+  readonly metadata?: Readonly<Record<string, string>>;
+  /** Every problem found, when a request has several (the first is the error's own). */
   readonly violations: readonly FieldViolation[];
-  readonly metadata: Readonly<Record<string, string>>;
 
-  constructor(kind: EngineErrorKind, reason: string, message: string, field?: string, extras: EngineErrorExtras = {}) {
+  constructor(
+    kind: EngineErrorKind,
+    reason: string,
+    message: string,
+    field?: string,
+    metadata?: Readonly<Record<string, string>>,
+    violations: readonly FieldViolation[] = [],
+  ) {
     super(message);
     this.name = "EngineError";
     this.kind = kind;
     this.reason = reason;
     this.field = field;
-    this.violations = extras.violations ?? [];
-    this.metadata = extras.metadata ?? {};
+    if (metadata !== undefined) this.metadata = metadata;
+    this.violations = violations;
   }
 }

@@ -16,6 +16,8 @@ export const REASON = {
   DEVICE_SOURCE_DUPLICATE: "DEVICE_SOURCE_DUPLICATE",
   CONFIG_NAME_INVALID: "CONFIG_NAME_INVALID",
   CONFIG_NAME_DUPLICATE: "CONFIG_NAME_DUPLICATE",
+  /** A config would be restored to the file of a device's image (disk-<name>.raw, ...). */
+  CONFIG_NAME_CONFLICT: "CONFIG_NAME_CONFLICT",
   CONFIG_TOO_LARGE: "CONFIG_TOO_LARGE",
   /** The driver's format cannot hold the plan (e.g. configs overflow the VMA header). */
   ARCHIVE_LIMIT_EXCEEDED: "ARCHIVE_LIMIT_EXCEEDED",
@@ -27,6 +29,11 @@ export const REASON = {
   UUID_INVALID: "UUID_INVALID",
   /** request_id longer than 128 bytes of UTF-8 (or not text). */
   REQUEST_ID_INVALID: "REQUEST_ID_INVALID",
+  /**
+   * Backup: the request_id started a job within 24 hours with a different
+   * request (already-exists, the job's uuid in the metadata).
+   */
+  REQUEST_ID_REUSED: "REQUEST_ID_REUSED",
   /** ListBackups: a page_token that no earlier page returned. */
   PAGE_TOKEN_INVALID: "PAGE_TOKEN_INVALID",
   /** ListBackups: a negative or fractional page_size. */
@@ -35,6 +42,12 @@ export const REASON = {
   JOB_STATE_INVALID: "JOB_STATE_INVALID",
   /** WatchBackup: an after_revision that is not a revision (negative, NaN). */
   AFTER_REVISION_INVALID: "AFTER_REVISION_INVALID",
+  /**
+   * WatchBackup: an after_revision above the latest revision this server
+   * handed out (its state dir was reset, or the revision came from another
+   * server); out-of-range, with latest_revision in the metadata.
+   */
+  AFTER_REVISION_OUT_OF_RANGE: "AFTER_REVISION_OUT_OF_RANGE",
 
   // Sources.
   SOURCE_NOT_FOUND: "SOURCE_NOT_FOUND",
@@ -64,6 +77,10 @@ export const REASON = {
   /** DeleteBackup: removing the archive failed (e.g. EACCES). */
   ARCHIVE_REMOVE_FAILED: "ARCHIVE_REMOVE_FAILED",
   ENGINE_SHUT_DOWN: "ENGINE_SHUT_DOWN",
+  /** The job store's filesystem is full (resource-exhausted): free space in the state dir. */
+  STATE_STORE_FULL: "STATE_STORE_FULL",
+  /** The job store cannot be read or written now (unavailable): I/O error, locked, read-only. */
+  STATE_STORE_UNAVAILABLE: "STATE_STORE_UNAVAILABLE",
   INTERNAL: "INTERNAL",
 } as const;
 

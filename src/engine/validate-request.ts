@@ -58,12 +58,14 @@ class Violations {
       description: refusal.message,
     }));
     const message = this.refusals.map((refusal) => refusal.message).join("; ");
-    throw new EngineError("invalid-argument", first.reason, message, first.field, { violations });
+    throw new EngineError("invalid-argument", first.reason, message, first.field, undefined, violations);
   }
 }
 
 function deviceNameProblem(name: string): string | undefined {
   if (name === "") return "must not be empty";
+  // Restore tools write a device to a file of (or named after) its name.
+  if (name === "." || name === "..") return `${quote(name)} is not a file name; use a name like "drive-scsi0"`;
   if (name.includes("/")) return `${quote(name)} contains "/"`;
   if (name.includes("\0")) return `${quote(name)} contains NUL`;
   if (WHITESPACE.test(name)) return `${quote(name)} contains whitespace`;
@@ -78,6 +80,22 @@ function configNameProblem(name: string): string | undefined {
   if (name.includes("\0")) return `${quote(name)} contains NUL`;
   if (LONE_SURROGATE.test(name)) return `${quote(name)} is not valid UTF-8 text`;
   return undefined;
+}
+
+/**
+ * Where a config would be restored onto a device's image: `vma extract`
+ * (Proxmox's and ours) writes `disk-<name>.raw`, Proxmox's through
+ * `tmp-disk-<name>.raw`; jancc/vma-extractor and dissect.archive write the
+ * device to a file of its bare name. All of them write configs by name into
+ * the same directory.
+ */
+function configConflict(name: string, devices: BackupSpec["devices"]): string | undefined {
+  const index = devices.findIndex(
+    (device) => name === `disk-${device.name}.raw` || name === `tmp-disk-${device.name}.raw` || name === device.name,
+  );
+  if (index === -1) return undefined;
+  const device = quote(devices[index]?.name ?? "");
+  return `${quote(name)} is a file name restore tools use for the image of devices[${index}].name ${device}; rename the config`;
 }
 
 function checkDevices(spec: BackupSpec, violations: Violations): void {
@@ -138,6 +156,8 @@ function checkConfigs(spec: BackupSpec, violations: Violations): void {
       throw invalid(REASON.CONFIG_NAME_DUPLICATE, field, `${quote(config.name)} is also configs[${earlier}].name`);
     }
     seen.set(config.name, index);
+    const conflict = configConflict(config.name, spec.devices);
+    if (conflict !== undefined) throw invalid(REASON.CONFIG_NAME_CONFLICT, field, conflict);
     if (config.data.byteLength > MAX_CONFIG_BYTES) {
       throw invalid(
         REASON.CONFIG_TOO_LARGE,

@@ -31,6 +31,8 @@ const STATUS_BY_KIND: Readonly<Record<EngineErrorKind, grpc.status>> = {
   "already-exists": grpc.status.ALREADY_EXISTS,
   "failed-precondition": grpc.status.FAILED_PRECONDITION,
   "permission-denied": grpc.status.PERMISSION_DENIED,
+  "out-of-range": grpc.status.OUT_OF_RANGE,
+  "resource-exhausted": grpc.status.RESOURCE_EXHAUSTED,
   unavailable: grpc.status.UNAVAILABLE,
   internal: grpc.status.INTERNAL,
 };
@@ -86,7 +88,7 @@ export function richStatus(code: grpc.status, message: string, refusal: Refusal)
       create(ErrorInfoSchema, {
         reason: refusal.reason,
         domain: ERROR_DOMAIN,
-        metadata: { ...(refusal.field === undefined ? {} : { field: refusal.field }), ...refusal.metadata },
+        metadata: { ...refusal.metadata, ...(refusal.field === undefined ? {} : { field: refusal.field }) },
       }),
     ),
   ];
@@ -125,7 +127,7 @@ export function toRpcError(error: unknown): RpcError {
     return rpcError(STATUS_BY_KIND[error.kind], error.message, {
       reason: error.reason,
       ...(error.field === undefined ? {} : { field: error.field }),
-      metadata: error.metadata,
+      ...(error.metadata === undefined ? {} : { metadata: error.metadata }),
       violations: error.violations,
     });
   }

@@ -17,6 +17,7 @@ import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import { bearerTokenInterceptor, BearerTokens, createAuthInterceptor, readTokenFile, TokenFileError } from "../src/server/auth.js";
 import { createClient } from "../src/server/grpc-client.js";
 import { isLoopbackAddress, listenHost, listenPolicyViolation } from "../src/server/listen-policy.js";
+import { readErrorDetails } from "../src/server/rpc-error-details.js";
 import { loadServerCredentials, TlsConfigError } from "../src/server/tls.js";
 import { makeTestCertificates, writeTokenFile } from "./helpers/certs.js";
 import type { TestCertificates } from "./helpers/certs.js";
@@ -255,6 +256,20 @@ describe("bearer tokens", () => {
     expect(malformed?.details).toMatch(/^malformed authorization header/);
   });
 
+  it("says why in an ErrorInfo, as every other refusal does", async () => {
+    const cases: Array<[BackupClient, string]> = [
+      [server.client, "TOKEN_MISSING"],
+      [server.newClient(undefined, tokenChannel(WRONG_TOKEN)), "TOKEN_INVALID"],
+      [server.newClient(undefined, rawHeaderChannel(`Basic ${TOKEN_A}`)), "TOKEN_MALFORMED"],
+    ];
+    for (const [client, reason] of cases) {
+      const error = await rpcErrorOf(client.queryBackup({}));
+      const details = readErrorDetails(error);
+      expect(details?.status).toMatchObject({ code: grpc.status.UNAUTHENTICATED, message: error?.details });
+      expect(details?.errorInfo).toMatchObject({ reason, domain: "vmabackup" });
+    }
+  });
+
   it("refuses a job without a token before anything is opened or created", async () => {
     const code = await statusCodeOf(
       server.client.backup({ backupFile: "refused.vma", devices: [{ name: "drive-scsi0", path: sourcePath }] }),
@@ -278,8 +293,13 @@ describe("bearer tokens", () => {
     expect(await healthCheck(server.address)).toBe("SERVING");
   });
 
-  it("requires a token for reflection as well", async () => {
-    expect(await reflectionServices(server.address)).toBe(grpc.status.UNAUTHENTICATED);
+  it("shows callers without a token health and reflection only, and refuses wrong tokens", async () => {
+    expect(await reflectionServices(server.address)).toEqual([
+      "grpc.health.v1.Health",
+      "grpc.reflection.v1.ServerReflection",
+      "grpc.reflection.v1alpha.ServerReflection",
+    ]);
+    expect(await reflectionServices(server.address, rawHeaderChannel("Basic x"))).toBe(grpc.status.UNAUTHENTICATED);
     expect(await reflectionServices(server.address, tokenChannel(WRONG_TOKEN))).toBe(grpc.status.UNAUTHENTICATED);
     expect(await reflectionServices(server.address, tokenChannel(TOKEN_A))).toEqual(
       expect.arrayContaining(["grpc.health.v1.Health", "vmabackup.v1.BackupService"]),

@@ -12,6 +12,14 @@ export type EngineErrorKind =
   | "unavailable"
   | "internal";
 
+/** One problem of a request: the field at fault and what is wrong with it. */
+export interface FieldViolation {
+  readonly reason: string;
+  readonly field: string;
+  /** Starts with the field, e.g. "devices[0].name: must not be empty". */
+  readonly description: string;
+}
+
 export class EngineError extends Error {
   readonly kind: EngineErrorKind;
   /** Stable, e.g. "DEVICE_IN_USE", "BACKUP_FILE_EXISTS", "PATH_NOT_ALLOWED". */
@@ -20,6 +28,8 @@ export class EngineError extends Error {
   readonly field?: string;
   /** More machine-readable facts for the client, e.g. { latest_revision: "42" }. */
   readonly metadata?: Readonly<Record<string, string>>;
+  /** Every problem found, when a request has several (the first is the error's own). */
+  readonly violations: readonly FieldViolation[];
 
   constructor(
     kind: EngineErrorKind,
@@ -27,6 +37,7 @@ export class EngineError extends Error {
     message: string,
     field?: string,
     metadata?: Readonly<Record<string, string>>,
+    violations: readonly FieldViolation[] = [],
   ) {
     super(message);
     this.name = "EngineError";
@@ -34,5 +45,6 @@ export class EngineError extends Error {
     this.reason = reason;
     this.field = field;
     if (metadata !== undefined) this.metadata = metadata;
+    this.violations = violations;
   }
 }

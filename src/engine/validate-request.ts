@@ -33,6 +33,40 @@ function invalid(reason: string, field: string, problem: string): EngineError {
   return new EngineError("invalid-argument", reason, `${field}: ${problem}`, field);
 }
 
+/**
+ * Runs independent checks and keeps every invalid-argument refusal, so that
+ * a client learns all the problems of its request at once (the proto
+ * promises one BadRequest violation per problem). A check still throws
+ * invalid(...) at its first problem; what it checks after that depends on it.
+ */
+class Violations {
+  private readonly refusals: EngineError[] = [];
+
+  /** Runs `check`, keeping an invalid-argument refusal; anything else is thrown on. */
+  check(check: () => void): void {
+    try {
+      check();
+    } catch (error) {
+      if (!(error instanceof EngineError) || error.kind !== "invalid-argument") throw error;
+      this.refusals.push(error);
+    }
+  }
+
+  /** Throws the first refusal, carrying all of them, when there is any. */
+  throwIfAny(): void {
+    const [first] = this.refusals;
+    if (first === undefined) return;
+    if (this.refusals.length === 1) throw first;
+    const violations = this.refusals.map((refusal) => ({
+      reason: refusal.reason,
+      field: refusal.field ?? "",
+      description: refusal.message,
+    }));
+    const message = this.refusals.map((refusal) => refusal.message).join("; ");
+    throw new EngineError("invalid-argument", first.reason, message, first.field, undefined, violations);
+  }
+}
+
 function deviceNameProblem(name: string): string | undefined {
   if (name === "") return "must not be empty";
   // Restore tools write a device to a file of (or named after) its name.
@@ -69,7 +103,7 @@ function configConflict(name: string, devices: BackupSpec["devices"]): string | 
   return `${quote(name)} is a file name restore tools use for the image of devices[${index}].name ${device}; rename the config`;
 }
 
-function checkDevices(spec: BackupSpec): void {
+function checkDevices(spec: BackupSpec, violations: Violations): void {
   if (spec.devices.length === 0) {
     throw invalid(REASON.NO_DEVICES, "devices", "at least one device is required");
   }
@@ -81,7 +115,7 @@ function checkDevices(spec: BackupSpec): void {
     );
   }
   const seen = new Map<string, number>();
-  spec.devices.forEach((device, index) => {
+  spec.devices.forEach((device, index) => violations.check(() => {
     const field = `devices[${index}].name`;
     const problem = deviceNameProblem(device.name);
     if (problem !== undefined) throw invalid(REASON.DEVICE_NAME_INVALID, field, problem);
@@ -101,14 +135,15 @@ function checkDevices(spec: BackupSpec): void {
       throw invalid(REASON.DEVICE_NAME_DUPLICATE, field, `${quote(device.name)} is also devices[${earlier}].name`);
     }
     seen.set(device.name, index);
-
+  }));
+  spec.devices.forEach((device, index) => violations.check(() => {
     const pathField = `devices[${index}].path`;
     if (device.path === "") throw invalid(REASON.DEVICE_PATH_INVALID, pathField, "must not be empty");
     if (device.path.includes("\0")) throw invalid(REASON.DEVICE_PATH_INVALID, pathField, "contains NUL");
-  });
+  }));
 }
 
-function checkConfigs(spec: BackupSpec): void {
+function checkConfigs(spec: BackupSpec, violations: Violations): void {
   if (spec.configs.length > MAX_CONFIGS_PER_JOB) {
     throw invalid(
       REASON.TOO_MANY_CONFIGS,
@@ -117,7 +152,7 @@ function checkConfigs(spec: BackupSpec): void {
     );
   }
   const seen = new Map<string, number>();
-  spec.configs.forEach((config, index) => {
+  spec.configs.forEach((config, index) => violations.check(() => {
     const field = `configs[${index}].name`;
     const problem = configNameProblem(config.name);
     if (problem !== undefined) throw invalid(REASON.CONFIG_NAME_INVALID, field, problem);
@@ -135,7 +170,7 @@ function checkConfigs(spec: BackupSpec): void {
         `${config.data.byteLength} bytes, at most ${MAX_CONFIG_BYTES} allowed`,
       );
     }
-  });
+  }));
 }
 
 function findDriver(spec: BackupSpec, drivers: readonly BackupDriver[]): BackupDriver {
@@ -147,10 +182,12 @@ function findDriver(spec: BackupSpec, drivers: readonly BackupDriver[]): BackupD
   return driver;
 }
 
-function checkBackupFile(backupFile: string, driver: BackupDriver): void {
+/** `driver` is undefined when the format is refused: the suffix is then not checked. */
+function checkBackupFile(backupFile: string, driver: BackupDriver | undefined): void {
   const field = "backup_file";
   if (backupFile === "") throw invalid(REASON.BACKUP_FILE_INVALID, field, "must not be empty");
   if (backupFile.includes("\0")) throw invalid(REASON.BACKUP_FILE_INVALID, field, "contains NUL");
+  if (driver === undefined) return;
   if (!backupFile.endsWith(driver.fileSuffix)) {
     throw invalid(REASON.BACKUP_FILE_BAD_SUFFIX, field, `${quote(backupFile)} must end in "${driver.fileSuffix}"`);
   }
@@ -195,14 +232,20 @@ export function checkRequestId(requestId: string | undefined): void {
 
 /**
  * Checks everything about `spec` that needs no filesystem and returns the
- * driver of its format. Throws EngineError (invalid-argument).
+ * driver of its format. Throws EngineError (invalid-argument) naming every
+ * problem found (its `violations`, when there are several).
  */
 export function validateRequest(spec: BackupSpec, drivers: readonly BackupDriver[]): BackupDriver {
-  checkDevices(spec);
-  checkConfigs(spec);
-  const driver = findDriver(spec, drivers);
-  checkBackupFile(spec.backupFile, driver);
-  checkSpeedLimit(spec.speedLimit);
-  checkRequestId(spec.requestId);
-  return driver;
+  const violations = new Violations();
+  violations.check(() => checkDevices(spec, violations));
+  violations.check(() => checkConfigs(spec, violations));
+  let driver: BackupDriver | undefined;
+  violations.check(() => {
+    driver = findDriver(spec, drivers);
+  });
+  violations.check(() => checkBackupFile(spec.backupFile, driver));
+  violations.check(() => checkSpeedLimit(spec.speedLimit));
+  violations.check(() => checkRequestId(spec.requestId));
+  violations.throwIfAny();
+  return driver!;
 }

@@ -16,7 +16,7 @@ import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_de
 import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import type { Status } from "../../gen/google/rpc/status_pb.js";
 import { EngineError } from "../engine/errors.js";
-import type { EngineErrorKind } from "../engine/errors.js";
+import type { EngineErrorKind, FieldViolation } from "../engine/errors.js";
 import { REASON } from "../engine/reasons.js";
 
 /** ErrorInfo.domain of every error we send. */
@@ -47,18 +47,39 @@ export interface RpcError extends Error {
 }
 
 /** What a refusal tells the client beyond its code and message. */
-interface Refusal {
+export interface Refusal {
   readonly reason: string;
   /** The request field at fault, e.g. "devices[1].path". */
   readonly field?: string;
-  /** More facts for ErrorInfo.metadata, e.g. { latest_revision: "42" }. */
+  /** More ErrorInfo metadata, e.g. { job_uuid } of the job in the way. */
   readonly metadata?: Readonly<Record<string, string>>;
+  /** Every problem of the request, when there are several (else the one of `field`). */
+  readonly violations?: readonly FieldViolation[];
+}
+
+/**
+ * Most BadRequest violations sent: the details travel in a trailer, and
+ * clients refuse trailers beyond 8 KiB (grpc-js, grpc-core). The message
+ * still says how many problems there were.
+ */
+export const MAX_REPORTED_VIOLATIONS = 10;
+
+/** The violations to send, and the status message that lists them. */
+function reportedViolations(message: string, refusal: Refusal): { message: string; violations: FieldViolation[] } {
+  const all = refusal.violations ?? [];
+  if (all.length <= 1) {
+    return { message, violations: [{ reason: refusal.reason, field: refusal.field ?? "", description: message }] };
+  }
+  const violations = all.slice(0, MAX_REPORTED_VIOLATIONS);
+  const more = all.length - violations.length;
+  const listed = violations.map((violation) => violation.description).join("; ");
+  return { message: more > 0 ? `${listed}; and ${more} more problems` : listed, violations };
 }
 
 /**
  * The google.rpc.Status of a failure: ErrorInfo always (metadata names the
- * field when there is one), BadRequest with one violation for
- * INVALID_ARGUMENT.
+ * field when there is one, and any further facts), BadRequest with one
+ * violation per problem for INVALID_ARGUMENT.
  */
 export function richStatus(code: grpc.status, message: string, refusal: Refusal): Status {
   const details: Any[] = [
@@ -72,11 +93,12 @@ export function richStatus(code: grpc.status, message: string, refusal: Refusal)
     ),
   ];
   if (code === grpc.status.INVALID_ARGUMENT) {
+    const { violations } = reportedViolations(message, refusal);
     details.push(
       anyPack(
         BadRequestSchema,
         create(BadRequestSchema, {
-          fieldViolations: [{ field: refusal.field ?? "", description: message }],
+          fieldViolations: violations.map(({ field, description }) => ({ field, description })),
         }),
       ),
     );
@@ -84,10 +106,18 @@ export function richStatus(code: grpc.status, message: string, refusal: Refusal)
   return create(StatusSchema, { code, message, details });
 }
 
-function rpcError(code: grpc.status, details: string, refusal: Refusal): RpcError {
+/** Trailing metadata carrying `status` as grpc-status-details-bin. */
+export function statusDetailsMetadata(status: Status): grpc.Metadata {
   const metadata = new grpc.Metadata();
-  const bytes = toBinary(StatusSchema, richStatus(code, details, refusal));
+  const bytes = toBinary(StatusSchema, status);
   metadata.set(STATUS_DETAILS_KEY, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+  return metadata;
+}
+
+function rpcError(code: grpc.status, message: string, refusal: Refusal): RpcError {
+  // Several violations: the message lists those the details carry.
+  const details = code === grpc.status.INVALID_ARGUMENT ? reportedViolations(message, refusal).message : message;
+  const metadata = statusDetailsMetadata(richStatus(code, details, refusal));
   return Object.assign(new Error(details), { code, details, metadata });
 }
 
@@ -98,6 +128,7 @@ export function toRpcError(error: unknown): RpcError {
       reason: error.reason,
       ...(error.field === undefined ? {} : { field: error.field }),
       ...(error.metadata === undefined ? {} : { metadata: error.metadata }),
+      violations: error.violations,
     });
   }
   // Internal errors may carry paths, errno texts or stack details: they go

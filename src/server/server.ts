@@ -2,9 +2,7 @@
 // reflection on one grpc-js server, and the order in which it all stops.
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
-import { file_google_rpc_error_details } from "../../gen/google/rpc/error_details_pb.js";
-import { file_google_rpc_status } from "../../gen/google/rpc/status_pb.js";
-import { BackupService, file_vmabackup_v1_backup } from "../../gen/vmabackup/v1/backup_pb.js";
+import { BackupService } from "../../gen/vmabackup/v1/backup_pb.js";
 import type { BackupDriver } from "../drivers/driver.js";
 import { vmaDriver } from "../drivers/vma-driver.js";
 import { BackupEngine } from "../engine/backup-engine.js";
@@ -62,7 +60,8 @@ export interface RunningServer {
    */
   readonly watchBufferedMessages: number;
   /**
-   * Stops serving: health goes NOT_SERVING, watch streams end with OK,
+   * Stops serving: health goes NOT_SERVING, watch streams end with
+   * UNAVAILABLE (after the CANCELLED of their jobs),
    * active jobs are cancelled (their partial files removed), then the
    * server closes. Safe to call more than once.
    */
@@ -164,9 +163,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     createBackupService({ engine, watchStreams, logger: options.logger.child({ component: "rpc" }) }),
   );
   health.addToServer(server);
-  // The google.rpc files let reflection clients (grpcurl) decode the error
-  // details every failure carries.
-  addReflection(server, [file_vmabackup_v1_backup, file_google_rpc_status, file_google_rpc_error_details]);
+  // Describes our API, health, reflection and the google.rpc error details
+  // every failure carries (so that grpcurl can decode them).
+  addReflection(server);
 
   let port: number;
   try {

@@ -22,10 +22,14 @@ const BEARER_SCHEME = "bearer";
 /** Services any caller may use without a token. */
 export const UNAUTHENTICATED_SERVICES: readonly string[] = ["grpc.health.v1.Health"];
 
-/** Services a caller without a token may use with a narrowed view (reflection-scope.ts). */
-const ANONYMOUS_SCOPED_SERVICES: ReadonlySet<string> = new Set([
-  "grpc.reflection.v1.ServerReflection",
-  "grpc.reflection.v1alpha.ServerReflection",
+/**
+ * Methods a caller without a token may use with a narrowed view
+ * (reflection-scope.ts). Exact paths, not services: an unknown method of a
+ * reflection service must answer UNAUTHENTICATED like any other.
+ */
+const ANONYMOUS_SCOPED_METHODS: ReadonlySet<string> = new Set([
+  "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+  "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ]);
 
 /** What a client must do, in every UNAUTHENTICATED status. */
@@ -164,7 +168,7 @@ export function createAuthInterceptor(options: AuthInterceptorOptions): grpc.Ser
               "refusal" in presented ? presented.refusal : options.tokens.accepts(presented.token) ? undefined : "invalid";
             // Only this interceptor decides the scope: drop what a client sent.
             metadata.remove(REFLECTION_SCOPE_KEY);
-            if (refusal === "missing" && ANONYMOUS_SCOPED_SERVICES.has(serviceOf(method.path))) {
+            if (refusal === "missing" && ANONYMOUS_SCOPED_METHODS.has(method.path)) {
               metadata.set(REFLECTION_SCOPE_KEY, PUBLIC_SCOPE);
               nextMetadata(metadata);
               return;

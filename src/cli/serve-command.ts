@@ -2,7 +2,8 @@
 // lines to stdout, until SIGINT or SIGTERM stops it cleanly (exit 0).
 // Transport security (TLS, mutual TLS, bearer tokens) comes from the --tls-*
 // and --auth-token-file flags; an address other than loopback is refused
-// without them unless --insecure (exit 2, like any bad flag).
+// without them unless --insecure (exit 2, like any bad flag). --metrics-listen
+// serves Prometheus metrics over plain HTTP, so on loopback only unless --insecure.
 import { mkdir } from "node:fs/promises";
 import * as path from "node:path";
 import type { Command } from "commander";
@@ -10,6 +11,7 @@ import ms from "ms";
 import { pino } from "pino";
 import type { Logger } from "pino";
 import type * as grpc from "@grpc/grpc-js";
+import { DaemonMetrics } from "../metrics/daemon-metrics.js";
 import { createAuthInterceptor, readTokenFile, TokenFileError } from "../server/auth.js";
 import { startServer } from "../server/server.js";
 import { StoreVersionError } from "../store/job-store.js";
@@ -39,6 +41,7 @@ interface ServeFlags {
   readonly tlsKey?: string;
   readonly tlsClientCa?: string;
   readonly insecure?: boolean;
+  readonly metricsListen?: string;
 }
 
 /** Who may connect and how, as the flags say. */
@@ -60,6 +63,8 @@ interface ServeSettings {
   readonly progressIntervalMs: number;
   readonly logLevel: string;
   readonly security: SecuritySettings;
+  /** --metrics-listen, with the metrics (created here so that auth can count refusals); off when undefined. */
+  readonly metrics?: { readonly listen: string; readonly metrics: DaemonMetrics };
 }
 
 /** HOST:PORT with an optional bracketed IPv6 host; port 0 picks a free one. */
@@ -68,10 +73,10 @@ const LISTEN_PATTERN = /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]/]+):(\d{1,5})$/;
 /** Thrown for flag values that make no sense; reported as a usage error. */
 class FlagError extends Error {}
 
-function parseListen(text: string): string {
+function parseListen(text: string, flag = "--listen"): string {
   const match = LISTEN_PATTERN.exec(text);
   if (match === null || Number(match[2]) > 65535) {
-    throw new FlagError(`--listen: expected HOST:PORT (e.g. ${DEFAULT_LISTEN}), got "${text}"`);
+    throw new FlagError(`${flag}: expected HOST:PORT (e.g. ${DEFAULT_LISTEN}), got "${text}"`);
   }
   return text;
 }
@@ -121,6 +126,18 @@ function parseSecurity(flags: ServeFlags, listen: string): SecuritySettings {
   return security;
 }
 
+/** --metrics-listen: the endpoint has neither TLS nor tokens, so loopback only unless --insecure. */
+function parseMetrics(text: string, insecure: boolean): NonNullable<ServeSettings["metrics"]> {
+  const listen = parseListen(text, "--metrics-listen");
+  if (!isLoopbackHost(listenHost(listen)) && !insecure) {
+    throw new FlagError(
+      `refusing to serve metrics on ${listen}: the metrics endpoint has no TLS or authentication, ` +
+        `so it serves loopback only; listen on 127.0.0.1, or pass --insecure to serve it anyway`,
+    );
+  }
+  return { listen, metrics: new DaemonMetrics() };
+}
+
 function settingsFrom(flags: ServeFlags): ServeSettings {
   const roots = flags.sourceRoot ?? [DEFAULT_SOURCE_ROOT];
   const listen = parseListen(flags.listen);
@@ -132,6 +149,9 @@ function settingsFrom(flags: ServeFlags): ServeSettings {
     progressIntervalMs: parseDuration("--progress-interval", flags.progressInterval),
     logLevel: parseLogLevel(flags.logLevel),
     security: parseSecurity(flags, listen),
+    ...(flags.metricsListen === undefined
+      ? {}
+      : { metrics: parseMetrics(flags.metricsListen, flags.insecure === true) }),
   };
 }
 
@@ -149,7 +169,10 @@ async function loadSecurity(settings: ServeSettings, logger: Logger): Promise<Tr
   if (security.authTokenFile !== undefined) {
     const tokens = await readTokenFile(security.authTokenFile);
     authTokens = tokens.size;
-    interceptors.push(createAuthInterceptor({ tokens, logger: logger.child({ component: "auth" }) }));
+    const onRefusal = settings.metrics?.metrics.countAuthFailure;
+    interceptors.push(
+      createAuthInterceptor({ tokens, logger: logger.child({ component: "auth" }), ...(onRefusal && { onRefusal }) }),
+    );
   }
   const credentials = security.tls === undefined ? undefined : await loadServerCredentials(security.tls);
   logger.info(
@@ -222,6 +245,10 @@ export function registerServeCommand(program: Command): void {
     .option("--tls-key <file>", "PEM private key of --tls-cert")
     .option("--tls-client-ca <file>", "require client certificates signed by this PEM CA (mutual TLS)")
     .option("--insecure", "allow an address other than loopback without TLS and --auth-token-file")
+    .option(
+      "--metrics-listen <host:port>",
+      "serve Prometheus metrics at http://HOST:PORT/metrics (loopback only unless --insecure; off by default)",
+    )
     .action(async (flags: ServeFlags, command: Command) => {
       let settings: ServeSettings;
       try {

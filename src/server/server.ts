@@ -8,6 +8,9 @@ import { BackupService, file_vmabackup_v1_backup } from "../../gen/vmabackup/v1/
 import type { BackupDriver } from "../drivers/driver.js";
 import { vmaDriver } from "../drivers/vma-driver.js";
 import { BackupEngine } from "../engine/backup-engine.js";
+import type { DaemonMetrics } from "../metrics/daemon-metrics.js";
+import { startMetricsEndpoint } from "../metrics/metrics-endpoint.js";
+import type { MetricsEndpoint } from "../metrics/metrics-endpoint.js";
 import { createBackupService } from "./backup-service.js";
 import { addService } from "./grpc-adapter.js";
 import { ServerHealth } from "./health.js";
@@ -37,11 +40,15 @@ export interface ServerOptions {
   readonly interceptors?: readonly grpc.ServerInterceptor[];
   /** Largest request accepted; larger ones end RESOURCE_EXHAUSTED (default MAX_RECEIVE_MESSAGE_BYTES). */
   readonly maxReceiveMessageBytes?: number;
+  /** Prometheus metrics at http://`listen`/metrics (see src/metrics/); none when not given. */
+  readonly metrics?: { readonly listen: string; readonly metrics: DaemonMetrics };
 }
 
 export interface RunningServer {
   /** The address actually bound, "host:port". */
   readonly address: string;
+  /** The address the metrics endpoint bound, when serving one. */
+  readonly metricsAddress?: string;
   /** WatchBackup streams open right now (for metrics and tests). */
   readonly watchStreamCount: number;
   /**
@@ -106,12 +113,19 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   });
   const watchStreams = new WatchStreams();
   const health = new ServerHealth([BackupService.typeName]);
+  const metrics = options.metrics?.metrics;
+  if (metrics !== undefined) {
+    // Subscribed before serving, so no job escapes the counts.
+    metrics.countWatchersWith(() => watchStreams.size);
+    metrics.followJobs(engine.watch()).catch((error: unknown) => logger.error({ err: error }, "job metrics failed"));
+  }
   const server = new grpc.Server({
     ...SERVER_CHANNEL_OPTIONS,
     ...(options.maxReceiveMessageBytes === undefined
       ? {}
       : { "grpc.max_receive_message_length": options.maxReceiveMessageBytes }),
-    interceptors: [...(options.interceptors ?? [])],
+    // The metrics interceptor goes first, so it also counts what the others refuse.
+    interceptors: [...(metrics === undefined ? [] : [metrics.rpcInterceptor]), ...(options.interceptors ?? [])],
   });
   addService(
     server,
@@ -124,8 +138,12 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   addReflection(server, [file_vmabackup_v1_backup, file_google_rpc_status, file_google_rpc_error_details]);
 
   let port: number;
+  let metricsEndpoint: MetricsEndpoint | undefined;
   try {
     port = await bind(server, options.listen, options.credentials ?? grpc.ServerCredentials.createInsecure());
+    if (options.metrics !== undefined) {
+      metricsEndpoint = await startMetricsEndpoint(options.metrics.listen, options.metrics.metrics.registry);
+    }
   } catch (error) {
     server.forceShutdown();
     await engine.shutdown();
@@ -139,6 +157,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       sourceRoots: options.sourceRoots,
       stateDir: options.stateDir,
       progressIntervalMs: options.progressIntervalMs,
+      ...(metricsEndpoint === undefined ? {} : { metricsAddress: metricsEndpoint.address }),
     },
     "listening",
   );
@@ -153,12 +172,14 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       await engine.shutdown();
       watchStreams.endAll();
       await closeServer(server, options.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS);
+      await metricsEndpoint?.close();
       logger.info("stopped");
     })();
     return stopping;
   };
   return {
     address,
+    ...(metricsEndpoint === undefined ? {} : { metricsAddress: metricsEndpoint.address }),
     get watchStreamCount() {
       return watchStreams.size;
     },

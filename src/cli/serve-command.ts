@@ -73,10 +73,10 @@ const LISTEN_PATTERN = /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]/]+):(\d{1,5})$/;
 /** Thrown for flag values that make no sense; reported as a usage error. */
 class FlagError extends Error {}
 
-function parseListen(text: string, flag = "--listen"): string {
+function parseListen(text: string, flag = "--listen", example = DEFAULT_LISTEN): string {
   const match = LISTEN_PATTERN.exec(text);
   if (match === null || Number(match[2]) > 65535) {
-    throw new FlagError(`${flag}: expected HOST:PORT (e.g. ${DEFAULT_LISTEN}), got "${text}"`);
+    throw new FlagError(`${flag}: expected HOST:PORT (e.g. ${example}), got "${text}"`);
   }
   return text;
 }
@@ -128,7 +128,7 @@ function parseSecurity(flags: ServeFlags, listen: string): SecuritySettings {
 
 /** --metrics-listen: the endpoint has neither TLS nor tokens, so loopback only unless --insecure. */
 function parseMetrics(text: string, insecure: boolean): NonNullable<ServeSettings["metrics"]> {
-  const listen = parseListen(text, "--metrics-listen");
+  const listen = parseListen(text, "--metrics-listen", "127.0.0.1:9464");
   if (!isLoopbackHost(listenHost(listen)) && !insecure) {
     throw new FlagError(
       `refusing to serve metrics on ${listen}: the metrics endpoint has no TLS or authentication, ` +

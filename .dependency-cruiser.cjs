@@ -37,6 +37,27 @@ module.exports = {
       to: { path: "^src/cli/" },
     },
     {
+      name: "metrics-below-transport",
+      comment: "src/metrics watches the engine and wraps gRPC calls; the server and the CLI wire it in, never the reverse.",
+      severity: "error",
+      from: { path: "^src/metrics/" },
+      to: { path: "^(src/(server|cli|drivers|store|vma)/|gen/)" },
+    },
+    {
+      name: "only-transport-uses-metrics",
+      comment: "The engine and below stay free of metrics; the server and the CLI wire them in.",
+      severity: "error",
+      from: { path: "^src/(?!server/|cli/|metrics/)" },
+      to: { path: "^src/metrics/" },
+    },
+    {
+      name: "prom-client-only-in-metrics",
+      comment: "prom-client lives behind src/metrics, so the engine never grows metric calls.",
+      severity: "error",
+      from: { path: "^src/(?!metrics/)" },
+      to: { path: "node_modules/prom-client" },
+    },
+    {
       name: "no-circular",
       severity: "error",
       from: {},

@@ -3,7 +3,8 @@
 // SIGHUP and SIGUSR1 are logged and ignored (see daemon-signals.ts).
 // Transport security (TLS, mutual TLS, bearer tokens) comes from the --tls-*
 // and --auth-token-file flags; an address other than loopback is refused
-// without them unless --insecure (exit 2, like any bad flag).
+// without them unless --insecure (exit 2, like any bad flag). --metrics-listen
+// serves Prometheus metrics over plain HTTP, so on loopback only unless --insecure.
 import { mkdir } from "node:fs/promises";
 import * as path from "node:path";
 import type { Command } from "commander";
@@ -11,9 +12,17 @@ import ms from "ms";
 import { pino } from "pino";
 import type { Logger } from "pino";
 import type * as grpc from "@grpc/grpc-js";
+import { DaemonMetrics } from "../metrics/daemon-metrics.js";
 import { createAuthInterceptor, readTokenFile, TokenFileError } from "../server/auth.js";
 import { startServer } from "../server/server.js";
-import { isLoopbackAddress, ListenResolveError, listenPolicyViolation, resolveListenHost } from "../server/listen-policy.js";
+import {
+  isLoopbackAddress,
+  joinHostPort,
+  ListenResolveError,
+  listenPolicyViolation,
+  listenPort,
+  resolveListenHost,
+} from "../server/listen-policy.js";
 import { loadServerCredentials, TlsConfigError } from "../server/tls.js";
 import type { ServerTlsFiles } from "../server/tls.js";
 import { installDaemonSignals, logDaemonSignalsTo } from "./daemon-signals.js";
@@ -41,6 +50,7 @@ interface ServeFlags {
   readonly tlsKey?: string;
   readonly tlsClientCa?: string;
   readonly insecure?: boolean;
+  readonly metricsListen?: string;
 }
 
 /** Who may connect and how, as the flags say. */
@@ -62,6 +72,8 @@ interface ServeSettings {
   readonly progressIntervalMs: number;
   readonly logLevel: string;
   readonly security: SecuritySettings;
+  /** --metrics-listen, with the metrics (created here so that auth can count refusals); off when undefined. */
+  readonly metrics?: { readonly listen: string; readonly metrics: DaemonMetrics };
 }
 
 /** HOST:PORT with an optional bracketed IPv6 host; port 0 picks a free one. */
@@ -70,10 +82,10 @@ const LISTEN_PATTERN = /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]/]+):(\d{1,5})$/;
 /** Thrown for flag values that make no sense; reported as a usage error. */
 class FlagError extends Error {}
 
-function parseListen(text: string): string {
+function parseListen(text: string, flag = "--listen", example = DEFAULT_LISTEN): string {
   const match = LISTEN_PATTERN.exec(text);
   if (match === null || Number(match[2]) > 65535) {
-    throw new FlagError(`--listen: expected HOST:PORT (e.g. ${DEFAULT_LISTEN}), got "${text}"`);
+    throw new FlagError(`${flag}: expected HOST:PORT (e.g. ${example}), got "${text}"`);
   }
   return text;
 }
@@ -138,6 +150,28 @@ async function listenAddresses(settings: ServeSettings): Promise<string[]> {
   return addresses;
 }
 
+/**
+ * --metrics-listen as the address to bind: the endpoint has neither TLS nor
+ * tokens, so every address its host resolves to must be loopback unless
+ * --insecure (judged on addresses, like --listen). Throws FlagError.
+ */
+async function metricsAddress(listen: string, insecure: boolean): Promise<string> {
+  let addresses: string[];
+  try {
+    addresses = await resolveListenHost(listen);
+  } catch (error) {
+    if (error instanceof ListenResolveError) throw new FlagError(error.message.replace("--listen", "--metrics-listen"));
+    throw error;
+  }
+  if (!addresses.every(isLoopbackAddress) && !insecure) {
+    throw new FlagError(
+      `refusing to serve metrics on ${listen}: the metrics endpoint has no TLS or authentication, ` +
+        `so it serves loopback only; listen on 127.0.0.1, or pass --insecure to serve it anyway`,
+    );
+  }
+  return joinHostPort(addresses[0] as string, listenPort(listen));
+}
+
 function settingsFrom(flags: ServeFlags): ServeSettings {
   const roots = flags.sourceRoot ?? [DEFAULT_SOURCE_ROOT];
   const listen = parseListen(flags.listen);
@@ -149,6 +183,9 @@ function settingsFrom(flags: ServeFlags): ServeSettings {
     progressIntervalMs: parseDuration("--progress-interval", flags.progressInterval),
     logLevel: parseLogLevel(flags.logLevel),
     security: parseSecurity(flags),
+    ...(flags.metricsListen === undefined
+      ? {}
+      : { metrics: { listen: parseListen(flags.metricsListen, "--metrics-listen", "127.0.0.1:9464"), metrics: new DaemonMetrics() } }),
   };
 }
 
@@ -170,7 +207,10 @@ async function loadSecurity(
   if (security.authTokenFile !== undefined) {
     const tokens = await readTokenFile(security.authTokenFile);
     authTokens = tokens.size;
-    interceptors.push(createAuthInterceptor({ tokens, logger: logger.child({ component: "auth" }) }));
+    const onRefusal = settings.metrics?.metrics.countAuthFailure;
+    interceptors.push(
+      createAuthInterceptor({ tokens, logger: logger.child({ component: "auth" }), ...(onRefusal && { onRefusal }) }),
+    );
   }
   const credentials = security.tls === undefined ? undefined : await loadServerCredentials(security.tls);
   logger.info(
@@ -249,12 +289,20 @@ export function registerServeCommand(program: Command): void {
     .option("--tls-key <file>", "PEM private key of --tls-cert")
     .option("--tls-client-ca <file>", "require client certificates signed by this PEM CA (mutual TLS)")
     .option("--insecure", "allow an address other than loopback without TLS and --auth-token-file")
+    .option(
+      "--metrics-listen <host:port>",
+      "serve Prometheus metrics at http://HOST:PORT/metrics (loopback only unless --insecure; off by default)",
+    )
     .action(async (flags: ServeFlags, command: Command) => {
       let settings: ServeSettings;
       let addresses: string[];
       try {
         settings = settingsFrom(flags);
         addresses = await listenAddresses(settings);
+        if (settings.metrics !== undefined) {
+          const listen = await metricsAddress(settings.metrics.listen, settings.security.insecure);
+          settings = { ...settings, metrics: { ...settings.metrics, listen } };
+        }
       } catch (error) {
         if (!(error instanceof FlagError)) throw error;
         command.error(`error: ${error.message}`, { exitCode: USAGE_EXIT_CODE });

@@ -110,8 +110,8 @@ export async function readTokenFile(file: string): Promise<BearerTokens> {
   return BearerTokens.parse(text, file);
 }
 
-/** Why a call was refused, for the log and the status message. */
-type Refusal = "missing" | "malformed" | "invalid";
+/** Why a call was refused, for the log, the status message and metrics. */
+export type Refusal = "missing" | "malformed" | "invalid";
 
 /** The token of a call's metadata, or why there is none usable. */
 function presentedToken(metadata: grpc.Metadata): { token: string } | { refusal: Refusal } {
@@ -149,6 +149,8 @@ export interface AuthInterceptorOptions {
   readonly logger: Logger;
   /** Services callable without a token (default UNAUTHENTICATED_SERVICES). */
   readonly openServices?: readonly string[];
+  /** Told of every refusal (metrics: src/metrics/daemon-metrics.ts). */
+  readonly onRefusal?: (refusal: Refusal) => void;
 }
 
 /**
@@ -178,6 +180,7 @@ export function createAuthInterceptor(options: AuthInterceptorOptions): grpc.Ser
               return;
             }
             options.logger.warn({ rpc: method.path, peer: call.getPeer(), refusal }, "rpc unauthenticated");
+            options.onRefusal?.(refusal);
             const details = `${REFUSAL_MESSAGES[refusal]}: ${HOW_TO_AUTHENTICATE}`;
             const code = grpc.status.UNAUTHENTICATED;
             call.sendStatus({

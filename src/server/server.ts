@@ -6,6 +6,9 @@ import { BackupService } from "../../gen/vmabackup/v1/backup_pb.js";
 import type { BackupDriver } from "../drivers/driver.js";
 import { vmaDriver } from "../drivers/vma-driver.js";
 import { BackupEngine } from "../engine/backup-engine.js";
+import type { DaemonMetrics } from "../metrics/daemon-metrics.js";
+import { startMetricsEndpoint } from "../metrics/metrics-endpoint.js";
+import type { MetricsEndpoint } from "../metrics/metrics-endpoint.js";
 import { createBackupService } from "./backup-service.js";
 import { addService } from "./grpc-adapter.js";
 import { ServerHealth } from "./health.js";
@@ -47,11 +50,15 @@ export interface ServerOptions {
   readonly maxReceiveMessageBytes?: number;
   /** How many requests are read into memory at once (default REQUEST_READ_LIMITS). */
   readonly requestReads?: RequestReadGateOptions;
+  /** Prometheus metrics at http://`listen`/metrics (see src/metrics/); none when not given. */
+  readonly metrics?: { readonly listen: string; readonly metrics: DaemonMetrics };
 }
 
 export interface RunningServer {
   /** The address actually bound, "host:port". */
   readonly address: string;
+  /** The address the metrics endpoint bound, when serving one. */
+  readonly metricsAddress?: string;
   /** WatchBackup streams open right now (for metrics and tests). */
   readonly watchStreamCount: number;
   /**
@@ -146,17 +153,29 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   });
   const watchStreams = new WatchStreams();
   const health = new ServerHealth([BackupService.typeName]);
+  const metrics = options.metrics?.metrics;
+  if (metrics !== undefined) {
+    // Subscribed before serving, so no job escapes the counts.
+    metrics.countWatchersWith(() => watchStreams.size);
+    metrics.followJobs(engine.watch()).catch((error: unknown) => logger.error({ err: error }, "job metrics failed"));
+  }
   const server = new grpc.Server({
     ...SERVER_CHANNEL_OPTIONS,
     ...(options.maxReceiveMessageBytes === undefined
       ? {}
       : { "grpc.max_receive_message_length": options.maxReceiveMessageBytes }),
-    // The read gate last, so outermost: a call reaches it only once the
+    // The metrics interceptor first, so it also counts what the others refuse;
+    // the read gate last, so outermost: a call reaches it only once the
     // interceptors before it (auth) have let its metadata through.
-    interceptors: [...(options.interceptors ?? []), createRequestReadGate(options.requestReads ?? REQUEST_READ_LIMITS).interceptor],
+    interceptors: [
+      ...(metrics === undefined ? [] : [metrics.rpcInterceptor]),
+      ...(options.interceptors ?? []),
+      createRequestReadGate(options.requestReads ?? REQUEST_READ_LIMITS).interceptor,
+    ],
   });
   // Without a token, an unknown method must answer like a known one.
-  routeUnknownMethodsThroughInterceptors(server);
+  const isKnownMethod = routeUnknownMethodsThroughInterceptors(server);
+  metrics?.knowMethodsBy(isKnownMethod);
   addService(
     server,
     BackupService,
@@ -168,12 +187,16 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   addReflection(server);
 
   let port: number;
+  let metricsEndpoint: MetricsEndpoint | undefined;
   try {
     const credentials = options.credentials ?? grpc.ServerCredentials.createInsecure();
     port =
       options.listenAddresses === undefined
         ? await bind(server, options.listen, credentials)
         : await bindAddresses(server, options.listen, options.listenAddresses, credentials, logger);
+    if (options.metrics !== undefined) {
+      metricsEndpoint = await startMetricsEndpoint(options.metrics.listen, options.metrics.metrics.registry);
+    }
   } catch (error) {
     server.forceShutdown();
     await engine.shutdown();
@@ -188,6 +211,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       sourceRoots: options.sourceRoots,
       stateDir: options.stateDir,
       progressIntervalMs: options.progressIntervalMs,
+      ...(metricsEndpoint === undefined ? {} : { metricsAddress: metricsEndpoint.address }),
     },
     "listening",
   );
@@ -202,12 +226,14 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       await engine.shutdown();
       watchStreams.endAll();
       await closeServer(server, options.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS);
+      await metricsEndpoint?.close();
       logger.info("stopped");
     })();
     return stopping;
   };
   return {
     address,
+    ...(metricsEndpoint === undefined ? {} : { metricsAddress: metricsEndpoint.address }),
     get watchStreamCount() {
       return watchStreams.size;
     },

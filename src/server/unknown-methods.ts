@@ -31,8 +31,11 @@ function unknownMethodHandler(path: string): object {
   return { func, serialize: identity, deserialize: identity, type: "bidi", path };
 }
 
-/** Makes calls to unknown methods pass through `server`'s interceptors first. */
-export function routeUnknownMethodsThroughInterceptors(server: grpc.Server): void {
+/**
+ * Makes calls to unknown methods pass through `server`'s interceptors first.
+ * Returns whether a path names a registered method.
+ */
+export function routeUnknownMethodsThroughInterceptors(server: grpc.Server): (path: string) => boolean {
   const internals = server as unknown as { _retrieveHandler?: HandlerLookup };
   const lookup = internals._retrieveHandler;
   if (typeof lookup !== "function") {
@@ -41,4 +44,5 @@ export function routeUnknownMethodsThroughInterceptors(server: grpc.Server): voi
   internals._retrieveHandler = function retrieveHandler(this: grpc.Server, path: string): unknown {
     return lookup.call(this, path) ?? unknownMethodHandler(path);
   };
+  return (path) => lookup.call(server, path) != null;
 }

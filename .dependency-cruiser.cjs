@@ -25,6 +25,13 @@ module.exports = {
       to: { path: "^(src/(server|cli)/|gen/)" },
     },
     {
+      name: "engine-public-face",
+      comment: "Outside src/engine, the engine is reached only through src/engine/index.ts (tests may use internals).",
+      severity: "error",
+      from: { path: "^src/(?!engine/)" },
+      to: { path: "^src/engine/(?!index\\.ts$)" },
+    },
+    {
       name: "store-is-standalone",
       severity: "error",
       from: { path: "^src/store/" },

@@ -12,11 +12,8 @@ import {
   DeviceStatusSchema,
 } from "../../gen/vmabackup/v1/backup_pb.js";
 import type { BackupRequest, BackupStatus, ListBackupsRequest } from "../../gen/vmabackup/v1/backup_pb.js";
-import { archiveDeviceSize } from "../engine/archive-size.js";
-import { EngineError } from "../engine/errors.js";
-import { quote } from "../engine/quote.js";
-import { REASON } from "../engine/reasons.js";
-import type { BackupSpec, JobState, JobStatus, ListQuery } from "../engine/types.js";
+import { archiveDeviceSize, EngineError, quote, REASON } from "../engine/index.js";
+import type { BackupSpec, JobState, JobStatus, ListQuery } from "../engine/index.js";
 import { REQUEST_REASON } from "./request-reasons.js";
 
 const STATE_TO_PROTO: Readonly<Record<JobState, BackupState>> = {

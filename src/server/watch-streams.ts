@@ -6,9 +6,8 @@
 // stream ends so the engine never holds a dead watcher.
 import type * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
-import { EngineError } from "../engine/errors.js";
-import { REASON } from "../engine/reasons.js";
-import type { JobStatus } from "../engine/types.js";
+import { EngineError, REASON } from "../engine/index.js";
+import type { JobStatus } from "../engine/index.js";
 import { reportRpcFailure } from "./rpc-errors.js";
 
 /** How a watch stream ends when the server shuts down. */

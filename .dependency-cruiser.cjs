@@ -22,7 +22,7 @@ module.exports = {
       comment: "The engine speaks plain types; it never imports the server, the CLI or gen/.",
       severity: "error",
       from: { path: "^src/engine/" },
-      to: { path: "^(src/(server|cli)/|gen/)" },
+      to: { path: "^(src/(server|cli|client|wire)/|gen/)" },
     },
     {
       name: "engine-public-face",
@@ -30,6 +30,27 @@ module.exports = {
       severity: "error",
       from: { path: "^src/(?!engine/)" },
       to: { path: "^src/engine/(?!index\\.ts$)" },
+    },
+    {
+      name: "client-uses-gen-and-wire",
+      comment: "src/client (typed client, error details, tokens) stands on the generated code and the shared wire codec only.",
+      severity: "error",
+      from: { path: "^src/client/" },
+      to: { path: "^src/(?!client/|wire/)" },
+    },
+    {
+      name: "server-not-client",
+      comment: "The server never uses the client side; what both need lives in src/wire.",
+      severity: "error",
+      from: { path: "^src/server/" },
+      to: { path: "^src/client/" },
+    },
+    {
+      name: "wire-is-shared-codec",
+      comment: "src/wire holds what both ends of a call agree on (metadata keys, message codec); it imports nothing else of ours.",
+      severity: "error",
+      from: { path: "^src/wire/" },
+      to: { path: "^src/(?!wire/)" },
     },
     {
       name: "store-is-standalone",

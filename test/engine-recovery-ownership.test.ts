@@ -12,7 +12,7 @@ import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import type { BackupEngine } from "../src/engine/backup-engine.js";
 import { INTERRUPTED_MESSAGE, JOB_STORE_FILE } from "../src/engine/backup-engine.js";
 import type { JobStatus } from "../src/engine/types.js";
-import { createClient } from "../src/server/grpc-client.js";
+import { createClient } from "../src/client/grpc-client.js";
 import { startServer } from "../src/server/server.js";
 import type { StoredJob } from "../src/store/job-store.js";
 import { JobStore } from "../src/store/job-store.js";

@@ -1,7 +1,7 @@
 // How the client commands report failures and which exit code each gets:
 // gRPC errors and failed jobs exit 1, usage errors exit 2, Ctrl-C 130.
 import { status as GrpcStatus, type ServiceError } from "@grpc/grpc-js";
-import { errorReason } from "../server/rpc-error-details.js";
+import { errorReason } from "../client/rpc-error-details.js";
 import { escapeControls } from "./escape-controls.js";
 import { ArgumentSyntaxError } from "./parse-error.js";
 

@@ -16,13 +16,12 @@ import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_de
 import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import type { Status } from "../../gen/google/rpc/status_pb.js";
 import { EngineError, REASON } from "../engine/index.js";
+import { STATUS_DETAILS_KEY } from "../wire/metadata-keys.js";
 import type { EngineErrorKind, FieldViolation } from "../engine/index.js";
 
 /** ErrorInfo.domain of every error we send. */
 export const ERROR_DOMAIN = "vmabackup";
 
-/** The trailer gRPC defines for a serialised google.rpc.Status. */
-export const STATUS_DETAILS_KEY = "grpc-status-details-bin";
 
 const STATUS_BY_KIND: Readonly<Record<EngineErrorKind, grpc.status>> = {
   "invalid-argument": grpc.status.INVALID_ARGUMENT,

@@ -10,8 +10,8 @@ import { pino } from "pino";
 import type { Logger } from "pino";
 import { afterAll, afterEach, beforeAll } from "vitest";
 import { BackupService } from "../../gen/vmabackup/v1/backup_pb.js";
-import { createClient } from "../../src/server/grpc-client.js";
-import type { ClientOf } from "../../src/server/grpc-client.js";
+import { createClient } from "../../src/client/grpc-client.js";
+import type { ClientOf } from "../../src/client/grpc-client.js";
 import { startServer } from "../../src/server/server.js";
 import type { RunningServer } from "../../src/server/server.js";
 

@@ -10,7 +10,8 @@ import type { Job, TerminalState } from "./job.js";
 import { describeError, JobFailure } from "./job-failure.js";
 import type { SourceDevice } from "./source-device.js";
 import type { SpeedLimiter } from "./speed-limiter.js";
-import { CLUSTER_SIZE, scanCluster } from "./zero-mask.js";
+import { CLUSTER_SIZE } from "../vma/constants.js";
+import { scanCluster } from "./zero-mask.js";
 
 /** Largest read: 64 clusters, big enough for few syscalls, small enough for little memory. */
 export const MAX_CHUNK_BYTES = 64 * CLUSTER_SIZE;

@@ -4,7 +4,6 @@
 // uuid? a store that refuses?). Built by engine-wiring.ts; the other
 // engine-* files act on it.
 import type { Logger } from "pino";
-import { validate as isUuid } from "uuid";
 import type { BackupDriver } from "../drivers/driver.js";
 import type { JobStore } from "../store/job-store.js";
 import type { StateDirLock } from "../store/state-dir-lock.js";
@@ -15,7 +14,7 @@ import type { JobContext } from "./job.js";
 import type { JobRegistry } from "./job-registry.js";
 import type { FileOwner } from "./owned-files.js";
 import type { PathPolicy } from "./path-policy.js";
-import { quote } from "./quote.js";
+import { parseUuid } from "./job-uuid.js";
 import { REASON } from "./reasons.js";
 import type { RevisionCounter } from "./revision-counter.js";
 import type { SpeedLimiter } from "./speed-limiter.js";
@@ -106,10 +105,7 @@ export class EngineState implements EngineParts {
   }
 
   parseUuid(uuid: string): string {
-    if (!isUuid(uuid)) {
-      throw new EngineError("invalid-argument", REASON.UUID_INVALID, `uuid: ${quote(uuid)} is not a uuid`, "uuid");
-    }
-    return uuid.toLowerCase();
+    return parseUuid(uuid);
   }
 
   throwNotFound(uuid: string): never {

@@ -11,6 +11,8 @@ export type { EngineErrorKind, FieldViolation } from "./errors.js";
 export { REASON } from "./reasons.js";
 export type { Reason } from "./reasons.js";
 export { quote } from "./quote.js";
+export { parseUuid } from "./job-uuid.js";
+export { checkPageSize } from "./list-query.js";
 export { archiveDeviceSize, SECTOR_SIZE } from "./archive-size.js";
 export { JOB_STATES, TERMINAL_STATES } from "./types.js";
 export type {

@@ -13,6 +13,7 @@ export type { Reason } from "./reasons.js";
 export { quote } from "./quote.js";
 export { parseUuid } from "./job-uuid.js";
 export { checkPageSize } from "./list-query.js";
+export { RevisionFilter } from "./revision-filter.js";
 export { archiveDeviceSize, SECTOR_SIZE } from "./archive-size.js";
 export { JOB_STATES, TERMINAL_STATES } from "./types.js";
 export type {

@@ -21,21 +21,13 @@ import type { SpeedLimiter } from "./speed-limiter.js";
 import type { StatusHub } from "./status-hub.js";
 import { storeRefusal } from "./store-refusal.js";
 
-export interface EngineParts {
-  readonly drivers: readonly BackupDriver[];
-  readonly logger: Logger;
-  readonly policy: PathPolicy;
-  readonly now: () => number;
-  readonly locks: DeviceLocks;
-  readonly store: JobStore;
-  readonly stateDirLock: StateDirLock;
-  readonly revisions: RevisionCounter;
-  readonly jobContext: JobContext;
-  readonly registry: JobRegistry;
-  readonly hub: StatusHub;
-}
+/** What the wiring builds and hands to the state. */
+export type EngineParts = Pick<
+  EngineState,
+  "drivers" | "logger" | "policy" | "now" | "locks" | "store" | "stateDirLock" | "revisions" | "jobContext" | "registry" | "hub"
+>;
 
-export class EngineState implements EngineParts {
+export class EngineState {
   readonly drivers: readonly BackupDriver[];
   readonly logger: Logger;
   readonly policy: PathPolicy;

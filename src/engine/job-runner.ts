@@ -4,8 +4,8 @@
 // Ends by committing the archive (done) or removing it (error, cancelled);
 // it never rejects, so no failure can escape as an unhandled rejection.
 import type { BackupTarget } from "../drivers/driver.js";
-import { ChunkReader } from "./cluster-reader.js";
-import type { Chunk } from "./cluster-reader.js";
+import { ChunkReader } from "./chunk-reader.js";
+import type { Chunk } from "./chunk-reader.js";
 import type { Job, TerminalState } from "./job.js";
 import { describeError, JobFailure } from "./job-failure.js";
 import type { SourceDevice } from "./source-device.js";

@@ -1,4 +1,4 @@
-// The speed limit: the limiter on its own (aborts, live rate changes, chunk
+// The speed limit: the limiter on its own (aborts, live limit changes, chunk
 // sizes) and a throttled job measured over 2-second windows.
 import { describe, expect, it } from "vitest";
 import { SpeedLimiter } from "../src/engine/speed-limiter.js";
@@ -30,7 +30,7 @@ describe("SpeedLimiter", () => {
     expect(new SpeedLimiter(10 ** 12).chunkSize(4 * MiB, CLUSTER)).toBe(4 * MiB);
   });
 
-  it("admits the first chunk at once and paces the next ones at the rate", async () => {
+  it("admits the first chunk at once and paces the next ones at the limit", async () => {
     const limiter = new SpeedLimiter(640 * KiB); // 64 KiB per 100 ms
     const signal = new AbortController().signal;
     const started = performance.now();
@@ -53,21 +53,21 @@ describe("SpeedLimiter", () => {
     await expect(limiter.acquire(1, controller.signal)).rejects.toBe(reason);
   });
 
-  it("recomputes a wait when the rate changes", async () => {
+  it("recomputes a wait when the limit changes", async () => {
     const limiter = new SpeedLimiter(1);
     const signal = new AbortController().signal;
     await limiter.acquire(64 * KiB, signal);
     const waiting = limiter.acquire(64 * KiB, signal);
-    setTimeout(() => limiter.setRate(64 * MiB), 20);
+    setTimeout(() => limiter.setSpeedLimit(64 * MiB), 20);
     const started = performance.now();
     await waiting;
     expect(performance.now() - started).toBeLessThan(200);
-    expect(limiter.bytesPerSecond).toBe(64 * MiB);
+    expect(limiter.bytesPerSecondLimit).toBe(64 * MiB);
 
     // And the other way: from unlimited down to a crawl, then lifted.
-    limiter.setRate(0);
+    limiter.setSpeedLimit(0);
     await limiter.acquire(64 * KiB, signal);
-    limiter.setRate(1);
+    limiter.setSpeedLimit(1);
     const slow = limiter.acquire(64 * KiB, signal);
     let done = false;
     void slow.then(() => {
@@ -75,7 +75,7 @@ describe("SpeedLimiter", () => {
     });
     await sleep(50);
     expect(done).toBe(false);
-    limiter.setRate(0);
+    limiter.setSpeedLimit(0);
     await slow;
   });
 });
@@ -106,10 +106,10 @@ describe("a throttled job", () => {
 
   it("holds 8 MiB/s over every 2-second window to within 15 %", async () => {
     const { sandbox, engine } = fixture;
-    const rate = 8 * MiB;
+    const speedLimit = 8 * MiB;
     const source = await writeSource(sandbox, "d.raw", blockPattern(32 * MiB, (block) => block % 4 === 0));
     const started = performance.now();
-    const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit: rate }));
+    const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit }));
     const sampler = sample(status.uuid);
     const end = await waitForEnd(engine, status.uuid);
     const elapsed = performance.now() - started;
@@ -122,8 +122,8 @@ describe("a throttled job", () => {
     const rates = windowRates(sampler.samples, 2000);
     expect(rates.length).toBeGreaterThan(20);
     for (const measured of rates) {
-      expect(measured).toBeGreaterThan(rate * 0.85);
-      expect(measured).toBeLessThan(rate * 1.15);
+      expect(measured).toBeGreaterThan(speedLimit * 0.85);
+      expect(measured).toBeLessThan(speedLimit * 1.15);
     }
   });
 

@@ -242,7 +242,7 @@ export class BackupEngine {
       );
     }
     job.setSpeedLimit(bytesPerSecond);
-    this.state.limiters.get(id)?.setRate(bytesPerSecond);
+    this.state.limiters.get(id)?.setSpeedLimit(bytesPerSecond);
     const status = job.snapshot();
     try {
       this.state.registry.save(job);

@@ -1,5 +1,5 @@
-// `vmabackup serve` as a real child process (node --import tsx, as npm start
-// runs it), with its JSON log lines parsed as they arrive.
+// `vmabackup serve` as a real child process (bin/vmabackup.js running dist/,
+// as npm start runs it), with its JSON log lines parsed as they arrive.
 import { spawn } from "node:child_process";
 import type { ChildProcessWithoutNullStreams } from "node:child_process";
 import * as path from "node:path";
@@ -27,7 +27,7 @@ export interface ServeProcess {
 }
 
 export function runServe(args: readonly string[]): ServeProcess {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/cli/main.ts", "serve", ...args], {
+  const child = spawn(process.execPath, ["bin/vmabackup.js", "serve", ...args], {
     cwd: PROJECT_ROOT,
     stdio: ["pipe", "pipe", "pipe"],
   });

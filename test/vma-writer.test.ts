@@ -8,7 +8,7 @@ import { checkHeaderPlan, headerSizeForPlan, VmaLimitError } from "../src/vma/en
 import { VmaUsageError } from "../src/vma/writer-errors.js";
 import { VmaWriter, type VmaSink } from "../src/vma/writer.js";
 
-// The worked example of vma-format.md section 9.
+// The worked example of docs/vma-format.md section 9.
 const EXAMPLE_UUID = Uint8Array.from(Buffer.from("00112233445566778899aabbccddeeff", "hex"));
 const EXAMPLE_CTIME = 1700000000;
 const EXAMPLE_CONFIG = { name: "qemu-server.conf", data: Buffer.from("memory: 512\n") };

@@ -13,6 +13,10 @@ if (major < REQUIRED_MAJOR) {
   );
   process.exit(1);
 }
+// The daemon must never open Node's inspector on SIGUSR1: take the signal
+// before the CLI loads (src/cli/daemon-signals.ts logs it later).
+if (process.argv[2] === "serve") process.on("SIGUSR1", () => {});
+
 const main = new URL("../dist/src/cli/main.js", import.meta.url);
 if (!existsSync(main)) {
   console.error(`error: ${main.pathname} is missing: run 'npm run build' (npm ci runs it too)`);

@@ -4,7 +4,7 @@
 // not stop the tests here (`npm test` type-checks in its own step), so the
 // build emits anyway and only prints them.
 import { spawnSync } from "node:child_process";
-import { existsSync, readdirSync, statSync, utimesSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, readdirSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -38,6 +38,10 @@ export default function setup(): void {
   if (result.error) throw result.error;
   if (!existsSync(path.join(ROOT, "dist", "src", "cli", "main.js"))) {
     throw new Error(`building dist/ failed:\n${result.stdout}${result.stderr}`);
+  }
+  // The data files the code reads next to its modules, as scripts/build.sh copies them.
+  for (const name of readdirSync(path.join(ROOT, "gen")).filter((file) => file.endsWith(".binpb"))) {
+    copyFileSync(path.join(ROOT, "gen", name), path.join(ROOT, "dist", "gen", name));
   }
   if (result.status !== 0) {
     process.stderr.write(`warning: dist/ built with type errors (npm run check:types):\n${result.stdout}`);

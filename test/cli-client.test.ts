@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BackupState, BackupStatusSchema, type BackupStatus } from "../gen/vmabackup/v1/backup_pb.js";
 import { listBackups } from "../src/cli/client-list.js";
 import { formatBarLine } from "../src/cli/client-progress.js";
+import { escapeControls } from "../src/cli/escape-controls.js";
 import { formatStatusJson } from "../src/cli/format-json.js";
 import { formatBytes, formatDuration, formatPercent } from "../src/cli/format-size.js";
 import { formatStatusLine, formatStatusSummary } from "../src/cli/format-status.js";
@@ -97,6 +98,15 @@ describe("parseDeviceArgument and parseConfigArgument", () => {
 
   it.each(["", "/", "=a", "a="])("refuses the config %j", (text) => {
     expect(() => parseConfigArgument(text)).toThrow(ArgumentSyntaxError);
+  });
+});
+
+describe("escapeControls", () => {
+  it("shows C0, DEL, C1, line separators and bidi controls as escapes, and leaves other text alone", () => {
+    expect(escapeControls("a\x1b[31mb\x07c\x7fd\u009be\u2028f\u202eg\tnewline\n")).toBe(
+      "a\\x1b[31mb\\x07c\\x7fd\\x9be\\u2028f\\u202eg\\x09newline\\x0a",
+    );
+    expect(escapeControls("drive-scsi0 ünïcode 💾 \\x1b")).toBe("drive-scsi0 ünïcode 💾 \\x1b");
   });
 });
 
@@ -714,5 +724,83 @@ describe("vmabackup list | speed | delete against a real server", () => {
   }
   afterAll(async () => {
     await empty?.stop();
+  });
+});
+
+describe("control characters in names, as status | list | watch | errors show them", () => {
+  // An OSC that sets the terminal title, a C1 CSI (8-bit "ESC ["), a screen clear and blink.
+  const OSC_NAME = "drive\x1b]0;pwned\x07";
+  const C1_NAME = "drive\u009b31m";
+  const FILE = "vm\x1b[2J.vma";
+  const REQUEST = "req\x1b[5m";
+  /** A terminal control character: C0 except newline, DEL, C1. */
+  const CONTROL = /[\x00-\x09\x0b-\x1f\x7f-\x9f]/;
+  let server: TestServer;
+  let uuid: string;
+  let failedUuid: string;
+
+  beforeAll(async () => {
+    server = await startTestServer({ progressIntervalMs: 50 });
+    const a = await server.writeSource("a.raw", randomBytes(64 * KiB));
+    const b = await server.writeSource("b.raw", randomBytes(64 * KiB));
+    const started = await server.client.backup({
+      backupFile: FILE,
+      devices: [
+        { name: OSC_NAME, path: a },
+        { name: C1_NAME, path: b },
+      ],
+      requestId: REQUEST,
+    });
+    uuid = started.status!.uuid;
+    for await (const update of server.client.watchBackup({ uuid })) void update;
+    // A job whose error message names its device: the source shrinks under a slow read.
+    const shrinking = await server.writeSource("shrinking.raw", randomBytes(4 * MiB));
+    const failing = await server.client.backup({
+      backupFile: "failing.vma",
+      devices: [{ name: OSC_NAME, path: shrinking }],
+      speedLimit: 256n * BigInt(KiB),
+    });
+    failedUuid = failing.status!.uuid;
+    await writeFile(shrinking, "");
+    for await (const update of server.client.watchBackup({ uuid: failedUuid })) void update;
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it("escapes them in human output and keeps them exact in JSON", async () => {
+    const [status, failed, list, watch, json] = await Promise.all([
+      runCli(["status", uuid, "--server", server.address]),
+      runCli(["status", failedUuid, "--server", server.address]),
+      runCli(["list", "--server", server.address]),
+      runCli(["watch", uuid, "--server", server.address]),
+      runCli(["status", uuid, "--server", server.address, "--json"]),
+    ]);
+    for (const result of [status, failed, list, watch]) {
+      expect(result.code).toBe(0);
+      expect(result.stdout).not.toMatch(CONTROL);
+    }
+    expect(status.stdout).toContain("drive\\x1b]0;pwned\\x07");
+    expect(status.stdout).toContain("drive\\x9b31m");
+    expect(status.stdout).toContain("vm\\x1b[2J.vma");
+    expect(status.stdout).toContain("req\\x1b[5m");
+    expect(failed.stdout).toMatch(/error +device drive\\x1b\]0;pwned\\x07: source shrank/);
+    expect(list.stdout).toContain("vm\\x1b[2J.vma");
+    expect(list.stdout).toContain("drive\\x1b]0;pwned\\x07: source shrank");
+    expect(watch.stdout).toContain("vm\\x1b[2J.vma");
+
+    const exact = JSON.parse(json.stdout) as { backupFile: string; requestId: string; devices: Array<{ name: string }> };
+    expect(exact.devices.map((device) => device.name)).toEqual([OSC_NAME, C1_NAME]);
+    expect(exact.backupFile).toBe(path.join(server.backupDir, FILE));
+    expect(exact.requestId).toBe(REQUEST);
+  });
+
+  it("escapes them in error messages from the server", async () => {
+    const missing = path.join(server.sourceDir, "missing\u009b[31m.raw");
+    const result = await runCli(["backup", "--server", server.address, "--file", "x.vma", "--device", `d=${missing}`]);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(/^error: NOT_FOUND \(SOURCE_NOT_FOUND\): devices\[0\]\.path: .*missing\\x9b\[31m\.raw/);
+    expect(result.stderr).not.toMatch(CONTROL);
   });
 });

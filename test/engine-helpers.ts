@@ -295,6 +295,9 @@ export function faultyDriver(hooks: {
         get partialPath() {
           return target.partialPath;
         },
+        get partialFile() {
+          return target.partialFile;
+        },
         registerConfig: (name, data) => target.registerConfig(name, data),
         registerDevice: (name, size) => target.registerDevice(name, size),
         async writeCluster(devId, clusterNum, data, mask) {

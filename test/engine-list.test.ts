@@ -155,9 +155,15 @@ describe("request ids", () => {
     const again = await engine.start(spec);
     expect(again.uuid).toBe(first.uuid);
     expect(again.state).toBe("active");
-    // Even a different request with the same id starts nothing.
-    const other = await engine.start({ ...spec, backupFile: "other.vma", speedLimit: 0 });
-    expect(other.uuid).toBe(first.uuid);
+    // A different request with the same id starts nothing and says so.
+    const other = await expectEngineError(
+      () => engine.start({ ...spec, backupFile: "other.vma" }),
+      "already-exists",
+      "REQUEST_ID_REUSED",
+      "request_id",
+    );
+    expect(other.metadata).toEqual({ uuid: first.uuid });
+    expect(other.message).toMatch(/^request_id: "retry-1" was used by job \S+ for a different request/);
     expect(await fs.readdir(sandbox.out)).toEqual(["vm.vma.partial"]);
 
     const [cancelled] = await engine.cancel(first.uuid);
@@ -166,11 +172,44 @@ describe("request ids", () => {
 
   it("starts one job for racing retries of one request id", async () => {
     const { sandbox, engine } = fixture;
-    const spec = (index: number) =>
-      backupSpec({ backupFile: `race-${index}.vma`, devices: [{ name: "d", path: source }], speedLimit: 1, requestId: "race" });
-    const results = await Promise.all(Array.from({ length: 10 }, (_, index) => engine.start(spec(index))));
+    const spec = backupSpec({ backupFile: "race.vma", devices: [{ name: "d", path: source }], speedLimit: 1, requestId: "race" });
+    const results = await Promise.all(Array.from({ length: 10 }, () => engine.start(spec)));
     expect(new Set(results.map((status) => status.uuid)).size).toBe(1);
     expect(await fs.readdir(sandbox.out)).toHaveLength(1);
+    await engine.cancel();
+  });
+
+  it("compares every part of the request, and not how it was written", async () => {
+    const { sandbox, engine } = fixture;
+    const other = await writeSource(sandbox, "other.raw", Buffer.alloc(4 * KiB, 2));
+    const spec = backupSpec({
+      backupFile: "vm.vma",
+      devices: [{ name: "d", path: source }],
+      configs: [{ name: "qemu-server.conf", data: Buffer.from("memory: 512\n") }],
+      speedLimit: 1,
+      requestId: "every-field",
+    });
+    const first = await engine.start(spec);
+    // The same request built anew (other objects, a Uint8Array for a Buffer) is a retry.
+    const rebuilt = {
+      ...spec,
+      devices: spec.devices.map((device) => ({ ...device })),
+      configs: spec.configs.map((config) => ({ name: config.name, data: new Uint8Array(config.data) })),
+    };
+    expect((await engine.start(rebuilt)).uuid).toBe(first.uuid);
+    const changes: Array<Partial<typeof spec>> = [
+      { backupFile: "other.vma" },
+      { devices: [{ name: "e", path: source }] },
+      { devices: [{ name: "d", path: other }] },
+      { devices: [{ name: "d", path: source }, { name: "e", path: other }] },
+      { configs: [] },
+      { configs: [{ name: "qemu-server.conf", data: Buffer.from("memory: 1024\n") }] },
+      { speedLimit: 0 },
+    ];
+    for (const change of changes) {
+      await expectEngineError(() => engine.start({ ...spec, ...change }), "already-exists", "REQUEST_ID_REUSED", "request_id");
+    }
+    expect(await fs.readdir(sandbox.out)).toEqual(["vm.vma.partial"]);
     await engine.cancel();
   });
 
@@ -178,13 +217,19 @@ describe("request ids", () => {
     const { sandbox, engine } = fixture;
     const first = await runBackup("day-1.vma", "nightly");
     clock += REQUEST_ID_TTL_MS - 1;
-    expect((await engine.start(backupSpec({ backupFile: "day-1b.vma", devices: [{ name: "d", path: source }], requestId: "nightly" }))).uuid).toBe(first.uuid);
+    expect((await engine.start(backupSpec({ backupFile: "day-1.vma", devices: [{ name: "d", path: source }], requestId: "nightly" }))).uuid).toBe(first.uuid);
     clock += 2;
+    // A day later the id is free again, for any request.
     const second = await runBackup("day-2.vma", "nightly");
     expect(second.uuid).not.toBe(first.uuid);
     expect(second.startTime.getTime()).toBe(clock);
     // From now on the id means the new job.
-    expect((await engine.start(backupSpec({ backupFile: "x.vma", devices: [{ name: "d", path: source }], requestId: "nightly" }))).uuid).toBe(second.uuid);
+    expect((await engine.start(backupSpec({ backupFile: "day-2.vma", devices: [{ name: "d", path: source }], requestId: "nightly" }))).uuid).toBe(second.uuid);
+    await expectEngineError(
+      () => engine.start(backupSpec({ backupFile: "day-1.vma", devices: [{ name: "d", path: source }], requestId: "nightly" })),
+      "already-exists",
+      "REQUEST_ID_REUSED",
+    );
     expect(await fs.readdir(sandbox.out)).toEqual(expect.arrayContaining(["day-1.vma", "day-2.vma"]));
     expect(await fs.readdir(sandbox.out)).toHaveLength(2);
   });
@@ -194,6 +239,11 @@ describe("request ids", () => {
     const engine = await fixture.restartEngine();
     const again = await engine.start(backupSpec({ backupFile: "kept.vma", devices: [{ name: "d", path: source }], requestId: "durable" }));
     expect(again).toEqual(first);
+    await expectEngineError(
+      () => engine.start(backupSpec({ backupFile: "moved.vma", devices: [{ name: "d", path: source }], requestId: "durable" })),
+      "already-exists",
+      "REQUEST_ID_REUSED",
+    );
   });
 
   it("does not remember refused requests and refuses ids over 128 bytes", async () => {

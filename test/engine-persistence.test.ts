@@ -6,6 +6,7 @@
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { DatabaseSync } from "node:sqlite";
+import { parse as parseUuid } from "uuid";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import {
   BackupEngine,
@@ -14,6 +15,7 @@ import {
   StateDirLockedError,
   StoreVersionError,
 } from "../src/engine/backup-engine.js";
+import type { FileIdentity } from "../src/engine/job.js";
 import { toStoredJob } from "../src/engine/job-record.js";
 import type { JobStatus } from "../src/engine/types.js";
 import { JobStore } from "../src/store/job-store.js";
@@ -58,8 +60,20 @@ async function runBackup(engine: BackupEngine, backupFile: string, source: strin
   return waitForEnd(engine, status.uuid);
 }
 
+/** The identity the engine records for the partial file it creates. */
+async function fileIdentity(file: string): Promise<FileIdentity> {
+  const stats = await fs.stat(file, { bigint: true });
+  return { dev: String(stats.dev), ino: String(stats.ino), born: String(stats.birthtimeNs) };
+}
+
 /** An ACTIVE job record as a process that died mid-backup leaves it. */
-function activeRecord(uuid: string, backupFile: string, partialPath: string, revision: number): ReturnType<typeof toStoredJob> {
+function activeRecord(
+  uuid: string,
+  backupFile: string,
+  partialPath: string,
+  revision: number,
+  partialFile?: FileIdentity,
+): ReturnType<typeof toStoredJob> {
   const status: JobStatus = {
     uuid,
     state: "active",
@@ -76,7 +90,7 @@ function activeRecord(uuid: string, backupFile: string, partialPath: string, rev
     revision,
     updateTime: new Date(Date.now() - 1000),
   };
-  return toStoredJob(status, { partialPath });
+  return toStoredJob(status, { partialPath, ...(partialFile === undefined ? {} : { partialFile }) });
 }
 
 describe("history across engine instances", () => {
@@ -181,10 +195,12 @@ describe("recovery of jobs a dead process left active", () => {
     const backupDir = await fs.realpath(sandbox.out);
     const backupFile = path.join(backupDir, "vm-100.vma");
     const partialPath = `${backupFile}.partial`;
-    await fs.writeFile(partialPath, Buffer.alloc(64 * KiB, 1));
     const uuid = "0b0e9a5e-3c1f-4d2a-9b7e-5f6a7b8c9d0e";
+    // An archive's start: magic, version, the job's uuid.
+    const start = Buffer.concat([Buffer.from("VMA\0", "latin1"), Buffer.from([0, 0, 0, 1]), Buffer.from(parseUuid(uuid))]);
+    await fs.writeFile(partialPath, Buffer.concat([start, Buffer.alloc(64 * KiB - start.length, 1)]));
     const store = JobStore.open(path.join(sandbox.state, JOB_STORE_FILE));
-    store.save(activeRecord(uuid, backupFile, partialPath, done.revision + 1));
+    store.save(activeRecord(uuid, backupFile, partialPath, done.revision + 1, await fileIdentity(partialPath)));
     store.close();
 
     const started = Date.now();
@@ -228,7 +244,7 @@ describe("recovery of jobs a dead process left active", () => {
     const store = JobStore.open(path.join(sandbox.state, JOB_STORE_FILE));
     const outsideUuid = "11111111-1111-4111-8111-111111111111";
     const missingUuid = "22222222-2222-4222-8222-222222222222";
-    store.save(activeRecord(outsideUuid, path.join(sandbox.root, "precious.vma"), outside, 1));
+    store.save(activeRecord(outsideUuid, path.join(sandbox.root, "precious.vma"), outside, 1, await fileIdentity(outside)));
     store.save(activeRecord(missingUuid, missing.slice(0, -".partial".length), missing, 2));
     store.close();
 

@@ -47,6 +47,9 @@ describe("request shape", () => {
     ["unicode whitespace", "drive\u00a0scsi0"],
     ["NUL", "drive\0scsi0"],
     ["a lone surrogate", "drive\ud800"],
+    // Restore tools that write a device to a file of its name cannot.
+    ["only a dot", "."],
+    ["only two dots", ".."],
   ])("refuses a device name with %s", async (_what, name) => {
     await expectEngineError(
       start({ devices: [{ name: "ok", path: disk }, { name, path: disk }] }),
@@ -128,6 +131,20 @@ describe("request shape", () => {
       "CONFIG_NAME_INVALID",
       "configs[1].name",
     );
+  });
+
+  it.each([
+    ["Proxmox's and our extract name the device's image", "disk-drive-scsi0.raw"],
+    ["Proxmox's extract writes the image to first", "tmp-disk-drive-scsi0.raw"],
+    ["other extractors give the device's image", "drive-scsi0"],
+  ])("refuses a config with the file name %s", async (_what, name) => {
+    const error = await expectEngineError(
+      start({ configs: [{ name: "qemu-server.conf", data: Buffer.from("x") }, { name, data: Buffer.from("x") }] }),
+      "invalid-argument",
+      "CONFIG_NAME_CONFLICT",
+      "configs[1].name",
+    );
+    expect(error.message).toContain("devices[0].name");
   });
 
   it("refuses duplicate config names", async () => {
@@ -253,7 +270,7 @@ describe("the archive", () => {
     await expectEngineError(
       start({ backupFile: `${"n".repeat(300)}.vma` }),
       "invalid-argument",
-      "BACKUP_FILE_INVALID",
+      "BACKUP_FILE_NAME_TOO_LONG",
       "backup_file",
     );
   });

@@ -445,7 +445,7 @@ describe("a Python client generated from proto/", () => {
     expect(errorInfo(errors.device_in_use)).toEqual({
       reason: "DEVICE_IN_USE",
       domain: "vmabackup",
-      metadata: { field: "devices[0].path" },
+      metadata: { field: "devices[0].path", job_uuid: expect.stringMatching(/^[0-9a-f-]{36}$/) },
     });
 
     expect(errorInfo(errors.query_unknown_uuid)).toMatchObject({ reason: "JOB_NOT_FOUND", metadata: { field: "uuid" } });

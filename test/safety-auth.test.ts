@@ -16,13 +16,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import { bearerTokenInterceptor, BearerTokens, createAuthInterceptor, readTokenFile, TokenFileError } from "../src/server/auth.js";
 import { createClient } from "../src/server/grpc-client.js";
-import {
-  isLoopbackHost,
-  listenHost,
-  listenPolicyViolation,
-  loadServerCredentials,
-  TlsConfigError,
-} from "../src/server/tls.js";
+import { isLoopbackAddress, listenHost, listenPolicyViolation } from "../src/server/listen-policy.js";
+import { readErrorDetails } from "../src/server/rpc-error-details.js";
+import { loadServerCredentials, TlsConfigError } from "../src/server/tls.js";
 import { makeTestCertificates, writeTokenFile } from "./helpers/certs.js";
 import type { TestCertificates } from "./helpers/certs.js";
 import { captureLog } from "./helpers/log-capture.js";
@@ -90,6 +86,25 @@ async function callEveryMethod(client: BackupClient): Promise<Map<string, grpc.s
     }
   }
   return outcomes;
+}
+
+/** The status of a call to `method` (any path) with an empty request, unary or server streaming. */
+function rawCallCode(client: grpc.Client, method: string, kind: "unary" | "stream"): Promise<grpc.status> {
+  const serialize = (value: Buffer): Buffer => value;
+  const deserialize = (value: Buffer): Buffer => value;
+  const deadline = new Date(Date.now() + 5000);
+  return new Promise((resolve) => {
+    if (kind === "unary") {
+      client.makeUnaryRequest(method, serialize, deserialize, Buffer.alloc(0), { deadline }, (error) =>
+        resolve(error === null ? grpc.status.OK : error.code),
+      );
+      return;
+    }
+    const stream = client.makeServerStreamRequest(method, serialize, deserialize, Buffer.alloc(0), { deadline });
+    stream.on("data", () => undefined);
+    stream.on("error", (error: grpc.ServiceError) => resolve(error.code));
+    stream.on("status", (status: grpc.StatusObject) => resolve(status.code));
+  });
 }
 
 function tokenChannel(token: string): grpc.ChannelOptions {
@@ -198,6 +213,37 @@ describe("bearer tokens", () => {
     }
   });
 
+  it("answers UNAUTHENTICATED for methods that do not exist too, so that they cannot be told apart without a token", async () => {
+    const unknown = [
+      "/vmabackup.v1.BackupService/DeleteEverything",
+      "/vmabackup.v1.Admin/Shell",
+      "/grpc.reflection.v1.ServerReflection/Nope",
+      "/nope",
+    ];
+    const channel = new grpc.Client(server.address, grpc.credentials.createInsecure());
+    const authorized = new grpc.Client(server.address, grpc.credentials.createInsecure(), tokenChannel(TOKEN_A));
+    try {
+      for (const method of unknown) {
+        for (const kind of ["unary", "stream"] as const) {
+          expect({ method, kind, code: await rawCallCode(channel, method, kind) }).toEqual({
+            method,
+            kind,
+            code: grpc.status.UNAUTHENTICATED,
+          });
+          // With a valid token the truth: there is no such method.
+          expect({ method, kind, code: await rawCallCode(authorized, method, kind) }).toEqual({
+            method,
+            kind,
+            code: grpc.status.UNIMPLEMENTED,
+          });
+        }
+      }
+    } finally {
+      channel.close();
+      authorized.close();
+    }
+  });
+
   it("says how to authenticate", async () => {
     const missing = await rpcErrorOf(server.client.queryBackup({}));
     expect(missing?.details).toMatch(/^missing bearer token: send the header "authorization: Bearer <token>"/);
@@ -208,6 +254,20 @@ describe("bearer tokens", () => {
     expect(wrong?.details).toMatch(/^invalid bearer token: /);
     const malformed = await rpcErrorOf(server.newClient(undefined, rawHeaderChannel(`Basic ${TOKEN_A}`)).queryBackup({}));
     expect(malformed?.details).toMatch(/^malformed authorization header/);
+  });
+
+  it("says why in an ErrorInfo, as every other refusal does", async () => {
+    const cases: Array<[BackupClient, string]> = [
+      [server.client, "TOKEN_MISSING"],
+      [server.newClient(undefined, tokenChannel(WRONG_TOKEN)), "TOKEN_INVALID"],
+      [server.newClient(undefined, rawHeaderChannel(`Basic ${TOKEN_A}`)), "TOKEN_MALFORMED"],
+    ];
+    for (const [client, reason] of cases) {
+      const error = await rpcErrorOf(client.queryBackup({}));
+      const details = readErrorDetails(error);
+      expect(details?.status).toMatchObject({ code: grpc.status.UNAUTHENTICATED, message: error?.details });
+      expect(details?.errorInfo).toMatchObject({ reason, domain: "vmabackup" });
+    }
   });
 
   it("refuses a job without a token before anything is opened or created", async () => {
@@ -233,8 +293,13 @@ describe("bearer tokens", () => {
     expect(await healthCheck(server.address)).toBe("SERVING");
   });
 
-  it("requires a token for reflection as well", async () => {
-    expect(await reflectionServices(server.address)).toBe(grpc.status.UNAUTHENTICATED);
+  it("shows callers without a token health and reflection only, and refuses wrong tokens", async () => {
+    expect(await reflectionServices(server.address)).toEqual([
+      "grpc.health.v1.Health",
+      "grpc.reflection.v1.ServerReflection",
+      "grpc.reflection.v1alpha.ServerReflection",
+    ]);
+    expect(await reflectionServices(server.address, rawHeaderChannel("Basic x"))).toBe(grpc.status.UNAUTHENTICATED);
     expect(await reflectionServices(server.address, tokenChannel(WRONG_TOKEN))).toBe(grpc.status.UNAUTHENTICATED);
     expect(await reflectionServices(server.address, tokenChannel(TOKEN_A))).toEqual(
       expect.arrayContaining(["grpc.health.v1.Health", "vmabackup.v1.BackupService"]),
@@ -355,12 +420,12 @@ describe("mutual TLS", () => {
 });
 
 describe("the listen policy", () => {
-  it("knows loopback addresses", () => {
-    for (const host of ["127.0.0.1", "127.8.9.10", "::1", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1", "localhost", "LOCALHOST"]) {
-      expect({ host, loopback: isLoopbackHost(host) }).toEqual({ host, loopback: true });
+  it("knows loopback addresses (names are judged by what they resolve to: safety-listen.test.ts)", () => {
+    for (const host of ["127.0.0.1", "127.8.9.10", "::1", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1"]) {
+      expect({ host, loopback: isLoopbackAddress(host) }).toEqual({ host, loopback: true });
     }
-    for (const host of ["0.0.0.0", "::", "10.0.0.1", "128.0.0.1", "::ffff:10.0.0.1", "example.com", "localhost.example.com", ""]) {
-      expect({ host, loopback: isLoopbackHost(host) }).toEqual({ host, loopback: false });
+    for (const host of ["0.0.0.0", "::", "10.0.0.1", "128.0.0.1", "::ffff:10.0.0.1", "localhost", "example.com", ""]) {
+      expect({ host, loopback: isLoopbackAddress(host) }).toEqual({ host, loopback: false });
     }
     expect(listenHost("[::1]:50051")).toBe("::1");
     expect(listenHost("0.0.0.0:50051")).toBe("0.0.0.0");
@@ -368,15 +433,15 @@ describe("the listen policy", () => {
 
   it("allows loopback always, other addresses with TLS and a token or --insecure", () => {
     const none = { tls: false, auth: false, insecure: false };
-    expect(listenPolicyViolation("127.0.0.1:50051", none)).toBeUndefined();
-    expect(listenPolicyViolation("[::1]:0", none)).toBeUndefined();
-    expect(listenPolicyViolation("0.0.0.0:50051", { tls: true, auth: true, insecure: false })).toBeUndefined();
-    expect(listenPolicyViolation("0.0.0.0:50051", { ...none, insecure: true })).toBeUndefined();
-    expect(listenPolicyViolation("0.0.0.0:50051", none)).toMatch(
+    expect(listenPolicyViolation("127.0.0.1:50051", ["127.0.0.1"], none)).toBeUndefined();
+    expect(listenPolicyViolation("[::1]:0", ["::1"], none)).toBeUndefined();
+    expect(listenPolicyViolation("0.0.0.0:50051", ["0.0.0.0"], { tls: true, auth: true, insecure: false })).toBeUndefined();
+    expect(listenPolicyViolation("0.0.0.0:50051", ["0.0.0.0"], { ...none, insecure: true })).toBeUndefined();
+    expect(listenPolicyViolation("0.0.0.0:50051", ["0.0.0.0"], none)).toMatch(
       /^refusing to listen on 0\.0\.0\.0:50051: .*\(missing: --tls-cert and --tls-key, --auth-token-file\).*--insecure/,
     );
-    expect(listenPolicyViolation("[::]:1", { ...none, tls: true })).toMatch(/\(missing: --auth-token-file\)/);
-    expect(listenPolicyViolation("10.1.2.3:1", { ...none, auth: true })).toMatch(/\(missing: --tls-cert and --tls-key\)/);
+    expect(listenPolicyViolation("[::]:1", ["::"], { ...none, tls: true })).toMatch(/\(missing: --auth-token-file\)/);
+    expect(listenPolicyViolation("10.1.2.3:1", ["10.1.2.3"], { ...none, auth: true })).toMatch(/\(missing: --tls-cert and --tls-key\)/);
   });
 });
 

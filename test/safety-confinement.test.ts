@@ -97,6 +97,47 @@ describe("escapes", () => {
   });
 });
 
+describe("no existence oracle outside the roots", () => {
+  it("answers PERMISSION_DENIED for a path outside, whether it exists or not, through symlinked directories too", async () => {
+    // A directory symlink in the source root pointing outside: the names
+    // below it must not tell whether a file exists out there.
+    await symlink(server.outsideDir, path.join(server.sourceDir, "out-dir"));
+    await symlink(path.join(server.outsideDir, "missing.raw"), path.join(server.sourceDir, "dangling.raw"));
+    await mkdir(path.join(server.outsideDir, "sub"));
+    await symlink(path.join(server.outsideDir, "sub"), path.join(server.sourceDir, "out-sub"));
+    const unreadable = path.join(server.outsideDir, "locked");
+    await mkdir(unreadable, { mode: 0o000 });
+    const outside = [
+      "out-dir/secret.raw", // exists
+      "out-dir/missing.raw",
+      "out-dir/missing-dir/disk.raw",
+      "out-dir/secret.raw/below", // ENOTDIR out there
+      "out-dir/locked/disk.raw",
+      "out-sub/missing.raw",
+      "dangling.raw",
+      `${server.sourceDir}/../outside/missing.raw`,
+    ];
+    for (const devicePath of outside) {
+      await expectRefused("oracle.vma", devicePath, grpc.status.PERMISSION_DENIED, "devices[0].path");
+    }
+    // Inside, a missing file is simply missing (`..` in a request is taken lexically).
+    for (const devicePath of ["missing.raw", "no-dir/disk.raw", "out-sub/../secret.raw", "out-dir/../missing.raw"]) {
+      await expectRefused("oracle.vma", devicePath, grpc.status.NOT_FOUND, "devices[0].path");
+    }
+    expect(await readdir(server.backupDir)).toEqual([]);
+  });
+
+  it("answers PERMISSION_DENIED for an archive directory outside, whether it exists or not", async () => {
+    await symlink(server.outsideDir, path.join(server.backupDir, "out-dir"));
+    const source = await server.writeSource("oracle-disk.raw", insideData);
+    for (const backupFile of ["out-dir/a.vma", "out-dir/missing/a.vma", "out-dir/secret.raw/a.vma"]) {
+      await expectRefused(backupFile, source, grpc.status.PERMISSION_DENIED, "backup_file");
+    }
+    await expectRefused("missing/a.vma", source, grpc.status.FAILED_PRECONDITION, "backup_file");
+    await unlink(path.join(server.backupDir, "out-dir"));
+  });
+});
+
 describe("sources that are not disks", () => {
   it("refuses a FIFO at once, a directory, and /dev/zero (outside the roots)", async () => {
     const fifo = path.join(server.sourceDir, "fifo");

@@ -213,6 +213,8 @@ describe("toRpcError", () => {
     ["already-exists", grpc.status.ALREADY_EXISTS],
     ["failed-precondition", grpc.status.FAILED_PRECONDITION],
     ["permission-denied", grpc.status.PERMISSION_DENIED],
+    ["out-of-range", grpc.status.OUT_OF_RANGE],
+    ["resource-exhausted", grpc.status.RESOURCE_EXHAUSTED],
   ];
   it.each(cases)("maps %s to code %i with the engine's message", (kind, code) => {
     const failure = toRpcError(new EngineError(kind, "SOME_REASON", "devices[0].path: nope", "devices[0].path"));

@@ -199,6 +199,43 @@ describe("Backup refuses", () => {
   });
 });
 
+describe("a request with several problems", () => {
+  it("reports every field violation in BadRequest, and all of them in the message", async () => {
+    const failure = await failureOf(
+      server.client.backup({
+        backupFile: "no-suffix.tar",
+        devices: [
+          { name: "", path: goodSource },
+          { name: "drive-scsi1", path: "" },
+        ],
+        configs: [
+          { name: "a.conf", data: Uint8Array.of(1) },
+          { name: "a.conf", data: Uint8Array.of(2) },
+        ],
+      }),
+    );
+    expect(failure.code).toBe(grpc.status.INVALID_ARGUMENT);
+    const details = readErrorDetails(failure);
+    const fields = ["devices[0].name", "devices[1].path", "configs[1].name", "backup_file"];
+    expect(details?.badRequest?.fieldViolations.map((violation) => violation.field)).toEqual(fields);
+    for (const violation of details!.badRequest!.fieldViolations) {
+      expect(violation.description.startsWith(`${violation.field}: `)).toBe(true);
+      expect(failure.details).toContain(violation.description);
+    }
+    // ErrorInfo names the first problem.
+    expect(details?.errorInfo).toMatchObject({ reason: "DEVICE_NAME_INVALID", metadata: { field: "devices[0].name" } });
+  });
+
+  it("sends at most 10 violations (the trailer stays small) and says how many more there were", async () => {
+    const failure = await failureOf(server.client.backup(request({ devices: names(...Array<string>(12).fill("")) })));
+    const violations = readErrorDetails(failure)?.badRequest?.fieldViolations ?? [];
+    expect(violations.map((violation) => violation.field)).toEqual(
+      Array.from({ length: 10 }, (_, index) => `devices[${index}].name`),
+    );
+    expect(failure.details).toMatch(/; and 2 more problems$/);
+  });
+});
+
 describe("device locks", () => {
   it("refuses a device another active job is backing up, and runs jobs with disjoint devices at once", async () => {
     const other = await server.writeSource("other.raw", Buffer.alloc(MiB, 3));
@@ -214,7 +251,16 @@ describe("device locks", () => {
     expect(readErrorDetails(busy)?.errorInfo).toMatchObject({
       reason: "DEVICE_IN_USE",
       domain: "vmabackup",
-      metadata: { field: "devices[0].path" },
+      // The job in the way, so that a client can watch or cancel it.
+      metadata: { field: "devices[0].path", job_uuid: first.status!.uuid },
+    });
+    // The same for the archive another job is writing.
+    const archiveBusy = await failureOf(
+      server.client.backup(request({ backupFile: "lock-1.vma", devices: [{ name: "d", path: other }] })),
+    );
+    expect(readErrorDetails(archiveBusy)?.errorInfo).toMatchObject({
+      reason: "BACKUP_FILE_IN_USE",
+      metadata: { field: "backup_file", job_uuid: first.status!.uuid },
     });
 
     const second = await server.client.backup(

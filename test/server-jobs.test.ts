@@ -9,8 +9,9 @@ import * as path from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { durationMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { describe, expect, it } from "vitest";
-import { BackupState } from "../gen/vmabackup/v1/backup_pb.js";
+import { BackupFormat, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import type { BackupStatus } from "../gen/vmabackup/v1/backup_pb.js";
+import { readErrorDetails } from "../src/server/rpc-error-details.js";
 import { expectRefusal } from "./helpers/rpc-failure.js";
 import { halfRandomImage, useSharedTestServer } from "./helpers/test-server.js";
 
@@ -32,10 +33,12 @@ async function source(size: number): Promise<string> {
 }
 
 /** A job that stays ACTIVE for a long time (8 MiB at 256 KiB/s: 32 s) unless told otherwise. */
-async function startSlowJob(options: { requestId?: string; backupFile?: string } = {}): Promise<BackupStatus> {
+async function startSlowJob(
+  options: { requestId?: string; backupFile?: string; sourcePath?: string } = {},
+): Promise<BackupStatus> {
   const response = await fixture.client.backup({
     backupFile: options.backupFile ?? `${unique("slow")}.vma`,
-    devices: [{ name: "drive-scsi0", path: await source(8 * MiB) }],
+    devices: [{ name: "drive-scsi0", path: options.sourcePath ?? (await source(8 * MiB)) }],
     speedLimit: BigInt(256 * KiB),
     requestId: options.requestId ?? "",
   });
@@ -230,21 +233,55 @@ describe("Backup with a request_id", () => {
     const { server, client } = fixture;
     const requestId = `retry-${randomUUID()}`;
     const backupFile = `${unique("idempotent")}.vma`;
-    const first = await startSlowJob({ requestId, backupFile });
+    const sourcePath = await source(8 * MiB);
+    const first = await startSlowJob({ requestId, backupFile, sourcePath });
     expect(first.requestId).toBe(requestId);
     const before = (await listAll()).length;
 
-    // Another source and the same name: a second job would fail or differ; a retry returns the first.
-    const retried = await startSlowJob({ requestId, backupFile });
+    // The same name and source: a second job would fail on both; a retry returns the first.
+    const retried = await startSlowJob({ requestId, backupFile, sourcePath });
     expect(retried.uuid).toBe(first.uuid);
     expect(retried.requestId).toBe(requestId);
     expect(retried.state).toBe(BackupState.ACTIVE);
 
     await client.cancelBackup({ uuid: first.uuid });
-    const afterEnd = await startSlowJob({ requestId, backupFile });
+    const afterEnd = await startSlowJob({ requestId, backupFile, sourcePath });
     expect(afterEnd).toMatchObject({ uuid: first.uuid, state: BackupState.CANCELLED });
     expect((await listAll()).length).toBe(before);
     expect((await readdir(server.backupDir)).filter((name) => name.startsWith(path.parse(backupFile).name))).toEqual([]);
+  });
+
+  it("refuses the request_id of an earlier job with a different request: ALREADY_EXISTS naming that job", async () => {
+    const { server } = fixture;
+    const requestId = `reused-${randomUUID()}`;
+    const sourcePath = await source(8 * MiB);
+    const backupFile = `${unique("first")}.vma`;
+    const first = await startSlowJob({ requestId, backupFile, sourcePath });
+    const before = (await listAll()).length;
+    const other = `${unique("other")}.vma`;
+
+    // The same request spelled differently on the wire (the default format named) is a retry.
+    const spelled = await fixture.client.backup({
+      backupFile,
+      format: BackupFormat.VMA,
+      devices: [{ name: "drive-scsi0", path: sourcePath }],
+      speedLimit: BigInt(256 * KiB),
+      requestId,
+    });
+    expect(spelled.status!.uuid).toBe(first.uuid);
+
+    const error = await expectRefusal(
+      startSlowJob({ requestId, backupFile: other, sourcePath }),
+      grpc.status.ALREADY_EXISTS,
+      "REQUEST_ID_REUSED",
+      "request_id",
+    );
+    expect(readErrorDetails(error)?.errorInfo?.metadata).toMatchObject({ uuid: first.uuid });
+    expect(error.details).toContain(first.uuid);
+    expect(error.details).toContain("new request_id");
+    expect((await listAll()).length).toBe(before);
+    expect(await readdir(server.backupDir)).not.toContain(other);
+    await fixture.client.cancelBackup({ uuid: first.uuid });
   });
 
   it("starts separate jobs for separate request ids and refuses one over 128 bytes", async () => {

@@ -18,6 +18,7 @@ const reflectionPackageRoot = path.resolve(path.dirname(require.resolve("@grpc/r
 
 interface ReflectionResponse {
   list_services_response?: { service: Array<{ name: string }> };
+  all_extension_numbers_response?: { base_type_name: string; extension_number: number[] };
   file_descriptor_response?: { file_descriptor_proto: Buffer[] };
   error_response?: { error_code: number; error_message: string };
 }
@@ -25,7 +26,9 @@ interface ReflectionResponse {
 type ReflectionRequest =
   | { list_services: string }
   | { file_containing_symbol: string }
-  | { file_by_filename: string };
+  | { file_by_filename: string }
+  | { all_extension_numbers_of_type: string }
+  | { file_containing_extension: { containing_type: string; extension_number: number } };
 
 /** A reflection client for one protocol version, speaking through a bidi stream. */
 class ReflectionClient {
@@ -148,6 +151,43 @@ describe.each(["v1", "v1alpha"] as const)("reflection %s", (version) => {
   it("resolves the health service too", async () => {
     const files = await reflection.fileContainingSymbol("grpc.health.v1.Health");
     expect(files.some((file) => file.service.some((service) => service.name === "Health"))).toBe(true);
+  });
+
+  it("serves backup.proto with its comments, for grpcurl describe", async () => {
+    const [main] = await reflection.fileContainingSymbol("vmabackup.v1.BackupService");
+    const comments = (main!.sourceCodeInfo?.location ?? []).map((location) => location.leadingComments);
+    expect(comments).toContainEqual(expect.stringContaining("BackupService starts, inspects, cancels and follows"));
+  });
+
+  it("answers extension queries for known types with an empty list", async () => {
+    for (const type of ["vmabackup.v1.BackupRequest", "google.rpc.ErrorInfo", "grpc.health.v1.HealthCheckRequest"]) {
+      const response = await reflection.ask({ all_extension_numbers_of_type: type });
+      expect(response.error_response ?? null).toBeNull();
+      expect(response.all_extension_numbers_response).toEqual({ base_type_name: type, extension_number: [] });
+    }
+    const unknown = await reflection.ask({ all_extension_numbers_of_type: "no.such.Message" });
+    expect(unknown.error_response?.error_code).toBe(grpc.status.NOT_FOUND);
+    const extension = await reflection.ask({
+      file_containing_extension: { containing_type: "vmabackup.v1.BackupRequest", extension_number: 100 },
+    });
+    expect(extension.error_response?.error_code).toBe(grpc.status.NOT_FOUND);
+  });
+
+  it("describes health as protoc does: StatusesEntry, fully qualified type names", async () => {
+    const files = await reflection.fileContainingSymbol("grpc.health.v1.Health");
+    const health = files.find((file) => file.package === "grpc.health.v1")!;
+    expect(health.name).toBe("grpc/health/v1/health.proto");
+    const list = health.messageType.find((message) => message.name === "HealthListResponse")!;
+    expect(list.nestedType.map((message) => message.name)).toEqual(["StatusesEntry"]);
+    const typeNames = [
+      ...health.messageType.flatMap((message) => [...message.field, ...message.nestedType.flatMap((n) => n.field)]),
+    ]
+      .map((field) => field.typeName)
+      .filter((name) => name !== "");
+    const methodTypes = health.service.flatMap((service) => service.method.flatMap((m) => [m.inputType, m.outputType]));
+    for (const name of [...typeNames, ...methodTypes]) expect(name).toMatch(/^\.grpc\.health\.v1\./);
+    // A registry builds from it, as a strict client would.
+    expect(createFileRegistry(health, () => undefined).getService("grpc.health.v1.Health")?.methods.length).toBe(3);
   });
 
   it("answers unknown symbols with NOT_FOUND", async () => {

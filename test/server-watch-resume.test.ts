@@ -7,10 +7,13 @@ import { open } from "node:fs/promises";
 import * as path from "node:path";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
+import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import type { BackupStatus, WatchBackupResponse } from "../gen/vmabackup/v1/backup_pb.js";
 import { createClient } from "../src/server/grpc-client.js";
+import { readErrorDetails } from "../src/server/rpc-error-details.js";
+import { expectRefusal } from "./helpers/rpc-failure.js";
 import { startTestServer } from "./helpers/test-server.js";
 import type { BackupClient, TestServer } from "./helpers/test-server.js";
 
@@ -150,6 +153,24 @@ describe("a watcher that resumes with after_revision", () => {
     // The catch-up comes in the order things happened.
     const order = [a.uuid, b.uuid, c.uuid].map((uuid) => resumed.findIndex((status) => status.uuid === uuid));
     expect([...order].sort((x, y) => x - y)).toEqual(order);
+  });
+
+  it("is refused OUT_OF_RANGE, with the latest revision, when it asks for one the server never handed out", async () => {
+    const job = await startJob(server, MiB, 0);
+    const [end] = (await readAll(client.watchBackup({ uuid: job.uuid }))).slice(-1);
+    const ahead = end!.revision + 1_000_000n;
+    for (const uuid of [job.uuid, ""]) {
+      const error = await expectRefusal(
+        readAll(client.watchBackup({ uuid, afterRevision: ahead })),
+        status.OUT_OF_RANGE,
+        "AFTER_REVISION_OUT_OF_RANGE",
+        "after_revision",
+      );
+      const latest = BigInt(readErrorDetails(error)!.errorInfo!.metadata.latest_revision ?? "-1");
+      expect(latest).toBeGreaterThanOrEqual(end!.revision);
+      expect(latest).toBeLessThan(ahead);
+      expect(error.details).toContain(`latest revision is ${latest}`);
+    }
   });
 });
 

@@ -7,14 +7,16 @@ import * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BackupService, WatchBackupResponseSchema } from "../gen/vmabackup/v1/backup_pb.js";
+import { BackupService, BackupState, WatchBackupResponseSchema } from "../gen/vmabackup/v1/backup_pb.js";
 import type { JobStatus } from "../src/engine/types.js";
 import { addService } from "../src/server/grpc-adapter.js";
 import { createClient } from "../src/server/grpc-client.js";
 import type { ClientOf } from "../src/server/grpc-client.js";
+import { readErrorDetails } from "../src/server/rpc-error-details.js";
 import { toBackupStatus } from "../src/server/status-codec.js";
 import { WatchStreams } from "../src/server/watch-streams.js";
 import type { StatusSource } from "../src/server/watch-streams.js";
+import { startTestServer } from "./helpers/test-server.js";
 
 /** An endless source of 4 KiB statuses that counts what was pulled from it. */
 class EndlessSource implements StatusSource {
@@ -123,7 +125,7 @@ describe("WatchStreams", () => {
     await iterator.return?.();
   });
 
-  it("ends a stalled stream with OK on endAll, after the client read what was sent", async () => {
+  it("ends a stalled stream with UNAVAILABLE on endAll, after the client read what was sent", async () => {
     const iterator = await openStalledWatch();
     watchStreams.endAll();
     await served;
@@ -131,13 +133,47 @@ describe("WatchStreams", () => {
     expect(watchStreams.size).toBe(0);
     const pulled = source.pulled;
     let received = 1;
-    for (;;) {
-      const result = await iterator.next();
-      if (result.done) break;
-      received += 1;
+    let ended: unknown;
+    try {
+      for (;;) {
+        const result = await iterator.next();
+        if (result.done) break;
+        received += 1;
+      }
+    } catch (error) {
+      ended = error;
     }
-    // Everything written was delivered and the stream ended without error.
+    // Everything written was delivered, then a status that tells the
+    // watcher to reconnect (retryable), not OK (which means "all done").
     expect(received).toBeGreaterThan(10);
     expect(received).toBeLessThanOrEqual(pulled);
+    expect(ended).toMatchObject({ code: grpc.status.UNAVAILABLE });
+    expect(readErrorDetails(ended)?.errorInfo).toMatchObject({ reason: "ENGINE_SHUT_DOWN", domain: "vmabackup" });
+  });
+});
+
+describe("a server shutting down", () => {
+  it("ends all-jobs watchers with UNAVAILABLE, after the running job's CANCELLED", async () => {
+    const own = await startTestServer();
+    try {
+      const source = await own.writeSource("slow.raw", Buffer.alloc(4 * 1024 * 1024, 1));
+      const job = await own.client.backup({
+        backupFile: "slow.vma",
+        devices: [{ name: "drive-scsi0", path: source }],
+        speedLimit: 256n * 1024n,
+      });
+      const states: BackupState[] = [];
+      const watching = (async () => {
+        for await (const message of own.client.watchBackup({ uuid: "" })) {
+          states.push(message.status!.state);
+          if (states.length === 1) void own.stop();
+        }
+      })();
+      await expect(watching).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });
+      expect(states).toEqual([BackupState.ACTIVE, BackupState.CANCELLED]);
+      expect(job.status?.state).toBe(BackupState.ACTIVE);
+    } finally {
+      await own.stop();
+    }
   });
 });

@@ -191,9 +191,15 @@ describe("ArchiveFile", () => {
     await rename(join(inside, "vm100"), join(inside, "moved"));
     await symlink(outside, join(inside, "vm100"));
     await file.write([Uint8Array.of(1, 2, 3)]);
-    await file.commit();
+    expect(await readdir(join(inside, "moved"))).toEqual(["a.vma.partial"]);
+    // Published in the moved directory, the archive would not be at its path: refused.
+    await expect(file.commit()).rejects.toThrow(
+      `the directory ${join(inside, "vm100")} was moved to ${join(inside, "moved")} while the archive was written; it was not kept`,
+    );
+    await file.discard();
     expect(await readdir(outside)).toEqual([]);
-    expect(await readdir(join(inside, "moved"))).toEqual(["a.vma"]);
+    expect(await readdir(join(inside, "moved"))).toEqual([]);
+    await writeFile(join(inside, "moved", "a.vma"), "kept");
 
     const discarded = await ArchiveFile.create(join(inside, "moved", "b.vma"), inside);
     await rename(join(inside, "moved"), join(inside, "moved-again"));
@@ -201,6 +207,20 @@ describe("ArchiveFile", () => {
     await discarded.discard();
     expect(await readdir(join(inside, "moved-again"))).toEqual(["a.vma"]);
     expect(await readdir(outside)).toEqual([]);
+  });
+
+  it("refuses to commit after a failed background flush, although the final fsync succeeds", async () => {
+    // Linux reports a writeback error to one fdatasync only; the fsync after it returns 0.
+    const eio = Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" });
+    const file = await ArchiveFile.create(join(dir, "lost.vma"), dir, {
+      backgroundFlushBytes: 1,
+      datasync: () => Promise.reject(eio),
+    });
+    await file.write([Uint8Array.of(1, 2, 3)]);
+    await expect(file.commit()).rejects.toBe(eio);
+    expect(await exists(join(dir, "lost.vma"))).toBe(false);
+    await file.discard();
+    expect(await readdir(dir)).toEqual([]);
   });
 
   it("splits more than IOV_MAX chunks and keeps their order", async () => {

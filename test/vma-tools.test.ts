@@ -370,6 +370,32 @@ describe.concurrent("vma extract", () => {
     expect(await readdir(dir)).toEqual(["disk-drive-b.raw"]);
   });
 
+  it("extracts the device, not a config named like its image file, and says how to get that config", async () => {
+    // Another writer's archive: config "disk-drive-a.raw" beside device "drive-a".
+    const uuid = randomBytes(16);
+    const disk = randomBytes(CLUSTER);
+    const chunks: Uint8Array[] = [];
+    const writer = new VmaWriter({ write: async (parts) => void chunks.push(...parts.map((part) => Uint8Array.from(part))) }, { uuid });
+    writer.addConfig("qemu-server.conf", smallConfig);
+    writer.addConfig("disk-drive-a.raw", Buffer.from("not a disk\n"));
+    writer.addDevice("drive-a", CLUSTER);
+    await writer.writeCluster(1, 0, disk, 0xffff);
+    writer.completeDevice(1);
+    await writer.finish();
+    const archive = join(root, "config-named-like-disk.vma");
+    await writeFile(archive, Buffer.concat(chunks));
+
+    const dir = join(root, "config-named-like-disk");
+    const result = await vma(["extract", archive, dir]);
+    expect(result.stderr).toBe(
+      'warning: config "disk-drive-a.raw" not extracted: the image of device drive-a has that file name (print the config with: vma config ARCHIVE disk-drive-a.raw)\n',
+    );
+    expect(result.code).toBe(0);
+    expect((await readdir(dir)).sort()).toEqual(["disk-drive-a.raw", "qemu-server.conf"]);
+    expect((await readFile(join(dir, "disk-drive-a.raw"))).equals(disk)).toBe(true);
+    expect((await vma(["config", archive, "disk-drive-a.raw"])).stdout.toString()).toBe("not a disk\n");
+  });
+
   it("removes what it wrote when the archive turns out damaged", async () => {
     const archive = await readFile(small);
     const damagedPath = join(root, "trailing.vma");
@@ -381,6 +407,57 @@ describe.concurrent("vma extract", () => {
       `offset ${archive.length}: the archive ends 7 bytes into an extent header; expected 512 bytes or the end of the archive\nFAIL problems=1 (nothing extracted)\n`,
     );
     expect(await readdir(dir)).toEqual([]);
+  });
+});
+
+describe.concurrent("control characters in names", () => {
+  // Another writer's archive: an OSC title sequence in the device name, a C1 CSI in a config name.
+  const DEVICE = "drive\x1b]0;pwned\x07";
+  const CONFIG = "qemu\u009b2J.conf";
+  const CONTROL = /[\x00-\x09\x0b-\x1f\x7f-\x9f]/;
+  let archive: string;
+
+  beforeAll(async () => {
+    const chunks: Uint8Array[] = [];
+    const writer = new VmaWriter({ write: async (parts) => void chunks.push(...parts.map((part) => Uint8Array.from(part))) }, { uuid: randomBytes(16) });
+    writer.addConfig(CONFIG, Buffer.from("memory: 512\n"));
+    // 513 bytes: verify warns, naming the device.
+    writer.addDevice(DEVICE, CLUSTER + 513);
+    await writer.writeCluster(1, 0, randomBytes(CLUSTER), 0xffff);
+    await writer.writeCluster(1, 1, Buffer.alloc(CLUSTER), 0);
+    writer.completeDevice(1);
+    await writer.finish();
+    archive = join(root, "control-names.vma");
+    await writeFile(archive, Buffer.concat(chunks));
+  });
+
+  it("escapes them in list, verify, extract and config output; list --json keeps them exact", async () => {
+    const dir = join(root, "control-names-out");
+    const [list, json, verify, extract, config] = await Promise.all([
+      vma(["list", archive]),
+      vma(["list", "--json", archive]),
+      vma(["verify", archive]),
+      vma(["extract", archive, dir]),
+      vma(["config", archive, "absent.conf"]),
+    ]);
+    for (const result of [list, verify, extract, config]) {
+      expect(result.stdout.toString()).not.toMatch(CONTROL);
+      expect(result.stderr).not.toMatch(CONTROL);
+    }
+    expect(list.code).toBe(0);
+    expect(list.stdout.toString()).toContain("CFG: size: 12 name: qemu\\x9b2J.conf\n");
+    expect(list.stdout.toString()).toContain("devname: drive\\x1b]0;pwned\\x07\n");
+    expect(verify.stderr).toContain("warning: drive\\x1b]0;pwned\\x07: size 66049");
+    expect(extract.code).toBe(0);
+    expect(extract.stdout.toString()).toContain("disk-drive\\x1b]0;pwned\\x07.raw\n");
+    expect(config.code).toBe(2);
+    expect(config.stderr).toContain("its configs: qemu\\x9b2J.conf");
+
+    const exact = JSON.parse(json.stdout.toString()) as { configs: Array<{ name: string }>; devices: Array<{ name: string; file: string }> };
+    expect(exact.configs[0]?.name).toBe(CONFIG);
+    expect(exact.devices[0]).toMatchObject({ name: DEVICE, file: `disk-${DEVICE}.raw` });
+    // The files themselves carry the exact names.
+    expect((await readdir(dir)).sort()).toEqual([`disk-${DEVICE}.raw`, CONFIG]);
   });
 });
 

@@ -17,6 +17,7 @@ import { ProgressBarRenderer } from "./client-progress.js";
 import { JsonLineRenderer, StatusLineRenderer, type StatusRenderer } from "./client-render.js";
 import { requireStatus } from "./client-status.js";
 import { untilInterrupted, watchBackups } from "./client-watch.js";
+import { escapeControls } from "./escape-controls.js";
 import { formatJsonDocument, formatStatusJson } from "./format-json.js";
 import { formatStatusLine, formatStatusSummary } from "./format-status.js";
 import { parseConfigArgument, parseDeviceArgument, type NamedPath } from "./parse-named-path.js";
@@ -70,7 +71,7 @@ function registerBackupCommand(program: Command): void {
         { deadline: unaryDeadline() },
       );
       const status = requireStatus(response.status, "Backup");
-      process.stdout.write(options.json ? `${formatStatusJson(status)}\n` : `${status.uuid}\n`);
+      process.stdout.write(options.json ? `${formatStatusJson(status)}\n` : `${escapeControls(status.uuid)}\n`);
       return options.watch ? watchFromCommandLine(client, status.uuid, options) : EXIT_OK;
     }),
   );

@@ -2,6 +2,7 @@
 // gRPC errors and failed jobs exit 1, usage errors exit 2, Ctrl-C 130.
 import { status as GrpcStatus, type ServiceError } from "@grpc/grpc-js";
 import { errorReason } from "../server/rpc-error-details.js";
+import { escapeControls } from "./escape-controls.js";
 import { ArgumentSyntaxError } from "./parse-error.js";
 
 export const EXIT_OK = 0;
@@ -39,8 +40,16 @@ export interface ErrorReport {
   readonly exitCode: number;
 }
 
-/** Turns whatever a client command threw into the line to print and the exit code. */
+/**
+ * Turns whatever a client command threw into the line to print and the exit
+ * code; control characters in it (names the server quotes) are escaped.
+ */
 export function reportError(error: unknown, serverAddress: string): ErrorReport {
+  const report = describeFailure(error, serverAddress);
+  return { ...report, message: escapeControls(report.message) };
+}
+
+function describeFailure(error: unknown, serverAddress: string): ErrorReport {
   if (error instanceof UsageError || error instanceof ArgumentSyntaxError) {
     return { message: `error: ${error.message}`, exitCode: EXIT_USAGE };
   }

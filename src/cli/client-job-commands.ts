@@ -12,6 +12,7 @@ import { EXIT_OK } from "./client-errors.js";
 import { listBackups } from "./client-list.js";
 import { addConnectionOptions, collecting, rejectingSyntaxErrors, type ConnectionOptions } from "./client-options.js";
 import { requireStatus } from "./client-status.js";
+import { escapeControls } from "./escape-controls.js";
 import { formatJsonDocument, messageToJson } from "./format-json.js";
 import { formatRate } from "./format-size.js";
 import { formatStatusLine } from "./format-status.js";
@@ -89,7 +90,7 @@ function registerSpeedCommand(program: Command): void {
         process.stdout.write(`${formatJsonDocument(BackupStatusSchema, status)}\n`);
       } else {
         const limit = status.speedLimit === 0n ? "unlimited" : formatRate(Number(status.speedLimit));
-        process.stdout.write(`${status.uuid} speed limit ${limit}\n`);
+        process.stdout.write(`${escapeControls(status.uuid)} speed limit ${limit}\n`);
       }
       return EXIT_OK;
     }),

@@ -8,6 +8,7 @@ import cliProgress from "cli-progress";
 import type { BackupStatus } from "../../gen/vmabackup/v1/backup_pb.js";
 import type { StatusRenderer } from "./client-render.js";
 import { isTerminal, stateName } from "./client-status.js";
+import { escapeControls } from "./escape-controls.js";
 import { formatProgress, formatStatusLine } from "./format-status.js";
 
 /** What each bar carries between updates; the formatter renders from it. */
@@ -45,7 +46,7 @@ function drawBar(progress: number, width: number): string {
  */
 export function formatBarLine(status: BackupStatus, terminalWidth: number, now: Date): string {
   const progress = status.totalBytes > 0n ? Number(status.transferredBytes) / Number(status.totalBytes) : 0;
-  const head = `${status.uuid.slice(0, LABEL_LENGTH)} ${stateName(status.state)}`;
+  const head = `${escapeControls(status.uuid.slice(0, LABEL_LENGTH))} ${stateName(status.state)}`;
   const fixed = head.length + 4;
   const zeroShare = terminalWidth >= fixed + MIN_BAR_WIDTH + TEXT_WIDTH;
   const tail = formatProgress(status, now, { zeroShare });

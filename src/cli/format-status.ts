@@ -1,10 +1,12 @@
 // Human-readable renderings of a BackupStatus: the multi-line summary of
 // `vmabackup status` and the one-line form used by `watch`, `cancel` and
 // `list`. Rate and ETA of an active job are the server's (status.rate and
-// status.eta, measured over the last few seconds), not guessed here.
+// status.eta, measured over the last few seconds), not guessed here. Text
+// from the status is shown with its control characters escaped.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { BackupState, type BackupStatus } from "../../gen/vmabackup/v1/backup_pb.js";
+import { BackupState, type BackupStatus, type DeviceStatus } from "../../gen/vmabackup/v1/backup_pb.js";
 import { averageRate, elapsedMs, etaMs, stateName } from "./client-status.js";
+import { escapeControls } from "./escape-controls.js";
 import { formatBytes, formatDuration, formatPercent, formatRate } from "./format-size.js";
 
 /** "1 min 05 s" left, or "-" while the server has no estimate. */
@@ -42,14 +44,14 @@ export function formatProgress(status: BackupStatus, now: Date, { zeroShare = tr
 /** What a finished job left: the archive path, or why there is none. */
 function formatOutcome(status: BackupStatus, now: Date): string {
   const duration = `in ${formatDuration(elapsedMs(status, now))}`;
-  if (status.state === BackupState.DONE) return `${duration}  ${status.backupFile}`;
-  if (status.errorMessage !== "") return `${duration}  ${status.errorMessage}`;
+  if (status.state === BackupState.DONE) return `${duration}  ${escapeControls(status.backupFile)}`;
+  if (status.errorMessage !== "") return `${duration}  ${escapeControls(status.errorMessage)}`;
   return duration;
 }
 
 /** One line per status: uuid, state, progress and, once ended, the outcome. */
 export function formatStatusLine(status: BackupStatus, now: Date): string {
-  const line = `${status.uuid} ${stateName(status.state)}  ${formatProgress(status, now)}`;
+  const line = `${escapeControls(status.uuid)} ${stateName(status.state)}  ${formatProgress(status, now)}`;
   return status.state === BackupState.ACTIVE ? line : `${line}  ${formatOutcome(status, now)}`;
 }
 
@@ -60,12 +62,23 @@ function formatRateRow(status: BackupStatus, now: Date): string {
   return `${formatRate(averageRate(status, now))} average over ${formatDuration(elapsedMs(status, now))}${limit}`;
 }
 
+/**
+ * "  padded with 511 zero bytes to 1024 bytes" for a device whose size is not
+ * a multiple of 512 (the archive records it rounded up); "" otherwise, and
+ * from servers that do not report archive_size.
+ */
+function formatPadding(device: DeviceStatus): string {
+  if (device.archiveSize <= device.size) return "";
+  const padding = device.archiveSize - device.size;
+  return `  padded with ${padding} zero byte${padding === 1n ? "" : "s"} to ${device.archiveSize} bytes`;
+}
+
 /** The summary `vmabackup status` prints: one labelled field per line, then the devices. */
 export function formatStatusSummary(status: BackupStatus, now: Date): string {
   const rows: Array<[string, string]> = [
-    ["uuid", status.uuid],
+    ["uuid", escapeControls(status.uuid)],
     ["state", stateName(status.state)],
-    ["file", status.backupFile],
+    ["file", escapeControls(status.backupFile)],
     [
       "progress",
       `${formatPercent(status.transferredBytes, status.totalBytes)}  ` +
@@ -81,19 +94,21 @@ export function formatStatusSummary(status: BackupStatus, now: Date): string {
   if (status.state === BackupState.ACTIVE) rows.push(["eta", etaMs(status) === undefined ? "unknown" : formatEta(status)]);
   if (status.startTime !== undefined) rows.push(["started", timestampDate(status.startTime).toISOString()]);
   if (status.endTime !== undefined) rows.push(["ended", timestampDate(status.endTime).toISOString()]);
-  if (status.requestId !== "") rows.push(["request", status.requestId]);
-  if (status.errorMessage !== "") rows.push(["error", status.errorMessage]);
+  if (status.requestId !== "") rows.push(["request", escapeControls(status.requestId)]);
+  if (status.errorMessage !== "") rows.push(["error", escapeControls(status.errorMessage)]);
 
   const width = Math.max(...rows.map(([label]) => label.length)) + 2;
   const lines = rows.map(([label, value]) => `${label.padEnd(width)}${value}`);
   lines.push("devices");
-  const nameWidth = Math.max(0, ...status.devices.map((device) => device.name.length)) + 2;
-  for (const device of status.devices) {
+  const names = status.devices.map((device) => escapeControls(device.name));
+  const nameWidth = Math.max(0, ...names.map((name) => name.length)) + 2;
+  for (const [index, device] of status.devices.entries()) {
     lines.push(
-      `  ${String(device.devId).padStart(3)}  ${device.name.padEnd(nameWidth)}` +
+      `  ${String(device.devId).padStart(3)}  ${names[index]!.padEnd(nameWidth)}` +
         `${formatPercent(device.transferredBytes, device.size).padStart(6)}  ` +
         `${formatBytes(device.transferredBytes)} of ${formatBytes(device.size)}  ` +
-        `zero ${formatPercent(device.zeroBytes, device.transferredBytes)}`,
+        `zero ${formatPercent(device.zeroBytes, device.transferredBytes)}` +
+        formatPadding(device),
     );
   }
   return lines.join("\n");

@@ -1,6 +1,11 @@
 // The `vmabackup` command: the daemon (`serve`), its client commands and the
 // archive tools (`vma ...`).
 import { Command } from "commander";
+import { installDaemonSignals } from "./daemon-signals.js";
+
+// First of all, while the rest loads: SIGUSR1 must never open the inspector
+// in the daemon (see daemon-signals.ts).
+if (process.argv[2] === "serve") installDaemonSignals();
 
 const program = new Command("vmabackup")
   .description("Back up virtual-machine disks into Proxmox-compatible VMA archives")

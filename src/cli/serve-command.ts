@@ -1,5 +1,6 @@
 // `vmabackup serve`: runs the daemon in the foreground, logging pino JSON
 // lines to stdout, until SIGINT or SIGTERM stops it cleanly (exit 0).
+// SIGHUP and SIGUSR1 are logged and ignored (see daemon-signals.ts).
 // Transport security (TLS, mutual TLS, bearer tokens) comes from the --tls-*
 // and --auth-token-file flags; an address other than loopback is refused
 // without them unless --insecure (exit 2, like any bad flag).
@@ -12,10 +13,11 @@ import type { Logger } from "pino";
 import type * as grpc from "@grpc/grpc-js";
 import { createAuthInterceptor, readTokenFile, TokenFileError } from "../server/auth.js";
 import { startServer } from "../server/server.js";
-import { StoreVersionError } from "../store/job-store.js";
-import { StateDirLockedError } from "../store/state-dir-lock.js";
-import { isLoopbackHost, listenHost, listenPolicyViolation, loadServerCredentials, TlsConfigError } from "../server/tls.js";
+import { isLoopbackAddress, ListenResolveError, listenPolicyViolation, resolveListenHost } from "../server/listen-policy.js";
+import { loadServerCredentials, TlsConfigError } from "../server/tls.js";
 import type { ServerTlsFiles } from "../server/tls.js";
+import { installDaemonSignals, logDaemonSignalsTo } from "./daemon-signals.js";
+import { startupProblem } from "./startup-problem.js";
 
 const DEFAULT_LISTEN = "127.0.0.1:50051";
 const DEFAULT_BACKUP_DIR = "./var/backups";
@@ -92,7 +94,7 @@ function parseLogLevel(text: string): string {
   return text;
 }
 
-function parseSecurity(flags: ServeFlags, listen: string): SecuritySettings {
+function parseSecurity(flags: ServeFlags): SecuritySettings {
   if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined)) {
     throw new FlagError("--tls-cert and --tls-key go together");
   }
@@ -107,18 +109,33 @@ function parseSecurity(flags: ServeFlags, listen: string): SecuritySettings {
           keyFile: path.resolve(flags.tlsKey),
           ...(flags.tlsClientCa === undefined ? {} : { clientCaFile: path.resolve(flags.tlsClientCa) }),
         };
-  const security: SecuritySettings = {
+  return {
     ...(flags.authTokenFile === undefined ? {} : { authTokenFile: path.resolve(flags.authTokenFile) }),
     ...(tls === undefined ? {} : { tls }),
     insecure: flags.insecure === true,
   };
-  const violation = listenPolicyViolation(listen, {
-    tls: tls !== undefined,
+}
+
+/**
+ * The addresses --listen resolves to, once the listen policy allows them
+ * (judged on the addresses, never the name). Throws FlagError.
+ */
+async function listenAddresses(settings: ServeSettings): Promise<string[]> {
+  let addresses: string[];
+  try {
+    addresses = await resolveListenHost(settings.listen);
+  } catch (error) {
+    if (error instanceof ListenResolveError) throw new FlagError(error.message);
+    throw error;
+  }
+  const { security } = settings;
+  const violation = listenPolicyViolation(settings.listen, addresses, {
+    tls: security.tls !== undefined,
     auth: security.authTokenFile !== undefined,
     insecure: security.insecure,
   });
   if (violation !== undefined) throw new FlagError(violation);
-  return security;
+  return addresses;
 }
 
 function settingsFrom(flags: ServeFlags): ServeSettings {
@@ -131,7 +148,7 @@ function settingsFrom(flags: ServeFlags): ServeSettings {
     stateDir: path.resolve(flags.stateDir),
     progressIntervalMs: parseDuration("--progress-interval", flags.progressInterval),
     logLevel: parseLogLevel(flags.logLevel),
-    security: parseSecurity(flags, listen),
+    security: parseSecurity(flags),
   };
 }
 
@@ -142,7 +159,11 @@ interface TransportSecurity {
 }
 
 /** Loads the token file and TLS files; throws TokenFileError or TlsConfigError. */
-async function loadSecurity(settings: ServeSettings, logger: Logger): Promise<TransportSecurity> {
+async function loadSecurity(
+  settings: ServeSettings,
+  addresses: readonly string[],
+  logger: Logger,
+): Promise<TransportSecurity> {
   const { security } = settings;
   const interceptors: grpc.ServerInterceptor[] = [];
   let authTokens = 0;
@@ -156,9 +177,9 @@ async function loadSecurity(settings: ServeSettings, logger: Logger): Promise<Tr
     { tls: security.tls !== undefined, mutualTls: security.tls?.clientCaFile !== undefined, authTokens },
     "transport security",
   );
-  if (security.insecure && !isLoopbackHost(listenHost(settings.listen)) && (credentials === undefined || authTokens === 0)) {
+  if (security.insecure && !addresses.every(isLoopbackAddress) && (credentials === undefined || authTokens === 0)) {
     logger.warn(
-      { listen: settings.listen },
+      { listen: settings.listen, addresses },
       "--insecure: serving an address other than loopback without TLS and a bearer token",
     );
   }
@@ -169,11 +190,17 @@ function collect(value: string, previous: string[] | undefined): string[] {
   return [...(previous ?? []), value];
 }
 
-async function serve(settings: ServeSettings, security: TransportSecurity, logger: Logger): Promise<void> {
+async function serve(
+  settings: ServeSettings,
+  addresses: readonly string[],
+  security: TransportSecurity,
+  logger: Logger,
+): Promise<void> {
   for (const dir of [settings.backupDir, settings.stateDir, ...settings.sourceRoots]) {
     await mkdir(dir, { recursive: true });
   }
-  const server = await startServer({ ...settings, ...security, logger });
+  // Bind the addresses the policy judged, not the name again.
+  const server = await startServer({ ...settings, ...security, listenAddresses: addresses, logger });
 
   let stopping = false;
   const onSignal = (signal: NodeJS.Signals): void => {
@@ -224,29 +251,30 @@ export function registerServeCommand(program: Command): void {
     .option("--insecure", "allow an address other than loopback without TLS and --auth-token-file")
     .action(async (flags: ServeFlags, command: Command) => {
       let settings: ServeSettings;
+      let addresses: string[];
       try {
         settings = settingsFrom(flags);
+        addresses = await listenAddresses(settings);
       } catch (error) {
         if (!(error instanceof FlagError)) throw error;
         command.error(`error: ${error.message}`, { exitCode: USAGE_EXIT_CODE });
       }
       const logger = pino({ level: settings.logLevel });
+      installDaemonSignals();
+      logDaemonSignalsTo(logger);
       let security: TransportSecurity;
       try {
-        security = await loadSecurity(settings, logger);
+        security = await loadSecurity(settings, addresses, logger);
       } catch (error) {
         if (!(error instanceof TokenFileError || error instanceof TlsConfigError)) throw error;
         command.error(`error: ${error.message}`, { exitCode: USAGE_EXIT_CODE });
       }
       try {
-        await serve(settings, security, logger);
+        await serve(settings, addresses, security, logger);
       } catch (error) {
         logger.fatal({ err: error }, "cannot start the server");
-        // A job database written by a newer vmabackup, or a state dir another
-        // server holds, is the operator's to sort out: say so plainly.
-        if (error instanceof StoreVersionError || error instanceof StateDirLockedError) {
-          process.stderr.write(`error: ${error.message}\n`);
-        }
+        // The log line has the stack; the operator gets one line saying what to fix.
+        process.stderr.write(`error: ${startupProblem(error, settings)}\n`);
         process.exit(1);
       }
     });

@@ -2,11 +2,14 @@
 // Proxmox's `vma`, on top of the strict streaming reader. ARCHIVE is a file
 // (.vma, .vma.gz or .vma.zst, told apart by content) or "-" for stdin.
 // Exit codes: 0 ok, 1 invalid or incomplete archive, 2 usage or I/O error.
+// Names in an archive are anyone's: text lines go out through writeLine,
+// which escapes control characters; JSON and `config` output stay exact.
 import type { Command } from "commander";
 import { ExtractUsageError, extractArchive, imageFileName } from "../vma/extract-archive.js";
 import { openArchive, UnsupportedCompressionError, type OpenedArchive } from "../vma/open-archive.js";
 import type { VmaHeader, VmaProblem } from "../vma/reader-types.js";
 import { verifyArchive, verifyArchiveHeader, type ArchiveVerdict } from "../vma/verify-archive.js";
+import { escapeControls } from "./escape-controls.js";
 import { createProgressBar } from "./progress-bar.js";
 
 export const EXIT_OK = 0;
@@ -76,7 +79,7 @@ async function run(body: () => Promise<number>): Promise<void> {
   try {
     process.exitCode = await body();
   } catch (error) {
-    process.stderr.write(`error: ${describeError(error)}\n`);
+    writeLine(process.stderr, `error: ${describeError(error)}`);
     process.exitCode = EXIT_USAGE;
   }
 }
@@ -129,7 +132,7 @@ async function verifyCommand(path: string, allowIncomplete: boolean, json: boole
   if (json) {
     process.stdout.write(`${JSON.stringify(verdictJson(verdict), null, 2)}\n`);
   } else {
-    for (const warning of verdict.warnings) process.stderr.write(`warning: ${warning}\n`);
+    for (const warning of verdict.warnings) writeLine(process.stderr, `warning: ${warning}`);
     writeProblems(process.stdout, verdict.problems, verdict.problemCount);
     process.stdout.write(`${verdict.ok ? "OK" : `FAIL problems=${verdict.problemCount}`} ${verdictCounts(verdict)}\n`);
   }
@@ -143,13 +146,13 @@ async function extractCommand(
 ): Promise<number> {
   const archive = await openArchive(path);
   const result = await withProgress("extract", archive, () => extractArchive(archive.chunks, { dir, ...options }));
-  for (const warning of result.warnings) process.stderr.write(`warning: ${warning}\n`);
+  for (const warning of result.warnings) writeLine(process.stderr, `warning: ${warning}`);
   writeProblems(process.stdout, result.problems, result.problemCount);
   if (!result.ok) {
     process.stdout.write(`FAIL problems=${result.problemCount} (nothing extracted)\n`);
     return EXIT_INVALID;
   }
-  for (const file of result.files) process.stdout.write(`${file}\n`);
+  for (const file of result.files) writeLine(process.stdout, file);
   process.stdout.write(`OK files=${result.files.length} ${verdictCounts(result)}\n`);
   return EXIT_OK;
 }
@@ -176,7 +179,7 @@ function formatHeader(header: VmaHeader): string {
         : `DEV: dev_id=${device.devId} size: ${device.size} devname: ${device.name}`,
     );
   }
-  return `${lines.join("\n")}\n`;
+  return lines.map((line) => `${escapeControls(line)}\n`).join("");
 }
 
 /** ISO 8601 in UTC, whole seconds. */
@@ -235,6 +238,11 @@ function verdictJson(verdict: ArchiveVerdict): object {
 }
 
 function writeProblems(stream: NodeJS.WritableStream, problems: readonly VmaProblem[], total: number): void {
-  for (const problem of problems) stream.write(`offset ${problem.offset}: ${problem.message}\n`);
+  for (const problem of problems) writeLine(stream, `offset ${problem.offset}: ${problem.message}`);
   if (total > problems.length) stream.write(`... and ${total - problems.length} more problems\n`);
+}
+
+/** One line of human output, its control characters escaped. */
+function writeLine(stream: NodeJS.WritableStream, text: string): void {
+  stream.write(`${escapeControls(text)}\n`);
 }

@@ -7,6 +7,7 @@ import { constants, type FileHandle, link, lstat, open, rename, unlink } from "n
 import { constants as osConstants } from "node:os";
 import { basename, dirname } from "node:path";
 import { ConfinedDirectory } from "./confined-directory.js";
+import type { FileIdentity } from "./driver.js";
 
 export const PARTIAL_SUFFIX = ".partial";
 const ARCHIVE_MODE = 0o640;
@@ -20,11 +21,23 @@ const LINK_UNSUPPORTED = new Set(["EPERM", "ENOTSUP", "EOPNOTSUPP", "ENOSYS"]);
 
 type LinkFunction = (existingPath: string, newPath: string) => Promise<void>;
 
+export interface ArchiveFileOptions {
+  /** Written bytes after which a background flush starts (default 64 MiB). */
+  readonly backgroundFlushBytes?: number;
+  /**
+   * Writes the file's data back (default FileHandle#datasync). A seam for
+   * fault tests: a writeback error cannot be provoked reliably for real.
+   */
+  readonly datasync?: (handle: FileHandle) => Promise<void>;
+}
+
 type State = "open" | "committed" | "discarded";
 
 export class ArchiveFile {
   readonly finalPath: string;
   readonly partialPath: string;
+  /** The file created at partialPath (the same file under the final name once committed). */
+  readonly identity: FileIdentity;
   private readonly directory: ConfinedDirectory;
   private readonly finalEntry: string;
   private readonly partialEntry: string;
@@ -34,8 +47,22 @@ export class ArchiveFile {
   /** Bytes written when the last background flush started. */
   private flushedUpTo = 0;
   private backgroundFlush: Promise<void> | undefined;
+  /**
+   * The first failed background flush. Linux reports a writeback error once
+   * per open file, so the final fsync would return 0: it must be kept here.
+   */
+  private flushError: unknown = undefined;
+  private readonly backgroundFlushBytes: number;
+  private readonly datasync: (handle: FileHandle) => Promise<void>;
 
-  private constructor(finalPath: string, directory: ConfinedDirectory, handle: FileHandle) {
+  private constructor(
+    finalPath: string,
+    directory: ConfinedDirectory,
+    handle: FileHandle,
+    identity: FileIdentity,
+    options: ArchiveFileOptions,
+  ) {
+    this.identity = identity;
     const name = basename(finalPath);
     this.finalPath = finalPath;
     this.partialPath = finalPath + PARTIAL_SUFFIX;
@@ -43,6 +70,8 @@ export class ArchiveFile {
     this.finalEntry = directory.entry(name);
     this.partialEntry = directory.entry(name + PARTIAL_SUFFIX);
     this.handle = handle;
+    this.backgroundFlushBytes = options.backgroundFlushBytes ?? BACKGROUND_FLUSH_BYTES;
+    this.datasync = options.datasync ?? ((fileHandle) => fileHandle.datasync());
   }
 
   /**
@@ -50,12 +79,20 @@ export class ArchiveFile {
    * resolve to `confineTo` or below (ArchiveOutsideError otherwise); fails
    * with EEXIST if the partial name exists, even as a symlink.
    */
-  static async create(finalPath: string, confineTo: string): Promise<ArchiveFile> {
+  static async create(finalPath: string, confineTo: string, options: ArchiveFileOptions = {}): Promise<ArchiveFile> {
     const directory = await ConfinedDirectory.open(dirname(finalPath), confineTo);
     try {
       const partialEntry = directory.entry(basename(finalPath) + PARTIAL_SUFFIX);
       const handle = await open(partialEntry, CREATE_FLAGS, ARCHIVE_MODE);
-      return new ArchiveFile(finalPath, directory, handle);
+      try {
+        const stats = await handle.stat({ bigint: true });
+        const identity = { dev: String(stats.dev), ino: String(stats.ino), born: String(stats.birthtimeNs) };
+        return new ArchiveFile(finalPath, directory, handle, identity, options);
+      } catch (error) {
+        await handle.close();
+        await unlink(partialEntry).catch(() => undefined);
+        throw error;
+      }
     } catch (error) {
       await directory.close();
       throw error;
@@ -74,6 +111,7 @@ export class ArchiveFile {
    */
   async write(chunks: readonly Uint8Array[]): Promise<void> {
     const handle = this.writableHandle();
+    this.throwIfFlushFailed();
     let pending = chunks.filter((chunk) => chunk.byteLength > 0);
     let position = this.size;
     for (const chunk of pending) this.size += chunk.byteLength;
@@ -95,23 +133,30 @@ export class ArchiveFile {
    * the whole archive.
    */
   private flushInBackground(handle: FileHandle): void {
-    if (this.backgroundFlush !== undefined || this.size - this.flushedUpTo < BACKGROUND_FLUSH_BYTES) return;
+    if (this.backgroundFlush !== undefined || this.size - this.flushedUpTo < this.backgroundFlushBytes) return;
     this.flushedUpTo = this.size;
-    this.backgroundFlush = handle.datasync().then(
+    this.backgroundFlush = this.datasync(handle).then(
       () => {
         this.backgroundFlush = undefined;
       },
-      // A failing flush is reported by commit()'s own fsync; here it only ends.
-      () => {
+      (error: unknown) => {
+        this.flushError ??= error;
         this.backgroundFlush = undefined;
       },
     );
   }
 
+  /** Throws the failed background flush's error: written data may not be on the disk. */
+  private throwIfFlushFailed(): void {
+    if (this.flushError !== undefined) throw this.flushError;
+  }
+
   /**
    * Makes the archive durable under its final name: fsync, publish without
    * overwriting (EEXIST when the final name is taken), fsync the directory.
-   * Wait for every write before calling it.
+   * Refuses (with its error) when any background flush failed, and with
+   * DirectoryMovedError when the directory was renamed. Wait for
+   * every write before calling it.
    */
   async commit(): Promise<void> {
     if (this.state !== "open") {
@@ -120,11 +165,22 @@ export class ArchiveFile {
     const handle = this.handle;
     if (handle !== undefined) {
       await this.backgroundFlush;
+      this.throwIfFlushFailed();
       await handle.sync();
       this.handle = undefined;
       await handle.close();
     }
+    // An archive in a renamed directory would not be at the path the job
+    // records (nor could it be deleted by it): refuse, before and after
+    // publishing (the rename may fall in between).
+    await this.directory.assertNotMoved();
     await publishWithoutOverwrite(this.partialEntry, this.finalEntry);
+    try {
+      await this.directory.assertNotMoved();
+    } catch (error) {
+      await unlink(this.finalEntry);
+      throw error;
+    }
     this.state = "committed";
     try {
       await this.directory.sync();

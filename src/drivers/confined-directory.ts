@@ -7,6 +7,17 @@ import { constants, type FileHandle, open, readlink } from "node:fs/promises";
 import { sep } from "node:path";
 import { ArchiveOutsideError } from "./driver.js";
 
+/** What Linux appends to the link of a descriptor whose directory was removed. */
+const DELETED_SUFFIX = " (deleted)";
+
+/** The directory an archive was being written in was renamed meanwhile. */
+export class DirectoryMovedError extends Error {
+  constructor(openedAt: string, nowAt: string) {
+    super(`the directory ${openedAt} was moved to ${nowAt} while the archive was written; it was not kept`);
+    this.name = "DirectoryMovedError";
+  }
+}
+
 export class ConfinedDirectory {
   /** Where the opened directory really is (at open time). */
   readonly realPath: string;
@@ -35,6 +46,16 @@ export class ConfinedDirectory {
   /** A path that names `name` inside the opened directory, whatever happens to its old path. */
   entry(name: string): string {
     return `/proc/self/fd/${this.handle.fd}/${name}`;
+  }
+
+  /**
+   * Throws DirectoryMovedError when the directory was renamed (it or a
+   * parent) since it was opened: a file published there would not be where
+   * its path says. A removed directory passes; creating in it fails (ENOENT).
+   */
+  async assertNotMoved(): Promise<void> {
+    const now = await readlink(`/proc/self/fd/${this.handle.fd}`);
+    if (now !== this.realPath && !now.endsWith(DELETED_SUFFIX)) throw new DirectoryMovedError(this.realPath, now);
   }
 
   /** Makes new directory entries durable. */

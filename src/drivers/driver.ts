@@ -59,12 +59,29 @@ export interface BackupDriver {
 }
 
 /**
+ * A file as the filesystem knows it, whatever its name (decimal strings:
+ * inode numbers can exceed 2^53). Inode numbers are reused; the birth time
+ * (ns, "0" where the filesystem keeps none) tells a new file from the old.
+ */
+export interface FileIdentity {
+  readonly dev: string;
+  readonly ino: string;
+  readonly born: string;
+}
+
+/**
  * One archive being written. Call order: registerConfig* registerDevice+
  * (writeCluster* completeDevice)+ close, or abort at any point.
  */
 export interface BackupTarget {
   /** Temporary path the archive is written to until close(). */
   readonly partialPath: string;
+  /**
+   * The file created at partialPath. It keeps its identity when published
+   * under the final name, so it tells our file from another one of the same
+   * name (another server's, or a later one).
+   */
+  readonly partialFile: FileIdentity;
   registerConfig(name: string, data: Uint8Array): void;
   /** Returns the device id (1, 2, ... in registration order). */
   registerDevice(name: string, size: number): number;

@@ -3,30 +3,36 @@
 import { parse as parseUuid } from "uuid";
 import { checkHeaderPlan, VmaLimitError } from "../vma/encode-limits.js";
 import { VmaWriter } from "../vma/writer.js";
-import { ArchiveFile } from "./archive-file.js";
+import { ArchiveFile, type ArchiveFileOptions } from "./archive-file.js";
 import {
   ArchiveLimitError,
   type ArchivePlan,
   type BackupDriver,
   type BackupTarget,
+  type FileIdentity,
   type OpenTargetOptions,
 } from "./driver.js";
 
-export const vmaDriver: BackupDriver = {
-  format: "vma",
-  fileSuffix: ".vma",
+/** A VMA driver whose archive files use `fileOptions` (fault tests change how they flush). */
+export function createVmaDriver(fileOptions: ArchiveFileOptions = {}): BackupDriver {
+  return {
+    format: "vma",
+    fileSuffix: ".vma",
 
-  checkPlan(plan: ArchivePlan): void {
-    withArchiveLimitErrors(() => checkHeaderPlan(plan));
-  },
+    checkPlan(plan: ArchivePlan): void {
+      withArchiveLimitErrors(() => checkHeaderPlan(plan));
+    },
 
-  async open(options: OpenTargetOptions): Promise<BackupTarget> {
-    // Parse first: a bad uuid must not leave a partial file behind.
-    const uuid = parseUuid(options.uuid);
-    const file = await ArchiveFile.create(options.path, options.confineTo);
-    return new VmaTarget(file, new VmaWriter(file, { uuid }));
-  },
-};
+    async open(options: OpenTargetOptions): Promise<BackupTarget> {
+      // Parse first: a bad uuid must not leave a partial file behind.
+      const uuid = parseUuid(options.uuid);
+      const file = await ArchiveFile.create(options.path, options.confineTo, fileOptions);
+      return new VmaTarget(file, new VmaWriter(file, { uuid }));
+    },
+  };
+}
+
+export const vmaDriver: BackupDriver = createVmaDriver();
 
 class VmaTarget implements BackupTarget {
   private readonly file: ArchiveFile;
@@ -39,6 +45,10 @@ class VmaTarget implements BackupTarget {
 
   get partialPath(): string {
     return this.file.partialPath;
+  }
+
+  get partialFile(): FileIdentity {
+    return this.file.identity;
   }
 
   registerConfig(name: string, data: Uint8Array): void {

@@ -5,8 +5,11 @@
 // background and its status flows through the status hub. Every job's
 // status lives in the job store (state changes are written before they are
 // announced, progress at most once a second), so history survives restarts
-// and jobs a dead process left active are recovered at startup. Nothing
-// here knows about gRPC.
+// and jobs a dead process left active are recovered at startup. When the
+// store refuses a job's final status (its disk is full), the engine keeps
+// it in memory, shows it from there, stores it in the background once it
+// can (and at shutdown), and refuses what needs the store meanwhile with
+// RESOURCE_EXHAUSTED or UNAVAILABLE. Nothing here knows about gRPC.
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { Logger } from "pino";
@@ -15,6 +18,9 @@ import { ArchiveLimitError } from "../drivers/driver.js";
 import type { BackupDriver, BackupTarget } from "../drivers/driver.js";
 import { InvalidPageTokenError, JobStore } from "../store/job-store.js";
 import { StateDirLock } from "../store/state-dir-lock.js";
+import { archiveDeviceSize } from "./archive-size.js";
+import { BackoffRetry } from "./backoff-retry.js";
+import type { RetryDelays } from "./backoff-retry.js";
 import { DeviceLocks } from "./device-locks.js";
 import { EngineError } from "./errors.js";
 import { Job } from "./job.js";
@@ -26,15 +32,18 @@ import { runJob } from "./job-runner.js";
 import type { JobOutcome } from "./job-runner.js";
 import { resolveListQuery } from "./list-query.js";
 import { archiveIdentity, FileKeptError, removeArchive, removePartialFileSync } from "./owned-files.js";
+import type { FileOwner } from "./owned-files.js";
 import { PathPolicy } from "./path-policy.js";
 import { quote } from "./quote.js";
 import { REASON } from "./reasons.js";
 import { recoverInterruptedJobs } from "./recover-jobs.js";
+import { requestFingerprint } from "./request-fingerprint.js";
 import { RevisionCounter } from "./revision-counter.js";
 import { closeSources, openSource } from "./source-device.js";
 import type { SourceDevice } from "./source-device.js";
 import { SpeedLimiter } from "./speed-limiter.js";
 import { StatusHub } from "./status-hub.js";
+import { storeRefusal } from "./store-refusal.js";
 import { targetOpenError } from "./target-open-error.js";
 import type { StatusSubscription } from "./status-hub.js";
 import type {
@@ -61,17 +70,47 @@ export interface BackupEngineOptions extends EngineOptions {
    * the 24-hour request-id window (default Date.now; tests move it).
    */
   readonly now?: () => number;
+  /** Backoff of storing job ends the store refused (default STORE_RETRY_DELAYS). */
+  readonly storeRetryDelayMs?: RetryDelays;
 }
 
 /** The job database's file name inside the state dir. */
 export const JOB_STORE_FILE = "jobs.sqlite";
 /** Held by the one engine that owns the state dir. */
 export const STATE_DIR_LOCK_FILE = "server.lock";
+/**
+ * How soon and how often a refused job end is written again: soon, since a
+ * full disk is often freed quickly, and at most every 5 s after that, cheap
+ * for a store that stays broken.
+ */
+export const STORE_RETRY_DELAYS: RetryDelays = { first: 250, max: 5000 };
 /** How long a request id keeps answering with the job it started. */
 export const REQUEST_ID_TTL_MS = 24 * 60 * 60 * 1000;
 
 const CANCELLED_BY_REQUEST = "cancelled by request";
 const CANCELLED_BY_SHUTDOWN = "cancelled: the server is shutting down";
+
+/** The idempotency key of a start and the canonical form of its request. */
+interface RequestIdentity {
+  readonly requestId: string;
+  readonly requestFingerprint: string;
+}
+
+/**
+ * AIP-155 makes a request id idempotent for the request it came with; the
+ * same id with another request is a client bug, and answering with the
+ * earlier job would claim the new request was accepted.
+ */
+function requestIdReused(requestId: string, uuid: string): EngineError {
+  return new EngineError(
+    "already-exists",
+    REASON.REQUEST_ID_REUSED,
+    `request_id: ${quote(requestId)} was used by job ${uuid} for a different request within the last 24 hours; ` +
+      `send a new request_id for a new backup, or the original request unchanged to get that job`,
+    "request_id",
+    { uuid },
+  );
+}
 
 function internalError(message: string, cause: unknown): EngineError {
   const error = new EngineError("internal", REASON.INTERNAL, message);
@@ -89,9 +128,10 @@ export class BackupEngine {
   private readonly locks = new DeviceLocks();
   /**
    * Partial archives a failed job could not remove (its filesystem went
-   * read-only, say); retried before every new job.
+   * read-only, say); retried before every new job, and only while the file
+   * at that path is still the job's own. By path.
    */
-  private readonly leftoverPartials = new Set<string>();
+  private readonly leftoverPartials = new Map<string, FileOwner>();
   private readonly store: JobStore;
   private readonly stateDirLock: StateDirLock;
   private readonly revisions: RevisionCounter;
@@ -99,6 +139,8 @@ export class BackupEngine {
   private readonly registry: JobRegistry;
   private readonly hub: StatusHub;
   private readonly limiters = new Map<string, SpeedLimiter>();
+  /** Stores the job ends the store refused, in the background. */
+  private readonly storeRetry: BackoffRetry;
   /** start() calls in progress and jobs running, so that shutdown can wait for them. */
   private readonly starting = new Set<Promise<unknown>>();
   private readonly running = new Set<Promise<void>>();
@@ -157,6 +199,7 @@ export class BackupEngine {
     }
     this.store = store;
     this.stateDirLock = lock;
+    this.storeRetry = new BackoffRetry(() => this.retryUnsaved(), options.storeRetryDelayMs ?? STORE_RETRY_DELAYS);
   }
 
   /**
@@ -173,6 +216,11 @@ export class BackupEngine {
       return await attempt;
     } catch (error) {
       if (error instanceof EngineError) throw error;
+      const refusal = storeRefusal(error, "cannot record a new job");
+      if (refusal !== undefined) {
+        this.logger.warn({ err: error }, "refused a backup: the job store failed");
+        throw refusal;
+      }
       this.logger.error({ err: error }, "starting a backup failed unexpectedly");
       throw internalError(`internal error: ${describeError(error)}`, error);
     } finally {
@@ -187,9 +235,11 @@ export class BackupEngine {
    */
   query(uuid?: string): JobStatus | undefined {
     this.ensureStoreOpen();
-    if (uuid === undefined || uuid === "") return this.registry.latest();
-    const id = this.parseUuid(uuid);
-    return this.registry.status(id) ?? this.throwNotFound(id);
+    return this.usingStore("cannot read the job history", () => {
+      if (uuid === undefined || uuid === "") return this.registry.latest();
+      const id = this.parseUuid(uuid);
+      return this.registry.status(id) ?? this.throwNotFound(id);
+    });
   }
 
   /**
@@ -201,7 +251,7 @@ export class BackupEngine {
     this.ensureStoreOpen();
     const { pageSize, pageToken, states } = resolveListQuery(query);
     try {
-      return this.registry.list(pageSize, pageToken, states);
+      return this.usingStore("cannot read the job history", () => this.registry.list(pageSize, pageToken, states));
     } catch (error) {
       if (error instanceof InvalidPageTokenError) {
         throw new EngineError(
@@ -229,7 +279,9 @@ export class BackupEngine {
     }
     const id = this.parseUuid(uuid);
     const job = this.registry.activeJob(id);
-    if (job === undefined) return [this.registry.status(id) ?? this.throwNotFound(id)];
+    if (job === undefined) {
+      return [this.usingStore("cannot read the job history", () => this.registry.status(id) ?? this.throwNotFound(id))];
+    }
     job.requestCancel(CANCELLED_BY_REQUEST);
     return [await job.whenFinished()];
   }
@@ -252,11 +304,15 @@ export class BackupEngine {
         "uuid",
       );
     }
-    const entry = this.registry.stored(id) ?? this.throwNotFound(id);
+    const what = "cannot delete the job's record";
+    // Unsaved job ends first: a store that cannot take them cannot take this
+    // either, and the archive must not go while the record stays.
+    this.flushUnsavedOrRefuse(what);
+    const entry = this.usingStore(what, () => this.registry.stored(id)) ?? this.throwNotFound(id);
     let archiveRemoved = false;
     if (options.deleteArchive) archiveRemoved = await this.removeArchiveOf(entry);
     this.ensureStoreOpen();
-    this.registry.remove(id);
+    this.usingStore(what, () => this.registry.remove(id));
     this.logger.info({ uuid: id, archiveRemoved }, "backup record deleted");
   }
 
@@ -280,13 +336,15 @@ export class BackupEngine {
         "after_revision",
       );
     }
+    this.checkRevisionKnown(after);
     if (uuid === undefined || uuid === "") {
-      const initial =
-        after > 0 ? this.registry.changedAfter(after) : this.registry.activeJobs().map((job) => job.snapshot());
+      const initial = this.usingStore("cannot read the job history", () =>
+        after > 0 ? this.registry.changedAfter(after) : this.registry.activeJobs().map((job) => job.snapshot()),
+      );
       return this.hub.subscribe(undefined, initial);
     }
     const id = this.parseUuid(uuid);
-    const status = this.registry.status(id) ?? this.throwNotFound(id);
+    const status = this.usingStore("cannot read the job history", () => this.registry.status(id)) ?? this.throwNotFound(id);
     if (after > 0 && status.revision <= after) {
       // Nothing new yet: an active job's next change will come; a finished job has none.
       return status.state === "active" ? this.hub.subscribe(id, []) : this.hub.endedSubscription();
@@ -306,7 +364,7 @@ export class BackupEngine {
     const id = this.parseUuid(uuid);
     const job = this.registry.activeJob(id);
     if (job === undefined) {
-      const status = this.registry.status(id) ?? this.throwNotFound(id);
+      const status = this.usingStore("cannot read the job history", () => this.registry.status(id)) ?? this.throwNotFound(id);
       throw new EngineError(
         "failed-precondition",
         REASON.JOB_NOT_ACTIVE,
@@ -339,8 +397,10 @@ export class BackupEngine {
     await Promise.all(jobs.map((job) => job.whenFinished()));
     await Promise.all([...this.running]);
     this.hub.endAll();
+    this.storeRetry.stop();
     if (!this.closed) {
       this.closed = true;
+      this.storeUnsavedBeforeClose();
       this.store.close();
       this.stateDirLock.release();
     }
@@ -358,9 +418,16 @@ export class BackupEngine {
       await pending;
     }
     this.ensureOpen();
+    const fingerprint = requestFingerprint(spec);
     const earlier = this.registry.findByRequestId(requestId, this.now() - REQUEST_ID_TTL_MS);
-    if (earlier !== undefined) return earlier;
-    const attempt = this.startJob(spec, requestId);
+    if (earlier !== undefined) {
+      // A job stored without a fingerprint (by an older version) cannot tell: it counts as the same request.
+      if (earlier.requestFingerprint !== undefined && earlier.requestFingerprint !== fingerprint) {
+        throw requestIdReused(requestId, earlier.status.uuid);
+      }
+      return earlier.status;
+    }
+    const attempt = this.startJob(spec, { requestId, requestFingerprint: fingerprint });
     const settled = attempt.then(
       () => undefined,
       () => undefined,
@@ -373,9 +440,12 @@ export class BackupEngine {
     }
   }
 
-  private async startJob(spec: BackupSpec, requestId: string | undefined): Promise<JobStatus> {
+  private async startJob(spec: BackupSpec, request: RequestIdentity | undefined): Promise<JobStatus> {
     this.retryLeftoverPartials();
     const driver = validateRequest(spec, this.drivers);
+    // A store that cannot take the ends of earlier jobs cannot record this
+    // one: refused before any source or archive is opened.
+    this.flushUnsavedOrRefuse("cannot record a new job");
     const backupFile = await this.policy.resolveBackupFile(spec.backupFile);
     const sources = await this.openSources(spec);
     const uuid = uuidv4();
@@ -404,9 +474,10 @@ export class BackupEngine {
             uuid,
             backupFile,
             partialPath: target.partialPath,
+            partialFile: target.partialFile,
             format: driver.format,
             speedLimit: spec.speedLimit,
-            ...(requestId === undefined ? {} : { requestId }),
+            ...request,
             devices: sources.map((source) => ({ name: source.name, size: source.size })),
           },
           this.jobContext,
@@ -465,7 +536,7 @@ export class BackupEngine {
     try {
       driver.checkPlan({
         configs: spec.configs.map((config) => ({ name: config.name, size: config.data.byteLength })),
-        devices: sources.map((source) => ({ name: source.name, size: source.size })),
+        devices: sources.map((source) => ({ name: source.name, size: archiveDeviceSize(source.size) })),
       });
     } catch (error) {
       if (error instanceof ArchiveLimitError) {
@@ -488,11 +559,14 @@ export class BackupEngine {
     }
   }
 
-  /** Configs first, then the devices as dev_ids 1..N in request order. */
+  /**
+   * Configs first, then the devices as dev_ids 1..N in request order, each
+   * with its size rounded up to 512 (the reader pads the tail with zeros).
+   */
   private registerContents(target: BackupTarget, spec: BackupSpec, sources: readonly SourceDevice[]): void {
     for (const config of spec.configs) target.registerConfig(config.name, config.data);
     sources.forEach((source, index) => {
-      const devId = target.registerDevice(source.name, source.size);
+      const devId = target.registerDevice(source.name, archiveDeviceSize(source.size));
       if (devId !== index + 1) {
         throw new Error(`driver gave device ${source.name} dev_id ${devId}, expected ${index + 1}`);
       }
@@ -551,12 +625,19 @@ export class BackupEngine {
     this.locks.release(job.uuid);
     this.limiters.delete(job.uuid);
     if (outcome.state === "done") await this.recordArchive(job);
-    if (outcome.cleanupError !== undefined) this.leftoverPartials.add(job.partialPath);
+    if (outcome.cleanupError !== undefined) {
+      this.leftoverPartials.set(job.partialPath, { file: job.partialFile, uuid: job.uuid });
+    }
     job.finish(outcome.state, outcome.errorMessage);
     try {
       this.registry.complete(job);
     } catch (error) {
-      this.logger.error({ uuid: job.uuid, err: error }, "storing the end of a backup failed");
+      // The registry keeps the end in memory and shows it; it is stored later.
+      this.logger.error(
+        { uuid: job.uuid, state: job.state, err: error },
+        "storing the end of a backup failed; it is kept in memory and stored again in the background",
+      );
+      this.storeRetry.schedule();
     }
     try {
       this.hub.publishState(job.snapshot());
@@ -619,15 +700,62 @@ export class BackupEngine {
   }
 
   private retryLeftoverPartials(): void {
-    for (const partialPath of this.leftoverPartials) {
+    for (const [partialPath, owner] of this.leftoverPartials) {
       try {
-        removePartialFileSync(this.policy.backupDir, partialPath);
+        removePartialFileSync(this.policy.backupDir, partialPath, owner);
         this.leftoverPartials.delete(partialPath);
         this.logger.info({ partialPath }, "removed a partial archive left by a failed job");
       } catch (error) {
         if (error instanceof FileKeptError) this.leftoverPartials.delete(partialPath);
         // Otherwise (still read-only, say) try again before the next job.
       }
+    }
+  }
+
+  /** One background try at storing the unsaved job ends; true when none is left. */
+  private retryUnsaved(): boolean {
+    if (this.closed || this.registry.unsavedCount === 0) return true;
+    const jobs = this.registry.unsavedJobs();
+    try {
+      this.registry.flushUnsaved();
+    } catch (error) {
+      this.logger.warn({ unsaved: this.registry.unsavedCount, err: error }, "storing backup ends still fails; retrying");
+      return false;
+    }
+    this.logger.info({ jobs }, "stored backup ends the job store had refused");
+    return true;
+  }
+
+  /** Stores the unsaved job ends now, or refuses (RESOURCE_EXHAUSTED, UNAVAILABLE) what needs the store. */
+  private flushUnsavedOrRefuse(what: string): void {
+    if (this.registry.unsavedCount === 0) return;
+    const jobs = this.registry.unsavedJobs();
+    this.usingStore(what, () => this.registry.flushUnsaved());
+    this.storeRetry.stop();
+    this.logger.info({ jobs }, "stored backup ends the job store had refused");
+  }
+
+  /** The last chance for unsaved job ends: after a restart they would read "interrupted". */
+  private storeUnsavedBeforeClose(): void {
+    if (this.registry.unsavedCount === 0) return;
+    const jobs = this.registry.unsavedJobs();
+    try {
+      this.registry.flushUnsaved();
+      this.logger.info({ jobs }, "stored backup ends the job store had refused");
+    } catch (error) {
+      this.logger.error(
+        { jobs: this.registry.unsavedJobs(), err: error },
+        "the job store still refuses these backup ends; after a restart they will read as interrupted",
+      );
+    }
+  }
+
+  /** Runs `action`, answering a failing store as a refusal (see store-refusal.ts) instead of as an internal error. */
+  private usingStore<T>(what: string, action: () => T): T {
+    try {
+      return action();
+    } catch (error) {
+      throw storeRefusal(error, what) ?? error;
     }
   }
 
@@ -664,6 +792,24 @@ export class BackupEngine {
     if (this.closed) {
       throw new EngineError("unavailable", REASON.ENGINE_SHUT_DOWN, "the server has shut down; retry after restart");
     }
+  }
+
+  /**
+   * A revision above the latest one handed out cannot be resumed after:
+   * waiting for it would stay silent (or end without a terminal status)
+   * through changes the watcher has never seen.
+   */
+  private checkRevisionKnown(after: number): void {
+    const latest = this.revisions.current;
+    if (after <= latest) return;
+    throw new EngineError(
+      "out-of-range",
+      REASON.AFTER_REVISION_OUT_OF_RANGE,
+      `after_revision: ${after} was never handed out: this server's latest revision is ${latest} ` +
+        `(was its state dir reset?); watch again with after_revision 0 for the current statuses`,
+      "after_revision",
+      { latest_revision: String(latest) },
+    );
   }
 
   private parseUuid(uuid: string): string {

@@ -41,6 +41,7 @@ export class DeviceLocks {
         REASON.BACKUP_FILE_IN_USE,
         `backup_file: ${request.archivePath} is being written by job ${archiveOwner}`,
         "backup_file",
+        { job_uuid: archiveOwner },
       );
     }
     for (const device of request.devices) {
@@ -51,6 +52,7 @@ export class DeviceLocks {
           REASON.DEVICE_IN_USE,
           `${device.field}: ${quote(device.path)} is being backed up by job ${owner}`,
           device.field,
+          { job_uuid: owner },
         );
       }
     }

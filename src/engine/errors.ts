@@ -7,8 +7,18 @@ export type EngineErrorKind =
   | "already-exists"
   | "failed-precondition"
   | "permission-denied"
+  | "out-of-range"
+  | "resource-exhausted"
   | "unavailable"
   | "internal";
+
+/** One problem of a request: the field at fault and what is wrong with it. */
+export interface FieldViolation {
+  readonly reason: string;
+  readonly field: string;
+  /** Starts with the field, e.g. "devices[0].name: must not be empty". */
+  readonly description: string;
+}
 
 export class EngineError extends Error {
   readonly kind: EngineErrorKind;
@@ -16,12 +26,25 @@ export class EngineError extends Error {
   readonly reason: string;
   /** The request field at fault, e.g. "devices[1].path", when there is one. */
   readonly field?: string;
+  /** More machine-readable facts for the client, e.g. { latest_revision: "42" }. */
+  readonly metadata?: Readonly<Record<string, string>>;
+  /** Every problem found, when a request has several (the first is the error's own). */
+  readonly violations: readonly FieldViolation[];
 
-  constructor(kind: EngineErrorKind, reason: string, message: string, field?: string) {
+  constructor(
+    kind: EngineErrorKind,
+    reason: string,
+    message: string,
+    field?: string,
+    metadata?: Readonly<Record<string, string>>,
+    violations: readonly FieldViolation[] = [],
+  ) {
     super(message);
     this.name = "EngineError";
     this.kind = kind;
     this.reason = reason;
     this.field = field;
+    if (metadata !== undefined) this.metadata = metadata;
+    this.violations = violations;
   }
 }

@@ -3,7 +3,7 @@
 // archive's identity). Rate and ETA are measurements of a running job and
 // are not stored: a stored status shows rate 0 and no ETA.
 import type { StoredJob } from "../store/job-store.js";
-import type { ArchiveIdentity } from "./job.js";
+import type { ArchiveIdentity, FileIdentity } from "./job.js";
 import type { DeviceStatus, JobState, JobStatus } from "./types.js";
 import { JOB_STATES } from "./types.js";
 
@@ -14,8 +14,16 @@ const RECORD_VERSION = 1;
 export interface JobExtras {
   /** Where the archive was written while the job ran. */
   readonly partialPath?: string;
-  /** The committed archive, for a job that ended done. */
+  /**
+   * The file created at partialPath. Recovery removes a partial file, or
+   * adopts a published archive, only when it is this file (records written
+   * before it was stored lack it: their files are left alone).
+   */
+  readonly partialFile?: FileIdentity;
+  /** The committed archive, for a job that ended done (what delete_archive removes). */
   readonly archive?: ArchiveIdentity;
+  /** The canonical form of the request, for a job started with a request id. */
+  readonly requestFingerprint?: string;
 }
 
 /**
@@ -33,7 +41,9 @@ interface JobRecord {
   readonly version: number;
   readonly status: StatusRecord;
   readonly partialPath?: string;
+  readonly partialFile?: FileIdentity;
   readonly archive?: ArchiveIdentity;
+  readonly requestFingerprint?: string;
 }
 
 /** A stored job, decoded. */
@@ -64,7 +74,9 @@ export function toStoredJob(status: JobStatus, extras: JobExtras): StoredJob {
       ...(status.requestId === undefined ? {} : { requestId: status.requestId }),
     },
     ...(extras.partialPath === undefined ? {} : { partialPath: extras.partialPath }),
+    ...(extras.partialFile === undefined ? {} : { partialFile: extras.partialFile }),
     ...(extras.archive === undefined ? {} : { archive: extras.archive }),
+    ...(extras.requestFingerprint === undefined ? {} : { requestFingerprint: extras.requestFingerprint }),
   };
   return {
     uuid: status.uuid,
@@ -163,6 +175,13 @@ function readStatus(uuid: string, value: unknown): JobStatus {
   return Object.freeze(status);
 }
 
+function readPartialFile(uuid: string, value: unknown): FileIdentity | undefined {
+  if (value === undefined) return undefined;
+  if (!isObject(value)) throw new MalformedRecordError(uuid, "partialFile");
+  const fields = new FieldReader(uuid, value, "partialFile.");
+  return { dev: fields.string("dev"), ino: fields.string("ino"), born: fields.string("born") };
+}
+
 function readArchive(uuid: string, value: unknown): ArchiveIdentity | undefined {
   if (value === undefined) return undefined;
   if (!isObject(value)) throw new MalformedRecordError(uuid, "archive");
@@ -177,12 +196,17 @@ export function fromStoredJob(stored: StoredJob): JobEntry {
   if (record.version !== RECORD_VERSION) throw new MalformedRecordError(stored.uuid, "version");
   const fields = new FieldReader(stored.uuid, record, "");
   const partialPath = fields.optionalString("partialPath");
+  // Missing in records written before request fingerprints were kept.
+  const requestFingerprint = fields.optionalString("requestFingerprint");
+  const partialFile = readPartialFile(stored.uuid, record.partialFile);
   const archive = readArchive(stored.uuid, record.archive);
   return {
     status: readStatus(stored.uuid, record.status),
     extras: {
       ...(partialPath === undefined ? {} : { partialPath }),
+      ...(partialFile === undefined ? {} : { partialFile }),
       ...(archive === undefined ? {} : { archive }),
+      ...(requestFingerprint === undefined ? {} : { requestFingerprint }),
     },
   };
 }

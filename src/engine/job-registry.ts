@@ -2,10 +2,15 @@
 // (active and finished, across restarts) in the job store. Reads prefer the
 // live job, so active jobs always show their current counters. Writes go to
 // the store synchronously, so a status is stored before anyone is told.
+//
+// When the store refuses a job's final status (its disk is full), the
+// finished job stays here, unsaved, until flushUnsaved() stores it: until
+// then the store still says "active", and every read shows the job's real
+// final status from memory instead.
 import type { JobStore } from "../store/job-store.js";
 import type { Job } from "./job.js";
 import { fromStoredJob, toStoredJob } from "./job-record.js";
-import type { JobEntry } from "./job-record.js";
+import type { JobEntry, JobExtras } from "./job-record.js";
 import type { JobState, JobStatus, ListPage } from "./types.js";
 
 /** An active job's progress is written at most this often. */
@@ -15,6 +20,8 @@ export class JobRegistry {
   private readonly store: JobStore;
   private readonly monotonic: () => number;
   private readonly active = new Map<string, Job>();
+  /** Finished jobs whose final status the store refused, in the order they ended. */
+  private readonly unsaved = new Map<string, Job>();
   /** When each active job was last written (monotonic ms). */
   private readonly savedAt = new Map<string, number>();
 
@@ -26,12 +33,14 @@ export class JobRegistry {
   /** Stores a job that just started (throws when the store fails), then tracks it. */
   add(job: Job): void {
     this.write(job);
+    this.savedAt.set(job.uuid, this.monotonic());
     this.active.set(job.uuid, job);
   }
 
   /** Stores an active job's current status now (a speed change). */
   save(job: Job): void {
     this.write(job);
+    this.savedAt.set(job.uuid, this.monotonic());
   }
 
   /** Stores an active job's progress, unless it was written less than a second ago. */
@@ -44,13 +53,37 @@ export class JobRegistry {
     this.write(job);
   }
 
-  /** Stores a job's terminal status and stops tracking it (also when the store fails). */
+  /**
+   * Stores a job's terminal status and stops tracking it as active. When the
+   * store fails, throws and keeps the job as unsaved (see flushUnsaved).
+   */
   complete(job: Job): void {
     try {
       this.write(job);
+    } catch (error) {
+      this.unsaved.set(job.uuid, job);
+      throw error;
     } finally {
       this.active.delete(job.uuid);
       this.savedAt.delete(job.uuid);
+    }
+  }
+
+  /** Finished jobs whose final status is only in memory. */
+  get unsavedCount(): number {
+    return this.unsaved.size;
+  }
+
+  /** The uuid and state of each unsaved job, for the log. */
+  unsavedJobs(): Array<{ uuid: string; state: string }> {
+    return [...this.unsaved.values()].map((job) => ({ uuid: job.uuid, state: job.state }));
+  }
+
+  /** Stores the final status of every unsaved job, oldest first. Throws at the first failure (the rest stay unsaved). */
+  flushUnsaved(): void {
+    for (const job of [...this.unsaved.values()]) {
+      this.write(job);
+      this.unsaved.delete(job.uuid);
     }
   }
 
@@ -64,14 +97,16 @@ export class JobRegistry {
 
   /** The current status of a known job, active or finished. */
   status(uuid: string): JobStatus | undefined {
-    const live = this.active.get(uuid);
+    const live = this.live(uuid);
     if (live !== undefined) return live.snapshot();
     const stored = this.store.get(uuid);
     return stored && fromStoredJob(stored).status;
   }
 
-  /** A finished (or not live) job's stored status with its extras. */
+  /** A finished (or not live) job's status with its extras, as stored or as it will be. */
   stored(uuid: string): JobEntry | undefined {
+    const unsaved = this.unsaved.get(uuid);
+    if (unsaved !== undefined) return { status: unsaved.snapshot(), extras: extrasOf(unsaved) };
     const stored = this.store.get(uuid);
     return stored && fromStoredJob(stored);
   }
@@ -82,17 +117,34 @@ export class JobRegistry {
     return stored && this.current(fromStoredJob(stored).status);
   }
 
-  /** The current status of the newest job started with `requestId` at or after `since` (Unix ms). */
-  findByRequestId(requestId: string, since: number): JobStatus | undefined {
+  /**
+   * The newest job started with `requestId` at or after `since` (Unix ms):
+   * its current status, and the fingerprint of the request that started it
+   * (undefined for jobs stored before fingerprints were kept).
+   */
+  findByRequestId(
+    requestId: string,
+    since: number,
+  ): { status: JobStatus; requestFingerprint: string | undefined } | undefined {
     const stored = this.store.findByRequestId(requestId, since);
-    return stored && this.current(fromStoredJob(stored).status);
+    if (stored === undefined) return undefined;
+    const entry = fromStoredJob(stored);
+    return { status: this.current(entry.status), requestFingerprint: entry.extras.requestFingerprint };
   }
 
-  /** A page of jobs, newest first. Throws InvalidPageTokenError. */
+  /**
+   * A page of jobs, newest first. Throws InvalidPageTokenError. While jobs
+   * are unsaved (stored as active, really finished), a page filtered by
+   * state may hold fewer than pageSize jobs.
+   */
   list(pageSize: number, pageToken: string | undefined, states: readonly JobState[]): ListPage {
-    const page = this.store.list({ pageSize, pageToken, states });
+    const filtering = states.length > 0 && this.unsaved.size > 0;
+    const asked = filtering && !states.includes("active") ? [...states, "active"] : states;
+    const page = this.store.list({ pageSize, pageToken, states: asked });
+    let statuses = page.jobs.map((stored) => this.current(fromStoredJob(stored).status));
+    if (filtering) statuses = statuses.filter((status) => states.includes(status.state));
     return {
-      statuses: page.jobs.map((stored) => this.current(fromStoredJob(stored).status)),
+      statuses,
       ...(page.nextPageToken === undefined ? {} : { nextPageToken: page.nextPageToken }),
     };
   }
@@ -105,32 +157,41 @@ export class JobRegistry {
   changedAfter(revision: number): JobStatus[] {
     const finished = this.store
       .changedAfter(revision)
-      .filter((stored) => !this.active.has(stored.uuid))
+      .filter((stored) => this.live(stored.uuid) === undefined)
       .map((stored) => fromStoredJob(stored).status);
-    const live = this.activeJobs()
+    const live = [...this.active.values(), ...this.unsaved.values()]
       .map((job) => job.snapshot())
       .filter((status) => status.revision > revision);
     return [...finished, ...live].sort((a, b) => a.revision - b.revision);
   }
 
-  /** Forgets a job's record; returns whether it existed. */
+  /** Forgets a job's record (an unsaved one too); returns whether it existed. */
   remove(uuid: string): boolean {
-    return this.store.delete(uuid);
+    const stored = this.store.delete(uuid);
+    return this.unsaved.delete(uuid) || stored;
   }
 
-  /** A stored status, replaced by the live one while the job runs. */
+  /** A job whose status the store may not show truly: active, or finished and unsaved. */
+  private live(uuid: string): Job | undefined {
+    return this.active.get(uuid) ?? this.unsaved.get(uuid);
+  }
+
+  /** A stored status, replaced by the live one while the job runs (or its end is unsaved). */
   private current(status: JobStatus): JobStatus {
-    return this.active.get(status.uuid)?.snapshot() ?? status;
+    return this.live(status.uuid)?.snapshot() ?? status;
   }
 
   private write(job: Job): void {
-    const status = job.snapshot();
-    this.store.save(
-      toStoredJob(status, {
-        partialPath: job.partialPath,
-        ...(job.archive === undefined ? {} : { archive: job.archive }),
-      }),
-    );
-    this.savedAt.set(job.uuid, this.monotonic());
+    this.store.save(toStoredJob(job.snapshot(), extrasOf(job)));
   }
+}
+
+/** What a job's record keeps besides its status. */
+function extrasOf(job: Job): JobExtras {
+  return {
+    partialPath: job.partialPath,
+    partialFile: job.partialFile,
+    ...(job.archive === undefined ? {} : { archive: job.archive }),
+    ...(job.requestFingerprint === undefined ? {} : { requestFingerprint: job.requestFingerprint }),
+  };
 }

@@ -27,11 +27,22 @@ export interface JobInit {
   readonly backupFile: string;
   /** Where the archive is written until it is complete (removed after a crash). */
   readonly partialPath: string;
+  /** The file created at partialPath: recovery removes or adopts only that file. */
+  readonly partialFile: FileIdentity;
   readonly format: string;
   readonly speedLimit: number;
   readonly requestId?: string;
+  /** The canonical form of the request (see request-fingerprint.ts), kept with its request id. */
+  readonly requestFingerprint?: string;
   /** In request order; dev_ids are 1..N in this order. */
   readonly devices: ReadonlyArray<{ readonly name: string; readonly size: number }>;
+}
+
+/** Who a file is, whatever its name: device, inode and birth time in ns ("0": unknown), as decimal strings. */
+export interface FileIdentity {
+  readonly dev: string;
+  readonly ino: string;
+  readonly born: string;
 }
 
 /** Who a finished archive is (so that deleting a job never removes another file). */
@@ -58,8 +69,10 @@ export class Job {
   readonly uuid: string;
   readonly backupFile: string;
   readonly partialPath: string;
+  readonly partialFile: FileIdentity;
   readonly format: string;
   readonly requestId: string | undefined;
+  readonly requestFingerprint: string | undefined;
   readonly startTime: Date;
   readonly totalBytes: number;
   private readonly context: JobContext;
@@ -87,8 +100,10 @@ export class Job {
     this.uuid = init.uuid;
     this.backupFile = init.backupFile;
     this.partialPath = init.partialPath;
+    this.partialFile = init.partialFile;
     this.format = init.format;
     this.requestId = init.requestId;
+    this.requestFingerprint = init.requestFingerprint;
     this.speed = init.speedLimit;
     this.context = context;
     this.changedAt = context.now();

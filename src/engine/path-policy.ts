@@ -8,6 +8,7 @@ import { realpathSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { EngineError } from "./errors.js";
+import { pathDestination } from "./path-destination.js";
 import { quote } from "./quote.js";
 import { REASON } from "./reasons.js";
 
@@ -72,6 +73,15 @@ export class PathPolicy {
     return this.sourceRoots.some((root) => isInside(root.real, realPath));
   }
 
+  /**
+   * True when `requested` (absolute), which could not be resolved, leads
+   * outside every source root: it is then refused as outside whether or not
+   * it exists, so that the refusal tells nothing about what is out there.
+   */
+  async leadsOutsideSourceRoots(requested: string): Promise<boolean> {
+    return !this.isSourceAllowed(await pathDestination(requested));
+  }
+
   sourceNotAllowed(devicePath: string, field: string): EngineError {
     return new EngineError(
       "permission-denied",
@@ -104,6 +114,8 @@ export class PathPolicy {
     try {
       directory = await fs.realpath(path.dirname(requested));
     } catch (error) {
+      // A directory outside that does not exist is as outside as one that does.
+      if (!isInside(this.backupRoot.real, await pathDestination(path.dirname(requested)))) throw notAllowed();
       throw this.directoryError(backupFile, error);
     }
     if (!isInside(this.backupRoot.real, directory)) throw notAllowed();

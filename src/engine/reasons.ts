@@ -4,6 +4,8 @@
 
 export const REASON = {
   // Request shape (invalid-argument).
+  /** The request bytes are not a protobuf message of the method's request type. */
+  REQUEST_MALFORMED: "REQUEST_MALFORMED",
   NO_DEVICES: "NO_DEVICES",
   TOO_MANY_DEVICES: "TOO_MANY_DEVICES",
   TOO_MANY_CONFIGS: "TOO_MANY_CONFIGS",
@@ -16,17 +18,26 @@ export const REASON = {
   DEVICE_SOURCE_DUPLICATE: "DEVICE_SOURCE_DUPLICATE",
   CONFIG_NAME_INVALID: "CONFIG_NAME_INVALID",
   CONFIG_NAME_DUPLICATE: "CONFIG_NAME_DUPLICATE",
+  /** A config would be restored to the file of a device's image (disk-<name>.raw, ...). */
+  CONFIG_NAME_CONFLICT: "CONFIG_NAME_CONFLICT",
   CONFIG_TOO_LARGE: "CONFIG_TOO_LARGE",
   /** The driver's format cannot hold the plan (e.g. configs overflow the VMA header). */
   ARCHIVE_LIMIT_EXCEEDED: "ARCHIVE_LIMIT_EXCEEDED",
   FORMAT_UNSUPPORTED: "FORMAT_UNSUPPORTED",
   BACKUP_FILE_INVALID: "BACKUP_FILE_INVALID",
+  /** backup_file's last component leaves no room for the temporary ".partial" suffix within 255 bytes. */
+  BACKUP_FILE_NAME_TOO_LONG: "BACKUP_FILE_NAME_TOO_LONG",
   SOURCE_PATH_TOO_LONG: "SOURCE_PATH_TOO_LONG",
   BACKUP_FILE_BAD_SUFFIX: "BACKUP_FILE_BAD_SUFFIX",
   SPEED_LIMIT_INVALID: "SPEED_LIMIT_INVALID",
   UUID_INVALID: "UUID_INVALID",
   /** request_id longer than 128 bytes of UTF-8 (or not text). */
   REQUEST_ID_INVALID: "REQUEST_ID_INVALID",
+  /**
+   * Backup: the request_id started a job within 24 hours with a different
+   * request (already-exists, the job's uuid in the metadata).
+   */
+  REQUEST_ID_REUSED: "REQUEST_ID_REUSED",
   /** ListBackups: a page_token that no earlier page returned. */
   PAGE_TOKEN_INVALID: "PAGE_TOKEN_INVALID",
   /** ListBackups: a negative or fractional page_size. */
@@ -35,6 +46,12 @@ export const REASON = {
   JOB_STATE_INVALID: "JOB_STATE_INVALID",
   /** WatchBackup: an after_revision that is not a revision (negative, NaN). */
   AFTER_REVISION_INVALID: "AFTER_REVISION_INVALID",
+  /**
+   * WatchBackup: an after_revision above the latest revision this server
+   * handed out (its state dir was reset, or the revision came from another
+   * server); out-of-range, with latest_revision in the metadata.
+   */
+  AFTER_REVISION_OUT_OF_RANGE: "AFTER_REVISION_OUT_OF_RANGE",
 
   // Sources.
   SOURCE_NOT_FOUND: "SOURCE_NOT_FOUND",
@@ -64,6 +81,10 @@ export const REASON = {
   /** DeleteBackup: removing the archive failed (e.g. EACCES). */
   ARCHIVE_REMOVE_FAILED: "ARCHIVE_REMOVE_FAILED",
   ENGINE_SHUT_DOWN: "ENGINE_SHUT_DOWN",
+  /** The job store's filesystem is full (resource-exhausted): free space in the state dir. */
+  STATE_STORE_FULL: "STATE_STORE_FULL",
+  /** The job store cannot be read or written now (unavailable): I/O error, locked, read-only. */
+  STATE_STORE_UNAVAILABLE: "STATE_STORE_UNAVAILABLE",
   INTERNAL: "INTERNAL",
 } as const;
 

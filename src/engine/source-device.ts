@@ -159,6 +159,8 @@ export async function openSource(policy: PathPolicy, device: DeviceSpec, index: 
   try {
     resolved = await fs.realpath(requested);
   } catch (error) {
+    // "Does not exist" must not be answered for a place outside the roots.
+    if (await policy.leadsOutsideSourceRoots(requested)) throw policy.sourceNotAllowed(device.path, field);
     throw sourceError(error, device, field);
   }
   if (!policy.isSourceAllowed(resolved)) throw policy.sourceNotAllowed(device.path, field);

@@ -1,6 +1,7 @@
 // Checks of a backup request that need no filesystem: names, counts, the
 // format, the archive name and the speed. They run first, so a malformed
 // request is refused before any file is opened.
+import { PARTIAL_SUFFIX } from "../drivers/archive-file.js";
 import type { BackupDriver } from "../drivers/driver.js";
 import { EngineError } from "./errors.js";
 import { quote } from "./quote.js";
@@ -14,6 +15,10 @@ export const MAX_DEVICES_PER_JOB = 254;
 export const MAX_CONFIGS_PER_JOB = 256;
 export const MAX_CONFIG_BYTES = 65535;
 export const MAX_DEVICE_NAME_BYTES = 127;
+/** Linux's limit on one file name, in bytes. */
+const NAME_MAX = 255;
+/** Longest backup_file name (last component): its temporary name must fit NAME_MAX too. */
+export const MAX_BACKUP_FILE_NAME_BYTES = NAME_MAX - PARTIAL_SUFFIX.length;
 /** Reserved in VMA for the VM's RAM state, never a disk. */
 export const RESERVED_DEVICE_NAME = "vmstate";
 
@@ -28,8 +33,44 @@ function invalid(reason: string, field: string, problem: string): EngineError {
   return new EngineError("invalid-argument", reason, `${field}: ${problem}`, field);
 }
 
+/**
+ * Runs independent checks and keeps every invalid-argument refusal, so that
+ * a client learns all the problems of its request at once (the proto
+ * promises one BadRequest violation per problem). A check still throws
+ * invalid(...) at its first problem; what it checks after that depends on it.
+ */
+class Violations {
+  private readonly refusals: EngineError[] = [];
+
+  /** Runs `check`, keeping an invalid-argument refusal; anything else is thrown on. */
+  check(check: () => void): void {
+    try {
+      check();
+    } catch (error) {
+      if (!(error instanceof EngineError) || error.kind !== "invalid-argument") throw error;
+      this.refusals.push(error);
+    }
+  }
+
+  /** Throws the first refusal, carrying all of them, when there is any. */
+  throwIfAny(): void {
+    const [first] = this.refusals;
+    if (first === undefined) return;
+    if (this.refusals.length === 1) throw first;
+    const violations = this.refusals.map((refusal) => ({
+      reason: refusal.reason,
+      field: refusal.field ?? "",
+      description: refusal.message,
+    }));
+    const message = this.refusals.map((refusal) => refusal.message).join("; ");
+    throw new EngineError("invalid-argument", first.reason, message, first.field, undefined, violations);
+  }
+}
+
 function deviceNameProblem(name: string): string | undefined {
   if (name === "") return "must not be empty";
+  // Restore tools write a device to a file of (or named after) its name.
+  if (name === "." || name === "..") return `${quote(name)} is not a file name; use a name like "drive-scsi0"`;
   if (name.includes("/")) return `${quote(name)} contains "/"`;
   if (name.includes("\0")) return `${quote(name)} contains NUL`;
   if (WHITESPACE.test(name)) return `${quote(name)} contains whitespace`;
@@ -46,7 +87,23 @@ function configNameProblem(name: string): string | undefined {
   return undefined;
 }
 
-function checkDevices(spec: BackupSpec): void {
+/**
+ * Where a config would be restored onto a device's image: `vma extract`
+ * (Proxmox's and ours) writes `disk-<name>.raw`, Proxmox's through
+ * `tmp-disk-<name>.raw`; jancc/vma-extractor and dissect.archive write the
+ * device to a file of its bare name. All of them write configs by name into
+ * the same directory.
+ */
+function configConflict(name: string, devices: BackupSpec["devices"]): string | undefined {
+  const index = devices.findIndex(
+    (device) => name === `disk-${device.name}.raw` || name === `tmp-disk-${device.name}.raw` || name === device.name,
+  );
+  if (index === -1) return undefined;
+  const device = quote(devices[index]?.name ?? "");
+  return `${quote(name)} is a file name restore tools use for the image of devices[${index}].name ${device}; rename the config`;
+}
+
+function checkDevices(spec: BackupSpec, violations: Violations): void {
   if (spec.devices.length === 0) {
     throw invalid(REASON.NO_DEVICES, "devices", "at least one device is required");
   }
@@ -58,7 +115,7 @@ function checkDevices(spec: BackupSpec): void {
     );
   }
   const seen = new Map<string, number>();
-  spec.devices.forEach((device, index) => {
+  spec.devices.forEach((device, index) => violations.check(() => {
     const field = `devices[${index}].name`;
     const problem = deviceNameProblem(device.name);
     if (problem !== undefined) throw invalid(REASON.DEVICE_NAME_INVALID, field, problem);
@@ -78,14 +135,15 @@ function checkDevices(spec: BackupSpec): void {
       throw invalid(REASON.DEVICE_NAME_DUPLICATE, field, `${quote(device.name)} is also devices[${earlier}].name`);
     }
     seen.set(device.name, index);
-
+  }));
+  spec.devices.forEach((device, index) => violations.check(() => {
     const pathField = `devices[${index}].path`;
     if (device.path === "") throw invalid(REASON.DEVICE_PATH_INVALID, pathField, "must not be empty");
     if (device.path.includes("\0")) throw invalid(REASON.DEVICE_PATH_INVALID, pathField, "contains NUL");
-  });
+  }));
 }
 
-function checkConfigs(spec: BackupSpec): void {
+function checkConfigs(spec: BackupSpec, violations: Violations): void {
   if (spec.configs.length > MAX_CONFIGS_PER_JOB) {
     throw invalid(
       REASON.TOO_MANY_CONFIGS,
@@ -94,7 +152,7 @@ function checkConfigs(spec: BackupSpec): void {
     );
   }
   const seen = new Map<string, number>();
-  spec.configs.forEach((config, index) => {
+  spec.configs.forEach((config, index) => violations.check(() => {
     const field = `configs[${index}].name`;
     const problem = configNameProblem(config.name);
     if (problem !== undefined) throw invalid(REASON.CONFIG_NAME_INVALID, field, problem);
@@ -103,6 +161,8 @@ function checkConfigs(spec: BackupSpec): void {
       throw invalid(REASON.CONFIG_NAME_DUPLICATE, field, `${quote(config.name)} is also configs[${earlier}].name`);
     }
     seen.set(config.name, index);
+    const conflict = configConflict(config.name, spec.devices);
+    if (conflict !== undefined) throw invalid(REASON.CONFIG_NAME_CONFLICT, field, conflict);
     if (config.data.byteLength > MAX_CONFIG_BYTES) {
       throw invalid(
         REASON.CONFIG_TOO_LARGE,
@@ -110,7 +170,7 @@ function checkConfigs(spec: BackupSpec): void {
         `${config.data.byteLength} bytes, at most ${MAX_CONFIG_BYTES} allowed`,
       );
     }
-  });
+  }));
 }
 
 function findDriver(spec: BackupSpec, drivers: readonly BackupDriver[]): BackupDriver {
@@ -122,16 +182,28 @@ function findDriver(spec: BackupSpec, drivers: readonly BackupDriver[]): BackupD
   return driver;
 }
 
-function checkBackupFile(backupFile: string, driver: BackupDriver): void {
+/** `driver` is undefined when the format is refused: the suffix is then not checked. */
+function checkBackupFile(backupFile: string, driver: BackupDriver | undefined): void {
   const field = "backup_file";
   if (backupFile === "") throw invalid(REASON.BACKUP_FILE_INVALID, field, "must not be empty");
   if (backupFile.includes("\0")) throw invalid(REASON.BACKUP_FILE_INVALID, field, "contains NUL");
+  if (driver === undefined) return;
   if (!backupFile.endsWith(driver.fileSuffix)) {
     throw invalid(REASON.BACKUP_FILE_BAD_SUFFIX, field, `${quote(backupFile)} must end in "${driver.fileSuffix}"`);
   }
   const base = backupFile.slice(backupFile.lastIndexOf("/") + 1);
   if (base === driver.fileSuffix) {
     throw invalid(REASON.BACKUP_FILE_INVALID, field, `${quote(backupFile)} needs a name before "${driver.fileSuffix}"`);
+  }
+  // Not the name itself: it is long enough to bury the message.
+  const bytes = Buffer.byteLength(base, "utf8");
+  if (bytes > MAX_BACKUP_FILE_NAME_BYTES) {
+    throw invalid(
+      REASON.BACKUP_FILE_NAME_TOO_LONG,
+      field,
+      `the file name is ${bytes} bytes of UTF-8, at most ${MAX_BACKUP_FILE_NAME_BYTES} allowed ` +
+        `(the archive is written as "<name>${PARTIAL_SUFFIX}" first, and a file name holds at most ${NAME_MAX} bytes)`,
+    );
   }
 }
 
@@ -160,14 +232,20 @@ export function checkRequestId(requestId: string | undefined): void {
 
 /**
  * Checks everything about `spec` that needs no filesystem and returns the
- * driver of its format. Throws EngineError (invalid-argument).
+ * driver of its format. Throws EngineError (invalid-argument) naming every
+ * problem found (its `violations`, when there are several).
  */
 export function validateRequest(spec: BackupSpec, drivers: readonly BackupDriver[]): BackupDriver {
-  checkDevices(spec);
-  checkConfigs(spec);
-  const driver = findDriver(spec, drivers);
-  checkBackupFile(spec.backupFile, driver);
-  checkSpeedLimit(spec.speedLimit);
-  checkRequestId(spec.requestId);
-  return driver;
+  const violations = new Violations();
+  violations.check(() => checkDevices(spec, violations));
+  violations.check(() => checkConfigs(spec, violations));
+  let driver: BackupDriver | undefined;
+  violations.check(() => {
+    driver = findDriver(spec, drivers);
+  });
+  violations.check(() => checkBackupFile(spec.backupFile, driver));
+  violations.check(() => checkSpeedLimit(spec.speedLimit));
+  violations.check(() => checkRequestId(spec.requestId));
+  violations.throwIfAny();
+  return driver!;
 }

@@ -3,14 +3,17 @@
 // --auth-token-file. Tokens are compared as SHA-256 digests with
 // crypto.timingSafeEqual, so the comparison takes the same time whatever the
 // presented token shares with a real one. Health stays open so that probes
-// and load balancers need no secret; reflection is not exempt: it would tell
-// an anonymous caller what the service offers, and grpcurl sends its -H
-// headers on reflection calls as well. A token never reaches a log line or
-// an error message.
+// and load balancers need no secret. Reflection without any token answers
+// for the public files only (health, reflection, google.rpc; see
+// reflection.ts), so that `grpcurl ... Health/Check` works while the backup
+// API stays hidden; a wrong or malformed token is refused there too. A token
+// never reaches a log line or an error message.
 import { createHash, timingSafeEqual } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
+import { PUBLIC_SCOPE, REFLECTION_SCOPE_KEY } from "./reflection-scope.js";
+import { richStatus, statusDetailsMetadata } from "./rpc-errors.js";
 
 /** The metadata key the token travels in (grpc-js keys are lower case). */
 export const AUTHORIZATION_KEY = "authorization";
@@ -18,6 +21,12 @@ const BEARER_SCHEME = "bearer";
 
 /** Services any caller may use without a token. */
 export const UNAUTHENTICATED_SERVICES: readonly string[] = ["grpc.health.v1.Health"];
+
+/** Services a caller without a token may use with a narrowed view (reflection-scope.ts). */
+const ANONYMOUS_SCOPED_SERVICES: ReadonlySet<string> = new Set([
+  "grpc.reflection.v1.ServerReflection",
+  "grpc.reflection.v1alpha.ServerReflection",
+]);
 
 /** What a client must do, in every UNAUTHENTICATED status. */
 const HOW_TO_AUTHENTICATE =
@@ -112,6 +121,13 @@ function presentedToken(metadata: grpc.Metadata): { token: string } | { refusal:
   return token === "" ? { refusal: "malformed" } : { token };
 }
 
+/** ErrorInfo reasons of UNAUTHENTICATED, stable like the engine's. */
+const REFUSAL_REASONS: Readonly<Record<Refusal, string>> = {
+  missing: "TOKEN_MISSING",
+  malformed: "TOKEN_MALFORMED",
+  invalid: "TOKEN_INVALID",
+};
+
 const REFUSAL_MESSAGES: Readonly<Record<Refusal, string>> = {
   missing: "missing bearer token",
   malformed: 'malformed authorization header (expected "Bearer <token>")',
@@ -146,15 +162,25 @@ export function createAuthInterceptor(options: AuthInterceptorOptions): grpc.Ser
             const presented = presentedToken(metadata);
             const refusal =
               "refusal" in presented ? presented.refusal : options.tokens.accepts(presented.token) ? undefined : "invalid";
+            // Only this interceptor decides the scope: drop what a client sent.
+            metadata.remove(REFLECTION_SCOPE_KEY);
+            if (refusal === "missing" && ANONYMOUS_SCOPED_SERVICES.has(serviceOf(method.path))) {
+              metadata.set(REFLECTION_SCOPE_KEY, PUBLIC_SCOPE);
+              nextMetadata(metadata);
+              return;
+            }
             if (refusal === undefined) {
               nextMetadata(metadata);
               return;
             }
             options.logger.warn({ rpc: method.path, peer: call.getPeer(), refusal }, "rpc unauthenticated");
+            const details = `${REFUSAL_MESSAGES[refusal]}: ${HOW_TO_AUTHENTICATE}`;
+            const code = grpc.status.UNAUTHENTICATED;
             call.sendStatus({
-              code: grpc.status.UNAUTHENTICATED,
-              details: `${REFUSAL_MESSAGES[refusal]}: ${HOW_TO_AUTHENTICATE}`,
-              metadata: new grpc.Metadata(),
+              code,
+              details,
+              // An ErrorInfo like every other refusal, for clients that act on reasons.
+              metadata: statusDetailsMetadata(richStatus(code, details, { reason: REFUSAL_REASONS[refusal] })),
             });
           },
         });

@@ -63,7 +63,11 @@ function unaryHandler<Request, Response>(
 function openWatch(engine: JobEngine, request: WatchBackupRequest): WatchOpening {
   const uuid = toJobSelector(request.uuid);
   const afterRevision = toRevision(request.afterRevision);
-  return { source: engine.watch(uuid, afterRevision === 0 ? {} : { afterRevision }), afterRevision };
+  return {
+    source: engine.watch(uuid, afterRevision === 0 ? {} : { afterRevision }),
+    afterRevision,
+    endless: uuid === undefined,
+  };
 }
 
 export function createBackupService({

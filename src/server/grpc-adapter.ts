@@ -6,6 +6,7 @@ import type * as grpc from "@grpc/grpc-js";
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { DescMessage, DescMethod, Message, MessageShape } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
+import { hasSingleRequest, refusingMalformed, tolerantDeserializer } from "./malformed-requests.js";
 
 /** The method descriptor fields the adapter and the client rely on. */
 type MethodShape = GenServiceMethods[string];
@@ -78,14 +79,27 @@ export function createServiceDefinition<T extends GenServiceMethods>(
   return definition as unknown as grpc.ServiceDefinition<ServiceImplementation<T>>;
 }
 
-/** Registers a typed implementation of a generated service on a server. */
+/**
+ * Registers a typed implementation of a generated service on a server. A
+ * request that does not decode is refused with INVALID_ARGUMENT before the
+ * handler runs (see malformed-requests.ts).
+ */
 export function addService<T extends GenServiceMethods>(
   server: grpc.Server,
   service: GenService<T>,
   implementation: ServiceImplementation<T>,
 ): void {
-  server.addService(
-    createServiceDefinition(service) as grpc.ServiceDefinition,
-    implementation as unknown as grpc.UntypedServiceImplementation,
-  );
+  const definition = createServiceDefinition(service) as unknown as Record<string, grpc.MethodDefinition<unknown, unknown>>;
+  const handlers = { ...(implementation as unknown as Record<string, grpc.UntypedHandleCall>) };
+  for (const method of service.methods) {
+    const entry = definition[method.localName];
+    const handler = handlers[method.localName];
+    if (entry === undefined || handler === undefined || !hasSingleRequest(method)) continue;
+    definition[method.localName] = {
+      ...entry,
+      requestDeserialize: tolerantDeserializer(entry.requestDeserialize, method.input.typeName),
+    };
+    handlers[method.localName] = refusingMalformed(method, handler as Parameters<typeof refusingMalformed>[1]);
+  }
+  server.addService(definition as grpc.ServiceDefinition, handlers);
 }

@@ -16,7 +16,7 @@ import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_de
 import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import type { Status } from "../../gen/google/rpc/status_pb.js";
 import { EngineError } from "../engine/errors.js";
-import type { EngineErrorKind } from "../engine/errors.js";
+import type { EngineErrorKind, FieldViolation } from "../engine/errors.js";
 import { REASON } from "../engine/reasons.js";
 
 /** ErrorInfo.domain of every error we send. */
@@ -31,6 +31,8 @@ const STATUS_BY_KIND: Readonly<Record<EngineErrorKind, grpc.status>> = {
   "already-exists": grpc.status.ALREADY_EXISTS,
   "failed-precondition": grpc.status.FAILED_PRECONDITION,
   "permission-denied": grpc.status.PERMISSION_DENIED,
+  "out-of-range": grpc.status.OUT_OF_RANGE,
+  "resource-exhausted": grpc.status.RESOURCE_EXHAUSTED,
   unavailable: grpc.status.UNAVAILABLE,
   internal: grpc.status.INTERNAL,
 };
@@ -45,16 +47,39 @@ export interface RpcError extends Error {
 }
 
 /** What a refusal tells the client beyond its code and message. */
-interface Refusal {
+export interface Refusal {
   readonly reason: string;
   /** The request field at fault, e.g. "devices[1].path". */
   readonly field?: string;
+  /** More ErrorInfo metadata, e.g. { job_uuid } of the job in the way. */
+  readonly metadata?: Readonly<Record<string, string>>;
+  /** Every problem of the request, when there are several (else the one of `field`). */
+  readonly violations?: readonly FieldViolation[];
+}
+
+/**
+ * Most BadRequest violations sent: the details travel in a trailer, and
+ * clients refuse trailers beyond 8 KiB (grpc-js, grpc-core). The message
+ * still says how many problems there were.
+ */
+export const MAX_REPORTED_VIOLATIONS = 10;
+
+/** The violations to send, and the status message that lists them. */
+function reportedViolations(message: string, refusal: Refusal): { message: string; violations: FieldViolation[] } {
+  const all = refusal.violations ?? [];
+  if (all.length <= 1) {
+    return { message, violations: [{ reason: refusal.reason, field: refusal.field ?? "", description: message }] };
+  }
+  const violations = all.slice(0, MAX_REPORTED_VIOLATIONS);
+  const more = all.length - violations.length;
+  const listed = violations.map((violation) => violation.description).join("; ");
+  return { message: more > 0 ? `${listed}; and ${more} more problems` : listed, violations };
 }
 
 /**
  * The google.rpc.Status of a failure: ErrorInfo always (metadata names the
- * field when there is one), BadRequest with one violation for
- * INVALID_ARGUMENT.
+ * field when there is one, and any further facts), BadRequest with one
+ * violation per problem for INVALID_ARGUMENT.
  */
 export function richStatus(code: grpc.status, message: string, refusal: Refusal): Status {
   const details: Any[] = [
@@ -63,16 +88,17 @@ export function richStatus(code: grpc.status, message: string, refusal: Refusal)
       create(ErrorInfoSchema, {
         reason: refusal.reason,
         domain: ERROR_DOMAIN,
-        metadata: refusal.field === undefined ? {} : { field: refusal.field },
+        metadata: { ...refusal.metadata, ...(refusal.field === undefined ? {} : { field: refusal.field }) },
       }),
     ),
   ];
   if (code === grpc.status.INVALID_ARGUMENT) {
+    const { violations } = reportedViolations(message, refusal);
     details.push(
       anyPack(
         BadRequestSchema,
         create(BadRequestSchema, {
-          fieldViolations: [{ field: refusal.field ?? "", description: message }],
+          fieldViolations: violations.map(({ field, description }) => ({ field, description })),
         }),
       ),
     );
@@ -80,10 +106,18 @@ export function richStatus(code: grpc.status, message: string, refusal: Refusal)
   return create(StatusSchema, { code, message, details });
 }
 
-function rpcError(code: grpc.status, details: string, refusal: Refusal): RpcError {
+/** Trailing metadata carrying `status` as grpc-status-details-bin. */
+export function statusDetailsMetadata(status: Status): grpc.Metadata {
   const metadata = new grpc.Metadata();
-  const bytes = toBinary(StatusSchema, richStatus(code, details, refusal));
+  const bytes = toBinary(StatusSchema, status);
   metadata.set(STATUS_DETAILS_KEY, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+  return metadata;
+}
+
+function rpcError(code: grpc.status, message: string, refusal: Refusal): RpcError {
+  // Several violations: the message lists those the details carry.
+  const details = code === grpc.status.INVALID_ARGUMENT ? reportedViolations(message, refusal).message : message;
+  const metadata = statusDetailsMetadata(richStatus(code, details, refusal));
   return Object.assign(new Error(details), { code, details, metadata });
 }
 
@@ -93,11 +127,20 @@ export function toRpcError(error: unknown): RpcError {
     return rpcError(STATUS_BY_KIND[error.kind], error.message, {
       reason: error.reason,
       ...(error.field === undefined ? {} : { field: error.field }),
+      ...(error.metadata === undefined ? {} : { metadata: error.metadata }),
+      violations: error.violations,
     });
   }
   // Internal errors may carry paths, errno texts or stack details: they go
   // to the log only, and the client learns no more than the reason.
   return rpcError(grpc.status.INTERNAL, GENERIC_INTERNAL_MESSAGE, { reason: REASON.INTERNAL });
+}
+
+/** The status for request bytes that are not a `typeName` message (see malformed-requests.ts). */
+export function malformedRequestError(typeName: string, problem: string): RpcError {
+  return rpcError(grpc.status.INVALID_ARGUMENT, `request: not a valid ${typeName} message (${problem})`, {
+    reason: REASON.REQUEST_MALFORMED,
+  });
 }
 
 /** The status name, e.g. "NOT_FOUND", for logs. */

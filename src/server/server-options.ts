@@ -2,9 +2,22 @@
 // nothing to send while no job runs, so the server pings idle peers to find
 // dead connections instead of holding their streams forever.
 import type * as grpc from "@grpc/grpc-js";
+import { LARGEST_VALID_REQUEST_BYTES } from "./message-limits.js";
+import type { RequestReadGateOptions } from "./request-read-gate.js";
 
-/** Requests are small except for configs (at most 256 x 64 KiB). */
-export const MAX_RECEIVE_MESSAGE_BYTES = 64 * 1024 * 1024;
+/**
+ * The largest request read: the largest valid Backup request (~1.5 MiB),
+ * rounded up to 64 KiB. Larger ones end RESOURCE_EXHAUSTED from their
+ * length prefix, unread.
+ */
+export const MAX_RECEIVE_MESSAGE_BYTES = Math.ceil(LARGEST_VALID_REQUEST_BYTES / 65536) * 65536;
+
+/**
+ * At most 8 requests are read into memory at once (8 x ~1.5 MiB, a few
+ * copies each); a request must arrive within 10 s of its read starting
+ * (150 KB/s for the largest).
+ */
+export const REQUEST_READ_LIMITS: RequestReadGateOptions = { maxConcurrentReads: 8, readTimeoutMs: 10_000 };
 
 export const SERVER_CHANNEL_OPTIONS: grpc.ServerOptions = {
   // Ping a connection after 30 s without activity; drop it when the ping is

@@ -2,9 +2,7 @@
 // reflection on one grpc-js server, and the order in which it all stops.
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
-import { file_google_rpc_error_details } from "../../gen/google/rpc/error_details_pb.js";
-import { file_google_rpc_status } from "../../gen/google/rpc/status_pb.js";
-import { BackupService, file_vmabackup_v1_backup } from "../../gen/vmabackup/v1/backup_pb.js";
+import { BackupService } from "../../gen/vmabackup/v1/backup_pb.js";
 import type { BackupDriver } from "../drivers/driver.js";
 import { vmaDriver } from "../drivers/vma-driver.js";
 import { BackupEngine } from "../engine/backup-engine.js";
@@ -12,7 +10,11 @@ import { createBackupService } from "./backup-service.js";
 import { addService } from "./grpc-adapter.js";
 import { ServerHealth } from "./health.js";
 import { addReflection } from "./reflection.js";
-import { SERVER_CHANNEL_OPTIONS } from "./server-options.js";
+import { joinHostPort, listenPort } from "./listen-policy.js";
+import { createRequestReadGate } from "./request-read-gate.js";
+import type { RequestReadGateOptions } from "./request-read-gate.js";
+import { REQUEST_READ_LIMITS, SERVER_CHANNEL_OPTIONS } from "./server-options.js";
+import { routeUnknownMethodsThroughInterceptors } from "./unknown-methods.js";
 import { WatchStreams } from "./watch-streams.js";
 
 export interface ServerOptions {
@@ -35,8 +37,16 @@ export interface ServerOptions {
   readonly credentials?: grpc.ServerCredentials;
   /** Run on every call before its handler, e.g. the bearer-token check of auth.ts. */
   readonly interceptors?: readonly grpc.ServerInterceptor[];
+  /**
+   * The IP addresses to bind, on `listen`'s port: those its host resolved to
+   * when the listen policy judged them (see listen-policy.ts). When not
+   * given, grpc-js resolves `listen` itself.
+   */
+  readonly listenAddresses?: readonly string[];
   /** Largest request accepted; larger ones end RESOURCE_EXHAUSTED (default MAX_RECEIVE_MESSAGE_BYTES). */
   readonly maxReceiveMessageBytes?: number;
+  /** How many requests are read into memory at once (default REQUEST_READ_LIMITS). */
+  readonly requestReads?: RequestReadGateOptions;
 }
 
 export interface RunningServer {
@@ -50,7 +60,8 @@ export interface RunningServer {
    */
   readonly watchBufferedMessages: number;
   /**
-   * Stops serving: health goes NOT_SERVING, watch streams end with OK,
+   * Stops serving: health goes NOT_SERVING, watch streams end with
+   * UNAVAILABLE (after the CANCELLED of their jobs),
    * active jobs are cancelled (their partial files removed), then the
    * server closes. Safe to call more than once.
    */
@@ -65,6 +76,35 @@ function bind(server: grpc.Server, listen: string, credentials: grpc.ServerCrede
       error ? reject(error) : resolve(port),
     );
   });
+}
+
+/**
+ * Binds the addresses of `addresses` on `listen`'s port (port 0: the one
+ * the first bind picked). Like grpc-js for a name with several addresses,
+ * it serves those that bind (e.g. 127.0.0.1 when ::1 is disabled) and
+ * fails only when none does.
+ */
+async function bindAddresses(
+  server: grpc.Server,
+  listen: string,
+  addresses: readonly string[],
+  credentials: grpc.ServerCredentials,
+  logger: Logger,
+): Promise<number> {
+  let port = listenPort(listen);
+  let bound = false;
+  let firstError: unknown;
+  for (const address of addresses) {
+    try {
+      port = await bind(server, joinHostPort(address, port), credentials);
+      bound = true;
+    } catch (error) {
+      firstError ??= error;
+      logger.warn({ address, err: error }, "cannot bind one of the listen addresses");
+    }
+  }
+  if (!bound) throw firstError;
+  return port;
 }
 
 /** `listen` with its port replaced by the one bound (which differs for port 0). */
@@ -111,21 +151,29 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     ...(options.maxReceiveMessageBytes === undefined
       ? {}
       : { "grpc.max_receive_message_length": options.maxReceiveMessageBytes }),
-    interceptors: [...(options.interceptors ?? [])],
+    // The read gate last, so outermost: a call reaches it only once the
+    // interceptors before it (auth) have let its metadata through.
+    interceptors: [...(options.interceptors ?? []), createRequestReadGate(options.requestReads ?? REQUEST_READ_LIMITS).interceptor],
   });
+  // Without a token, an unknown method must answer like a known one.
+  routeUnknownMethodsThroughInterceptors(server);
   addService(
     server,
     BackupService,
     createBackupService({ engine, watchStreams, logger: options.logger.child({ component: "rpc" }) }),
   );
   health.addToServer(server);
-  // The google.rpc files let reflection clients (grpcurl) decode the error
-  // details every failure carries.
-  addReflection(server, [file_vmabackup_v1_backup, file_google_rpc_status, file_google_rpc_error_details]);
+  // Describes our API, health, reflection and the google.rpc error details
+  // every failure carries (so that grpcurl can decode them).
+  addReflection(server);
 
   let port: number;
   try {
-    port = await bind(server, options.listen, options.credentials ?? grpc.ServerCredentials.createInsecure());
+    const credentials = options.credentials ?? grpc.ServerCredentials.createInsecure();
+    port =
+      options.listenAddresses === undefined
+        ? await bind(server, options.listen, credentials)
+        : await bindAddresses(server, options.listen, options.listenAddresses, credentials, logger);
   } catch (error) {
     server.forceShutdown();
     await engine.shutdown();
@@ -135,6 +183,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   logger.info(
     {
       address,
+      ...(options.listenAddresses === undefined ? {} : { addresses: options.listenAddresses }),
       backupDir: options.backupDir,
       sourceRoots: options.sourceRoots,
       stateDir: options.stateDir,

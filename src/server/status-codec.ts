@@ -12,6 +12,7 @@ import {
   DeviceStatusSchema,
 } from "../../gen/vmabackup/v1/backup_pb.js";
 import type { BackupRequest, BackupStatus, ListBackupsRequest } from "../../gen/vmabackup/v1/backup_pb.js";
+import { archiveDeviceSize } from "../engine/archive-size.js";
 import { EngineError } from "../engine/errors.js";
 import { quote } from "../engine/quote.js";
 import { REASON } from "../engine/reasons.js";
@@ -146,6 +147,7 @@ export function toBackupStatus(status: JobStatus): BackupStatus {
         size: BigInt(device.size),
         transferredBytes: BigInt(device.transferredBytes),
         zeroBytes: BigInt(device.zeroBytes),
+        archiveSize: BigInt(archiveDeviceSize(device.size)),
       }),
     ),
     rate: BigInt(wholeNonNegative(status.rate)),

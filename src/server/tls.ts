@@ -1,12 +1,9 @@
 // Transport security of the daemon: TLS server credentials from PEM files
 // (mutual TLS when a client CA is given: a client without a certificate that
-// CA signed cannot even connect), and the listen policy: the daemon reads raw
-// disks as a privileged user, so it serves a network other than loopback
-// only with TLS and a bearer token, or when the operator says --insecure.
+// CA signed cannot even connect). Where TLS is required: listen-policy.ts.
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import type { KeyObject } from "node:crypto";
 import { readFile } from "node:fs/promises";
-import { isIPv4, isIPv6 } from "node:net";
 import * as grpc from "@grpc/grpc-js";
 
 export interface ServerTlsFiles {
@@ -73,53 +70,5 @@ export async function loadServerCredentials(files: ServerTlsFiles): Promise<grpc
     clientCa ?? null,
     [{ private_key: privateKey, cert_chain: certChain }],
     clientCa !== undefined,
-  );
-}
-
-/** The host part of "host:port" or "[v6]:port", without brackets. */
-export function listenHost(listen: string): string {
-  const colon = listen.lastIndexOf(":");
-  const host = colon < 0 ? listen : listen.slice(0, colon);
-  return host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host;
-}
-
-/** True for addresses only this machine can reach: 127.0.0.0/8, ::1 (also IPv4-mapped) and "localhost". */
-export function isLoopbackHost(host: string): boolean {
-  const name = host.toLowerCase();
-  if (name === "localhost") return true;
-  if (isIPv4(name)) return name.startsWith("127.");
-  if (isIPv6(name)) {
-    if (name === "::1" || name === "0:0:0:0:0:0:0:1") return true;
-    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(name);
-    return mapped !== null && isLoopbackHost(mapped[1] as string);
-  }
-  return false;
-}
-
-export interface ListenSecurity {
-  /** --tls-cert and --tls-key were given. */
-  readonly tls: boolean;
-  /** --auth-token-file was given. */
-  readonly auth: boolean;
-  /** --insecure was given. */
-  readonly insecure: boolean;
-}
-
-/**
- * Why the daemon must not listen on `listen` with `security`, or undefined
- * when it may: loopback is always allowed; any other address needs TLS and
- * a token unless --insecure.
- */
-export function listenPolicyViolation(listen: string, security: ListenSecurity): string | undefined {
-  if (isLoopbackHost(listenHost(listen)) || security.insecure) return undefined;
-  if (security.tls && security.auth) return undefined;
-  const missing = [
-    ...(security.tls ? [] : ["--tls-cert and --tls-key"]),
-    ...(security.auth ? [] : ["--auth-token-file"]),
-  ];
-  return (
-    `refusing to listen on ${listen}: an address other than loopback needs TLS and a bearer token ` +
-    `(missing: ${missing.join(", ")}); give them, listen on 127.0.0.1, or pass --insecure to serve ` +
-    `without them anyway`
   );
 }

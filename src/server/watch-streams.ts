@@ -6,8 +6,19 @@
 // stream ends so the engine never holds a dead watcher.
 import type * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
+import { EngineError } from "../engine/errors.js";
+import { REASON } from "../engine/reasons.js";
 import type { JobStatus } from "../engine/types.js";
 import { reportRpcFailure } from "./rpc-errors.js";
+
+/** How a watch stream ends when the server shuts down. */
+function shuttingDown(): EngineError {
+  return new EngineError(
+    "unavailable",
+    REASON.ENGINE_SHUT_DOWN,
+    "the server is shutting down; watch again after it restarts (with after_revision)",
+  );
+}
 
 /** What the engine's watch() returns. */
 export interface StatusSource extends AsyncIterable<JobStatus> {
@@ -18,6 +29,8 @@ export interface StatusSource extends AsyncIterable<JobStatus> {
 export interface WatchOpening {
   readonly source: StatusSource;
   readonly afterRevision: number;
+  /** The source ends only when the engine shuts down (all jobs): its end is then UNAVAILABLE. */
+  readonly endless?: boolean;
 }
 
 type WatchCall<Response> = grpc.ServerWritableStream<unknown, Response>;
@@ -64,6 +77,8 @@ class RevisionFilter {
 export class WatchStreams {
   /** Each open stream's stop function, with its call (for the buffered count). */
   private readonly streams = new Map<() => void, WatchCall<unknown>>();
+  /** Set by endAll(): streams end with UNAVAILABLE, not OK. */
+  private ending = false;
 
   /** Number of open streams. */
   get size(): number {
@@ -85,7 +100,7 @@ export class WatchStreams {
    * Streams the source `open` returns to `call`, one message per status
    * newer than its `afterRevision` and than what the stream already sent of
    * that job, until the source ends (then status OK), the client leaves, or
-   * endAll() is called (OK). `open` runs inside the stream's error handling,
+   * endAll() is called (UNAVAILABLE). `open` runs inside the stream's error handling,
    * so that a refused request (e.g. an unknown uuid) ends the stream with
    * its status code.
    */
@@ -97,6 +112,7 @@ export class WatchStreams {
   ): Promise<void> {
     const stopController = new AbortController();
     let source: StatusSource | undefined;
+    let endless = false;
     let sourceClosed = false;
     const stop = (): void => {
       stopController.abort();
@@ -110,8 +126,10 @@ export class WatchStreams {
     call.on("close", stop);
     try {
       if (call.cancelled || stopController.signal.aborted) return;
+      if (this.ending) throw shuttingDown();
       const opening = open();
       source = opening.source;
+      endless = opening.endless === true;
       const filter = new RevisionFilter(opening.afterRevision);
       for await (const status of source) {
         if (stopController.signal.aborted || call.cancelled) break;
@@ -121,7 +139,11 @@ export class WatchStreams {
         }
         if (stopController.signal.aborted || call.cancelled) break;
       }
-      if (!call.cancelled) call.end();
+      if (call.cancelled) return;
+      // Cut off by endAll(), or an all-jobs source ended by the engine's
+      // shutdown: not "all done" (OK) but "reconnect" (retryable).
+      if ((this.ending && stopController.signal.aborted) || endless) throw shuttingDown();
+      call.end();
     } catch (error) {
       const failure = reportRpcFailure(logger, "WatchBackup", error);
       if (!call.cancelled) call.emit("error", failure);
@@ -133,8 +155,9 @@ export class WatchStreams {
     }
   }
 
-  /** Ends every open stream with status OK (on shutdown). */
+  /** Ends every open stream with UNAVAILABLE (on shutdown), and any opened later. */
   endAll(): void {
+    this.ending = true;
     for (const stop of [...this.streams.keys()]) stop();
   }
 }

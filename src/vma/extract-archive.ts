@@ -1,10 +1,13 @@
 // Extracts an archive into a directory: `disk-<name>.raw` per chosen device
 // (`vmstate.bin` for the VM state, as Proxmox names it) at exactly its size,
-// and every config as `<name>`. Files are created exclusively, never
-// overwritten. The archive is judged exactly as `verify` judges it; when it
-// turns out invalid (or a chosen device is incomplete without
-// allowIncomplete), the files this run created are removed again, so a
-// restore never leaves a plausible-looking but wrong image behind.
+// and every config as `<name>`, except a config named like the image file of
+// any device in the archive: the image wins (as with Proxmox's extract,
+// whose rename replaces such a config), the config is left out with a
+// warning and stays readable with `vma config`. Files are created
+// exclusively, never overwritten. The archive is judged exactly as `verify`
+// judges it; when it turns out invalid (or a chosen device is incomplete
+// without allowIncomplete), the files this run created are removed again, so
+// a restore never leaves a plausible-looking but wrong image behind.
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { DiskImageWriter } from "./extract-disk-image.js";
@@ -51,7 +54,7 @@ export async function extractArchive(chunks: AsyncIterable<Uint8Array>, options:
       onExtent: (extent, problemsSoFar) => extraction.write(extent, problemsSoFar),
     });
     const files = await extraction.finish(verdict);
-    return { ...verdict, files };
+    return { ...verdict, warnings: [...verdict.warnings, ...extraction.warnings], files };
   } catch (error) {
     await extraction.discard();
     throw error;
@@ -63,6 +66,8 @@ class Extraction {
   private readonly chosen = new Set<number>();
   private readonly writers = new Map<number, DiskImageWriter>();
   private readonly created: string[] = [];
+  /** Configs left out because a device's image has their file name. */
+  readonly warnings: string[] = [];
   /** False once a problem makes the result worthless: nothing more is written. */
   private writing = false;
   /** The previous extent's writes, overlapping with reading the next extent. */
@@ -82,7 +87,17 @@ class Extraction {
     // A header with problems (unsafe or duplicate names...) is not written out.
     if (problemsSoFar > 0) return;
     await mkdir(this.options.dir, { recursive: true });
+    // Of every device, chosen or not, so that --device does not change which configs are written.
+    const images = new Map([...header.devices.values()].map((device) => [imageFileName(device), device]));
     for (const config of header.configs) {
+      const image = images.get(config.name);
+      if (image !== undefined) {
+        this.warnings.push(
+          `config "${config.name}" not extracted: the image of device ${image.name} has that file name ` +
+            `(print the config with: vma config ARCHIVE ${config.name})`,
+        );
+        continue;
+      }
       const path = join(this.options.dir, config.name);
       await writeFile(path, config.data, { flag: "wx" });
       this.created.push(path);

@@ -2,6 +2,7 @@
 // problems (capped, counted in full), missing clusters as problems or, with
 // allowIncomplete, as warnings. Extraction runs through the same loop with
 // hooks, so both commands judge an archive the same way.
+import { headerWarnings } from "./header-warnings.js";
 import { CompressedDataError } from "./open-archive.js";
 import { readVma } from "./reader.js";
 import { describeMissing } from "./reader-cluster-tracker.js";
@@ -19,7 +20,7 @@ export interface ArchiveVerdict {
   readonly problems: readonly VmaProblem[];
   /** All problems, including those not listed. */
   readonly problemCount: number;
-  /** Missing clusters, when allowed. */
+  /** What Proxmox's vma cannot handle in a valid header (header-warnings.ts), and missing clusters when allowed. */
   readonly warnings: readonly string[];
   /** Devices (of those checked) with missing clusters. */
   readonly missing: readonly VmaMissingClusters[];
@@ -50,6 +51,8 @@ export async function verifyArchive(chunks: AsyncIterable<Uint8Array>, options: 
     if (problems.length < PROBLEMS_LISTED) problems.push(problem);
   };
   let header: VmaHeader | undefined;
+  // What Proxmox's vma handles badly in a valid header first, then missing clusters when allowed.
+  const warnings: string[] = [];
   let archiveBytes = 0;
   let extents = 0;
   let clusters = 0;
@@ -63,6 +66,7 @@ export async function verifyArchive(chunks: AsyncIterable<Uint8Array>, options: 
           break;
         case "header":
           header = event.header;
+          warnings.push(...headerWarnings(event.header));
           await options.onHeader?.(event.header, problemCount);
           break;
         case "extent":
@@ -80,7 +84,6 @@ export async function verifyArchive(chunks: AsyncIterable<Uint8Array>, options: 
     addProblem({ offset: error.offset, message: error.message });
     archiveBytes = error.offset;
   }
-  const warnings: string[] = [];
   for (const device of missing) {
     const message = describeMissing(device);
     if (options.allowIncomplete) warnings.push(message);

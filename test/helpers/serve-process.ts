@@ -26,9 +26,18 @@ export interface ServeProcess {
   kill(): Promise<void>;
 }
 
-export function runServe(args: readonly string[]): ServeProcess {
-  const child = spawn(process.execPath, ["bin/vmabackup.js", "serve", ...args], {
+export interface ServeOptions {
+  /** Options for node itself, before the script (e.g. "--inspect-port=127.0.0.1:9300"). */
+  readonly nodeArgs?: readonly string[];
+  /** Added to this process's environment. */
+  readonly env?: NodeJS.ProcessEnv;
+}
+
+export function runServe(args: readonly string[], options: ServeOptions = {}): ServeProcess {
+  const nodeArgs = options.nodeArgs ?? [];
+  const child = spawn(process.execPath, [...nodeArgs, "bin/vmabackup.js", "serve", ...args], {
     cwd: PROJECT_ROOT,
+    env: { ...process.env, ...options.env },
     stdio: ["pipe", "pipe", "pipe"],
   });
   const logs: LogLine[] = [];

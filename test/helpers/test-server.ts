@@ -22,6 +22,11 @@ export interface TestServerOptions {
   readonly progressIntervalMs?: number;
   /** Defaults to a silent logger (set VMABACKUP_TEST_LOG=debug to see logs). */
   readonly logger?: Logger;
+  /**
+   * Called with the state dir (made, still empty) before the server opens
+   * it, e.g. to mount a small filesystem there.
+   */
+  readonly prepareStateDir?: (stateDir: string) => Promise<void>;
 }
 
 export interface TestServer {
@@ -54,6 +59,7 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
 
   let server: RunningServer;
   try {
+    await options.prepareStateDir?.(stateDir);
     server = await startServer({
       listen: "127.0.0.1:0",
       backupDir,

@@ -203,8 +203,10 @@ def main() -> None:
         summary["watch"] = client.watch(started.uuid)
         summary["query_by_uuid"] = client.query(started.uuid)
         summary["query_latest"] = client.query("")
-        # A retry after a lost response: the same request id starts nothing.
-        summary["retried"] = client.status_summary(client.backup(args.backup_file, devices, configs, 0, request_id))
+        # A retry after a lost response: the same request with the same id starts nothing.
+        summary["retried"] = client.status_summary(
+            client.backup(args.backup_file, devices, configs, args.speed_limit, request_id)
+        )
         summary["listed"] = client.list_uuids(page_size=1)
 
         summary["unknown_uuid"] = str(uuid.uuid4())

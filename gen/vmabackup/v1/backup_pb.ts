@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file vmabackup/v1/backup.proto.
  */
 export const file_vmabackup_v1_backup: GenFile = /*@__PURE__*/
-  fileDesc("Chl2bWFiYWNrdXAvdjEvYmFja3VwLnByb3RvEgx2bWFiYWNrdXAudjEiJAoGRGV2aWNlEgwKBG5hbWUYASABKAkSDAoEcGF0aBgCIAEoCSIoCgpDb25maWdGaWxlEgwKBG5hbWUYASABKAkSDAoEZGF0YRgCIAEoDCLLAQoNQmFja3VwUmVxdWVzdBITCgtiYWNrdXBfZmlsZRgBIAEoCRIqCgZmb3JtYXQYAiABKA4yGi52bWFiYWNrdXAudjEuQmFja3VwRm9ybWF0EiUKB2RldmljZXMYAyADKAsyFC52bWFiYWNrdXAudjEuRGV2aWNlEikKB2NvbmZpZ3MYBCADKAsyGC52bWFiYWNrdXAudjEuQ29uZmlnRmlsZRITCgtzcGVlZF9saW1pdBgFIAEoBBISCgpyZXF1ZXN0X2lkGAYgASgJIjwKDkJhY2t1cFJlc3BvbnNlEioKBnN0YXR1cxgBIAEoCzIaLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0dXMiIgoSUXVlcnlCYWNrdXBSZXF1ZXN0EgwKBHV1aWQYASABKAkiQQoTUXVlcnlCYWNrdXBSZXNwb25zZRIqCgZzdGF0dXMYASABKAsyGi52bWFiYWNrdXAudjEuQmFja3VwU3RhdHVzIiMKE0NhbmNlbEJhY2t1cFJlcXVlc3QSDAoEdXVpZBgBIAEoCSJEChRDYW5jZWxCYWNrdXBSZXNwb25zZRIsCghzdGF0dXNlcxgBIAMoCzIaLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0dXMiOgoSV2F0Y2hCYWNrdXBSZXF1ZXN0EgwKBHV1aWQYASABKAkSFgoOYWZ0ZXJfcmV2aXNpb24YAiABKAQiZgoSTGlzdEJhY2t1cHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEikKBnN0YXRlcxgDIAMoDjIZLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0ZSJcChNMaXN0QmFja3Vwc1Jlc3BvbnNlEiwKCHN0YXR1c2VzGAEgAygLMhoudm1hYmFja3VwLnYxLkJhY2t1cFN0YXR1cxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOgoVU2V0QmFja3VwU3BlZWRSZXF1ZXN0EgwKBHV1aWQYASABKAkSEwoLc3BlZWRfbGltaXQYAiABKAQiRAoWU2V0QmFja3VwU3BlZWRSZXNwb25zZRIqCgZzdGF0dXMYASABKAsyGi52bWFiYWNrdXAudjEuQmFja3VwU3RhdHVzIjsKE0RlbGV0ZUJhY2t1cFJlcXVlc3QSDAoEdXVpZBgBIAEoCRIWCg5kZWxldGVfYXJjaGl2ZRgCIAEoCCIWChREZWxldGVCYWNrdXBSZXNwb25zZSJBChNXYXRjaEJhY2t1cFJlc3BvbnNlEioKBnN0YXR1cxgBIAEoCzIaLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0dXMiaQoMRGV2aWNlU3RhdHVzEgwKBG5hbWUYASABKAkSDgoGZGV2X2lkGAIgASgNEgwKBHNpemUYAyABKAQSGQoRdHJhbnNmZXJyZWRfYnl0ZXMYBCABKAQSEgoKemVyb19ieXRlcxgFIAEoBCKPBAoMQmFja3VwU3RhdHVzEgwKBHV1aWQYASABKAkSKAoFc3RhdGUYAiABKA4yGS52bWFiYWNrdXAudjEuQmFja3VwU3RhdGUSFQoNZXJyb3JfbWVzc2FnZRgDIAEoCRITCgtiYWNrdXBfZmlsZRgEIAEoCRIqCgZmb3JtYXQYBSABKA4yGi52bWFiYWNrdXAudjEuQmFja3VwRm9ybWF0EhMKC3RvdGFsX2J5dGVzGAYgASgEEhkKEXRyYW5zZmVycmVkX2J5dGVzGAcgASgEEhIKCnplcm9fYnl0ZXMYCCABKAQSLgoKc3RhcnRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3NwZWVkX2xpbWl0GAsgASgEEisKB2RldmljZXMYDCADKAsyGi52bWFiYWNrdXAudjEuRGV2aWNlU3RhdHVzEgwKBHJhdGUYDSABKAQSJgoDZXRhGA4gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCHJldmlzaW9uGA8gASgEEi8KC3VwZGF0ZV90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpyZXF1ZXN0X2lkGBEgASgJKkQKDEJhY2t1cEZvcm1hdBIdChlCQUNLVVBfRk9STUFUX1VOU1BFQ0lGSUVEEAASFQoRQkFDS1VQX0ZPUk1BVF9WTUEQASqPAQoLQmFja3VwU3RhdGUSHAoYQkFDS1VQX1NUQVRFX1VOU1BFQ0lGSUVEEAASFwoTQkFDS1VQX1NUQVRFX0FDVElWRRABEhUKEUJBQ0tVUF9TVEFURV9ET05FEAISFgoSQkFDS1VQX1NUQVRFX0VSUk9SEAMSGgoWQkFDS1VQX1NUQVRFX0NBTkNFTExFRBAEMt0ECg1CYWNrdXBTZXJ2aWNlEkMKBkJhY2t1cBIbLnZtYWJhY2t1cC52MS5CYWNrdXBSZXF1ZXN0Ghwudm1hYmFja3VwLnYxLkJhY2t1cFJlc3BvbnNlElIKC1F1ZXJ5QmFja3VwEiAudm1hYmFja3VwLnYxLlF1ZXJ5QmFja3VwUmVxdWVzdBohLnZtYWJhY2t1cC52MS5RdWVyeUJhY2t1cFJlc3BvbnNlElUKDENhbmNlbEJhY2t1cBIhLnZtYWJhY2t1cC52MS5DYW5jZWxCYWNrdXBSZXF1ZXN0GiIudm1hYmFja3VwLnYxLkNhbmNlbEJhY2t1cFJlc3BvbnNlElQKC1dhdGNoQmFja3VwEiAudm1hYmFja3VwLnYxLldhdGNoQmFja3VwUmVxdWVzdBohLnZtYWJhY2t1cC52MS5XYXRjaEJhY2t1cFJlc3BvbnNlMAESUgoLTGlzdEJhY2t1cHMSIC52bWFiYWNrdXAudjEuTGlzdEJhY2t1cHNSZXF1ZXN0GiEudm1hYmFja3VwLnYxLkxpc3RCYWNrdXBzUmVzcG9uc2USWwoOU2V0QmFja3VwU3BlZWQSIy52bWFiYWNrdXAudjEuU2V0QmFja3VwU3BlZWRSZXF1ZXN0GiQudm1hYmFja3VwLnYxLlNldEJhY2t1cFNwZWVkUmVzcG9uc2USVQoMRGVsZXRlQmFja3VwEiEudm1hYmFja3VwLnYxLkRlbGV0ZUJhY2t1cFJlcXVlc3QaIi52bWFiYWNrdXAudjEuRGVsZXRlQmFja3VwUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Chl2bWFiYWNrdXAvdjEvYmFja3VwLnByb3RvEgx2bWFiYWNrdXAudjEiJAoGRGV2aWNlEgwKBG5hbWUYASABKAkSDAoEcGF0aBgCIAEoCSIoCgpDb25maWdGaWxlEgwKBG5hbWUYASABKAkSDAoEZGF0YRgCIAEoDCLLAQoNQmFja3VwUmVxdWVzdBITCgtiYWNrdXBfZmlsZRgBIAEoCRIqCgZmb3JtYXQYAiABKA4yGi52bWFiYWNrdXAudjEuQmFja3VwRm9ybWF0EiUKB2RldmljZXMYAyADKAsyFC52bWFiYWNrdXAudjEuRGV2aWNlEikKB2NvbmZpZ3MYBCADKAsyGC52bWFiYWNrdXAudjEuQ29uZmlnRmlsZRITCgtzcGVlZF9saW1pdBgFIAEoBBISCgpyZXF1ZXN0X2lkGAYgASgJIjwKDkJhY2t1cFJlc3BvbnNlEioKBnN0YXR1cxgBIAEoCzIaLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0dXMiIgoSUXVlcnlCYWNrdXBSZXF1ZXN0EgwKBHV1aWQYASABKAkiQQoTUXVlcnlCYWNrdXBSZXNwb25zZRIqCgZzdGF0dXMYASABKAsyGi52bWFiYWNrdXAudjEuQmFja3VwU3RhdHVzIiMKE0NhbmNlbEJhY2t1cFJlcXVlc3QSDAoEdXVpZBgBIAEoCSJEChRDYW5jZWxCYWNrdXBSZXNwb25zZRIsCghzdGF0dXNlcxgBIAMoCzIaLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0dXMiOgoSV2F0Y2hCYWNrdXBSZXF1ZXN0EgwKBHV1aWQYASABKAkSFgoOYWZ0ZXJfcmV2aXNpb24YAiABKAQiZgoSTGlzdEJhY2t1cHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEikKBnN0YXRlcxgDIAMoDjIZLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0ZSJcChNMaXN0QmFja3Vwc1Jlc3BvbnNlEiwKCHN0YXR1c2VzGAEgAygLMhoudm1hYmFja3VwLnYxLkJhY2t1cFN0YXR1cxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOgoVU2V0QmFja3VwU3BlZWRSZXF1ZXN0EgwKBHV1aWQYASABKAkSEwoLc3BlZWRfbGltaXQYAiABKAQiRAoWU2V0QmFja3VwU3BlZWRSZXNwb25zZRIqCgZzdGF0dXMYASABKAsyGi52bWFiYWNrdXAudjEuQmFja3VwU3RhdHVzIjsKE0RlbGV0ZUJhY2t1cFJlcXVlc3QSDAoEdXVpZBgBIAEoCRIWCg5kZWxldGVfYXJjaGl2ZRgCIAEoCCIWChREZWxldGVCYWNrdXBSZXNwb25zZSJBChNXYXRjaEJhY2t1cFJlc3BvbnNlEioKBnN0YXR1cxgBIAEoCzIaLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0dXMifwoMRGV2aWNlU3RhdHVzEgwKBG5hbWUYASABKAkSDgoGZGV2X2lkGAIgASgNEgwKBHNpemUYAyABKAQSGQoRdHJhbnNmZXJyZWRfYnl0ZXMYBCABKAQSEgoKemVyb19ieXRlcxgFIAEoBBIUCgxhcmNoaXZlX3NpemUYBiABKAQijwQKDEJhY2t1cFN0YXR1cxIMCgR1dWlkGAEgASgJEigKBXN0YXRlGAIgASgOMhkudm1hYmFja3VwLnYxLkJhY2t1cFN0YXRlEhUKDWVycm9yX21lc3NhZ2UYAyABKAkSEwoLYmFja3VwX2ZpbGUYBCABKAkSKgoGZm9ybWF0GAUgASgOMhoudm1hYmFja3VwLnYxLkJhY2t1cEZvcm1hdBITCgt0b3RhbF9ieXRlcxgGIAEoBBIZChF0cmFuc2ZlcnJlZF9ieXRlcxgHIAEoBBISCgp6ZXJvX2J5dGVzGAggASgEEi4KCnN0YXJ0X3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzcGVlZF9saW1pdBgLIAEoBBIrCgdkZXZpY2VzGAwgAygLMhoudm1hYmFja3VwLnYxLkRldmljZVN0YXR1cxIMCgRyYXRlGA0gASgEEiYKA2V0YRgOIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIQCghyZXZpc2lvbhgPIAEoBBIvCgt1cGRhdGVfdGltZRgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcmVxdWVzdF9pZBgRIAEoCSpECgxCYWNrdXBGb3JtYXQSHQoZQkFDS1VQX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhUKEUJBQ0tVUF9GT1JNQVRfVk1BEAEqjwEKC0JhY2t1cFN0YXRlEhwKGEJBQ0tVUF9TVEFURV9VTlNQRUNJRklFRBAAEhcKE0JBQ0tVUF9TVEFURV9BQ1RJVkUQARIVChFCQUNLVVBfU1RBVEVfRE9ORRACEhYKEkJBQ0tVUF9TVEFURV9FUlJPUhADEhoKFkJBQ0tVUF9TVEFURV9DQU5DRUxMRUQQBDLdBAoNQmFja3VwU2VydmljZRJDCgZCYWNrdXASGy52bWFiYWNrdXAudjEuQmFja3VwUmVxdWVzdBocLnZtYWJhY2t1cC52MS5CYWNrdXBSZXNwb25zZRJSCgtRdWVyeUJhY2t1cBIgLnZtYWJhY2t1cC52MS5RdWVyeUJhY2t1cFJlcXVlc3QaIS52bWFiYWNrdXAudjEuUXVlcnlCYWNrdXBSZXNwb25zZRJVCgxDYW5jZWxCYWNrdXASIS52bWFiYWNrdXAudjEuQ2FuY2VsQmFja3VwUmVxdWVzdBoiLnZtYWJhY2t1cC52MS5DYW5jZWxCYWNrdXBSZXNwb25zZRJUCgtXYXRjaEJhY2t1cBIgLnZtYWJhY2t1cC52MS5XYXRjaEJhY2t1cFJlcXVlc3QaIS52bWFiYWNrdXAudjEuV2F0Y2hCYWNrdXBSZXNwb25zZTABElIKC0xpc3RCYWNrdXBzEiAudm1hYmFja3VwLnYxLkxpc3RCYWNrdXBzUmVxdWVzdBohLnZtYWJhY2t1cC52MS5MaXN0QmFja3Vwc1Jlc3BvbnNlElsKDlNldEJhY2t1cFNwZWVkEiMudm1hYmFja3VwLnYxLlNldEJhY2t1cFNwZWVkUmVxdWVzdBokLnZtYWJhY2t1cC52MS5TZXRCYWNrdXBTcGVlZFJlc3BvbnNlElUKDERlbGV0ZUJhY2t1cBIhLnZtYWJhY2t1cC52MS5EZWxldGVCYWNrdXBSZXF1ZXN0GiIudm1hYmFja3VwLnYxLkRlbGV0ZUJhY2t1cFJlc3BvbnNlQnAKEGNvbS52bWFiYWNrdXAudjFCC0JhY2t1cFByb3RvUAFaKXZtYWJhY2t1cC9nZW4vZ28vdm1hYmFja3VwL3YxO3ZtYWJhY2t1cHYxogIDVlhYqgIMVm1hYmFja3VwLlYxygIMVm1hYmFja3VwXFYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Device is one disk image to back up.
@@ -27,7 +27,7 @@ export type Device = Message<"vmabackup.v1.Device"> & {
   /**
    * Name of the device inside the archive, e.g. "drive-scsi0". Non-empty, at
    * most 127 bytes of UTF-8, no "/", no whitespace, no NUL, not "vmstate",
-   * unique within the request.
+   * ".", or "..", unique within the request.
    *
    * @generated from field: string name = 1;
    */
@@ -58,7 +58,9 @@ export const DeviceSchema: GenMessage<Device> = /*@__PURE__*/
 export type ConfigFile = Message<"vmabackup.v1.ConfigFile"> & {
   /**
    * Name of the config inside the archive (a file name, no "/"), e.g.
-   * "qemu-server.conf". Unique within the request.
+   * "qemu-server.conf". Unique within the request, and none of the file
+   * names restore tools give a device's image: NAME, "disk-NAME.raw" or
+   * "tmp-disk-NAME.raw" for a device NAME of the request.
    *
    * @generated from field: string name = 1;
    */
@@ -127,7 +129,9 @@ export type BackupRequest = Message<"vmabackup.v1.BackupRequest"> & {
    * Optional idempotency key chosen by the client (at most 128 bytes). A
    * Backup with a request_id seen in the last 24 hours starts nothing and
    * returns the status of the job that request started, so a client may
-   * retry safely after a lost response.
+   * retry safely after a lost response. The retry must be the same request:
+   * the request_id with any other field different is ALREADY_EXISTS (reason
+   * REQUEST_ID_REUSED, the earlier job's uuid in the ErrorInfo metadata).
    *
    * @generated from field: string request_id = 6;
    */
@@ -492,6 +496,18 @@ export type DeviceStatus = Message<"vmabackup.v1.DeviceStatus"> & {
    * @generated from field: uint64 zero_bytes = 5;
    */
   zeroBytes: bigint;
+
+  /**
+   * Size of the device as recorded in the archive: size rounded up to a
+   * multiple of 512 bytes. Proxmox's vma restores whole 512-byte sectors
+   * only, so a source whose size is not a multiple of 512 is padded with
+   * zeros, as Proxmox's own `vma create` does (the disk as QEMU presents such
+   * a file to a guest); a restore yields archive_size bytes. Equal to size
+   * for every other source.
+   *
+   * @generated from field: uint64 archive_size = 6;
+   */
+  archiveSize: bigint;
 };
 
 /**
@@ -722,8 +738,17 @@ export const BackupStateSchema: GenEnum<BackupState> = /*@__PURE__*/
  * Every error carries a google.rpc.Status in the grpc-status-details-bin
  * trailer with an ErrorInfo (domain "vmabackup", a stable reason such as
  * DEVICE_IN_USE, BACKUP_FILE_EXISTS, PATH_NOT_ALLOWED or JOB_NOT_FOUND, and
- * metadata such as the field at fault) and, for invalid requests, a
- * BadRequest with one field violation per problem.
+ * metadata such as the field at fault, and job_uuid for the job in the way
+ * of DEVICE_IN_USE and BACKUP_FILE_IN_USE) and, for invalid requests, a
+ * BadRequest with one field violation per problem (at most 10; the message
+ * says how many more). UNAUTHENTICATED carries the reason TOKEN_MISSING,
+ * TOKEN_MALFORMED or TOKEN_INVALID.
+ *
+ * While the server cannot write its job store (its state dir is full, or
+ * the database fails), calls that need to write it answer
+ * RESOURCE_EXHAUSTED (reason STATE_STORE_FULL) or UNAVAILABLE (reason
+ * STATE_STORE_UNAVAILABLE); retry later. Statuses stay true meanwhile: a
+ * job that ended then reads as ended everywhere.
  *
  * @generated from service vmabackup.v1.BackupService
  */
@@ -736,7 +761,8 @@ export const BackupService: GenService<{
    * Errors: INVALID_ARGUMENT for malformed requests, NOT_FOUND for a missing
    * source, FAILED_PRECONDITION for an unusable source or a device that is
    * already being backed up, PERMISSION_DENIED for a path outside the
-   * allowed directories, ALREADY_EXISTS when backup_file exists.
+   * allowed directories, ALREADY_EXISTS when backup_file exists or
+   * request_id was used for a different request.
    *
    * @generated from rpc vmabackup.v1.BackupService.Backup
    */
@@ -777,10 +803,19 @@ export const BackupService: GenService<{
    * With a uuid the stream follows that job and ends with OK right after its
    * terminal status. With an empty uuid it follows every job, including jobs
    * started later, until the client cancels; it then opens with the current
-   * status of every active job (nothing when no job is active).
+   * status of every active job (nothing when no job is active). When the
+   * server shuts down, such a stream ends with UNAVAILABLE: reconnect and
+   * resume with after_revision.
+   *
+   * The stream blocks a simple client until the job ends: call
+   * SetBackupSpeed before watching (or from another thread) to change the
+   * job's speed.
    *
    * A watcher that reconnects sets after_revision to the last revision it
-   * saw: it then receives only what changed after it. A slow watcher never
+   * saw: it then receives only what changed after it. An after_revision
+   * above the server's latest revision (say its state was reset) is
+   * OUT_OF_RANGE, with the latest revision in the ErrorInfo metadata
+   * "latest_revision": watch again with 0. A slow watcher never
    * makes the server buffer without bound: it receives the latest status of
    * each job, coalesced, but never misses a state change.
    *

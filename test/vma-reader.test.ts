@@ -1,5 +1,5 @@
 // The strict streaming VMA reader: the real Proxmox sample, the worked example
-// of vma-format.md section 9, every check of sections 2-6 on crafted
+// of docs/vma-format.md section 9, every check of sections 2-6 on crafted
 // archives, and damaged copies of archives made by the service's writer.
 import { createHash, randomBytes } from "node:crypto";
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
@@ -17,7 +17,7 @@ import { readVma } from "../src/vma/reader.js";
 import type { VmaExtent, VmaHeader, VmaProblem, VmaSummary } from "../src/vma/reader-types.js";
 import { VmaWriter } from "../src/vma/writer.js";
 
-const SAMPLE = resolve(import.meta.dirname, "../../shared/testdata/pve-real-truncated-sample.vma.gz");
+const SAMPLE = resolve(import.meta.dirname, "fixtures/pve-real-truncated-sample.vma.gz");
 const CLUSTER = 65536;
 const BLOCK = 4096;
 const UUID = Buffer.from("00112233445566778899aabbccddeeff", "hex");
@@ -266,7 +266,7 @@ describe("the real Proxmox sample", () => {
   });
 });
 
-describe("the worked example of vma-format.md section 9", () => {
+describe("the worked example of docs/vma-format.md section 9", () => {
   it("decodes the documented bytes to the documented disk", async () => {
     const cluster0 = Buffer.alloc(CLUSTER, 0xab);
     const archive = Buffer.concat([

@@ -15,7 +15,7 @@ import { encodeHeader } from "../src/vma/encode-header.js";
 import { VmaWriter } from "../src/vma/writer.js";
 
 const REPO = resolve(import.meta.dirname, "..");
-const SAMPLE_GZ = resolve(REPO, "../shared/testdata/pve-real-truncated-sample.vma.gz");
+const SAMPLE_GZ = resolve(REPO, "test/fixtures/pve-real-truncated-sample.vma.gz");
 const CLUSTER = 65536;
 const BLOCK = 4096;
 const GiB10 = 10 * 1024 ** 3;

@@ -569,7 +569,7 @@ describe("damaged archives from the service's writer", () => {
 
   it("a flipped byte in the header: checksum mismatch at 0, nothing after it trusted", async () => {
     const archive = await writeArchive(disks);
-    archive[24] ^= 0x01; // inside ctime
+    archive[24]! ^= 0x01; // inside ctime
     const result = await read(archive);
     expect(result.problems).toHaveLength(1);
     expect(result.problems[0]!.offset).toBe(0);
@@ -583,7 +583,7 @@ describe("damaged archives from the service's writer", () => {
     const offsets = extentOffsets(archive);
     const damaged = offsets[1]!;
     const lost = Buffer.from(archive.subarray(damaged, damaged + 512));
-    archive[slotOffset(damaged, 3) + 7] ^= 0x10; // a cluster number
+    archive[slotOffset(damaged, 3) + 7]! ^= 0x10; // a cluster number
     const result = await read(archive);
     expect(result.problems[0]!.offset).toBe(damaged);
     expect(result.problems[0]!.message).toMatch(/^extent header checksum mismatch: md5 of bytes \d+\.\.\d+ is [0-9a-f]{32}, the header stores [0-9a-f]{32}$/);

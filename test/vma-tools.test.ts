@@ -270,7 +270,7 @@ describe.concurrent("vma verify", () => {
 
     const damaged = Buffer.from(await readFile(small));
     const headerSize = damaged.readUInt32BE(56);
-    damaged[headerSize + 40 + 8 * 2 + 7] ^= 0xff; // a cluster number in the only extent header
+    damaged[headerSize + 40 + 8 * 2 + 7]! ^= 0xff; // a cluster number in the only extent header
     const damagedPath = join(root, "damaged.vma");
     await writeFile(damagedPath, Buffer.concat([damaged, Buffer.alloc(100)]));
     const result = await vma(["verify", damagedPath]);

@@ -642,7 +642,7 @@ describe("VmaWriter", () => {
     });
 
     it("reports a failure of the extent it waited for", async () => {
-      const { sink, vma, data, blocked } = await secondExtentWaitingOnFirst();
+      const { sink, blocked } = await secondExtentWaitingOnFirst();
       sink.release(0, Object.assign(new Error("EIO"), { code: "EIO" }));
       await expect(blocked).rejects.toMatchObject({ code: "EIO" });
       // The queued extent is never started once the archive is broken.

@@ -8,7 +8,7 @@ import { MIGRATIONS, SCHEMA_VERSION } from "./migrations.js";
 export interface StoredJob {
   readonly uuid: string;
   readonly state: string;
-  readonly requestId?: string;
+  readonly requestId?: string | undefined;
   /** Unix milliseconds. */
   readonly startTime: number;
   /** The job's latest revision; revisions of all jobs share one sequence. */
@@ -20,7 +20,7 @@ export interface StoredJob {
 export interface ListJobsQuery {
   readonly pageSize: number;
   /** Opaque cursor from a previous page; undefined for the first page. */
-  readonly pageToken?: string;
+  readonly pageToken?: string | undefined;
   /** Only jobs in these states; empty or undefined means all. */
   readonly states?: readonly string[];
 }
@@ -28,7 +28,7 @@ export interface ListJobsQuery {
 export interface JobPage {
   readonly jobs: StoredJob[];
   /** Cursor for the next page; undefined on the last page. */
-  readonly nextPageToken?: string;
+  readonly nextPageToken?: string | undefined;
 }
 
 export class StoreVersionError extends Error {

@@ -1,4 +1,4 @@
-// Holds the import rules of shared/architecture.md: lower layers never
+// Holds the import rules between the layers of README.md ("Layout"): lower layers never
 // reach up, and generated protobuf code stays at the transport edge.
 /** @type {import('dependency-cruiser').IConfiguration} */
 module.exports = {

@@ -36,7 +36,7 @@ describe("a two-device backup", () => {
       sizeA,
       (block) => block % 7 === 0 || block % 5 === 1 || (block >= 40 && block < 80) || block === lastBlockA,
     );
-    // The example of vma-format.md §5.4: 68.5 KiB, the straddling block 17
+    // The example of docs/vma-format.md §5.4: 68.5 KiB, the straddling block 17
     // holds data in its 512 device bytes.
     const sizeB = 70144;
     const dataB = blockPattern(sizeB, (block) => block === 3 || block === 16);

@@ -169,7 +169,7 @@ describe("source types", () => {
   });
 
   it("refuses a source the server cannot read", async () => {
-    const { sandbox, engine } = fixture;
+    const { sandbox } = fixture;
     const secret = await writeSource(sandbox, "secret.raw", Buffer.alloc(4 * KiB, 1));
     await fs.chmod(secret, 0o000);
     let outcome: { kind?: string; reason?: string; field?: string };

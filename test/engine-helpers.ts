@@ -312,7 +312,7 @@ export function faultyDriver(hooks: {
   };
 }
 
-// --- An independent, strict VMA parser (shared/vma-format.md) ---
+// --- An independent, strict VMA parser (docs/vma-format.md) ---
 
 export interface ParsedVma {
   readonly uuid: string;

@@ -33,7 +33,7 @@ beforeEach(async () => {
 
 async function runBackup(backupFile: string, requestId?: string): Promise<JobStatus> {
   const { engine } = fixture;
-  const status = await engine.start(backupSpec({ backupFile, devices: [{ name: "d", path: source }], requestId }));
+  const status = await engine.start(backupSpec({ backupFile, devices: [{ name: "d", path: source }], ...(requestId === undefined ? {} : { requestId }) }));
   return waitForEnd(engine, status.uuid);
 }
 

@@ -5,7 +5,7 @@
 // delete forgets a job (and, when asked, removes exactly its archive).
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import Database from "better-sqlite3";
+import { DatabaseSync } from "node:sqlite";
 import { parse as parseUuid } from "uuid";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import {
@@ -135,8 +135,8 @@ describe("history across engine instances", () => {
     expect(await fs.readdir(stateDir)).toContain(JOB_STORE_FILE);
 
     const file = path.join(stateDir, JOB_STORE_FILE);
-    const raw = new Database(file);
-    raw.pragma(`user_version = ${SCHEMA_VERSION + 5}`);
+    const raw = new DatabaseSync(file);
+    raw.exec(`PRAGMA user_version = ${SCHEMA_VERSION + 5}`);
     raw.close();
     const before = await fs.readFile(file);
     const opening = openEngine(sandbox, { stateDir });

@@ -34,7 +34,7 @@ describe("scanCluster", () => {
     expect(scanCluster(buffer, CLUSTER, CLUSTER)).toEqual({ mask: 0b100, zeroBytes: 15 * BLOCK });
   });
 
-  it("handles the last partial cluster as vma-format.md §5.4 says", () => {
+  it("handles the last partial cluster as docs/vma-format.md §5.4 says", () => {
     // 68.5 KiB device: its cluster 1 holds 4608 device bytes, zero-filled after.
     const cluster = Buffer.alloc(CLUSTER);
     cluster.fill(0xab, 0, 4608);

@@ -211,13 +211,13 @@ describe("resuming the watch of every job", () => {
     // Meanwhile a server on this state dir died in the middle of a backup.
     const store = JobStore.open(path.join(sandbox.state, JOB_STORE_FILE));
     const backupFile = path.join(await fs.realpath(sandbox.out), "died.vma");
+    const { requestId: _unused, ...last } = seen.at(-1)!;
     const dead: JobStatus = {
-      ...seen.at(-1)!,
+      ...last,
       uuid: "44444444-4444-4444-8444-444444444444",
       state: "active",
       backupFile,
       revision: lastSeen + 1,
-      requestId: undefined,
     };
     store.save(toStoredJob(dead, { partialPath: `${backupFile}.partial` }));
     store.close();

@@ -5,7 +5,7 @@
 // with modules generated from google-proto-files (Debian has no
 // grpcio-status). The script reports what it saw as JSON; this file judges
 // it, and checks the archive on disk against a size computed from
-// vma-format.md.
+// docs/vma-format.md.
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { constants as fsConstants } from "node:fs";
@@ -40,7 +40,7 @@ const RPC_PROTO_FILES = ["status.proto", "error_details.proto"].map((name) =>
 const CLIENT_SCRIPT = fileURLToPath(new URL("./python/backup_client.py", import.meta.url));
 const SCRIPT_TIMEOUT_MS = 20_000;
 
-// VMA layout (vma-format.md §2, §5): fixed header part, extent header, slots
+// VMA layout (docs/vma-format.md §2, §5): fixed header part, extent header, slots
 // the writer fills per extent, block and cluster sizes.
 const VMA_FIXED_HEADER = 12288;
 const VMA_EXTENT_HEADER = 512;
@@ -241,12 +241,12 @@ function blockCensus(image: Buffer): { storedBlocks: number; zeroBytes: number }
   return { storedBlocks, zeroBytes };
 }
 
-/** A blob: 2-byte length, payload; strings carry a NUL (vma-format.md §3). */
+/** A blob: 2-byte length, payload; strings carry a NUL (docs/vma-format.md §3). */
 function blobSize(payloadBytes: number): number {
   return 2 + payloadBytes;
 }
 
-/** Archive size by vma-format.md: header, one 512-byte header per 58 clusters, stored blocks. */
+/** Archive size by docs/vma-format.md: header, one 512-byte header per 58 clusters, stored blocks. */
 function expectedArchiveSize(images: readonly Buffer[], storedBlocks: number): number {
   const blobBuffer =
     1 +
@@ -464,7 +464,7 @@ describe("a Python client generated from proto/", () => {
     expect(errors.backup_to_existing_file.details).toMatch(/backup_file/);
   });
 
-  it("leaves exactly the archive, with the size vma-format.md gives and the job's uuid", async () => {
+  it("leaves exactly the archive, with the size docs/vma-format.md gives and the job's uuid", async () => {
     const census = images.map(blockCensus);
     const storedBlocks = census.reduce((sum, disk) => sum + disk.storedBlocks, 0);
     const archive = path.join(server!.backupDir, ARCHIVE_NAME);

@@ -136,7 +136,8 @@ describe("toBackupStatus", () => {
   });
 
   it("sends an active job's rate in whole bytes per second and its ETA as a Duration", () => {
-    const active = { ...status, state: "active" as const, endTime: undefined };
+    const { endTime: _end, ...ended } = status;
+    const active = { ...ended, state: "active" as const };
     const message = toBackupStatus({ ...active, rate: 2_097_151.6, etaMs: 61_250.4 });
     expect(message.rate).toBe(2_097_152n);
     expect(durationMs(message.eta!)).toBe(61_250);
@@ -150,7 +151,8 @@ describe("toBackupStatus", () => {
   });
 
   it("leaves end_time unset while active", () => {
-    const message = toBackupStatus({ ...status, state: "active", endTime: undefined });
+    const { endTime: _end, ...ended } = status;
+    const message = toBackupStatus({ ...ended, state: "active" });
     expect(message.state).toBe(BackupState.ACTIVE);
     expect(message.endTime).toBeUndefined();
     expect(toBackupStatus({ ...status, state: "done" }).state).toBe(BackupState.DONE);

@@ -8,7 +8,7 @@ import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
-import Database from "better-sqlite3";
+import { DatabaseSync } from "node:sqlite";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
@@ -133,9 +133,9 @@ describe("a server killed in the middle of a backup", () => {
 describe("a job database from a newer vmabackup", () => {
   it("is refused with a clear message, exit code 1, and left untouched", async () => {
     const file = path.join(stateDir, "jobs.sqlite");
-    const db = new Database(file);
+    const db = new DatabaseSync(file);
     db.exec("CREATE TABLE future (x)");
-    db.pragma("user_version = 99");
+    db.exec("PRAGMA user_version = 99");
     db.close();
 
     const refused = serve();
@@ -144,10 +144,10 @@ describe("a job database from a newer vmabackup", () => {
     expect(refused.stderr.join("")).toMatch(/^error: job database has schema version 99, newer than \d+ .*untouched\)\n$/);
     expect(refused.logs.some((line) => line.msg === "listening")).toBe(false);
 
-    const reopened = new Database(file, { readonly: true });
+    const reopened = new DatabaseSync(file, { readOnly: true });
     try {
-      expect(reopened.pragma("user_version", { simple: true })).toBe(99);
-      expect(reopened.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").pluck().all()).toEqual(["future"]);
+      expect(reopened.prepare("PRAGMA user_version").get()?.["user_version"]).toBe(99);
+      expect(reopened.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all().map((row) => row["name"])).toEqual(["future"]);
     } finally {
       reopened.close();
     }

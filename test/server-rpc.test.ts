@@ -74,7 +74,7 @@ async function until(condition: () => boolean): Promise<void> {
   }
 }
 
-async function drain(stream: AsyncIterable<{ status?: BackupStatus }>): Promise<BackupStatus[]> {
+async function drain(stream: AsyncIterable<{ status?: BackupStatus | undefined }>): Promise<BackupStatus[]> {
   const statuses: BackupStatus[] = [];
   for await (const message of stream) statuses.push(message.status!);
   return statuses;

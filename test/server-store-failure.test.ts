@@ -8,7 +8,7 @@
 import { open, readdir, rm } from "node:fs/promises";
 import * as path from "node:path";
 import * as grpc from "@grpc/grpc-js";
-import Database from "better-sqlite3";
+import { DatabaseSync } from "node:sqlite";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import type { BackupStatus } from "../gen/vmabackup/v1/backup_pb.js";
@@ -186,7 +186,7 @@ describe("which store failures are refusals", () => {
     try {
       const file = path.join(sandbox.state, JOB_STORE_FILE);
       JobStore.open(file).close();
-      const readOnly = new Database(file, { readonly: true });
+      const readOnly = new DatabaseSync(file, { readOnly: true });
       const failure = (sql: string): unknown => {
         try {
           readOnly.exec(sql);

@@ -97,7 +97,7 @@ const pause = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 /** Opens a watch, reads one message, then stops reading until the source stalls. */
 async function openStalledWatch(signal?: AbortSignal): Promise<AsyncIterator<unknown>> {
   source = new EndlessSource();
-  const iterator = client.watchBackup({ uuid: "" }, { signal })[Symbol.asyncIterator]();
+  const iterator = client.watchBackup({ uuid: "" }, signal === undefined ? {} : { signal })[Symbol.asyncIterator]();
   await iterator.next();
   // Wait until the source stops being pulled: the server is waiting for
   // 'drain'. Give up after 3 s (the assertions then fail).

@@ -1,7 +1,7 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import Database from "better-sqlite3";
+import { DatabaseSync } from "node:sqlite";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { InvalidPageTokenError, JobStore, StoreVersionError, type StoredJob } from "../src/store/job-store.js";
 import { MIGRATIONS, SCHEMA_VERSION } from "../src/store/migrations.js";
@@ -40,29 +40,29 @@ describe("JobStore", () => {
     expect(reopened.get(job(1).uuid)).toEqual({ ...job(1, "done", undefined, 7), record: { n: 1, finished: true } });
     expect(reopened.latest()?.uuid).toBe(job(1).uuid);
     reopened.close();
-    const raw = new Database(dbPath);
-    expect(raw.pragma("journal_mode", { simple: true })).toBe("wal");
-    expect(raw.pragma("user_version", { simple: true })).toBe(SCHEMA_VERSION);
+    const raw = new DatabaseSync(dbPath);
+    expect(pragma(raw, "journal_mode")).toBe("wal");
+    expect(pragma(raw, "user_version")).toBe(SCHEMA_VERSION);
     raw.close();
   });
 
   it("refuses a database from a newer schema and leaves it untouched", () => {
-    const raw = new Database(dbPath);
-    raw.pragma(`user_version = ${SCHEMA_VERSION + 1}`);
+    const raw = new DatabaseSync(dbPath);
+    raw.exec(`PRAGMA user_version = ${SCHEMA_VERSION + 1}`);
     raw.close();
     expect(() => JobStore.open(dbPath)).toThrow(StoreVersionError);
     expect(() => JobStore.open(dbPath)).toThrow(/schema version 3, newer than 2.*upgrade vmabackup/);
-    const again = new Database(dbPath);
-    expect(again.pragma("user_version", { simple: true })).toBe(SCHEMA_VERSION + 1);
+    const again = new DatabaseSync(dbPath);
+    expect(pragma(again, "user_version")).toBe(SCHEMA_VERSION + 1);
     // Not even the journal mode was switched.
-    expect(again.pragma("journal_mode", { simple: true })).toBe("delete");
+    expect(pragma(again, "journal_mode")).toBe("delete");
     again.close();
   });
 
   it("migrates a version 1 database, giving its jobs their insertion order as revision", () => {
-    const raw = new Database(dbPath);
+    const raw = new DatabaseSync(dbPath);
     raw.exec(MIGRATIONS[0] as string);
-    raw.pragma("user_version = 1");
+    raw.exec("PRAGMA user_version = 1");
     const insert = raw.prepare(`INSERT INTO jobs (uuid, state, request_id, start_time, record) VALUES (?, ?, NULL, ?, ?)`);
     insert.run(job(1).uuid, "done", 1001, JSON.stringify({ n: 1 }));
     insert.run(job(2).uuid, "error", 1002, JSON.stringify({ n: 2 }));
@@ -74,8 +74,8 @@ describe("JobStore", () => {
     expect(store.revisionHighWater()).toBe(2);
     expect(store.changedAfter(1).map((stored) => stored.uuid)).toEqual([job(2).uuid]);
     store.close();
-    const check = new Database(dbPath);
-    expect(check.pragma("user_version", { simple: true })).toBe(2);
+    const check = new DatabaseSync(dbPath);
+    expect(pragma(check, "user_version")).toBe(2);
     check.close();
   });
 
@@ -155,3 +155,8 @@ describe("JobStore", () => {
     store.close();
   });
 });
+
+/** The value of a one-value pragma, e.g. `pragma(db, "user_version")`. */
+function pragma(db: DatabaseSync, name: string): unknown {
+  return Object.values(db.prepare(`PRAGMA ${name}`).get() ?? {})[0];
+}

@@ -26,7 +26,7 @@ const exists = (path: string): Promise<boolean> =>
     () => false,
   );
 
-/** Writes the worked example of vma-format.md section 9 through a target. */
+/** Writes the worked example of docs/vma-format.md section 9 through a target. */
 async function writeExample(target: BackupTarget): Promise<void> {
   target.registerConfig("qemu-server.conf", Buffer.from("memory: 512\n"));
   const devId = target.registerDevice("drive-scsi0", 2 * CLUSTER_SIZE);

@@ -1,5 +1,5 @@
-// Archives the service writes, checked with Proxmox's own `vma` (built by
-// shared/tools/proxmox-vma/build.sh) the way Proxmox restores: `vma verify -v`
+// Archives the service writes, checked with Proxmox's own `vma` (not in this
+// repository: see docs/vma-format.md §13) the way Proxmox restores: `vma verify -v`
 // and `vma extract -v -r FIFO` into preallocated targets. Skipped when the
 // binary is not there (PROXMOX_VMA, or /var/cache/proxmox-vma/vma).
 import { execFileSync, spawn } from "node:child_process";

@@ -1,5 +1,5 @@
 // The strict streaming VMA reader: the real Proxmox sample, the worked example
-// of vma-format.md section 9, every check of sections 2-6 on crafted
+// of docs/vma-format.md section 9, every check of sections 2-6 on crafted
 // archives, and damaged copies of archives made by the service's writer.
 import { createHash, randomBytes } from "node:crypto";
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
@@ -17,7 +17,7 @@ import { readVma } from "../src/vma/reader.js";
 import type { VmaExtent, VmaHeader, VmaProblem, VmaSummary } from "../src/vma/reader-types.js";
 import { VmaWriter } from "../src/vma/writer.js";
 
-const SAMPLE = resolve(import.meta.dirname, "../../shared/testdata/pve-real-truncated-sample.vma.gz");
+const SAMPLE = resolve(import.meta.dirname, "fixtures/pve-real-truncated-sample.vma.gz");
 const CLUSTER = 65536;
 const BLOCK = 4096;
 const UUID = Buffer.from("00112233445566778899aabbccddeeff", "hex");
@@ -266,7 +266,7 @@ describe("the real Proxmox sample", () => {
   });
 });
 
-describe("the worked example of vma-format.md section 9", () => {
+describe("the worked example of docs/vma-format.md section 9", () => {
   it("decodes the documented bytes to the documented disk", async () => {
     const cluster0 = Buffer.alloc(CLUSTER, 0xab);
     const archive = Buffer.concat([
@@ -569,7 +569,7 @@ describe("damaged archives from the service's writer", () => {
 
   it("a flipped byte in the header: checksum mismatch at 0, nothing after it trusted", async () => {
     const archive = await writeArchive(disks);
-    archive[24] ^= 0x01; // inside ctime
+    archive[24]! ^= 0x01; // inside ctime
     const result = await read(archive);
     expect(result.problems).toHaveLength(1);
     expect(result.problems[0]!.offset).toBe(0);
@@ -583,7 +583,7 @@ describe("damaged archives from the service's writer", () => {
     const offsets = extentOffsets(archive);
     const damaged = offsets[1]!;
     const lost = Buffer.from(archive.subarray(damaged, damaged + 512));
-    archive[slotOffset(damaged, 3) + 7] ^= 0x10; // a cluster number
+    archive[slotOffset(damaged, 3) + 7]! ^= 0x10; // a cluster number
     const result = await read(archive);
     expect(result.problems[0]!.offset).toBe(damaged);
     expect(result.problems[0]!.message).toMatch(/^extent header checksum mismatch: md5 of bytes \d+\.\.\d+ is [0-9a-f]{32}, the header stores [0-9a-f]{32}$/);

@@ -15,7 +15,7 @@ import { encodeHeader } from "../src/vma/encode-header.js";
 import { VmaWriter } from "../src/vma/writer.js";
 
 const REPO = resolve(import.meta.dirname, "..");
-const SAMPLE_GZ = resolve(REPO, "../shared/testdata/pve-real-truncated-sample.vma.gz");
+const SAMPLE_GZ = resolve(REPO, "test/fixtures/pve-real-truncated-sample.vma.gz");
 const CLUSTER = 65536;
 const BLOCK = 4096;
 const GiB10 = 10 * 1024 ** 3;
@@ -270,7 +270,7 @@ describe.concurrent("vma verify", () => {
 
     const damaged = Buffer.from(await readFile(small));
     const headerSize = damaged.readUInt32BE(56);
-    damaged[headerSize + 40 + 8 * 2 + 7] ^= 0xff; // a cluster number in the only extent header
+    damaged[headerSize + 40 + 8 * 2 + 7]! ^= 0xff; // a cluster number in the only extent header
     const damagedPath = join(root, "damaged.vma");
     await writeFile(damagedPath, Buffer.concat([damaged, Buffer.alloc(100)]));
     const result = await vma(["verify", damagedPath]);

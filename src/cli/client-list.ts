@@ -10,7 +10,7 @@ export interface ListSelection {
   /** Only jobs in these states; empty means every state. */
   readonly states: readonly BackupState[];
   /** Stop after this many jobs; undefined means all of them. */
-  readonly limit?: number;
+  readonly limit?: number | undefined;
   /** Jobs per request (tests use small pages to exercise paging). */
   readonly pageSize?: number;
 }

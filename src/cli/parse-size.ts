@@ -28,7 +28,7 @@ export function parseSize(text: string): number {
     throw new ArgumentSyntaxError("expected a number of bytes with an optional unit K, M, G or T, e.g. 50M");
   }
   const [, digits, unit] = match;
-  const multiplier = MULTIPLIERS.get(unit.toLowerCase());
+  const multiplier = MULTIPLIERS.get((unit ?? "").toLowerCase());
   if (multiplier === undefined) {
     throw new ArgumentSyntaxError(
       `unknown unit "${unit}" (use K, M, G, T or KiB, MiB, GiB, TiB: multiples of 1024)`,

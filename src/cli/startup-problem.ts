@@ -4,6 +4,7 @@
 // writable", not an SQLite stack trace.
 import { StoreVersionError } from "../store/job-store.js";
 import { StateDirLockedError } from "../store/state-dir-lock.js";
+import { sqliteCodeOf } from "../store/store-errors.js";
 
 /** The directories serve was given, to name the one at fault. */
 export interface StartupDirs {
@@ -33,18 +34,19 @@ function flagOf(file: string, dirs: StartupDirs): string | undefined {
 export function startupProblem(error: unknown, dirs: StartupDirs): string {
   // These two already say what to do.
   if (error instanceof StoreVersionError || error instanceof StateDirLockedError) return error.message;
-  const { name, code, path: file } = (error ?? {}) as { name?: string; code?: unknown; path?: unknown };
+  const { code, path: file } = (error ?? {}) as { code?: unknown; path?: unknown };
   const message = error instanceof Error ? error.message : String(error);
-  // better-sqlite3 errors: only the job store and the state dir lock use SQLite.
-  if (name === "SqliteError" && typeof code === "string") {
-    if (CORRUPT_CODES.test(code)) {
+  // SQLite errors: only the job store and the state dir lock use SQLite.
+  const sqliteCode = sqliteCodeOf(error);
+  if (sqliteCode !== undefined) {
+    if (CORRUPT_CODES.test(sqliteCode)) {
       return (
-        `the job database in the state dir ${dirs.stateDir} is not a valid SQLite database (${code}: ${message}); ` +
+        `the job database in the state dir ${dirs.stateDir} is not a valid SQLite database (${sqliteCode}: ${message}); ` +
         `move that dir's files away (the job history is lost) or give another --state-dir`
       );
     }
     return (
-      `the state dir ${dirs.stateDir} cannot be used (${code}: ${message}); ` +
+      `the state dir ${dirs.stateDir} cannot be used (${sqliteCode}: ${message}); ` +
       `make it writable by ${uid()} or give another --state-dir`
     );
   }

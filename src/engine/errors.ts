@@ -43,7 +43,7 @@ export class EngineError extends Error {
     this.name = "EngineError";
     this.kind = kind;
     this.reason = reason;
-    this.field = field;
+    if (field !== undefined) this.field = field;
     if (metadata !== undefined) this.metadata = metadata;
     this.violations = violations;
   }

@@ -22,7 +22,7 @@ export interface FileOwner {
   readonly uuid: string;
 }
 
-/** "VMA\0", then the version, then the archive uuid at bytes 8..23 (vma-format.md section 2). */
+/** "VMA\0", then the version, then the archive uuid at bytes 8..23 (docs/vma-format.md section 2). */
 const VMA_MAGIC = Buffer.from("VMA\0", "latin1");
 const UUID_OFFSET = 8;
 const UUID_END = 24;

@@ -89,7 +89,7 @@ export interface ListQuery {
   /** 0 means 100; larger than 1000 means 1000. */
   readonly pageSize: number;
   /** nextPageToken of the previous page; undefined or "" for the first. */
-  readonly pageToken?: string;
+  readonly pageToken?: string | undefined;
   /** Only jobs in these states; empty or undefined means every state. */
   readonly states?: readonly JobState[];
 }

@@ -33,7 +33,7 @@ export const PUBLIC_FILES: readonly string[] = [
   "google/rpc/error_details.proto",
 ];
 
-type Answer = MessageInitShape<typeof ServerReflectionResponseSchema>["messageResponse"];
+type Answer = NonNullable<MessageInitShape<typeof ServerReflectionResponseSchema>["messageResponse"]>;
 
 class ReflectionError extends Error {
   constructor(

@@ -1,5 +1,5 @@
-// Serves engine status subscriptions as gRPC server streams, following the
-// grpc-js pitfalls in stack-notes.md: writes respect back-pressure (wait for
+// Serves engine status subscriptions as gRPC server streams, minding the
+// grpc-js server-streaming pitfalls: writes respect back-pressure (wait for
 // 'drain' or 'cancelled', never 'drain' alone), nothing is written after the
 // client left, errors end the stream through the 'error' event (destroy()
 // would send no status), and the subscription is closed whichever way the

@@ -1,14 +1,14 @@
 // Durable job history in an embedded SQLite database (WAL mode). The store
 // keeps each job as a JSON record plus the few columns it is queried by; it
 // knows nothing about the engine's types beyond this plain shape.
-import Database from "better-sqlite3";
+import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { MIGRATIONS, SCHEMA_VERSION } from "./migrations.js";
 
 /** What the store needs to know about a job; the rest travels in `record`. */
 export interface StoredJob {
   readonly uuid: string;
   readonly state: string;
-  readonly requestId?: string;
+  readonly requestId?: string | undefined;
   /** Unix milliseconds. */
   readonly startTime: number;
   /** The job's latest revision; revisions of all jobs share one sequence. */
@@ -20,7 +20,7 @@ export interface StoredJob {
 export interface ListJobsQuery {
   readonly pageSize: number;
   /** Opaque cursor from a previous page; undefined for the first page. */
-  readonly pageToken?: string;
+  readonly pageToken?: string | undefined;
   /** Only jobs in these states; empty or undefined means all. */
   readonly states?: readonly string[];
 }
@@ -28,7 +28,7 @@ export interface ListJobsQuery {
 export interface JobPage {
   readonly jobs: StoredJob[];
   /** Cursor for the next page; undefined on the last page. */
-  readonly nextPageToken?: string;
+  readonly nextPageToken?: string | undefined;
 }
 
 export class StoreVersionError extends Error {
@@ -62,23 +62,23 @@ const REVISION_COUNTER = "revision";
 
 /** Statements used on every job change, compiled once. */
 interface Statements {
-  readonly save: Database.Statement;
-  readonly get: Database.Statement;
-  readonly latest: Database.Statement;
-  readonly inState: Database.Statement;
-  readonly byRequestId: Database.Statement;
-  readonly changedAfter: Database.Statement;
-  readonly delete: Database.Statement;
-  readonly maxRevision: Database.Statement;
-  readonly readCounter: Database.Statement;
-  readonly raiseCounter: Database.Statement;
+  readonly save: StatementSync;
+  readonly get: StatementSync;
+  readonly latest: StatementSync;
+  readonly inState: StatementSync;
+  readonly byRequestId: StatementSync;
+  readonly changedAfter: StatementSync;
+  readonly delete: StatementSync;
+  readonly maxRevision: StatementSync;
+  readonly readCounter: StatementSync;
+  readonly raiseCounter: StatementSync;
 }
 
 export class JobStore {
-  readonly #db: Database.Database;
+  readonly #db: DatabaseSync;
   readonly #statements: Statements;
 
-  private constructor(db: Database.Database) {
+  private constructor(db: DatabaseSync) {
     this.#db = db;
     this.#statements = {
       save: db.prepare(
@@ -110,15 +110,14 @@ export class JobStore {
    * database comes from a newer version.
    */
   static open(path: string): JobStore {
-    const db = new Database(path);
+    const db = new DatabaseSync(path, { timeout: 5000 });
     try {
       // Checked before anything is written, journal mode included.
       checkVersion(db);
-      db.pragma("journal_mode = WAL");
+      db.exec("PRAGMA journal_mode = WAL");
       // WAL with synchronous=NORMAL is durable against process crashes and
       // keeps each small write cheap; state changes are rare anyway.
-      db.pragma("synchronous = NORMAL");
-      db.pragma("busy_timeout = 5000");
+      db.exec("PRAGMA synchronous = NORMAL");
       migrate(db);
       return new JobStore(db);
     } catch (error) {
@@ -152,7 +151,7 @@ export class JobStore {
 
   /** Jobs in the given state, oldest first. */
   inState(state: string): StoredJob[] {
-    return (this.#statements.inState.all(state) as JobRow[]).map(toStoredJob);
+    return (this.#statements.inState.all(state) as unknown as JobRow[]).map(toStoredJob);
   }
 
   /** The newest job started with this request id at or after `since` (Unix ms). */
@@ -163,7 +162,7 @@ export class JobStore {
 
   /** Every job whose revision is greater than `revision`, lowest revision first. */
   changedAfter(revision: number): StoredJob[] {
-    return (this.#statements.changedAfter.all(revision) as JobRow[]).map(toStoredJob);
+    return (this.#statements.changedAfter.all(revision) as unknown as JobRow[]).map(toStoredJob);
   }
 
   /**
@@ -186,7 +185,7 @@ export class JobStore {
     const where = conditions.length > 0 ? `WHERE ${conditions.join(" AND ")}` : "";
     const rows = this.#db
       .prepare(`SELECT * FROM jobs ${where} ORDER BY seq DESC LIMIT ?`)
-      .all(...params, query.pageSize + 1) as JobRow[];
+      .all(...params, query.pageSize + 1) as unknown as JobRow[];
     const page = rows.slice(0, query.pageSize);
     const last = page[page.length - 1];
     const more = rows.length > query.pageSize && last !== undefined;
@@ -198,7 +197,7 @@ export class JobStore {
 
   /** Removes a job's record; returns whether it existed. */
   delete(uuid: string): boolean {
-    return this.#statements.delete.run(uuid).changes > 0;
+    return Number(this.#statements.delete.run(uuid).changes) > 0;
   }
 
   /**
@@ -226,22 +225,28 @@ export class JobStore {
   }
 }
 
-function schemaVersion(db: Database.Database): number {
-  return db.pragma("user_version", { simple: true }) as number;
+function schemaVersion(db: DatabaseSync): number {
+  return (db.prepare("PRAGMA user_version").get() as { user_version: number }).user_version;
 }
 
-function checkVersion(db: Database.Database): void {
+function checkVersion(db: DatabaseSync): void {
   const current = schemaVersion(db);
   if (current > SCHEMA_VERSION) throw new StoreVersionError(current);
 }
 
-function migrate(db: Database.Database): void {
+function migrate(db: DatabaseSync): void {
   const current = schemaVersion(db);
   for (let version = current; version < SCHEMA_VERSION; version++) {
-    db.transaction(() => {
+    // One transaction per step: a failed step leaves the previous version.
+    db.exec("BEGIN IMMEDIATE");
+    try {
       db.exec(MIGRATIONS[version] as string);
-      db.pragma(`user_version = ${version + 1}`);
-    })();
+      db.exec(`PRAGMA user_version = ${version + 1}`);
+      db.exec("COMMIT");
+    } catch (error) {
+      db.exec("ROLLBACK");
+      throw error;
+    }
   }
 }
 

@@ -3,7 +3,10 @@
 // is SQLite's own file lock on a small lock database, held in exclusive
 // locking mode for as long as the connection is open: the operating system
 // releases it when the process dies, even by kill -9, so it never goes stale.
-import Database from "better-sqlite3";
+import { DatabaseSync } from "node:sqlite";
+
+/** SQLite's primary result code for "database is locked". */
+const SQLITE_BUSY = 5;
 
 export class StateDirLockedError extends Error {
   constructor(lockPath: string) {
@@ -16,23 +19,25 @@ export class StateDirLockedError extends Error {
 }
 
 export class StateDirLock {
-  readonly #db: Database.Database;
+  readonly #db: DatabaseSync;
 
-  private constructor(db: Database.Database) {
+  private constructor(db: DatabaseSync) {
     this.#db = db;
   }
 
   /** Takes the lock at `lockPath` (created if missing); throws StateDirLockedError when it is held. */
   static acquire(lockPath: string): StateDirLock {
-    const db = new Database(lockPath, { timeout: 0 });
+    const db = new DatabaseSync(lockPath, { timeout: 0 });
     try {
-      db.pragma("locking_mode = EXCLUSIVE");
+      db.exec("PRAGMA locking_mode = EXCLUSIVE");
       // The first write takes the exclusive lock; exclusive mode keeps it.
       db.exec("BEGIN IMMEDIATE; COMMIT");
       return new StateDirLock(db);
     } catch (error) {
       db.close();
-      if ((error as { code?: string }).code === "SQLITE_BUSY") throw new StateDirLockedError(lockPath);
+      // node:sqlite errors carry SQLite's result code in `errcode` (extended
+      // codes keep the primary one in the low byte).
+      if (((error as { errcode?: number }).errcode ?? 0) % 256 === SQLITE_BUSY) throw new StateDirLockedError(lockPath);
       throw error;
     }
   }

@@ -1,4 +1,4 @@
-// Sizes and limits of the Proxmox VMA format (see shared vma-format.md).
+// Sizes and limits of the Proxmox VMA format (see docs/vma-format.md).
 
 /** "VMA\0": the archive header magic. */
 export const VMA_MAGIC = Uint8Array.of(0x56, 0x4d, 0x41, 0x00);

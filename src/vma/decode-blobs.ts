@@ -1,4 +1,4 @@
-// The header's blob buffer (vma-format.md section 3): a reserved zero byte,
+// The header's blob buffer (docs/vma-format.md section 3): a reserved zero byte,
 // then blobs of a 2-byte little-endian length and that many bytes, back to back.
 import type { VmaProblem } from "./reader-types.js";
 

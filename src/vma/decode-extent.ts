@@ -1,4 +1,4 @@
-// Decodes and checks one 512-byte extent header (vma-format.md section 5).
+// Decodes and checks one 512-byte extent header (docs/vma-format.md section 5).
 //
 // Proxmox checks, in this order: MD5, uuid, magic together with the reserved
 // field, then the data. We keep that order. Being strict, we also check that

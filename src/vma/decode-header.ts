@@ -1,4 +1,4 @@
-// Decodes and checks the VMA archive header (vma-format.md sections 2-4).
+// Decodes and checks the VMA archive header (docs/vma-format.md sections 2-4).
 //
 // Proxmox's reader checks, in this order: magic, header_size > 12288, MD5,
 // version, blob buffer bounds; then it resolves config and device pointers.

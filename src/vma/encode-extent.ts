@@ -1,4 +1,4 @@
-// Builds a 512-byte VMA extent header (vma-format.md section 5).
+// Builds a 512-byte VMA extent header (docs/vma-format.md section 5).
 import { createHash } from "node:crypto";
 import {
   EXTENT_HEADER_SIZE,

@@ -1,4 +1,4 @@
-// Builds the VMA archive header (vma-format.md sections 2-4) as one buffer.
+// Builds the VMA archive header (docs/vma-format.md sections 2-4) as one buffer.
 import { createHash } from "node:crypto";
 import {
   DEV_INFO_SIZE,

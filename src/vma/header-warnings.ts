@@ -1,5 +1,5 @@
-// What in a valid header Proxmox's own `vma` handles badly (README of
-// shared/tools/proxmox-vma): the archive is fine by the format, so these are
+// What in a valid header Proxmox's own `vma` handles badly (docs/vma-format.md
+// §2.2 and §13): the archive is fine by the format, so these are
 // warnings, not problems. Our writer avoids the first (the engine rounds
 // sizes up to 512); the second depends only on how small the disks are.
 import { CLUSTER_SIZE } from "./constants.js";

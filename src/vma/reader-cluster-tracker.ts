@@ -1,5 +1,5 @@
 // Checks each used blockinfo slot against the device table and the clusters
-// seen so far (vma-format.md sections 5.4-6), and at the end tells which
+// seen so far (docs/vma-format.md sections 5.4-6), and at the end tells which
 // clusters of which device never arrived.
 //
 // A slot is rejected (its data is skipped) when its cluster cannot be placed:

@@ -1,7 +1,7 @@
 // What the streaming VMA reader reports: the decoded header, each extent with
 // its accepted slots and stored data, the problems it found, and a summary.
 
-/** Something in the archive that is not as vma-format.md requires. */
+/** Something in the archive that is not as docs/vma-format.md requires. */
 export interface VmaProblem {
   /** Byte offset in the (decompressed) archive. */
   readonly offset: number;

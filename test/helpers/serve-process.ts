@@ -1,5 +1,5 @@
-// `vmabackup serve` as a real child process (node --import tsx, as npm start
-// runs it), with its JSON log lines parsed as they arrive.
+// `vmabackup serve` as a real child process (bin/vmabackup.js running dist/,
+// as npm start runs it), with its JSON log lines parsed as they arrive.
 import { spawn } from "node:child_process";
 import type { ChildProcessWithoutNullStreams } from "node:child_process";
 import * as path from "node:path";
@@ -35,7 +35,7 @@ export interface ServeOptions {
 
 export function runServe(args: readonly string[], options: ServeOptions = {}): ServeProcess {
   const nodeArgs = options.nodeArgs ?? [];
-  const child = spawn(process.execPath, [...nodeArgs, "--import", "tsx", "src/cli/main.ts", "serve", ...args], {
+  const child = spawn(process.execPath, [...nodeArgs, "bin/vmabackup.js", "serve", ...args], {
     cwd: PROJECT_ROOT,
     env: { ...process.env, ...options.env },
     stdio: ["pipe", "pipe", "pipe"],

@@ -29,7 +29,8 @@ import {
   waitForTransfer,
   writeSource,
 } from "./engine-helpers.js";
-import type { LogCapture, Sandbox } from "./engine-helpers.js";
+import type { Sandbox } from "./engine-helpers.js";
+import type { CapturedLog } from "./helpers/log-capture.js";
 import { canUseLoopDevices } from "./helpers/failing-disk.js";
 import { canMount, mountLoopFilesystem } from "./helpers/mounts.js";
 
@@ -46,7 +47,7 @@ afterEach(async () => {
   await sandbox.cleanup();
 });
 
-async function open(stateDir = sandbox.state): Promise<{ engine: BackupEngine; logs: LogCapture }> {
+async function open(stateDir = sandbox.state): Promise<{ engine: BackupEngine; logs: CapturedLog }> {
   const opened = await openEngine(sandbox, { stateDir });
   engines.push(opened.engine);
   return opened;

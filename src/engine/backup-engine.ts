@@ -104,7 +104,7 @@ export class BackupEngine {
    */
   query(uuid?: string): JobStatus | undefined {
     this.state.ensureStoreOpen();
-    return this.state.usingStore("cannot read the job history", () => {
+    return this.state.readHistory(() => {
       if (uuid === undefined || uuid === "") return this.state.registry.latest();
       const id = this.state.parseUuid(uuid);
       return this.state.registry.status(id) ?? this.state.throwNotFound(id);
@@ -120,7 +120,7 @@ export class BackupEngine {
     this.state.ensureStoreOpen();
     const { pageSize, pageToken, states } = resolveListQuery(query);
     try {
-      return this.state.usingStore("cannot read the job history", () => this.state.registry.list(pageSize, pageToken, states));
+      return this.state.readHistory(() => this.state.registry.list(pageSize, pageToken, states));
     } catch (error) {
       if (error instanceof InvalidPageTokenError) {
         throw new EngineError(
@@ -149,7 +149,7 @@ export class BackupEngine {
     const id = this.state.parseUuid(uuid);
     const job = this.state.registry.activeJob(id);
     if (job === undefined) {
-      return [this.state.usingStore("cannot read the job history", () => this.state.registry.status(id) ?? this.state.throwNotFound(id))];
+      return [this.state.statusOf(id)];
     }
     job.requestCancel(CANCELLED_BY_REQUEST);
     return [await job.whenFinished()];
@@ -207,13 +207,13 @@ export class BackupEngine {
     }
     this.checkRevisionKnown(after);
     if (uuid === undefined || uuid === "") {
-      const initial = this.state.usingStore("cannot read the job history", () =>
+      const initial = this.state.readHistory(() =>
         after > 0 ? this.state.registry.changedAfter(after) : this.state.registry.activeJobs().map((job) => job.snapshot()),
       );
       return this.state.hub.subscribe(undefined, initial);
     }
     const id = this.state.parseUuid(uuid);
-    const status = this.state.usingStore("cannot read the job history", () => this.state.registry.status(id)) ?? this.state.throwNotFound(id);
+    const status = this.state.statusOf(id);
     if (after > 0 && status.revision <= after) {
       // Nothing new yet: an active job's next change will come; a finished job has none.
       return status.state === "active" ? this.state.hub.subscribe(id, []) : this.state.hub.endedSubscription();
@@ -233,7 +233,7 @@ export class BackupEngine {
     const id = this.state.parseUuid(uuid);
     const job = this.state.registry.activeJob(id);
     if (job === undefined) {
-      const status = this.state.usingStore("cannot read the job history", () => this.state.registry.status(id)) ?? this.state.throwNotFound(id);
+      const status = this.state.statusOf(id);
       throw new EngineError(
         "failed-precondition",
         REASON.JOB_NOT_ACTIVE,

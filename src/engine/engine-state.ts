@@ -19,12 +19,23 @@ import { REASON } from "./reasons.js";
 import type { RevisionCounter } from "./revision-counter.js";
 import type { SpeedLimiter } from "./speed-limiter.js";
 import type { StatusHub } from "./status-hub.js";
+import type { JobStatus } from "./types.js";
 import { storeRefusal } from "./store-refusal.js";
 
 /** What the wiring builds and hands to the state. */
 export type EngineParts = Pick<
   EngineState,
-  "drivers" | "logger" | "policy" | "now" | "locks" | "store" | "stateDirLock" | "revisions" | "jobContext" | "registry" | "hub"
+  | "drivers"
+  | "logger"
+  | "policy"
+  | "now"
+  | "locks"
+  | "store"
+  | "stateDirLock"
+  | "revisions"
+  | "jobContext"
+  | "registry"
+  | "hub"
 >;
 
 export class EngineState {
@@ -76,7 +87,11 @@ export class EngineState {
   /** No new jobs once shutdown began. */
   ensureOpen(): void {
     if (this.closing) {
-      throw new EngineError("unavailable", REASON.ENGINE_SHUT_DOWN, "the server is shutting down; retry on another instance or after restart");
+      throw new EngineError(
+        "unavailable",
+        REASON.ENGINE_SHUT_DOWN,
+        "the server is shutting down; retry on another instance or after restart",
+      );
     }
   }
 
@@ -94,6 +109,16 @@ export class EngineState {
     } catch (error) {
       throw storeRefusal(error, what) ?? error;
     }
+  }
+
+  /** Runs `action` on the job history, answering a failing store as a refusal. */
+  readHistory<T>(action: () => T): T {
+    return this.usingStore("cannot read the job history", action);
+  }
+
+  /** A job's status, live or stored; not-found JOB_NOT_FOUND when there is no such job. */
+  statusOf(id: string): JobStatus {
+    return this.readHistory(() => this.registry.status(id)) ?? this.throwNotFound(id);
   }
 
   parseUuid(uuid: string): string {

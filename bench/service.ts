@@ -4,7 +4,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
-import { createClient, type ServiceClient } from "../src/server/grpc-client.js";
+import { createClient, type ServiceClient } from "../src/client/grpc-client.js";
 
 export interface BenchService {
   readonly client: ServiceClient<typeof BackupService.method>;

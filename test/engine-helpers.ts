@@ -6,8 +6,6 @@ import { mkdtempSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
-import { Writable } from "node:stream";
-import pino from "pino";
 import type { Logger } from "pino";
 import { afterEach, beforeEach, expect } from "vitest";
 import { vmaDriver } from "../src/drivers/vma-driver.js";
@@ -17,6 +15,8 @@ import type { BackupEngineOptions } from "../src/engine/backup-engine.js";
 import { EngineError } from "../src/engine/errors.js";
 import type { EngineErrorKind } from "../src/engine/errors.js";
 import type { BackupSpec, JobStatus } from "../src/engine/types.js";
+import { captureLog } from "./helpers/log-capture.js";
+import type { CapturedLog } from "./helpers/log-capture.js";
 
 export const KiB = 1024;
 export const MiB = 1024 * KiB;
@@ -45,23 +45,10 @@ export async function makeSandbox(): Promise<Sandbox> {
   return { root, src, out, state, cleanup: () => fs.rm(root, { recursive: true, force: true }) };
 }
 
-/** Log lines the engine wrote, parsed. */
-export interface LogCapture {
-  readonly lines: Array<Record<string, unknown>>;
-}
-
-/** A logger whose lines land in `logs`. */
-function captureLogger(): { logger: Logger; logs: LogCapture } {
-  const logs: LogCapture = { lines: [] };
-  const sink = new Writable({
-    write(chunk: Buffer, _encoding, callback) {
-      for (const line of chunk.toString("utf8").split("\n")) {
-        if (line !== "") logs.lines.push(JSON.parse(line) as Record<string, unknown>);
-      }
-      callback();
-    },
-  });
-  return { logger: pino({ level: "info" }, sink), logs };
+/** A logger whose lines land in `logs` (the one log capture of the tests, at level info). */
+function captureLogger(): { logger: Logger; logs: CapturedLog } {
+  const logs = captureLog("info");
+  return { logger: logs.logger, logs };
 }
 
 function engineOptions(
@@ -84,7 +71,7 @@ function engineOptions(
 export function makeEngine(
   sandbox: Sandbox,
   overrides: Partial<BackupEngineOptions> = {},
-): { engine: BackupEngine; logs: LogCapture } {
+): { engine: BackupEngine; logs: CapturedLog } {
   const { logger, logs } = captureLogger();
   const engine = new BackupEngine(engineOptions(sandbox, logger, overrides));
   return { engine, logs };
@@ -102,7 +89,7 @@ export function ownStateDir(sandbox: Sandbox): string {
 export async function openEngine(
   sandbox: Sandbox,
   overrides: Partial<BackupEngineOptions> = {},
-): Promise<{ engine: BackupEngine; logs: LogCapture }> {
+): Promise<{ engine: BackupEngine; logs: CapturedLog }> {
   const { logger, logs } = captureLogger();
   const engine = await BackupEngine.open(engineOptions(sandbox, logger, overrides));
   return { engine, logs };
@@ -113,7 +100,7 @@ export interface EngineFixture {
   readonly sandbox: Sandbox;
   readonly engine: BackupEngine;
   /** What `engine` logged. */
-  readonly logs: LogCapture;
+  readonly logs: CapturedLog;
   /**
    * Shuts the engine down (nothing happens if the test already did) and
    * makes a new one on the same sandbox, with the options given to
@@ -133,7 +120,7 @@ export interface EngineFixture {
  * sandbox still exists.
  */
 export function useEngineSandbox(overrides: Partial<BackupEngineOptions> = {}): EngineFixture {
-  type EngineInSandbox = { sandbox: Sandbox; engine: BackupEngine; logs: LogCapture };
+  type EngineInSandbox = { sandbox: Sandbox; engine: BackupEngine; logs: CapturedLog };
   let current: EngineInSandbox | undefined;
   const currentOrThrow = (): EngineInSandbox => {
     if (current === undefined) throw new Error("useEngineSandbox: the fixture is only there inside tests and hooks");

@@ -27,41 +27,41 @@ describe("RateMeter", () => {
   }
 
   it("measures a steady rate once a whole window has passed", () => {
-    expect(meter.bytesPerSecond()).toBe(0);
+    expect(meter.measuredRate()).toBe(0);
     let total = run(1_000_000, RATE_WINDOW_MS - 10, 10, 0);
-    expect(meter.bytesPerSecond()).toBe(0);
+    expect(meter.measuredRate()).toBe(0);
     total = run(1_000_000, 10, 10, total);
-    expect(meter.bytesPerSecond()).toBe(1_000_000);
+    expect(meter.measuredRate()).toBe(1_000_000);
     total = run(1_000_000, 5000, 7, total);
-    expect(meter.bytesPerSecond()).toBeCloseTo(1_000_000, -3);
+    expect(meter.measuredRate()).toBeCloseTo(1_000_000, -3);
     expect(total).toBeGreaterThan(5_000_000);
   });
 
   it("follows a change within its window and falls to 0 when nothing moves", () => {
     let total = run(1_000_000, 3000, 20, 0);
     total = run(4_000_000, RATE_WINDOW_MS / 2, 20, total);
-    const halfway = meter.bytesPerSecond();
+    const halfway = meter.measuredRate();
     expect(halfway).toBeGreaterThan(2_000_000);
     expect(halfway).toBeLessThan(3_000_000);
     run(4_000_000, RATE_WINDOW_MS / 2, 20, total);
-    expect(meter.bytesPerSecond()).toBeCloseTo(4_000_000, -4);
+    expect(meter.measuredRate()).toBeCloseTo(4_000_000, -4);
 
     // A stall: the rate decays as time passes without records, to 0 after a window.
     now += RATE_WINDOW_MS / 2;
-    expect(meter.bytesPerSecond()).toBeCloseTo(2_000_000, -4);
+    expect(meter.measuredRate()).toBeCloseTo(2_000_000, -4);
     now += RATE_WINDOW_MS / 2 + 1;
-    expect(meter.bytesPerSecond()).toBe(0);
+    expect(meter.measuredRate()).toBe(0);
   });
 
   it("does not overstate a throttled job whose first chunk went through at once", () => {
     now += 5;
     meter.record(64 * 1024); // the first chunk: read before the limiter waits
     let total = run(256 * 1024, 100, 50, 64 * 1024);
-    expect(meter.bytesPerSecond()).toBe(0); // unknown yet, rather than ~3x the limit
+    expect(meter.measuredRate()).toBe(0); // unknown yet, rather than ~3x the limit
     total = run(256 * 1024, RATE_WINDOW_MS - 100, 50, total);
-    expect(meter.bytesPerSecond()).toBeLessThanOrEqual(1.3 * 256 * 1024);
+    expect(meter.measuredRate()).toBeLessThanOrEqual(1.3 * 256 * 1024);
     run(256 * 1024, RATE_WINDOW_MS / 2, 50, total);
-    expect(meter.bytesPerSecond()).toBeCloseTo(256 * 1024, -3);
+    expect(meter.measuredRate()).toBeCloseTo(256 * 1024, -3);
   });
 
   it("averages bursts: one chunk every 250 ms", () => {
@@ -71,9 +71,9 @@ describe("RateMeter", () => {
       total += 256 * 1024;
       meter.record(total);
     }
-    expect(meter.bytesPerSecond()).toBe(1024 * 1024);
+    expect(meter.measuredRate()).toBe(1024 * 1024);
     now += 125; // half-way to the next chunk
-    expect(meter.bytesPerSecond()).toBeGreaterThan(0.8 * 1024 * 1024);
+    expect(meter.measuredRate()).toBeGreaterThan(0.8 * 1024 * 1024);
   });
 });
 

@@ -12,7 +12,7 @@ import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import type { BackupEngine } from "../src/engine/backup-engine.js";
 import { INTERRUPTED_MESSAGE, JOB_STORE_FILE } from "../src/engine/backup-engine.js";
 import type { JobStatus } from "../src/engine/types.js";
-import { createClient } from "../src/server/grpc-client.js";
+import { createClient } from "../src/client/grpc-client.js";
 import { startServer } from "../src/server/server.js";
 import type { StoredJob } from "../src/store/job-store.js";
 import { JobStore } from "../src/store/job-store.js";
@@ -29,7 +29,8 @@ import {
   waitForTransfer,
   writeSource,
 } from "./engine-helpers.js";
-import type { LogCapture, Sandbox } from "./engine-helpers.js";
+import type { Sandbox } from "./engine-helpers.js";
+import type { CapturedLog } from "./helpers/log-capture.js";
 import { canUseLoopDevices } from "./helpers/failing-disk.js";
 import { canMount, mountLoopFilesystem } from "./helpers/mounts.js";
 
@@ -46,7 +47,7 @@ afterEach(async () => {
   await sandbox.cleanup();
 });
 
-async function open(stateDir = sandbox.state): Promise<{ engine: BackupEngine; logs: LogCapture }> {
+async function open(stateDir = sandbox.state): Promise<{ engine: BackupEngine; logs: CapturedLog }> {
   const opened = await openEngine(sandbox, { stateDir });
   engines.push(opened.engine);
   return opened;

@@ -1,6 +1,7 @@
-// The speed limit: the limiter on its own (aborts, live rate changes, chunk
-// sizes) and a throttled job measured over 2-second windows.
-import { describe, expect, it } from "vitest";
+// The speed limit: the limiter on its own (aborts, live limit changes, chunk
+// sizes) on fake timers and its clock, and a throttled job measured over
+// 2-second windows in real time, end to end.
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { SpeedLimiter } from "../src/engine/speed-limiter.js";
 import {
   backupSpec,
@@ -15,12 +16,25 @@ import {
 } from "./engine-helpers.js";
 
 describe("SpeedLimiter", () => {
+  // Fake timers move Date.now, the limiter's clock here, only when a test advances them.
+  const clock = (): number => Date.now();
+  beforeEach(() => {
+    vi.useFakeTimers();
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
   it("never waits when unlimited", async () => {
-    const limiter = new SpeedLimiter(0);
+    const limiter = new SpeedLimiter(0, clock);
     const signal = new AbortController().signal;
-    const started = performance.now();
-    for (let index = 0; index < 1000; index++) await limiter.acquire(4 * MiB, signal);
-    expect(performance.now() - started).toBeLessThan(100);
+    const started = clock();
+    const acquiring = (async () => {
+      for (let index = 0; index < 1000; index++) await limiter.acquire(4 * MiB, signal);
+    })();
+    await vi.runAllTimersAsync();
+    await acquiring;
+    expect(clock() - started).toBeLessThan(100);
   });
 
   it("sizes chunks to a fraction of a second of data, in whole units", () => {
@@ -30,52 +44,59 @@ describe("SpeedLimiter", () => {
     expect(new SpeedLimiter(10 ** 12).chunkSize(4 * MiB, CLUSTER)).toBe(4 * MiB);
   });
 
-  it("admits the first chunk at once and paces the next ones at the rate", async () => {
-    const limiter = new SpeedLimiter(640 * KiB); // 64 KiB per 100 ms
+  it("admits the first chunk at once and paces the next ones at the limit", async () => {
+    const limiter = new SpeedLimiter(640 * KiB, clock); // 64 KiB per 100 ms
     const signal = new AbortController().signal;
-    const started = performance.now();
-    for (let index = 0; index < 4; index++) await limiter.acquire(64 * KiB, signal);
-    const elapsed = performance.now() - started;
+    const started = clock();
+    const acquiring = (async () => {
+      for (let index = 0; index < 4; index++) await limiter.acquire(64 * KiB, signal);
+    })();
+    await vi.runAllTimersAsync();
+    await acquiring;
+    const elapsed = clock() - started;
     expect(elapsed).toBeGreaterThanOrEqual(295);
     expect(elapsed).toBeLessThan(450);
   });
 
   it("ends a wait as soon as the signal aborts", async () => {
-    const limiter = new SpeedLimiter(1);
+    const limiter = new SpeedLimiter(1, clock);
     const controller = new AbortController();
     await limiter.acquire(64 * KiB, controller.signal);
     const waiting = limiter.acquire(64 * KiB, controller.signal);
     const reason = new Error("stop");
+    const rejected = expect(waiting).rejects.toBe(reason);
     setTimeout(() => controller.abort(reason), 20);
-    const started = performance.now();
-    await expect(waiting).rejects.toBe(reason);
-    expect(performance.now() - started).toBeLessThan(200);
+    const started = clock();
+    await vi.advanceTimersByTimeAsync(20);
+    await rejected;
+    expect(clock() - started).toBeLessThan(200);
     await expect(limiter.acquire(1, controller.signal)).rejects.toBe(reason);
   });
 
-  it("recomputes a wait when the rate changes", async () => {
-    const limiter = new SpeedLimiter(1);
+  it("recomputes a wait when the limit changes", async () => {
+    const limiter = new SpeedLimiter(1, clock);
     const signal = new AbortController().signal;
     await limiter.acquire(64 * KiB, signal);
     const waiting = limiter.acquire(64 * KiB, signal);
-    setTimeout(() => limiter.setRate(64 * MiB), 20);
-    const started = performance.now();
+    setTimeout(() => limiter.setSpeedLimit(64 * MiB), 20);
+    const started = clock();
+    await vi.advanceTimersByTimeAsync(20);
     await waiting;
-    expect(performance.now() - started).toBeLessThan(200);
-    expect(limiter.bytesPerSecond).toBe(64 * MiB);
+    expect(clock() - started).toBeLessThan(200);
+    expect(limiter.bytesPerSecondLimit).toBe(64 * MiB);
 
     // And the other way: from unlimited down to a crawl, then lifted.
-    limiter.setRate(0);
+    limiter.setSpeedLimit(0);
     await limiter.acquire(64 * KiB, signal);
-    limiter.setRate(1);
+    limiter.setSpeedLimit(1);
     const slow = limiter.acquire(64 * KiB, signal);
     let done = false;
     void slow.then(() => {
       done = true;
     });
-    await sleep(50);
+    await vi.advanceTimersByTimeAsync(50);
     expect(done).toBe(false);
-    limiter.setRate(0);
+    limiter.setSpeedLimit(0);
     await slow;
   });
 });
@@ -106,10 +127,10 @@ describe("a throttled job", () => {
 
   it("holds 8 MiB/s over every 2-second window to within 15 %", async () => {
     const { sandbox, engine } = fixture;
-    const rate = 8 * MiB;
+    const speedLimit = 8 * MiB;
     const source = await writeSource(sandbox, "d.raw", blockPattern(32 * MiB, (block) => block % 4 === 0));
     const started = performance.now();
-    const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit: rate }));
+    const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit }));
     const sampler = sample(status.uuid);
     const end = await waitForEnd(engine, status.uuid);
     const elapsed = performance.now() - started;
@@ -122,8 +143,8 @@ describe("a throttled job", () => {
     const rates = windowRates(sampler.samples, 2000);
     expect(rates.length).toBeGreaterThan(20);
     for (const measured of rates) {
-      expect(measured).toBeGreaterThan(rate * 0.85);
-      expect(measured).toBeLessThan(rate * 1.15);
+      expect(measured).toBeGreaterThan(speedLimit * 0.85);
+      expect(measured).toBeLessThan(speedLimit * 1.15);
     }
   });
 

@@ -1,7 +1,7 @@
 // The status hub: progress coalescing, bounded queues for slow watchers,
 // state changes never dropped, subscriptions freed at once; and watching
 // jobs through the engine.
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { StatusHub } from "../src/engine/status-hub.js";
 import type { JobState, JobStatus } from "../src/engine/types.js";
 import { MiB, sleep, startJob, useEngineSandbox, waitForEnd } from "./engine-helpers.js";
@@ -42,39 +42,52 @@ async function nextWithin(
   return Promise.race([iterator.next(), sleep(ms).then(() => "pending" as const)]);
 }
 
+/** Runs `body` on fake timers; Date.now (the hub's clock in these tests) moves only when it advances them. */
+async function withFakeTimers(body: () => Promise<void>): Promise<void> {
+  vi.useFakeTimers();
+  try {
+    await body();
+  } finally {
+    vi.useRealTimers();
+  }
+}
+
+const fakeClock = (): number => Date.now();
+
 describe("StatusHub", () => {
-  it("publishes progress at most once per interval, the latest counters winning", async () => {
-    const hub = new StatusHub(100);
-    const subscription = hub.subscribe("a", []);
-    hub.publishState(status("a", "active"));
-    const received: Array<{ at: number; status: JobStatus }> = [];
-    const reading = (async () => {
-      for await (const update of subscription) received.push({ at: performance.now(), status: update });
-    })();
+  it("publishes progress at most once per interval, the latest counters winning", () =>
+    withFakeTimers(async () => {
+      const hub = new StatusHub(100, fakeClock);
+      const subscription = hub.subscribe("a", []);
+      hub.publishState(status("a", "active"));
+      const received: Array<{ at: number; status: JobStatus }> = [];
+      const reading = (async () => {
+        for await (const update of subscription) received.push({ at: fakeClock(), status: update });
+      })();
 
-    let counter = 0;
-    const startedAt = performance.now();
-    while (performance.now() - startedAt < 350) {
-      counter += 1;
-      const current = counter;
-      hub.publishProgress("a", () => status("a", "active", current));
-      await sleep(1);
-    }
-    // The trailing publication carries the counters of its moment.
-    await sleep(150);
-    const progress = received.filter((entry) => entry.status.state === "active").slice(1);
-    expect(progress.length).toBeGreaterThanOrEqual(2);
-    expect(progress.length).toBeLessThanOrEqual(5);
-    for (let index = 1; index < progress.length; index++) {
-      expect((progress[index]?.at ?? 0) - (progress[index - 1]?.at ?? 0)).toBeGreaterThanOrEqual(90);
-    }
-    expect(progress.at(-1)?.status.transferredBytes).toBe(counter);
+      let counter = 0;
+      const startedAt = fakeClock();
+      while (fakeClock() - startedAt < 350) {
+        counter += 1;
+        const current = counter;
+        hub.publishProgress("a", () => status("a", "active", current));
+        await vi.advanceTimersByTimeAsync(1);
+      }
+      // The trailing publication carries the counters of its moment.
+      await vi.advanceTimersByTimeAsync(150);
+      const progress = received.filter((entry) => entry.status.state === "active").slice(1);
+      expect(progress.length).toBeGreaterThanOrEqual(2);
+      expect(progress.length).toBeLessThanOrEqual(5);
+      for (let index = 1; index < progress.length; index++) {
+        expect((progress[index]?.at ?? 0) - (progress[index - 1]?.at ?? 0)).toBeGreaterThanOrEqual(90);
+      }
+      expect(progress.at(-1)?.status.transferredBytes).toBe(counter);
 
-    hub.publishState(status("a", "done", counter));
-    await reading;
-    expect(received.at(-1)?.status.state).toBe("done");
-    expect(hub.subscriberCount).toBe(0);
-  });
+      hub.publishState(status("a", "done", counter));
+      await reading;
+      expect(received.at(-1)?.status.state).toBe("done");
+      expect(hub.subscriberCount).toBe(0);
+    }));
 
   it("keeps one pending progress per job for a slow reader and never drops a state change", async () => {
     const hub = new StatusHub(0);
@@ -142,32 +155,33 @@ describe("StatusHub", () => {
     expect((await readAll(finished)).map((update) => update.state)).toEqual(["done"]);
   });
 
-  it("publishes a change at once, coalesced like progress for a slow reader, with no trailing duplicate", async () => {
-    const hub = new StatusHub(1000);
-    const slow = hub.subscribe("a", []);
-    hub.publishState(status("a", "active"));
-    hub.publishProgress("a", () => status("a", "active", 1)); // within the interval: waits for its timer
-    expect(slow.backlog).toBe(1);
-    const changed = status("a", "active", 2);
-    hub.publishNow(changed);
-    expect(slow.backlog).toBe(2);
-    hub.publishNow(status("a", "active", 3)); // replaces the unread one
-    expect(slow.backlog).toBe(2);
-    await sleep(1100); // the trailing progress timer was cancelled
-    expect(slow.backlog).toBe(2);
-    const iterator = slow[Symbol.asyncIterator]();
-    expect((await iterator.next()).value).toMatchObject({ state: "active", transferredBytes: 0 });
-    expect((await iterator.next()).value).toMatchObject({ state: "active", transferredBytes: 3 });
-    // Unread, it would have been superseded by the terminal status, like progress.
-    hub.publishNow(status("a", "active", 4));
-    hub.publishState(status("a", "done", 4));
-    expect((await readAll(slow)).map((update) => [update.state, update.transferredBytes])).toEqual([["done", 4]]);
-    // A job that is not active: nothing.
-    const late = hub.subscribe("a", []);
-    hub.publishNow(status("a", "active", 4));
-    expect(late.backlog).toBe(0);
-    late.close();
-  });
+  it("publishes a change at once, coalesced like progress for a slow reader, with no trailing duplicate", () =>
+    withFakeTimers(async () => {
+      const hub = new StatusHub(1000, fakeClock);
+      const slow = hub.subscribe("a", []);
+      hub.publishState(status("a", "active"));
+      hub.publishProgress("a", () => status("a", "active", 1)); // within the interval: waits for its timer
+      expect(slow.backlog).toBe(1);
+      const changed = status("a", "active", 2);
+      hub.publishNow(changed);
+      expect(slow.backlog).toBe(2);
+      hub.publishNow(status("a", "active", 3)); // replaces the unread one
+      expect(slow.backlog).toBe(2);
+      await vi.advanceTimersByTimeAsync(1100); // the trailing progress timer was cancelled
+      expect(slow.backlog).toBe(2);
+      const iterator = slow[Symbol.asyncIterator]();
+      expect((await iterator.next()).value).toMatchObject({ state: "active", transferredBytes: 0 });
+      expect((await iterator.next()).value).toMatchObject({ state: "active", transferredBytes: 3 });
+      // Unread, it would have been superseded by the terminal status, like progress.
+      hub.publishNow(status("a", "active", 4));
+      hub.publishState(status("a", "done", 4));
+      expect((await readAll(slow)).map((update) => [update.state, update.transferredBytes])).toEqual([["done", 4]]);
+      // A job that is not active: nothing.
+      const late = hub.subscribe("a", []);
+      hub.publishNow(status("a", "active", 4));
+      expect(late.backlog).toBe(0);
+      late.close();
+    }));
 
   it("never gives a watcher a revision of a job it already has", async () => {
     const hub = new StatusHub(0);

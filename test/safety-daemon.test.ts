@@ -10,7 +10,7 @@ import * as path from "node:path";
 import { promisify } from "node:util";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { BackupService } from "../gen/vmabackup/v1/backup_pb.js";
-import { createClient } from "../src/server/grpc-client.js";
+import { createClient } from "../src/client/grpc-client.js";
 import { canMount, unmount } from "./helpers/mounts.js";
 import { listeningAddress, runServe } from "./helpers/serve-process.js";
 import type { ServeProcess } from "./helpers/serve-process.js";

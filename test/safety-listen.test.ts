@@ -8,7 +8,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { BackupService } from "../gen/vmabackup/v1/backup_pb.js";
-import { createClient } from "../src/server/grpc-client.js";
+import { createClient } from "../src/client/grpc-client.js";
 import { isLoopbackAddress, listenPolicyViolation, resolveListenHost } from "../src/server/listen-policy.js";
 import { runServe } from "./helpers/serve-process.js";
 import type { ServeProcess } from "./helpers/serve-process.js";

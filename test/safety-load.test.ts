@@ -14,7 +14,7 @@ import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import type { BackupStatus } from "../gen/vmabackup/v1/backup_pb.js";
-import { createClient } from "../src/server/grpc-client.js";
+import { createClient } from "../src/client/grpc-client.js";
 import { startLoadServer } from "./helpers/load-server.js";
 import type { LoadServer, ServerStats } from "./helpers/load-server.js";
 import { startRemoteClient } from "./helpers/remote-client.js";

@@ -14,8 +14,8 @@ import {
 } from "../gen/vmabackup/v1/backup_pb.js";
 import { addService, createServiceDefinition } from "../src/server/grpc-adapter.js";
 import type { ImplementationOf } from "../src/server/grpc-adapter.js";
-import { createClient } from "../src/server/grpc-client.js";
-import type { ClientOf } from "../src/server/grpc-client.js";
+import { createClient } from "../src/client/grpc-client.js";
+import type { ClientOf } from "../src/client/grpc-client.js";
 
 const BIG = 2n ** 60n + 7n;
 

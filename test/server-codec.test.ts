@@ -13,8 +13,9 @@ import {
 import { EngineError } from "../src/engine/errors.js";
 import type { EngineErrorKind } from "../src/engine/errors.js";
 import type { JobStatus } from "../src/engine/types.js";
-import { readErrorDetails } from "../src/server/rpc-error-details.js";
-import { STATUS_DETAILS_KEY, toRpcError } from "../src/server/rpc-errors.js";
+import { readErrorDetails } from "../src/client/rpc-error-details.js";
+import { toRpcError } from "../src/server/rpc-errors.js";
+import { STATUS_DETAILS_KEY } from "../src/wire/metadata-keys.js";
 import {
   toBackupSpec,
   toBackupStatus,

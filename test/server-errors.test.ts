@@ -8,7 +8,7 @@ import * as grpc from "@grpc/grpc-js";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import type { BackupFormat } from "../gen/vmabackup/v1/backup_pb.js";
-import { readErrorDetails } from "../src/server/rpc-error-details.js";
+import { readErrorDetails } from "../src/client/rpc-error-details.js";
 import { failureOf } from "./helpers/rpc-failure.js";
 import { startTestServer } from "./helpers/test-server.js";
 import type { TestServer } from "./helpers/test-server.js";

@@ -11,7 +11,7 @@ import { durationMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { describe, expect, it } from "vitest";
 import { BackupFormat, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import type { BackupStatus } from "../gen/vmabackup/v1/backup_pb.js";
-import { readErrorDetails } from "../src/server/rpc-error-details.js";
+import { readErrorDetails } from "../src/client/rpc-error-details.js";
 import { expectRefusal } from "./helpers/rpc-failure.js";
 import { halfRandomImage, useSharedTestServer } from "./helpers/test-server.js";
 

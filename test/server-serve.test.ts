@@ -7,7 +7,7 @@ import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import type { BackupStatus } from "../gen/vmabackup/v1/backup_pb.js";
-import { createClient } from "../src/server/grpc-client.js";
+import { createClient } from "../src/client/grpc-client.js";
 import { runServe } from "./helpers/serve-process.js";
 import type { ServeProcess } from "./helpers/serve-process.js";
 

@@ -11,8 +11,8 @@ import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import type { BackupStatus, WatchBackupResponse } from "../gen/vmabackup/v1/backup_pb.js";
-import { createClient } from "../src/server/grpc-client.js";
-import { readErrorDetails } from "../src/server/rpc-error-details.js";
+import { createClient } from "../src/client/grpc-client.js";
+import { readErrorDetails } from "../src/client/rpc-error-details.js";
 import { expectRefusal } from "./helpers/rpc-failure.js";
 import { startTestServer } from "./helpers/test-server.js";
 import type { BackupClient, TestServer } from "./helpers/test-server.js";
@@ -183,8 +183,11 @@ function garbageCollector(): () => void {
 describe("watchers that never read", () => {
   const ONE_JOB_WATCHERS = 8;
   const ALL_JOB_WATCHERS = 2;
-  const SIZE = 12 * MiB;
+  /** 4 s at LIMIT: long enough to make CHANGES speed changes even on a loaded machine. */
+  const SIZE = 24 * MiB;
   const LIMIT = 6 * MiB;
+  /** Speed changes per run: each is a status due to every watcher, far more than any buffer holds. */
+  const CHANGES = 1001;
   let server: TestServer;
   /** On a connection of its own: stalled streams must not hold up the calls that drive the job. */
   let stalledClient: BackupClient;
@@ -209,9 +212,10 @@ describe("watchers that never read", () => {
   }
 
   /**
-   * Runs a throttled job to its end while changing its speed limit between
-   * two nearly equal values as fast as the API answers: every change is a
-   * status for every watcher. `whenStarted` runs once the job is active.
+   * Runs a throttled job to its end, making CHANGES changes of its speed
+   * limit between two nearly equal values as fast as the API answers
+   * (counted, not timed, so a slow machine makes as many): every change is
+   * a status for every watcher. `whenStarted` runs once the job is active.
    */
   async function runBusyJob(whenStarted: (job: BackupStatus) => Promise<void> = async () => {}): Promise<BusyRun> {
     const job = await startJob(server, SIZE, LIMIT);
@@ -221,7 +225,7 @@ describe("watchers that never read", () => {
     void ended.finally(() => (running = false));
     let changes = 0;
     let maxBuffered = 0;
-    while (running) {
+    while (running && changes < CHANGES) {
       try {
         await server.client.setBackupSpeed({ uuid: job.uuid, speedLimit: BigInt(LIMIT + (changes % 2)) });
         changes += 1;

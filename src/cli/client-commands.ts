@@ -5,7 +5,7 @@ import { Option, type Command } from "commander";
 import { BackupStatusSchema, CancelBackupResponseSchema } from "../../gen/vmabackup/v1/backup_pb.js";
 import { readConfigFiles } from "./client-configs.js";
 import { runClientCommand, unaryDeadline, type BackupClient } from "./client-connection.js";
-import { EXIT_INTERRUPTED, EXIT_OK } from "./client-errors.js";
+import { EXIT_INTERRUPTED, EXIT_OK } from "./exit-codes.js";
 import { registerJobCommands } from "./client-job-commands.js";
 import {
   addConnectionOptions,

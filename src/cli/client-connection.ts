@@ -5,8 +5,8 @@ import { readFile } from "node:fs/promises";
 import * as grpc from "@grpc/grpc-js";
 import { Option, type Command } from "commander";
 import { BackupService } from "../../gen/vmabackup/v1/backup_pb.js";
-import { bearerTokenInterceptor } from "../server/auth.js";
-import { createClient, type ClientOf } from "../server/grpc-client.js";
+import { bearerTokenInterceptor } from "../client/bearer-token.js";
+import { createClient, type ClientOf } from "../client/grpc-client.js";
 import { reportError, UsageError } from "./client-errors.js";
 
 export type BackupClient = ClientOf<typeof BackupService>;

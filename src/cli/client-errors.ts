@@ -1,17 +1,11 @@
 // How the client commands report failures and which exit code each gets:
-// gRPC errors and failed jobs exit 1, usage errors exit 2, Ctrl-C 130.
+// gRPC errors and failed jobs exit 1, usage errors exit 2 (exit-codes.ts).
 import { status as GrpcStatus, type ServiceError } from "@grpc/grpc-js";
-import { errorReason } from "../server/rpc-error-details.js";
+import { errorReason } from "../client/rpc-error-details.js";
 import { escapeControls } from "./escape-controls.js";
+import { EXIT_FAILURE, EXIT_USAGE } from "./exit-codes.js";
 import { ArgumentSyntaxError } from "./parse-error.js";
 
-export const EXIT_OK = 0;
-/** A gRPC error, or a watched job that ended in ERROR or CANCELLED. */
-export const EXIT_FAILURE = 1;
-/** The command line itself was wrong. */
-export const EXIT_USAGE = 2;
-/** The watch was ended with Ctrl-C (128 + SIGINT, as shells report it). */
-export const EXIT_INTERRUPTED = 130;
 
 /** A mistake in the command line found after parsing, e.g. an unreadable --config file. */
 export class UsageError extends Error {

@@ -8,7 +8,7 @@ import {
   type BackupStatus,
 } from "../../gen/vmabackup/v1/backup_pb.js";
 import { runClientCommand, unaryDeadline } from "./client-connection.js";
-import { EXIT_OK } from "./client-errors.js";
+import { EXIT_OK } from "./exit-codes.js";
 import { listBackups } from "./client-list.js";
 import { addConnectionOptions, collecting, rejectingSyntaxErrors, type ConnectionOptions } from "./client-options.js";
 import { requireStatus } from "./client-status.js";

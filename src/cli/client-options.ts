@@ -3,7 +3,7 @@
 // syntax errors into usage errors (exit 2).
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { addSecurityOptions, type SecurityOptions } from "./client-connection.js";
-import { EXIT_OK, EXIT_USAGE } from "./client-errors.js";
+import { EXIT_OK, EXIT_USAGE } from "./exit-codes.js";
 import { ArgumentSyntaxError } from "./parse-error.js";
 import { DEFAULT_SERVER_ADDRESS, parseServerAddress } from "./parse-server-address.js";
 

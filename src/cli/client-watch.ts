@@ -1,7 +1,7 @@
 // Follows jobs over WatchBackup and turns how they ended into an exit code.
 import { BackupState, type BackupStatus } from "../../gen/vmabackup/v1/backup_pb.js";
 import type { BackupClient } from "./client-connection.js";
-import { EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK } from "./client-errors.js";
+import { EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK } from "./exit-codes.js";
 import type { StatusRenderer } from "./client-render.js";
 import { isTerminal } from "./client-status.js";
 

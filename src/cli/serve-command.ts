@@ -26,6 +26,7 @@ import {
 import { loadServerCredentials, TlsConfigError } from "../server/tls.js";
 import type { ServerTlsFiles } from "../server/tls.js";
 import { installDaemonSignals, logDaemonSignalsTo } from "./daemon-signals.js";
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE } from "./exit-codes.js";
 import { startupProblem } from "./startup-problem.js";
 
 const DEFAULT_LISTEN = "127.0.0.1:50051";
@@ -36,7 +37,6 @@ const DEFAULT_PROGRESS_INTERVAL = "200ms";
 const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
 
 /** Exit code for a malformed command line. */
-const USAGE_EXIT_CODE = 2;
 
 interface ServeFlags {
   readonly listen: string;
@@ -246,16 +246,16 @@ async function serve(
   const onSignal = (signal: NodeJS.Signals): void => {
     if (stopping) {
       logger.warn({ signal }, "second signal during shutdown; exiting at once");
-      process.exit(1);
+      process.exit(EXIT_FAILURE);
     }
     stopping = true;
     server.shutdown(signal).then(
       // Exit explicitly: a half-open connection's keepalive timer must not
       // keep a stopped daemon alive.
-      () => process.exit(0),
+      () => process.exit(EXIT_OK),
       (error: unknown) => {
         logger.error({ err: error }, "shutdown failed");
-        process.exit(1);
+        process.exit(EXIT_FAILURE);
       },
     );
   };
@@ -305,7 +305,7 @@ export function registerServeCommand(program: Command): void {
         }
       } catch (error) {
         if (!(error instanceof FlagError)) throw error;
-        command.error(`error: ${error.message}`, { exitCode: USAGE_EXIT_CODE });
+        command.error(`error: ${error.message}`, { exitCode: EXIT_USAGE });
       }
       const logger = pino({ level: settings.logLevel });
       installDaemonSignals();
@@ -315,7 +315,7 @@ export function registerServeCommand(program: Command): void {
         security = await loadSecurity(settings, addresses, logger);
       } catch (error) {
         if (!(error instanceof TokenFileError || error instanceof TlsConfigError)) throw error;
-        command.error(`error: ${error.message}`, { exitCode: USAGE_EXIT_CODE });
+        command.error(`error: ${error.message}`, { exitCode: EXIT_USAGE });
       }
       try {
         await serve(settings, addresses, security, logger);
@@ -323,7 +323,7 @@ export function registerServeCommand(program: Command): void {
         logger.fatal({ err: error }, "cannot start the server");
         // The log line has the stack; the operator gets one line saying what to fix.
         process.stderr.write(`error: ${startupProblem(error, settings)}\n`);
-        process.exit(1);
+        process.exit(EXIT_FAILURE);
       }
     });
 }

@@ -10,13 +10,9 @@ import { openArchive, UnsupportedCompressionError, type OpenedArchive } from "..
 import type { VmaHeader, VmaProblem } from "../vma/reader-types.js";
 import { verifyArchive, verifyArchiveHeader, type ArchiveVerdict } from "../vma/verify-archive.js";
 import { escapeControls } from "./escape-controls.js";
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE } from "./exit-codes.js";
 import { createProgressBar } from "./progress-bar.js";
 
-export const EXIT_OK = 0;
-/** The archive is invalid, or incomplete where completeness was required. */
-export const EXIT_INVALID = 1;
-/** The command line was wrong, or reading or writing a file failed. */
-export const EXIT_USAGE = 2;
 
 const ARCHIVE_HELP = "archive: .vma, .vma.gz or .vma.zst (detected by content), or - for stdin";
 const PROGRESS_INTERVAL_MS = 250;
@@ -104,7 +100,7 @@ async function listCommand(path: string, json: boolean): Promise<number> {
     if (header) process.stdout.write(formatHeader(header));
     writeProblems(process.stderr, problems, problems.length);
   }
-  return header !== undefined && problems.length === 0 ? EXIT_OK : EXIT_INVALID;
+  return header !== undefined && problems.length === 0 ? EXIT_OK : EXIT_FAILURE;
 }
 
 async function configCommand(path: string, name: string | undefined): Promise<number> {
@@ -112,7 +108,7 @@ async function configCommand(path: string, name: string | undefined): Promise<nu
   const { header, problems } = await verifyArchiveHeader(archive.chunks);
   if (header === undefined) {
     writeProblems(process.stderr, problems, problems.length);
-    return EXIT_INVALID;
+    return EXIT_FAILURE;
   }
   const config = name === undefined ? header.configs[0] : header.configs.find((candidate) => candidate.name === name);
   if (config === undefined) {
@@ -123,7 +119,7 @@ async function configCommand(path: string, name: string | undefined): Promise<nu
   }
   process.stdout.write(config.data);
   writeProblems(process.stderr, problems, problems.length);
-  return problems.length === 0 ? EXIT_OK : EXIT_INVALID;
+  return problems.length === 0 ? EXIT_OK : EXIT_FAILURE;
 }
 
 async function verifyCommand(path: string, allowIncomplete: boolean, json: boolean): Promise<number> {
@@ -136,7 +132,7 @@ async function verifyCommand(path: string, allowIncomplete: boolean, json: boole
     writeProblems(process.stdout, verdict.problems, verdict.problemCount);
     process.stdout.write(`${verdict.ok ? "OK" : `FAIL problems=${verdict.problemCount}`} ${verdictCounts(verdict)}\n`);
   }
-  return verdict.ok ? EXIT_OK : EXIT_INVALID;
+  return verdict.ok ? EXIT_OK : EXIT_FAILURE;
 }
 
 async function extractCommand(
@@ -150,7 +146,7 @@ async function extractCommand(
   writeProblems(process.stdout, result.problems, result.problemCount);
   if (!result.ok) {
     process.stdout.write(`FAIL problems=${result.problemCount} (nothing extracted)\n`);
-    return EXIT_INVALID;
+    return EXIT_FAILURE;
   }
   for (const file of result.files) writeLine(process.stdout, file);
   process.stdout.write(`OK files=${result.files.length} ${verdictCounts(result)}\n`);

@@ -4,13 +4,14 @@
 // Ends by committing the archive (done) or removing it (error, cancelled);
 // it never rejects, so no failure can escape as an unhandled rejection.
 import type { BackupTarget } from "../drivers/driver.js";
-import { ChunkReader } from "./cluster-reader.js";
-import type { Chunk } from "./cluster-reader.js";
+import { ChunkReader } from "./chunk-reader.js";
+import type { Chunk } from "./chunk-reader.js";
 import type { Job, TerminalState } from "./job.js";
 import { describeError, JobFailure } from "./job-failure.js";
 import type { SourceDevice } from "./source-device.js";
 import type { SpeedLimiter } from "./speed-limiter.js";
-import { CLUSTER_SIZE, scanCluster } from "./zero-mask.js";
+import { CLUSTER_SIZE } from "../vma/constants.js";
+import { scanCluster } from "./zero-mask.js";
 
 /** Largest read: 64 clusters, big enough for few syscalls, small enough for little memory. */
 export const MAX_CHUNK_BYTES = 64 * CLUSTER_SIZE;

@@ -230,7 +230,7 @@ export class Job {
   private build(): JobStatus {
     const devices: DeviceStatus[] = this.devices.map((device) => Object.freeze({ ...device }));
     const active = this.isActive;
-    const rate = active ? this.meter.bytesPerSecond() : 0;
+    const rate = active ? this.meter.measuredRate() : 0;
     const remaining = this.totalBytes - this.transferredBytes;
     const etaMs = active && rate > 0 ? Math.round((remaining * 1000) / rate) : undefined;
     const status: JobStatus = {

@@ -15,17 +15,21 @@ export interface ResolvedListQuery {
   readonly states: readonly JobState[];
 }
 
+/**
+ * The one page-size check, for the engine and the server (which runs it
+ * before converting the rest of a request). 0 means the default; sizes
+ * above the maximum are capped, not refused.
+ */
+export function checkPageSize(pageSize: number): void {
+  if (Number.isSafeInteger(pageSize) && pageSize >= 0) return;
+  const problem = Number.isSafeInteger(pageSize) ? "is negative" : "is not a whole number of at least 0";
+  throw new EngineError("invalid-argument", REASON.PAGE_SIZE_INVALID, `page_size: ${pageSize} ${problem}`, "page_size");
+}
+
 /** The query with its defaults applied. Throws EngineError (invalid-argument). */
 export function resolveListQuery(query: ListQuery): ResolvedListQuery {
   const { pageSize } = query;
-  if (!Number.isSafeInteger(pageSize) || pageSize < 0) {
-    throw new EngineError(
-      "invalid-argument",
-      REASON.PAGE_SIZE_INVALID,
-      `page_size: ${pageSize} is not a whole number of at least 0`,
-      "page_size",
-    );
-  }
+  checkPageSize(pageSize);
   const states = query.states ?? [];
   states.forEach((state, index) => {
     if (!JOB_STATES.includes(state)) {

@@ -14,6 +14,7 @@ import * as path from "node:path";
 import { parse as parseUuid } from "uuid";
 import type { ArchiveIdentity, FileIdentity } from "./job.js";
 import { isInside } from "./path-policy.js";
+import { errnoOf } from "./errno.js";
 
 /** Who a file must be, and which archive uuid it must hold, to count as a job's own. */
 export interface FileOwner {
@@ -37,10 +38,6 @@ export class FileKeptError extends Error {
     this.name = "FileKeptError";
     this.why = why;
   }
-}
-
-function errnoOf(error: unknown): string | undefined {
-  return (error as NodeJS.ErrnoException | undefined)?.code;
 }
 
 function outside(file: string): FileKeptError {

@@ -11,6 +11,7 @@ import { EngineError } from "./errors.js";
 import { pathDestination } from "./path-destination.js";
 import { quote } from "./quote.js";
 import { REASON } from "./reasons.js";
+import { errnoOf } from "./errno.js";
 
 /** An allowed directory, as configured (made absolute) and as resolved. */
 interface Root {
@@ -32,10 +33,6 @@ function resolveRoot(directory: string, what: string): Root {
   } catch (error) {
     throw new Error(`${what} ${configured} cannot be resolved: ${(error as Error).message}`, { cause: error });
   }
-}
-
-function errnoOf(error: unknown): string | undefined {
-  return (error as NodeJS.ErrnoException | undefined)?.code;
 }
 
 export class PathPolicy {

@@ -49,7 +49,7 @@ export class RateMeter {
    * first chunk goes through before the speed limiter makes anyone wait, so
    * a younger measurement overstates a throttled job's rate many times over.
    */
-  bytesPerSecond(): number {
+  measuredRate(): number {
     const now = this.clock();
     if (now - this.startTime < RATE_WINDOW_MS) return 0;
     this.prune(now);

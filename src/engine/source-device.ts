@@ -11,6 +11,7 @@ import type { PathPolicy } from "./path-policy.js";
 import { quote } from "./quote.js";
 import { REASON } from "./reasons.js";
 import type { DeviceSpec } from "./types.js";
+import { errnoOf } from "./errno.js";
 
 /** A source opened and checked, ready to be read. */
 export interface SourceDevice {
@@ -33,10 +34,6 @@ export interface SourceDevice {
 // become our controlling terminal.
 const OPEN_FLAGS = constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY;
 const SECTOR_SIZE = 512;
-
-function errnoOf(error: unknown): string | undefined {
-  return (error as NodeJS.ErrnoException | undefined)?.code;
-}
 
 /** Maps an fs error on a source path to the refusal the client gets. */
 function sourceError(error: unknown, device: DeviceSpec, field: string): EngineError {

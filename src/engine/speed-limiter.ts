@@ -1,16 +1,17 @@
-// Limits the rate of source data a job processes. A chunk may start once
-// the previous one has been paid for at the current rate, so over any
-// window the job moves at most rate × window plus one chunk; chunks are
+// Holds a job's source data to its speed limit. A chunk may start once
+// the previous one has been paid for at the current limit, so over any
+// window the job moves at most limit × window plus one chunk; chunks are
 // sized to a fraction of a second of data to keep that excess small. The
-// rate can change at any time (waiters recompute at once) and every wait
-// ends as soon as the job's abort signal fires.
+// limit can change at any time (waiters recompute at once) and every wait
+// ends as soon as the job's abort signal fires. (What the job really moves
+// is measured by rate-meter.ts.)
 
 /** Pause a throttled reader aims for between two chunks. */
 const TARGET_CHUNK_SECONDS = 0.05;
 /**
  * Lateness of the timer that is made up for: a reader that resumes a little
  * after its slot keeps the schedule, so timer jitter does not lower the
- * rate; after a longer stall (a slow disk) no credit is banked.
+ * speed below the limit; after a longer stall (a slow disk) no credit is banked.
  */
 const MAX_CATCH_UP_MS = 50;
 /** Longest single timer; waits are re-evaluated after it. */
@@ -19,7 +20,8 @@ const MAX_SLEEP_MS = 60_000;
 export type Clock = () => number;
 
 export class SpeedLimiter {
-  private rate: number;
+  /** Bytes per second; 0 means unlimited. */
+  private speedLimit: number;
   private readonly clock: Clock;
   /** When the last admitted chunk started (clock ms) and how big it was. */
   private lastStart = Number.NEGATIVE_INFINITY;
@@ -28,27 +30,27 @@ export class SpeedLimiter {
 
   /** `bytesPerSecond` 0 means unlimited. `clock` returns milliseconds. */
   constructor(bytesPerSecond: number, clock: Clock = () => performance.now()) {
-    this.rate = bytesPerSecond;
+    this.speedLimit = bytesPerSecond;
     this.clock = clock;
   }
 
-  get bytesPerSecond(): number {
-    return this.rate;
+  get bytesPerSecondLimit(): number {
+    return this.speedLimit;
   }
 
-  /** Changes the rate; waiting callers recompute their slot at once. */
-  setRate(bytesPerSecond: number): void {
-    this.rate = bytesPerSecond;
+  /** Changes the limit (0 = unlimited); waiting callers recompute their slot at once. */
+  setSpeedLimit(bytesPerSecond: number): void {
+    this.speedLimit = bytesPerSecond;
     for (const wake of [...this.wakers]) wake();
   }
 
   /**
-   * A read size for the current rate: `maxBytes` when unlimited, else about
+   * A read size for the current limit: `maxBytes` when unlimited, else about
    * TARGET_CHUNK_SECONDS of data, a multiple of `unit`, at least one unit.
    */
   chunkSize(maxBytes: number, unit: number): number {
-    if (this.rate === 0) return maxBytes;
-    const units = Math.floor((this.rate * TARGET_CHUNK_SECONDS) / unit);
+    if (this.speedLimit === 0) return maxBytes;
+    const units = Math.floor((this.speedLimit * TARGET_CHUNK_SECONDS) / unit);
     return Math.min(maxBytes, Math.max(1, units) * unit);
   }
 
@@ -60,7 +62,8 @@ export class SpeedLimiter {
     for (;;) {
       signal.throwIfAborted();
       const now = this.clock();
-      const readyAt = this.rate === 0 ? now : this.lastStart + (this.lastBytes * 1000) / this.rate;
+      const readyAt =
+        this.speedLimit === 0 ? now : this.lastStart + (this.lastBytes * 1000) / this.speedLimit;
       if (now >= readyAt) {
         this.lastStart = now - readyAt <= MAX_CATCH_UP_MS ? readyAt : now;
         this.lastBytes = bytes;
@@ -70,7 +73,7 @@ export class SpeedLimiter {
     }
   }
 
-  /** Resolves after `ms`, or early on a rate change; rejects on abort. */
+  /** Resolves after `ms`, or early on a change of the limit; rejects on abort. */
   private sleep(ms: number, signal: AbortSignal): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       const finish = (): void => {

@@ -4,6 +4,7 @@
 // us buffer without bound: its queue holds at most one pending progress
 // status per job (a newer one replaces it in place) besides the state
 // changes, which are never dropped.
+import { RevisionFilter } from "./revision-filter.js";
 import type { JobStatus } from "./types.js";
 import { TERMINAL_STATES } from "./types.js";
 
@@ -34,13 +35,11 @@ class Subscription implements StatusSubscription {
   private head = 0;
   private readonly pendingProgress = new Map<string, QueueEntry>();
   /**
-   * Revision of the last status taken in per job (until its terminal
-   * status). A job's revision only grows, so a status that is not newer is
-   * one this watcher already has (a snapshot published again after it came
-   * in as the initial status): it is dropped, and every watcher sees each
-   * job's revisions strictly increasing.
+   * Drops a status this watcher already has (a snapshot published again
+   * after it came in as the initial status); a job is forgotten after its
+   * terminal status.
    */
-  private readonly revisions = new Map<string, number>();
+  private readonly revisions = new RevisionFilter();
   private readonly waiters: Waiter[] = [];
   /** open: receiving; ending: delivers what is queued, then ends; closed: ended. */
   private phase: "open" | "ending" | "closed" = "open";
@@ -60,12 +59,10 @@ class Subscription implements StatusSubscription {
 
   push(status: JobStatus, progress: boolean): void {
     if (this.phase !== "open") return;
-    const seen = this.revisions.get(status.uuid);
-    if (seen !== undefined && status.revision <= seen) return;
+    if (!this.revisions.isNew(status)) return;
     const terminal = !progress && TERMINAL_STATES.has(status.state);
     // Nothing follows a terminal status, so its entry can go (this bounds the map).
-    if (terminal) this.revisions.delete(status.uuid);
-    else this.revisions.set(status.uuid, status.revision);
+    if (terminal) this.revisions.forget(status.uuid);
     const waiter = this.waiters.shift();
     if (waiter !== undefined) {
       // Someone is waiting, so the queue is empty: hand it over directly.

@@ -2,6 +2,7 @@
 // gets: the request can still be refused cleanly at that point, since the
 // job has not started.
 import { ArchiveOutsideError } from "../drivers/driver.js";
+import { errnoOf } from "./errno.js";
 import { EngineError } from "./errors.js";
 import { describeError } from "./job-failure.js";
 import { REASON } from "./reasons.js";
@@ -17,7 +18,7 @@ export function targetOpenError(error: unknown, backupFile: string): EngineError
       FIELD,
     );
   }
-  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  const code = errnoOf(error);
   switch (code) {
     case "EEXIST":
       return new EngineError(

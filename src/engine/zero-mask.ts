@@ -1,12 +1,9 @@
 // Zero detection for one cluster: which 4 KiB blocks hold data (the stored
 // mask) and how many bytes of the device were found to be zero. Comparisons
 // are native memcmp calls (Buffer#compare), never JS loops over bytes.
-
-/** The unit of zero detection; a cluster's mask has one bit per block. */
-export const BLOCK_SIZE = 4096;
-/** The unit devices are read and stored in. */
-export const CLUSTER_SIZE = 65536;
-export const BLOCKS_PER_CLUSTER = CLUSTER_SIZE / BLOCK_SIZE;
+// Blocks and clusters are the format's (src/vma/constants.ts): a cluster's
+// mask has one bit per block.
+import { BLOCK_SIZE, BLOCKS_PER_CLUSTER, CLUSTER_SIZE } from "../vma/constants.js";
 
 const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE);
 const ZERO_CLUSTER = Buffer.alloc(CLUSTER_SIZE);

@@ -4,8 +4,8 @@
 // successive statuses, and reach its exact totals with its final status.
 import { Counter, Gauge, Histogram } from "prom-client";
 import type { Registry } from "prom-client";
-import type { JobState, JobStatus } from "../engine/types.js";
-import { TERMINAL_STATES } from "../engine/types.js";
+import { TERMINAL_STATES } from "../engine/index.js";
+import type { JobState, JobStatus } from "../engine/index.js";
 
 /** The engine's all-jobs watch (a StatusSubscription), as far as metrics need it. */
 export interface JobStatusStream extends AsyncIterable<JobStatus> {

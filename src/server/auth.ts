@@ -12,11 +12,10 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
+import { AUTHORIZATION_KEY } from "../wire/metadata-keys.js";
 import { PUBLIC_SCOPE, REFLECTION_SCOPE_KEY } from "./reflection-scope.js";
 import { richStatus, statusDetailsMetadata } from "./rpc-errors.js";
 
-/** The metadata key the token travels in (grpc-js keys are lower case). */
-export const AUTHORIZATION_KEY = "authorization";
 const BEARER_SCHEME = "bearer";
 
 /** Services any caller may use without a token. */
@@ -194,16 +193,4 @@ export function createAuthInterceptor(options: AuthInterceptorOptions): grpc.Ser
       },
     });
   };
-}
-
-/** A client interceptor that sends `token` as a bearer token on every call. */
-export function bearerTokenInterceptor(token: string): grpc.Interceptor {
-  const value = `Bearer ${token}`;
-  return (options, nextCall) =>
-    new grpc.InterceptingCall(nextCall(options), {
-      start(metadata, listener, next) {
-        metadata.set(AUTHORIZATION_KEY, value);
-        next(metadata, listener);
-      },
-    });
 }

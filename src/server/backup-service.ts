@@ -14,7 +14,7 @@ import {
   WatchBackupResponseSchema,
 } from "../../gen/vmabackup/v1/backup_pb.js";
 import type { BackupService, WatchBackupRequest } from "../../gen/vmabackup/v1/backup_pb.js";
-import type { BackupEngine } from "../engine/backup-engine.js";
+import type { BackupEngine } from "../engine/index.js";
 import type { ImplementationOf } from "./grpc-adapter.js";
 import { reportRpcFailure } from "./rpc-errors.js";
 import {

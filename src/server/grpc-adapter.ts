@@ -3,9 +3,9 @@
 // path, the streaming flags and four (de)serializers, all of which follow
 // from the generated descriptor.
 import type * as grpc from "@grpc/grpc-js";
-import { fromBinary, toBinary } from "@bufbuild/protobuf";
-import type { DescMessage, DescMethod, Message, MessageShape } from "@bufbuild/protobuf";
+import type { Message, MessageShape } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
+import { messageDeserializer, messageSerializer, methodPath } from "../wire/message-codec.js";
 import { hasSingleRequest, refusingMalformed, tolerantDeserializer } from "./malformed-requests.js";
 
 /** The method descriptor fields the adapter and the client rely on. */
@@ -31,28 +31,6 @@ export type ServiceImplementation<T extends GenServiceMethods> = {
 
 /** The implementation type of a generated service, e.g. ImplementationOf<typeof BackupService>. */
 export type ImplementationOf<S> = S extends GenService<infer T> ? ServiceImplementation<T> : never;
-
-/** The HTTP/2 path grpc-js routes a method by: "/package.Service/Method". */
-export function methodPath(method: DescMethod): string {
-  return `/${method.parent.typeName}/${method.name}`;
-}
-
-/** Wraps the encoded bytes in a Buffer without copying them. */
-function asBuffer(bytes: Uint8Array): Buffer {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-}
-
-export function messageSerializer<Desc extends DescMessage>(
-  schema: Desc,
-): (message: MessageShape<Desc>) => Buffer {
-  return (message) => asBuffer(toBinary(schema, message));
-}
-
-export function messageDeserializer<Desc extends DescMessage>(
-  schema: Desc,
-): (bytes: Buffer) => MessageShape<Desc> {
-  return (bytes) => fromBinary(schema, bytes);
-}
 
 /**
  * Turns a generated service into a grpc-js ServiceDefinition. Keys are the

@@ -6,9 +6,10 @@ import {
   MAX_CONFIGS_PER_JOB,
   MAX_DEVICE_NAME_BYTES,
   MAX_DEVICES_PER_JOB,
+  MAX_HEADER_BLOB_BYTES,
+  MAX_PATH_BYTES,
   MAX_REQUEST_ID_BYTES,
-} from "../engine/validate-request.js";
-import { MAX_HEADER_BLOB_BYTES, MAX_PATH_BYTES } from "../engine/request-limits.js";
+} from "../engine/index.js";
 
 /** Bytes of a protobuf varint holding `value`. */
 function varintBytes(value: number): number {

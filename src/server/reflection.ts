@@ -21,7 +21,7 @@ import {
 import type { ServerReflectionRequest, ServerReflectionResponse } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { ServerReflection as ServerReflectionV1alpha } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { DescriptorIndex } from "./descriptor-index.js";
-import { messageDeserializer, messageSerializer, methodPath } from "./grpc-adapter.js";
+import { messageDeserializer, messageSerializer, methodPath } from "../wire/message-codec.js";
 import { PUBLIC_SCOPE, REFLECTION_SCOPE_KEY } from "./reflection-scope.js";
 
 /** Files any caller may see (with their imports). */

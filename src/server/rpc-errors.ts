@@ -15,15 +15,13 @@ import type { Logger } from "pino";
 import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import type { Status } from "../../gen/google/rpc/status_pb.js";
-import { EngineError } from "../engine/errors.js";
-import type { EngineErrorKind, FieldViolation } from "../engine/errors.js";
-import { REASON } from "../engine/reasons.js";
+import { EngineError, REASON } from "../engine/index.js";
+import { STATUS_DETAILS_KEY } from "../wire/metadata-keys.js";
+import type { EngineErrorKind, FieldViolation } from "../engine/index.js";
 
 /** ErrorInfo.domain of every error we send. */
 export const ERROR_DOMAIN = "vmabackup";
 
-/** The trailer gRPC defines for a serialised google.rpc.Status. */
-export const STATUS_DETAILS_KEY = "grpc-status-details-bin";
 
 const STATUS_BY_KIND: Readonly<Record<EngineErrorKind, grpc.status>> = {
   "invalid-argument": grpc.status.INVALID_ARGUMENT,

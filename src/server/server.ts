@@ -5,7 +5,7 @@ import type { Logger } from "pino";
 import { BackupService } from "../../gen/vmabackup/v1/backup_pb.js";
 import type { BackupDriver } from "../drivers/driver.js";
 import { vmaDriver } from "../drivers/vma-driver.js";
-import { BackupEngine } from "../engine/backup-engine.js";
+import { BackupEngine } from "../engine/index.js";
 import type { DaemonMetrics } from "../metrics/daemon-metrics.js";
 import { startMetricsEndpoint } from "../metrics/metrics-endpoint.js";
 import type { MetricsEndpoint } from "../metrics/metrics-endpoint.js";

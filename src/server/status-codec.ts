@@ -4,7 +4,6 @@
 // page sizes); the engine validates everything else.
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { validate as isUuid } from "uuid";
 import {
   BackupFormat,
   BackupState,
@@ -12,11 +11,8 @@ import {
   DeviceStatusSchema,
 } from "../../gen/vmabackup/v1/backup_pb.js";
 import type { BackupRequest, BackupStatus, ListBackupsRequest } from "../../gen/vmabackup/v1/backup_pb.js";
-import { archiveDeviceSize } from "../engine/archive-size.js";
-import { EngineError } from "../engine/errors.js";
-import { quote } from "../engine/quote.js";
-import { REASON } from "../engine/reasons.js";
-import type { BackupSpec, JobState, JobStatus, ListQuery } from "../engine/types.js";
+import { archiveDeviceSize, checkPageSize, EngineError, parseUuid, REASON } from "../engine/index.js";
+import type { BackupSpec, JobState, JobStatus, ListQuery } from "../engine/index.js";
 import { REQUEST_REASON } from "./request-reasons.js";
 
 const STATE_TO_PROTO: Readonly<Record<JobState, BackupState>> = {
@@ -83,10 +79,7 @@ export function toBackupSpec(request: BackupRequest): BackupSpec {
  */
 export function toJobSelector(uuid: string, field = "uuid"): string | undefined {
   if (uuid === "") return undefined;
-  if (!isUuid(uuid)) {
-    throw invalidArgument(REASON.UUID_INVALID, field, `${quote(uuid)} is not a uuid`);
-  }
-  return uuid.toLowerCase();
+  return parseUuid(uuid, field);
 }
 
 /** Like toJobSelector for RPCs where the uuid is required: empty is INVALID_ARGUMENT. */
@@ -104,9 +97,7 @@ export function toRequiredUuid(uuid: string, field = "uuid"): string {
  * malformed request.
  */
 export function toListQuery(request: ListBackupsRequest): ListQuery {
-  if (request.pageSize < 0) {
-    throw invalidArgument(REASON.PAGE_SIZE_INVALID, "page_size", `${request.pageSize} is negative`);
-  }
+  checkPageSize(request.pageSize);
   const states = request.states.map((value, index) => {
     const state = STATE_FROM_PROTO.get(value);
     if (state === undefined) {

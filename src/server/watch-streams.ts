@@ -6,9 +6,8 @@
 // stream ends so the engine never holds a dead watcher.
 import type * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
-import { EngineError } from "../engine/errors.js";
-import { REASON } from "../engine/reasons.js";
-import type { JobStatus } from "../engine/types.js";
+import { EngineError, REASON, RevisionFilter } from "../engine/index.js";
+import type { JobStatus } from "../engine/index.js";
 import { reportRpcFailure } from "./rpc-errors.js";
 
 /** How a watch stream ends when the server shuts down. */
@@ -48,29 +47,6 @@ function drainOrStop(call: WatchCall<unknown>, stop: AbortSignal): Promise<void>
     call.on("cancelled", done);
     stop.addEventListener("abort", done);
   });
-}
-
-/**
- * Passes each job's statuses on only when they are newer than what the
- * watcher has: a resumed watch asked for nothing at or before its
- * after_revision, and the engine may hand over one snapshot twice (as the
- * opening status and again as its next publication). Revisions grow with
- * every change of a job, so this never drops a change.
- */
-class RevisionFilter {
-  private readonly floor: number;
-  private readonly latest = new Map<string, number>();
-
-  constructor(afterRevision: number) {
-    this.floor = afterRevision;
-  }
-
-  isNew(status: JobStatus): boolean {
-    const seen = this.latest.get(status.uuid) ?? this.floor;
-    if (status.revision <= seen) return false;
-    this.latest.set(status.uuid, status.revision);
-    return true;
-  }
 }
 
 /** The set of open watch streams, so that shutdown can end them all. */
@@ -130,6 +106,8 @@ export class WatchStreams {
       const opening = open();
       source = opening.source;
       endless = opening.endless === true;
+      // A resumed watch asked for nothing at or before its after_revision,
+      // and the engine may hand over one snapshot twice.
       const filter = new RevisionFilter(opening.afterRevision);
       for await (const status of source) {
         if (stopController.signal.aborted || call.cancelled) break;

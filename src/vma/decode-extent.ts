@@ -6,7 +6,8 @@
 // zero and that the reserved bits of used slots are zero.
 import { createHash } from "node:crypto";
 import { EXTENT_HEADER_SIZE, EXTENT_OFFSET, EXTENT_SLOTS, VMA_EXTENT_MAGIC } from "./constants.js";
-import { hexBytes, popcount16 } from "./decode-bytes.js";
+import { popcount16 } from "./block-mask.js";
+import { hexBytes } from "./decode-bytes.js";
 import type { VmaProblem } from "./reader-types.js";
 
 const MD5_SIZE = 16;

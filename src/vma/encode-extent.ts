@@ -8,6 +8,7 @@ import {
   MAX_DEVICES,
   VMA_EXTENT_MAGIC,
 } from "./constants.js";
+import { popcount16 } from "./block-mask.js";
 import { checkUuidBytes } from "./encode-limits.js";
 
 /** One used blockinfo slot. */
@@ -20,14 +21,6 @@ export interface ExtentSlot {
 
 const BLOCK_INFO_SIZE = 8;
 const MASK_LIMIT = 0xffff;
-
-/** Number of set bits of a 16-bit mask: the blocks a slot stores. */
-export function popcount16(mask: number): number {
-  let bits = mask - ((mask >>> 1) & 0x5555);
-  bits = (bits & 0x3333) + ((bits >>> 2) & 0x3333);
-  bits = (bits + (bits >>> 4)) & 0x0f0f;
-  return (bits + (bits >>> 8)) & 0x1f;
-}
 
 /** Encodes an extent header; unused slots stay zero, block_count is the sum of popcounts. */
 export function encodeExtentHeader(uuid: Uint8Array, slots: readonly ExtentSlot[]): Uint8Array {

@@ -14,7 +14,7 @@
 import { BLOCK_SIZE, EXTENT_HEADER_SIZE, HEADER_FIXED_SIZE, MAX_BLOCKS_PER_EXTENT } from "./constants.js";
 import { decodeExtentHeader, isValidExtentHeader } from "./decode-extent.js";
 import { decodeHeader, decodeHeaderSize } from "./decode-header.js";
-import { popcount16 } from "./decode-bytes.js";
+import { popcount16 } from "./block-mask.js";
 import { ChunkQueue } from "./reader-chunk-queue.js";
 import { ClusterTracker } from "./reader-cluster-tracker.js";
 import type { VmaEvent, VmaHeader, VmaProblem, VmaSlot } from "./reader-types.js";

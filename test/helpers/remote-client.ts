@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { BackupService } from "../../gen/vmabackup/v1/backup_pb.js";
 import type { BackupRequestSchema } from "../../gen/vmabackup/v1/backup_pb.js";
-import { createClient } from "../../src/server/grpc-client.js";
+import { createClient } from "../../src/client/grpc-client.js";
 
 export type RemoteCommand =
   | { readonly mode: "backup"; readonly address: string; readonly request: MessageInitShape<typeof BackupRequestSchema> }

@@ -4,7 +4,7 @@
 import type * as grpc from "@grpc/grpc-js";
 import { status as GrpcStatus } from "@grpc/grpc-js";
 import { expect } from "vitest";
-import { readErrorDetails } from "../../src/server/rpc-error-details.js";
+import { readErrorDetails } from "../../src/client/rpc-error-details.js";
 
 /** The error `promise` rejects with; fails the test when it resolves. */
 export async function failureOf(promise: Promise<unknown>): Promise<grpc.ServiceError> {

@@ -1,121 +1,30 @@
-// A real in-process vmabackup server for the safety tests, like
-// test-server.ts but with the knobs those tests turn: credentials and
-// interceptors, a small message size limit, extra source roots, a captured
-// log, and an "outside" directory next to the allowed ones that nothing may
-// ever touch. Also the small helpers the safety tests share.
-import { lstat, mkdir, mkdtemp, readdir, rm } from "node:fs/promises";
-import * as os from "node:os";
+// The safety tests' server: test-server.ts's fixture with a captured log
+// (debug level by default), and the small helpers the safety tests share.
+import { lstat, readdir } from "node:fs/promises";
 import * as path from "node:path";
-import * as grpc from "@grpc/grpc-js";
+import type * as grpc from "@grpc/grpc-js";
 import { expect } from "vitest";
-import { BackupService, BackupState } from "../../gen/vmabackup/v1/backup_pb.js";
+import { BackupState } from "../../gen/vmabackup/v1/backup_pb.js";
 import type { BackupStatus } from "../../gen/vmabackup/v1/backup_pb.js";
-import { createClient } from "../../src/server/grpc-client.js";
-import type { ClientOf } from "../../src/server/grpc-client.js";
-import { startServer } from "../../src/server/server.js";
-import type { RunningServer } from "../../src/server/server.js";
 import { captureLog } from "./log-capture.js";
 import type { CapturedLog } from "./log-capture.js";
-import { sourceWriter } from "./test-server.js";
+import { startTestServer } from "./test-server.js";
+import type { BackupClient, TestServer, TestServerOptions } from "./test-server.js";
 
-export type BackupClient = ClientOf<typeof BackupService>;
+export type { BackupClient } from "./test-server.js";
 
-export interface SafetyServerOptions {
-  readonly progressIntervalMs?: number;
-  /** Source roots besides the server's own sources dir (e.g. "/dev"). */
-  readonly extraSourceRoots?: readonly string[];
-  readonly credentials?: grpc.ServerCredentials;
-  readonly interceptors?: readonly grpc.ServerInterceptor[];
-  readonly maxReceiveMessageBytes?: number;
-  /** Credentials of the `client` the helper creates (default plaintext). */
-  readonly clientCredentials?: grpc.ChannelCredentials;
-  readonly clientChannelOptions?: grpc.ChannelOptions;
-  /** The captured log to use (default: a new one at level debug). */
-  readonly log?: CapturedLog;
-}
+export type SafetyServerOptions = Omit<TestServerOptions, "logger" | "prepareStateDir">;
 
-export interface SafetyServer {
-  /** "127.0.0.1:<port>". */
-  readonly address: string;
-  readonly client: BackupClient;
-  readonly server: RunningServer;
+/** A test server whose log is always captured. */
+export interface SafetyServer extends TestServer {
   readonly log: CapturedLog;
-  /** Holds everything below; removed by stop(). */
-  readonly rootDir: string;
-  readonly sourceDir: string;
-  readonly backupDir: string;
-  readonly stateDir: string;
-  /** A sibling of the allowed directories; the server must never write here. */
-  readonly outsideDir: string;
-  writeSource(name: string, data: Uint8Array): Promise<string>;
-  /** Another client of this server; closed by stop(). */
-  newClient(credentials?: grpc.ChannelCredentials, channelOptions?: grpc.ChannelOptions): BackupClient;
-  /** Shuts the server down, closes the clients and removes every directory. Safe to call twice. */
-  stop(): Promise<void>;
 }
 
+/** startTestServer with a captured log (`options.log`, or a new one at level debug). */
 export async function startSafetyServer(options: SafetyServerOptions = {}): Promise<SafetyServer> {
-  const rootDir = await mkdtemp(path.join(os.tmpdir(), "vmabackup-safety-"));
-  const sourceDir = path.join(rootDir, "sources");
-  const backupDir = path.join(rootDir, "backups");
-  const stateDir = path.join(rootDir, "state");
-  const outsideDir = path.join(rootDir, "outside");
-  await Promise.all([sourceDir, backupDir, stateDir, outsideDir].map((dir) => mkdir(dir)));
   const log = options.log ?? captureLog();
-
-  let server: RunningServer;
-  try {
-    server = await startServer({
-      listen: "127.0.0.1:0",
-      backupDir,
-      sourceRoots: [sourceDir, ...(options.extraSourceRoots ?? [])],
-      stateDir,
-      progressIntervalMs: options.progressIntervalMs ?? 50,
-      logger: log.logger,
-      shutdownGraceMs: 200,
-      ...(options.credentials === undefined ? {} : { credentials: options.credentials }),
-      ...(options.interceptors === undefined ? {} : { interceptors: options.interceptors }),
-      ...(options.maxReceiveMessageBytes === undefined
-        ? {}
-        : { maxReceiveMessageBytes: options.maxReceiveMessageBytes }),
-    });
-  } catch (error) {
-    await rm(rootDir, { recursive: true, force: true });
-    throw error;
-  }
-  const clients: BackupClient[] = [];
-  const newClient = (
-    credentials = options.clientCredentials,
-    channelOptions = options.clientChannelOptions,
-  ): BackupClient => {
-    const client = createClient(BackupService, server.address, credentials, channelOptions);
-    clients.push(client);
-    return client;
-  };
-  const client = newClient();
-
-  let stopped: Promise<void> | undefined;
-  return {
-    address: server.address,
-    client,
-    server,
-    log,
-    rootDir,
-    sourceDir,
-    backupDir,
-    stateDir,
-    outsideDir,
-    writeSource: sourceWriter(sourceDir),
-    newClient,
-    stop() {
-      stopped ??= (async () => {
-        for (const each of clients) each.close();
-        await server.shutdown("test finished");
-        await rm(rootDir, { recursive: true, force: true });
-      })();
-      return stopped;
-    },
-  };
+  const server = await startTestServer({ ...options, log });
+  return { ...server, log };
 }
 
 /** The gRPC status code a call failed with (the test fails when it succeeded or threw something else). */

@@ -1,27 +1,43 @@
 // Starts a real vmabackup server in-process on 127.0.0.1 (a free port) with
-// its own temporary source, backup and state directories, and a client
+// its own temporary source, backup and state directories, an "outside"
+// directory next to them that nothing may ever touch, and a client
 // connected to it. stop() shuts the server down and removes the directories.
-// useSharedTestServer() does all that for the tests of a file or describe block.
+// The options turn the knobs the safety tests need (credentials and
+// interceptors, a small message size limit, extra source roots, a captured
+// log). useSharedTestServer() does all that for the tests of a file or
+// describe block; safety-server.ts starts it with a captured log.
 import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
+import * as grpc from "@grpc/grpc-js";
 import { pino } from "pino";
 import type { Logger } from "pino";
 import { afterAll, afterEach, beforeAll } from "vitest";
 import { BackupService } from "../../gen/vmabackup/v1/backup_pb.js";
-import { createClient } from "../../src/server/grpc-client.js";
-import type { ClientOf } from "../../src/server/grpc-client.js";
+import { createClient } from "../../src/client/grpc-client.js";
+import type { ClientOf } from "../../src/client/grpc-client.js";
 import { startServer } from "../../src/server/server.js";
 import type { RunningServer } from "../../src/server/server.js";
+import type { CapturedLog } from "./log-capture.js";
 
 export type BackupClient = ClientOf<typeof BackupService>;
 
 export interface TestServerOptions {
   /** Progress interval of the server; short by default to keep tests fast. */
   readonly progressIntervalMs?: number;
-  /** Defaults to a silent logger (set VMABACKUP_TEST_LOG=debug to see logs). */
+  /** Defaults to `log`'s logger, else a silent one (set VMABACKUP_TEST_LOG=debug to see logs). */
   readonly logger?: Logger;
+  /** A captured log the server writes to (see log-capture.ts). */
+  readonly log?: CapturedLog;
+  /** Source roots besides the server's own sources dir (e.g. "/dev"). */
+  readonly extraSourceRoots?: readonly string[];
+  readonly credentials?: grpc.ServerCredentials;
+  readonly interceptors?: readonly grpc.ServerInterceptor[];
+  readonly maxReceiveMessageBytes?: number;
+  /** Credentials of the `client` the helper creates (default plaintext). */
+  readonly clientCredentials?: grpc.ChannelCredentials;
+  readonly clientChannelOptions?: grpc.ChannelOptions;
   /**
    * Called with the state dir (made, still empty) before the server opens
    * it, e.g. to mount a small filesystem there.
@@ -37,12 +53,18 @@ export interface TestServer {
   readonly sourceDir: string;
   readonly backupDir: string;
   readonly stateDir: string;
-  /** Holds the three directories; removed by stop(). */
+  /** A sibling of the allowed directories; the server must never write here. */
+  readonly outsideDir: string;
+  /** Holds every directory; removed by stop(). */
   readonly rootDir: string;
   readonly server: RunningServer;
+  /** The captured log given in the options, if any. */
+  readonly log: CapturedLog | undefined;
   /** Writes a source image into sourceDir and returns its path. */
   writeSource(name: string, data: Uint8Array): Promise<string>;
-  /** Shuts the server down and removes every directory. Safe to call twice. */
+  /** Another client of this server; closed by stop(). */
+  newClient(credentials?: grpc.ChannelCredentials, channelOptions?: grpc.ChannelOptions): BackupClient;
+  /** Shuts the server down, closes the clients and removes every directory. Safe to call twice. */
   stop(): Promise<void>;
 }
 
@@ -55,7 +77,8 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
   const sourceDir = path.join(rootDir, "sources");
   const backupDir = path.join(rootDir, "backups");
   const stateDir = path.join(rootDir, "state");
-  await Promise.all([sourceDir, backupDir, stateDir].map((dir) => mkdir(dir)));
+  const outsideDir = path.join(rootDir, "outside");
+  await Promise.all([sourceDir, backupDir, stateDir, outsideDir].map((dir) => mkdir(dir)));
 
   let server: RunningServer;
   try {
@@ -63,17 +86,31 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     server = await startServer({
       listen: "127.0.0.1:0",
       backupDir,
-      sourceRoots: [sourceDir],
+      sourceRoots: [sourceDir, ...(options.extraSourceRoots ?? [])],
       stateDir,
       progressIntervalMs: options.progressIntervalMs ?? 50,
-      logger: options.logger ?? defaultLogger(),
+      logger: options.logger ?? options.log?.logger ?? defaultLogger(),
       shutdownGraceMs: 200,
+      ...(options.credentials === undefined ? {} : { credentials: options.credentials }),
+      ...(options.interceptors === undefined ? {} : { interceptors: options.interceptors }),
+      ...(options.maxReceiveMessageBytes === undefined
+        ? {}
+        : { maxReceiveMessageBytes: options.maxReceiveMessageBytes }),
     });
   } catch (error) {
     await rm(rootDir, { recursive: true, force: true });
     throw error;
   }
-  const client = createClient(BackupService, server.address);
+  const clients: BackupClient[] = [];
+  const newClient = (
+    credentials = options.clientCredentials,
+    channelOptions = options.clientChannelOptions,
+  ): BackupClient => {
+    const client = createClient(BackupService, server.address, credentials, channelOptions);
+    clients.push(client);
+    return client;
+  };
+  const client = newClient();
 
   let stopped: Promise<void> | undefined;
   return {
@@ -82,12 +119,15 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     sourceDir,
     backupDir,
     stateDir,
+    outsideDir,
     rootDir,
     server,
+    log: options.log,
     writeSource: sourceWriter(sourceDir),
+    newClient,
     stop() {
       stopped ??= (async () => {
-        client.close();
+        for (const each of clients) each.close();
         await server.shutdown("test finished");
         await rm(rootDir, { recursive: true, force: true });
       })();

@@ -5,7 +5,7 @@ import * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
 import type { DescMessage, DescMethod, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
-import { messageDeserializer, messageSerializer, methodPath } from "./grpc-adapter.js";
+import { messageDeserializer, messageSerializer, methodPath } from "../wire/message-codec.js";
 
 type MethodShape = GenServiceMethods[string];
 

@@ -1,4 +1,4 @@
-// The client side of rpc-errors.ts: reads the google.rpc.Status a failed
+// The client side of src/server/rpc-errors.ts: reads the google.rpc.Status a failed
 // call carries in its `grpc-status-details-bin` trailer and unpacks the
 // details we send (ErrorInfo, BadRequest). Used by the CLI to print the
 // reason, and by tests to assert on it.
@@ -9,7 +9,7 @@ import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_de
 import type { BadRequest, ErrorInfo } from "../../gen/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import type { Status } from "../../gen/google/rpc/status_pb.js";
-import { STATUS_DETAILS_KEY } from "./rpc-errors.js";
+import { STATUS_DETAILS_KEY } from "../wire/metadata-keys.js";
 
 export interface RpcErrorDetails {
   /** The whole google.rpc.Status, details still packed. */

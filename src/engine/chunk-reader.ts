@@ -4,7 +4,7 @@
 // number of clusters long, with the bytes past the device end zero-filled.
 import type { FileHandle } from "node:fs/promises";
 import { describeError, JobFailure } from "./job-failure.js";
-import { CLUSTER_SIZE } from "./zero-mask.js";
+import { CLUSTER_SIZE } from "../vma/constants.js";
 
 export interface Chunk {
   /** Device offset of the first byte; a multiple of CLUSTER_SIZE. */

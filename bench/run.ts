@@ -103,12 +103,18 @@ async function main(): Promise<void> {
       const ratio = (seconds / base).toFixed(2);
       const fastest = formatSeconds(Math.min(...samples));
       console.log(
-        `  ${name.padEnd(26)} ${formatSeconds(seconds).padStart(9)}  ${formatRate(sizeBytes, seconds).padStart(10)}  ${ratio}x qemu-img  (fastest ${fastest})`,
+        `  ${name.padEnd(26)} ${formatSeconds(seconds).padStart(9)}  ${formatRate(sizeBytes, seconds).padStart(10)} ` +
+          ` ${ratio}x qemu-img  (fastest ${fastest})`,
       );
     }
     console.log(`  vmabackup daemon peak RSS: ${formatMiB(peakRss)}`);
 
-    await benchVmaTools({ archive: join(backupDir, `bench-${runs - 1}.vma`), workDir: root, runs, backupSeconds: median(times.vmabackup) });
+    await benchVmaTools({
+      archive: join(backupDir, `bench-${runs - 1}.vma`),
+      workDir: root,
+      runs,
+      backupSeconds: median(times.vmabackup),
+    });
   } finally {
     await service.stop();
     await rm(root, { recursive: true, force: true });

@@ -211,7 +211,9 @@ describe("status formatting", () => {
     const now = new Date(start.getTime() + 2000);
     // 80 columns: rate and ETA stay, the zero share goes.
     const narrow = formatBarLine(active, 80, now);
-    expect(narrow).toMatch(/^0b6c3a52 ACTIVE \[█+░+\] 25\.0% {2}512\.0 MiB \/ 2\.0 GiB {2}256\.0 MiB\/s {2}ETA 6\.0 s$/);
+    expect(narrow).toMatch(
+      /^0b6c3a52 ACTIVE \[█+░+\] 25\.0% {2}512\.0 MiB \/ 2\.0 GiB {2}256\.0 MiB\/s {2}ETA 6\.0 s$/,
+    );
     expect(narrow.length).toBeLessThanOrEqual(80);
     const wide = formatBarLine(active, 200, now);
     expect(wide).toContain(`[${"█".repeat(10)}${"░".repeat(30)}]`);
@@ -557,7 +559,9 @@ describe("vmabackup backup | status | watch | cancel against a real server", () 
     expect(exists.code).toBe(1);
     expect(exists.stderr).toMatch(/^error: ALREADY_EXISTS \(BACKUP_FILE_EXISTS\): .*vm-101\.vma/);
     expect(unreachable.code).toBe(1);
-    expect(unreachable.stderr).toMatch(/^error: UNAVAILABLE: cannot reach vmabackup at 127\.0\.0\.1:1 \(.*ECONNREFUSED/);
+    expect(unreachable.stderr).toMatch(
+      /^error: UNAVAILABLE: cannot reach vmabackup at 127\.0\.0\.1:1 \(.*ECONNREFUSED/,
+    );
     // A local file the client cannot read is a usage error, found before any call.
     expect(noConfig.code).toBe(2);
     expect(noConfig.stderr).toMatch(/^error: cannot read config file "\/nonexistent\/vm\.conf": ENOENT/);
@@ -583,6 +587,12 @@ describe("vmabackup list | speed | delete against a real server", () => {
   let done: BackupStatus;
   let cancelled: BackupStatus;
   let active: BackupStatus;
+  /** A second server with no jobs, started by the first test that needs it. */
+  let empty: TestServer | undefined;
+  async function emptyServer(): Promise<TestServer> {
+    empty ??= await startTestServer();
+    return empty;
+  }
 
   async function finish(uuid: string): Promise<BackupStatus> {
     let last: BackupStatus | undefined;
@@ -610,6 +620,7 @@ describe("vmabackup list | speed | delete against a real server", () => {
 
   afterAll(async () => {
     await server?.stop();
+    await empty?.stop();
   });
 
   it("pages through every job in-process, page token by page token, up to a limit", async () => {
@@ -716,15 +727,6 @@ describe("vmabackup list | speed | delete against a real server", () => {
     expect(none).toEqual({ code: 0, stdout: "no backups\n", stderr: "" });
     expect(noneInState).toEqual({ code: 0, stdout: "no backups in these states\n", stderr: "" });
   });
-
-  let empty: TestServer | undefined;
-  async function emptyServer(): Promise<TestServer> {
-    empty ??= await startTestServer();
-    return empty;
-  }
-  afterAll(async () => {
-    await empty?.stop();
-  });
 });
 
 describe("control characters in names, as status | list | watch | errors show them", () => {
@@ -790,7 +792,11 @@ describe("control characters in names, as status | list | watch | errors show th
     expect(list.stdout).toContain("drive\\x1b]0;pwned\\x07: source shrank");
     expect(watch.stdout).toContain("vm\\x1b[2J.vma");
 
-    const exact = JSON.parse(json.stdout) as { backupFile: string; requestId: string; devices: Array<{ name: string }> };
+    const exact = JSON.parse(json.stdout) as {
+      backupFile: string;
+      requestId: string;
+      devices: Array<{ name: string }>;
+    };
     expect(exact.devices.map((device) => device.name)).toEqual([OSC_NAME, C1_NAME]);
     expect(exact.backupFile).toBe(path.join(server.backupDir, FILE));
     expect(exact.requestId).toBe(REQUEST);
@@ -800,7 +806,9 @@ describe("control characters in names, as status | list | watch | errors show th
     const missing = path.join(server.sourceDir, "missing\u009b[31m.raw");
     const result = await runCli(["backup", "--server", server.address, "--file", "x.vma", "--device", `d=${missing}`]);
     expect(result.code).toBe(1);
-    expect(result.stderr).toMatch(/^error: NOT_FOUND \(SOURCE_NOT_FOUND\): devices\[0\]\.path: .*missing\\x9b\[31m\.raw/);
+    expect(result.stderr).toMatch(
+      /^error: NOT_FOUND \(SOURCE_NOT_FOUND\): devices\[0\]\.path: .*missing\\x9b\[31m\.raw/,
+    );
     expect(result.stderr).not.toMatch(CONTROL);
   });
 });

@@ -31,7 +31,14 @@ async function bufCurl(
   try {
     const { stdout, stderr } = await run(
       BUF,
-      ["curl", "--protocol", "grpc", "--http2-prior-knowledge", ...args.slice(0, -1), `http://${address}${args.at(-1)}`],
+      [
+        "curl",
+        "--protocol",
+        "grpc",
+        "--http2-prior-knowledge",
+        ...args.slice(0, -1),
+        `http://${address}${args.at(-1)}`,
+      ],
       { env: { ...process.env, BUF_CACHE_DIR: cacheDir }, timeout: 20_000 },
     );
     return { stdout, stderr, code: 0 };
@@ -121,7 +128,14 @@ describe("buf curl against a server that requires a token", () => {
     const query = await bufCurl(server.address, ["-d", "{}", "/vmabackup.v1.BackupService/QueryBackup"]);
     expect(query.code).not.toBe(0);
     expect(query.stderr).toMatch(/vmabackup\.v1\.BackupService/);
-    const wrong = await bufCurl(server.address, ["-H", "authorization: Bearer wrong", "--reflect-header", "*", "--list-services", ""]);
+    const wrong = await bufCurl(server.address, [
+      "-H",
+      "authorization: Bearer wrong",
+      "--reflect-header",
+      "*",
+      "--list-services",
+      "",
+    ]);
     expect(wrong.stderr).toMatch(/not authenticated/);
   });
 

@@ -37,7 +37,11 @@ describe("a background flush that fails", () => {
   });
 
   it("fails the job with EIO although later flushes succeed; no archive, no partial file", async () => {
-    const source = await writeSource(fixture.sandbox, "d.raw", blockPattern(4 * MiB, () => false));
+    const source = await writeSource(
+      fixture.sandbox,
+      "d.raw",
+      blockPattern(4 * MiB, () => false),
+    );
     const status = await fixture.engine.start(
       backupSpec({ backupFile: "flushed.vma", devices: [{ name: "d", path: source }] }),
     );
@@ -54,7 +58,11 @@ describe("a backup dir renamed mid-job", () => {
 
   it("fails the job naming the moved directory; nothing is left in either place", async () => {
     const { sandbox, engine } = fixture;
-    const source = await writeSource(sandbox, "d.raw", blockPattern(2 * MiB, (block) => block % 2 === 0));
+    const source = await writeSource(
+      sandbox,
+      "d.raw",
+      blockPattern(2 * MiB, (block) => block % 2 === 0),
+    );
     const status = await engine.start(
       backupSpec({ backupFile: "renamed.vma", devices: [{ name: "d", path: source }], speedLimit: MiB }),
     );
@@ -76,7 +84,11 @@ describe("a backup dir renamed mid-job", () => {
   it("fails the job when a subdirectory of the backup dir is renamed", async () => {
     const { sandbox, engine } = fixture;
     await fs.mkdir(path.join(sandbox.out, "vm100"));
-    const source = await writeSource(sandbox, "d.raw", blockPattern(2 * MiB, (block) => block % 2 === 0));
+    const source = await writeSource(
+      sandbox,
+      "d.raw",
+      blockPattern(2 * MiB, (block) => block % 2 === 0),
+    );
     const status = await engine.start(
       backupSpec({ backupFile: "vm100/a.vma", devices: [{ name: "d", path: source }], speedLimit: MiB }),
     );

@@ -115,8 +115,16 @@ describe("a two-device backup", () => {
 
   it("runs jobs that share nothing side by side", async () => {
     const { sandbox, engine } = fixture;
-    const first = await writeSource(sandbox, "1.raw", blockPattern(2 * MiB, (block) => block % 2 === 0));
-    const second = await writeSource(sandbox, "2.raw", blockPattern(2 * MiB, (block) => block % 3 === 0));
+    const first = await writeSource(
+      sandbox,
+      "1.raw",
+      blockPattern(2 * MiB, (block) => block % 2 === 0),
+    );
+    const second = await writeSource(
+      sandbox,
+      "2.raw",
+      blockPattern(2 * MiB, (block) => block % 3 === 0),
+    );
     const startBackup = (backupFile: string, source: string): Promise<JobStatus> =>
       engine.start(backupSpec({ backupFile, devices: [{ name: "d", path: source }], speedLimit: 8 * MiB }));
     const jobs = [await startBackup("1.vma", first), await startBackup("2.vma", second)];
@@ -134,7 +142,11 @@ describe("a two-device backup", () => {
 
   it("logs the start and the end of a job", async () => {
     const { sandbox, engine, logs } = fixture;
-    const source = await writeSource(sandbox, "d.raw", blockPattern(256 * KiB, (block) => block < 10));
+    const source = await writeSource(
+      sandbox,
+      "d.raw",
+      blockPattern(256 * KiB, (block) => block < 10),
+    );
     const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit: 0 }));
     await waitForEnd(engine, status.uuid);
     const started = logs.lines.find((line) => line.msg === "backup started");
@@ -174,8 +186,16 @@ describe("a target that fails", () => {
         }),
       ],
     });
-    const a = await writeSource(sandbox, "a.raw", blockPattern(200 * KiB, () => false));
-    const b = await writeSource(sandbox, "b.raw", blockPattern(500 * KiB, () => false));
+    const a = await writeSource(
+      sandbox,
+      "a.raw",
+      blockPattern(200 * KiB, () => false),
+    );
+    const b = await writeSource(
+      sandbox,
+      "b.raw",
+      blockPattern(500 * KiB, () => false),
+    );
     const spec = backupSpec({
       backupFile: "full.vma",
       devices: [

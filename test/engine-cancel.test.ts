@@ -21,11 +21,17 @@ const fixture = useEngineSandbox();
 let disk: string;
 
 beforeEach(async () => {
-  disk = await writeSource(fixture.sandbox, "disk.raw", blockPattern(4 * MiB, (block) => block % 3 === 0));
+  disk = await writeSource(
+    fixture.sandbox,
+    "disk.raw",
+    blockPattern(4 * MiB, (block) => block % 3 === 0),
+  );
 });
 
 function throttled(backupFile: string, devicePath: string, speedLimit = 1): Promise<JobStatus> {
-  return fixture.engine.start(backupSpec({ backupFile, devices: [{ name: "drive-scsi0", path: devicePath }], speedLimit }));
+  return fixture.engine.start(
+    backupSpec({ backupFile, devices: [{ name: "drive-scsi0", path: devicePath }], speedLimit }),
+  );
 }
 
 describe("cancel", () => {

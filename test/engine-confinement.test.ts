@@ -78,9 +78,9 @@ describe("source confinement", () => {
     const data = Buffer.alloc(100 * KiB, 3);
     await writeSource(sandbox, "real.raw", data);
     await fs.symlink("real.raw", path.join(sandbox.src, "alias.raw"));
-    const status = (await engine.start(
-      backupSpec({ devices: [{ name: "drive-scsi0", path: "alias.raw" }] }),
-    )) as { uuid: string };
+    const status = (await engine.start(backupSpec({ devices: [{ name: "drive-scsi0", path: "alias.raw" }] }))) as {
+      uuid: string;
+    };
     const end = await waitForEnd(engine, status.uuid);
     expect(end.state).toBe("done");
     const archive = await parseVma(end.backupFile);

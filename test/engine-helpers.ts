@@ -51,11 +51,7 @@ function captureLogger(): { logger: Logger; logs: CapturedLog } {
   return { logger: logs.logger, logs };
 }
 
-function engineOptions(
-  sandbox: Sandbox,
-  logger: Logger,
-  overrides: Partial<BackupEngineOptions>,
-): BackupEngineOptions {
+function engineOptions(sandbox: Sandbox, logger: Logger, overrides: Partial<BackupEngineOptions>): BackupEngineOptions {
   return {
     backupDir: sandbox.out,
     sourceRoots: [sandbox.src],
@@ -239,7 +235,11 @@ export async function startJob(
   size: number,
   speedLimit: number,
 ): Promise<JobStatus> {
-  const source = await writeSource(fixture.sandbox, `${name}.raw`, blockPattern(size, (block) => block % 2 === 0));
+  const source = await writeSource(
+    fixture.sandbox,
+    `${name}.raw`,
+    blockPattern(size, (block) => block % 2 === 0),
+  );
   return fixture.engine.start(
     backupSpec({ backupFile: `${name}.vma`, devices: [{ name: "d", path: source }], speedLimit }),
   );
@@ -269,9 +269,7 @@ export async function expectEngineError(
 }
 
 /** A driver that delegates to the VMA driver, with hooks for fault injection. */
-export function faultyDriver(hooks: {
-  writeCluster?: (devId: number, clusterNum: number) => void;
-}): BackupDriver {
+export function faultyDriver(hooks: { writeCluster?: (devId: number, clusterNum: number) => void }): BackupDriver {
   return {
     format: vmaDriver.format,
     fileSuffix: vmaDriver.fileSuffix,

@@ -33,7 +33,13 @@ beforeEach(async () => {
 
 async function runBackup(backupFile: string, requestId?: string): Promise<JobStatus> {
   const { engine } = fixture;
-  const status = await engine.start(backupSpec({ backupFile, devices: [{ name: "d", path: source }], ...(requestId === undefined ? {} : { requestId }) }));
+  const status = await engine.start(
+    backupSpec({
+      backupFile,
+      devices: [{ name: "d", path: source }],
+      ...(requestId === undefined ? {} : { requestId }),
+    }),
+  );
   return waitForEnd(engine, status.uuid);
 }
 
@@ -95,7 +101,11 @@ describe("list", () => {
   it("filters by state and shows active jobs with their live counters", async () => {
     const { sandbox, engine } = fixture;
     const done = await runBackup("done.vma");
-    const big = await writeSource(sandbox, "big.raw", blockPattern(8 * MiB, (block) => block % 2 === 0));
+    const big = await writeSource(
+      sandbox,
+      "big.raw",
+      blockPattern(8 * MiB, (block) => block % 2 === 0),
+    );
     const running = await engine.start(
       backupSpec({ backupFile: "running.vma", devices: [{ name: "d", path: big }], speedLimit: 4 * MiB }),
     );
@@ -130,7 +140,12 @@ describe("list", () => {
     const { nextPageToken } = engine.list({ pageSize: 1 });
     expect(nextPageToken).toBeDefined();
     for (const token of ["garbage", `${nextPageToken}x`, Buffer.from("v1:-3").toString("base64url")]) {
-      await expectEngineError(() => engine.list({ pageSize: 1, pageToken: token }), "invalid-argument", "PAGE_TOKEN_INVALID", "page_token");
+      await expectEngineError(
+        () => engine.list({ pageSize: 1, pageToken: token }),
+        "invalid-argument",
+        "PAGE_TOKEN_INVALID",
+        "page_token",
+      );
     }
     expect(engine.list({ pageSize: 1, pageToken: "" }).statuses).toHaveLength(1);
     for (const pageSize of [-1, 1.5, Number.NaN]) {
@@ -148,8 +163,17 @@ describe("list", () => {
 describe("request ids", () => {
   it("answers a repeated request id with the job it started, even while it runs", async () => {
     const { sandbox, engine } = fixture;
-    const big = await writeSource(sandbox, "big.raw", blockPattern(4 * MiB, () => false));
-    const spec = backupSpec({ backupFile: "vm.vma", devices: [{ name: "d", path: big }], speedLimit: 1, requestId: "retry-1" });
+    const big = await writeSource(
+      sandbox,
+      "big.raw",
+      blockPattern(4 * MiB, () => false),
+    );
+    const spec = backupSpec({
+      backupFile: "vm.vma",
+      devices: [{ name: "d", path: big }],
+      speedLimit: 1,
+      requestId: "retry-1",
+    });
     const first = await engine.start(spec);
     expect(first.requestId).toBe("retry-1");
     const again = await engine.start(spec);
@@ -172,7 +196,12 @@ describe("request ids", () => {
 
   it("starts one job for racing retries of one request id", async () => {
     const { sandbox, engine } = fixture;
-    const spec = backupSpec({ backupFile: "race.vma", devices: [{ name: "d", path: source }], speedLimit: 1, requestId: "race" });
+    const spec = backupSpec({
+      backupFile: "race.vma",
+      devices: [{ name: "d", path: source }],
+      speedLimit: 1,
+      requestId: "race",
+    });
     const results = await Promise.all(Array.from({ length: 10 }, () => engine.start(spec)));
     expect(new Set(results.map((status) => status.uuid)).size).toBe(1);
     expect(await fs.readdir(sandbox.out)).toHaveLength(1);
@@ -201,13 +230,23 @@ describe("request ids", () => {
       { backupFile: "other.vma" },
       { devices: [{ name: "e", path: source }] },
       { devices: [{ name: "d", path: other }] },
-      { devices: [{ name: "d", path: source }, { name: "e", path: other }] },
+      {
+        devices: [
+          { name: "d", path: source },
+          { name: "e", path: other },
+        ],
+      },
       { configs: [] },
       { configs: [{ name: "qemu-server.conf", data: Buffer.from("memory: 1024\n") }] },
       { speedLimit: 0 },
     ];
     for (const change of changes) {
-      await expectEngineError(() => engine.start({ ...spec, ...change }), "already-exists", "REQUEST_ID_REUSED", "request_id");
+      await expectEngineError(
+        () => engine.start({ ...spec, ...change }),
+        "already-exists",
+        "REQUEST_ID_REUSED",
+        "request_id",
+      );
     }
     expect(await fs.readdir(sandbox.out)).toEqual(["vm.vma.partial"]);
     await engine.cancel();
@@ -217,16 +256,31 @@ describe("request ids", () => {
     const { sandbox, engine } = fixture;
     const first = await runBackup("day-1.vma", "nightly");
     clock += REQUEST_ID_TTL_MS - 1;
-    expect((await engine.start(backupSpec({ backupFile: "day-1.vma", devices: [{ name: "d", path: source }], requestId: "nightly" }))).uuid).toBe(first.uuid);
+    expect(
+      (
+        await engine.start(
+          backupSpec({ backupFile: "day-1.vma", devices: [{ name: "d", path: source }], requestId: "nightly" }),
+        )
+      ).uuid,
+    ).toBe(first.uuid);
     clock += 2;
     // A day later the id is free again, for any request.
     const second = await runBackup("day-2.vma", "nightly");
     expect(second.uuid).not.toBe(first.uuid);
     expect(second.startTime.getTime()).toBe(clock);
     // From now on the id means the new job.
-    expect((await engine.start(backupSpec({ backupFile: "day-2.vma", devices: [{ name: "d", path: source }], requestId: "nightly" }))).uuid).toBe(second.uuid);
+    expect(
+      (
+        await engine.start(
+          backupSpec({ backupFile: "day-2.vma", devices: [{ name: "d", path: source }], requestId: "nightly" }),
+        )
+      ).uuid,
+    ).toBe(second.uuid);
     await expectEngineError(
-      () => engine.start(backupSpec({ backupFile: "day-1.vma", devices: [{ name: "d", path: source }], requestId: "nightly" })),
+      () =>
+        engine.start(
+          backupSpec({ backupFile: "day-1.vma", devices: [{ name: "d", path: source }], requestId: "nightly" }),
+        ),
       "already-exists",
       "REQUEST_ID_REUSED",
     );
@@ -237,10 +291,15 @@ describe("request ids", () => {
   it("remembers request ids across restarts", async () => {
     const first = await runBackup("kept.vma", "durable");
     const engine = await fixture.restartEngine();
-    const again = await engine.start(backupSpec({ backupFile: "kept.vma", devices: [{ name: "d", path: source }], requestId: "durable" }));
+    const again = await engine.start(
+      backupSpec({ backupFile: "kept.vma", devices: [{ name: "d", path: source }], requestId: "durable" }),
+    );
     expect(again).toEqual(first);
     await expectEngineError(
-      () => engine.start(backupSpec({ backupFile: "moved.vma", devices: [{ name: "d", path: source }], requestId: "durable" })),
+      () =>
+        engine.start(
+          backupSpec({ backupFile: "moved.vma", devices: [{ name: "d", path: source }], requestId: "durable" }),
+        ),
       "already-exists",
       "REQUEST_ID_REUSED",
     );
@@ -249,7 +308,8 @@ describe("request ids", () => {
   it("does not remember refused requests and refuses ids over 128 bytes", async () => {
     const { engine } = fixture;
     await expectEngineError(
-      () => engine.start(backupSpec({ backupFile: "bad.txt", devices: [{ name: "d", path: source }], requestId: "once" })),
+      () =>
+        engine.start(backupSpec({ backupFile: "bad.txt", devices: [{ name: "d", path: source }], requestId: "once" })),
       "invalid-argument",
       "BACKUP_FILE_BAD_SUFFIX",
     );
@@ -269,8 +329,8 @@ describe("request ids", () => {
       "REQUEST_ID_INVALID",
       "request_id",
     );
-    const longest = await runBackup("longest.vma", "€".repeat(42) + "rr");
-    expect(longest.requestId).toBe("€".repeat(42) + "rr");
+    const longest = await runBackup("longest.vma", `${"€".repeat(42)}rr`);
+    expect(longest.requestId).toBe(`${"€".repeat(42)}rr`);
     // An empty id is no id: two starts, two jobs.
     const a = await runBackup("empty-1.vma", "");
     const b = await runBackup("empty-2.vma", "");

@@ -9,7 +9,7 @@ import { DatabaseSync } from "node:sqlite";
 import { parse as parseUuid } from "uuid";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import {
-  BackupEngine,
+  type BackupEngine,
   INTERRUPTED_MESSAGE,
   JOB_STORE_FILE,
   StateDirLockedError,
@@ -95,10 +95,16 @@ function activeRecord(
 
 describe("history across engine instances", () => {
   it("keeps every job, its final status and the latest one after close and reopen", async () => {
-    const source = await writeSource(sandbox, "d.raw", blockPattern(256 * KiB, (block) => block % 2 === 0));
+    const source = await writeSource(
+      sandbox,
+      "d.raw",
+      blockPattern(256 * KiB, (block) => block % 2 === 0),
+    );
     const first = await open();
     const done = await runBackup(first, "one.vma", source);
-    const slow = await first.start(backupSpec({ backupFile: "two.vma", devices: [{ name: "d", path: source }], speedLimit: 1 }));
+    const slow = await first.start(
+      backupSpec({ backupFile: "two.vma", devices: [{ name: "d", path: source }], speedLimit: 1 }),
+    );
     const [cancelled] = await first.cancel(slow.uuid);
     await first.shutdown();
 
@@ -150,7 +156,11 @@ describe("history across engine instances", () => {
 describe("writing to the store", () => {
   it("stores state changes before announcing them and progress at most once a second", async () => {
     const engine = await open();
-    const source = await writeSource(sandbox, "d.raw", blockPattern(3 * MiB, (block) => block % 2 === 0));
+    const source = await writeSource(
+      sandbox,
+      "d.raw",
+      blockPattern(3 * MiB, (block) => block % 2 === 0),
+    );
     const reader = JobStore.open(path.join(sandbox.state, JOB_STORE_FILE));
     try {
       const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit: 2 * MiB }));
@@ -186,7 +196,11 @@ describe("writing to the store", () => {
 
 describe("recovery of jobs a dead process left active", () => {
   it("ends them in error with their partial file removed, keeps the rest, and the backup can run again", async () => {
-    const source = await writeSource(sandbox, "d.raw", blockPattern(512 * KiB, (block) => block % 3 === 0));
+    const source = await writeSource(
+      sandbox,
+      "d.raw",
+      blockPattern(512 * KiB, (block) => block % 3 === 0),
+    );
     const earlier = await open();
     const done = await runBackup(earlier, "earlier.vma", source);
     await earlier.shutdown();
@@ -197,7 +211,11 @@ describe("recovery of jobs a dead process left active", () => {
     const partialPath = `${backupFile}.partial`;
     const uuid = "0b0e9a5e-3c1f-4d2a-9b7e-5f6a7b8c9d0e";
     // An archive's start: magic, version, the job's uuid.
-    const start = Buffer.concat([Buffer.from("VMA\0", "latin1"), Buffer.from([0, 0, 0, 1]), Buffer.from(parseUuid(uuid))]);
+    const start = Buffer.concat([
+      Buffer.from("VMA\0", "latin1"),
+      Buffer.from([0, 0, 0, 1]),
+      Buffer.from(parseUuid(uuid)),
+    ]);
     await fs.writeFile(partialPath, Buffer.concat([start, Buffer.alloc(64 * KiB - start.length, 1)]));
     const store = JobStore.open(path.join(sandbox.state, JOB_STORE_FILE));
     store.save(activeRecord(uuid, backupFile, partialPath, done.revision + 1, await fileIdentity(partialPath)));
@@ -244,7 +262,9 @@ describe("recovery of jobs a dead process left active", () => {
     const store = JobStore.open(path.join(sandbox.state, JOB_STORE_FILE));
     const outsideUuid = "11111111-1111-4111-8111-111111111111";
     const missingUuid = "22222222-2222-4222-8222-222222222222";
-    store.save(activeRecord(outsideUuid, path.join(sandbox.root, "precious.vma"), outside, 1, await fileIdentity(outside)));
+    store.save(
+      activeRecord(outsideUuid, path.join(sandbox.root, "precious.vma"), outside, 1, await fileIdentity(outside)),
+    );
     store.save(activeRecord(missingUuid, missing.slice(0, -".partial".length), missing, 2));
     store.close();
 
@@ -282,7 +302,11 @@ describe("delete", () => {
 
   beforeEach(async () => {
     engine = await open();
-    source = await writeSource(sandbox, "d.raw", blockPattern(4 * MiB, (block) => block % 2 === 0));
+    source = await writeSource(
+      sandbox,
+      "d.raw",
+      blockPattern(4 * MiB, (block) => block % 2 === 0),
+    );
   });
 
   it("refuses an active job, an unknown one and a malformed uuid", async () => {
@@ -301,7 +325,12 @@ describe("delete", () => {
       "JOB_NOT_FOUND",
       "uuid",
     );
-    await expectEngineError(() => engine.delete("nope", { deleteArchive: false }), "invalid-argument", "UUID_INVALID", "uuid");
+    await expectEngineError(
+      () => engine.delete("nope", { deleteArchive: false }),
+      "invalid-argument",
+      "UUID_INVALID",
+      "uuid",
+    );
   });
 
   it("forgets a finished job, keeping its archive unless asked, and stays forgotten after a restart", async () => {
@@ -360,7 +389,10 @@ describe("delete", () => {
     // A record from a server that ran with another backup dir.
     const otherDir = path.join(sandbox.root, "other");
     await fs.mkdir(otherDir);
-    const { engine: other } = await openEngine(sandbox, { backupDir: otherDir, stateDir: path.join(sandbox.root, "s2") });
+    const { engine: other } = await openEngine(sandbox, {
+      backupDir: otherDir,
+      stateDir: path.join(sandbox.root, "s2"),
+    });
     engines.push(other);
     const done = await runBackup(other, "x.vma", source);
     await other.shutdown();
@@ -388,6 +420,11 @@ describe("delete", () => {
     store.close();
     const [end] = await engine.cancel(status.uuid);
     expect(end).toMatchObject({ state: "cancelled", speedLimit: 2 });
-    await expectEngineError(() => engine.setSpeedLimit(status.uuid, 5), "failed-precondition", "JOB_NOT_ACTIVE", "uuid");
+    await expectEngineError(
+      () => engine.setSpeedLimit(status.uuid, 5),
+      "failed-precondition",
+      "JOB_NOT_ACTIVE",
+      "uuid",
+    );
   });
 });

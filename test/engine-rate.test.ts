@@ -81,7 +81,11 @@ describe("rate and ETA of a running job", () => {
   const fixture = useEngineSandbox();
 
   /** Polls the job every 25 ms until its rate is within 15 % of `target`; returns the wait in ms. */
-  async function timeUntilRate(uuid: string, target: number, limitMs: number): Promise<{ ms: number; status: JobStatus }> {
+  async function timeUntilRate(
+    uuid: string,
+    target: number,
+    limitMs: number,
+  ): Promise<{ ms: number; status: JobStatus }> {
     const started = performance.now();
     for (;;) {
       const status = fixture.engine.query(uuid) as JobStatus;
@@ -107,7 +111,11 @@ describe("rate and ETA of a running job", () => {
   it("shows a speed change in the measured rate within 2 seconds, both ways, with a matching ETA", async () => {
     const { sandbox, engine } = fixture;
     const total = 64 * MiB;
-    const source = await writeSource(sandbox, "d.raw", blockPattern(total, (block) => block % 2 === 0));
+    const source = await writeSource(
+      sandbox,
+      "d.raw",
+      blockPattern(total, (block) => block % 2 === 0),
+    );
     const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit: 4 * MiB }));
     expect(status.rate).toBe(0);
     expect(status.etaMs).toBeUndefined();
@@ -147,7 +155,11 @@ describe("rate and ETA of a running job", () => {
 
   it("measures an unlimited job and reports no rate once it is done", async () => {
     const { sandbox, engine } = fixture;
-    const source = await writeSource(sandbox, "d.raw", blockPattern(16 * MiB, (block) => block % 4 === 0));
+    const source = await writeSource(
+      sandbox,
+      "d.raw",
+      blockPattern(16 * MiB, (block) => block % 4 === 0),
+    );
     const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }] }));
     const seen: JobStatus[] = [];
     for await (const update of engine.watch(status.uuid)) seen.push(update);

@@ -64,8 +64,14 @@ function withStore<T>(stateDir: string, action: (store: JobStore) => T): T {
 
 /** Starts a slow backup of a fresh 2 MiB source into `backupFile` and waits until it wrote something. */
 async function startSlowJob(engine: BackupEngine, backupFile: string, name: string): Promise<JobStatus> {
-  const source = await writeSource(sandbox, `${name}.raw`, blockPattern(2 * MiB, (block) => block % 3 === 0));
-  const status = await engine.start(backupSpec({ backupFile, devices: [{ name: "d", path: source }], speedLimit: 512 * KiB }));
+  const source = await writeSource(
+    sandbox,
+    `${name}.raw`,
+    blockPattern(2 * MiB, (block) => block % 3 === 0),
+  );
+  const status = await engine.start(
+    backupSpec({ backupFile, devices: [{ name: "d", path: source }], speedLimit: 512 * KiB }),
+  );
   await waitForTransfer(engine, status.uuid, 256 * KiB);
   return status;
 }
@@ -144,7 +150,11 @@ describe("recovery removes only its own partial file", () => {
     const { engine } = await open();
     const { status } = await crashJob(engine, "reused.vma", "running");
     const partialPath = `${status.backupFile}.partial`;
-    const otherHeader = Buffer.concat([Buffer.from("VMA\0", "latin1"), Buffer.from([0, 0, 0, 1]), Buffer.alloc(16, 0x42)]);
+    const otherHeader = Buffer.concat([
+      Buffer.from("VMA\0", "latin1"),
+      Buffer.from([0, 0, 0, 1]),
+      Buffer.alloc(16, 0x42),
+    ]);
     const handle = await fs.open(partialPath, "r+");
     await handle.write(otherHeader, 0, otherHeader.length, 0);
     await handle.close();
@@ -161,7 +171,9 @@ describe("a failed job's leftover partial file", () => {
     try {
       const { engine } = await open();
       const source = await writeSource(sandbox, "big.raw", randomBytes(16 * MiB));
-      const status = await engine.start(backupSpec({ backupFile: "ro.vma", devices: [{ name: "d", path: source }], speedLimit: 8 * MiB }));
+      const status = await engine.start(
+        backupSpec({ backupFile: "ro.vma", devices: [{ name: "d", path: source }], speedLimit: 8 * MiB }),
+      );
       await waitForTransfer(engine, status.uuid, 256 * KiB);
       await backupFs.failReadOnly();
       expect((await waitForEnd(engine, status.uuid)).state).toBe("error");
@@ -170,7 +182,11 @@ describe("a failed job's leftover partial file", () => {
       const partialPath = `${status.backupFile}.partial`;
       await fs.rm(partialPath);
       await fs.writeFile(partialPath, "another server's partial file");
-      const small = await writeSource(sandbox, "small.raw", blockPattern(256 * KiB, () => false));
+      const small = await writeSource(
+        sandbox,
+        "small.raw",
+        blockPattern(256 * KiB, () => false),
+      );
       const next = await engine.start(backupSpec({ backupFile: "next.vma", devices: [{ name: "d", path: small }] }));
       expect((await waitForEnd(engine, next.uuid)).state).toBe("done");
       expect(await fs.readFile(partialPath, "utf8")).toBe("another server's partial file");

@@ -128,7 +128,11 @@ describe("a throttled job", () => {
   it("holds 8 MiB/s over every 2-second window to within 15 %", async () => {
     const { sandbox, engine } = fixture;
     const speedLimit = 8 * MiB;
-    const source = await writeSource(sandbox, "d.raw", blockPattern(32 * MiB, (block) => block % 4 === 0));
+    const source = await writeSource(
+      sandbox,
+      "d.raw",
+      blockPattern(32 * MiB, (block) => block % 4 === 0),
+    );
     const started = performance.now();
     const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit }));
     const sampler = sample(status.uuid);
@@ -150,7 +154,11 @@ describe("a throttled job", () => {
 
   it("changes speed while running", async () => {
     const { sandbox, engine } = fixture;
-    const source = await writeSource(sandbox, "d.raw", blockPattern(64 * MiB, (block) => block % 2 === 0));
+    const source = await writeSource(
+      sandbox,
+      "d.raw",
+      blockPattern(64 * MiB, (block) => block % 2 === 0),
+    );
     const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit: 2 * MiB }));
     const sampler = sample(status.uuid);
     await sleep(1000);

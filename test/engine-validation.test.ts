@@ -52,7 +52,12 @@ describe("request shape", () => {
     ["only two dots", ".."],
   ])("refuses a device name with %s", async (_what, name) => {
     await expectEngineError(
-      start({ devices: [{ name: "ok", path: disk }, { name, path: disk }] }),
+      start({
+        devices: [
+          { name: "ok", path: disk },
+          { name, path: disk },
+        ],
+      }),
       "invalid-argument",
       "DEVICE_NAME_INVALID",
       "devices[1].name",
@@ -94,7 +99,12 @@ describe("request shape", () => {
 
   it("refuses duplicate device names", async () => {
     await expectEngineError(
-      start({ devices: [{ name: "a", path: disk }, { name: "a", path: disk }] }),
+      start({
+        devices: [
+          { name: "a", path: disk },
+          { name: "a", path: disk },
+        ],
+      }),
       "invalid-argument",
       "DEVICE_NAME_DUPLICATE",
       "devices[1].name",
@@ -126,7 +136,12 @@ describe("request shape", () => {
     ["..", ".."],
   ])("refuses a config name that is %s", async (_what, name) => {
     await expectEngineError(
-      start({ configs: [{ name: "ok.conf", data: Buffer.from("x") }, { name, data: Buffer.from("x") }] }),
+      start({
+        configs: [
+          { name: "ok.conf", data: Buffer.from("x") },
+          { name, data: Buffer.from("x") },
+        ],
+      }),
       "invalid-argument",
       "CONFIG_NAME_INVALID",
       "configs[1].name",
@@ -139,7 +154,12 @@ describe("request shape", () => {
     ["other extractors give the device's image", "drive-scsi0"],
   ])("refuses a config with the file name %s", async (_what, name) => {
     const error = await expectEngineError(
-      start({ configs: [{ name: "qemu-server.conf", data: Buffer.from("x") }, { name, data: Buffer.from("x") }] }),
+      start({
+        configs: [
+          { name: "qemu-server.conf", data: Buffer.from("x") },
+          { name, data: Buffer.from("x") },
+        ],
+      }),
       "invalid-argument",
       "CONFIG_NAME_CONFLICT",
       "configs[1].name",
@@ -215,7 +235,12 @@ describe("sources", () => {
     const { sandbox } = fixture;
     const empty = await writeSource(sandbox, "empty.raw", Buffer.alloc(0));
     await expectEngineError(
-      start({ devices: [{ name: "a", path: disk }, { name: "b", path: empty }] }),
+      start({
+        devices: [
+          { name: "a", path: disk },
+          { name: "b", path: empty },
+        ],
+      }),
       "failed-precondition",
       "SOURCE_EMPTY",
       "devices[1].path",
@@ -227,7 +252,12 @@ describe("sources", () => {
     const link = path.join(sandbox.src, "hardlink.raw");
     await fs.link(disk, link);
     await expectEngineError(
-      start({ devices: [{ name: "a", path: disk }, { name: "b", path: link }] }),
+      start({
+        devices: [
+          { name: "a", path: disk },
+          { name: "b", path: link },
+        ],
+      }),
       "invalid-argument",
       "DEVICE_SOURCE_DUPLICATE",
       "devices[1].path",

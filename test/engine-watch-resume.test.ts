@@ -123,33 +123,36 @@ describe("resuming the watch of one job", () => {
 });
 
 describe("an after_revision this server never handed out", () => {
-  it("is OUT_OF_RANGE with the latest revision, for one job and for every job, after the state dir was reset", async () => {
-    const { sandbox } = fixture;
-    await waitForEnd(fixture.engine, (await startJob(fixture, "before-1", 64 * KiB, 0)).uuid);
-    const before = await waitForEnd(fixture.engine, (await startJob(fixture, "before-2", 64 * KiB, 0)).uuid);
-    await fixture.engine.shutdown();
-    // The state dir is reset: the server starts counting revisions again.
-    await fs.rm(sandbox.state, { recursive: true });
-    await fs.mkdir(sandbox.state);
-    const engine = await fixture.restartEngine();
-    const job = await waitForEnd(engine, (await startJob(fixture, "after", 64 * KiB, 0)).uuid);
-    expect(job.revision).toBeLessThan(before.revision);
+  it(
+    "is OUT_OF_RANGE with the latest revision, for one job and for every job, after the state dir was " + "reset",
+    async () => {
+      const { sandbox } = fixture;
+      await waitForEnd(fixture.engine, (await startJob(fixture, "before-1", 64 * KiB, 0)).uuid);
+      const before = await waitForEnd(fixture.engine, (await startJob(fixture, "before-2", 64 * KiB, 0)).uuid);
+      await fixture.engine.shutdown();
+      // The state dir is reset: the server starts counting revisions again.
+      await fs.rm(sandbox.state, { recursive: true });
+      await fs.mkdir(sandbox.state);
+      const engine = await fixture.restartEngine();
+      const job = await waitForEnd(engine, (await startJob(fixture, "after", 64 * KiB, 0)).uuid);
+      expect(job.revision).toBeLessThan(before.revision);
 
-    for (const uuid of [job.uuid, undefined]) {
-      const error = await expectEngineError(
-        () => engine.watch(uuid, { afterRevision: before.revision }),
-        "out-of-range",
-        "AFTER_REVISION_OUT_OF_RANGE",
-        "after_revision",
-      );
-      expect(error.metadata).toEqual({ latest_revision: String(job.revision) });
-      expect(error.message).toContain(`${before.revision}`);
-    }
-    // The latest revision itself is fine: nothing newer yet.
-    expect(await readAll(engine.watch(job.uuid, { afterRevision: job.revision }))).toEqual([]);
-    const all = reader(engine.watch(undefined, { afterRevision: job.revision }));
-    expect(await all(50)).toBe("pending");
-  });
+      for (const uuid of [job.uuid, undefined]) {
+        const error = await expectEngineError(
+          () => engine.watch(uuid, { afterRevision: before.revision }),
+          "out-of-range",
+          "AFTER_REVISION_OUT_OF_RANGE",
+          "after_revision",
+        );
+        expect(error.metadata).toEqual({ latest_revision: String(job.revision) });
+        expect(error.message).toContain(`${before.revision}`);
+      }
+      // The latest revision itself is fine: nothing newer yet.
+      expect(await readAll(engine.watch(job.uuid, { afterRevision: job.revision }))).toEqual([]);
+      const all = reader(engine.watch(undefined, { afterRevision: job.revision }));
+      expect(await all(50)).toBe("pending");
+    },
+  );
 });
 
 describe("resuming the watch of every job", () => {
@@ -294,7 +297,9 @@ describe("a watcher that never reads", () => {
     const alone = await timeBackup("alone.vma", () => []);
     const all = engine.watch();
     const watched = await timeBackup("watched.vma", (uuid) => [all, engine.watch(uuid)]);
-    console.info(`256 MiB sparse image: ${Math.round(alone.ms)} ms alone, ${Math.round(watched.ms)} ms with two idle watchers`);
+    console.info(
+      `256 MiB sparse image: ${Math.round(alone.ms)} ms alone, ${Math.round(watched.ms)} ms with two idle watchers`,
+    );
 
     expect(watched.ms).toBeLessThan(alone.ms * 1.5 + 200);
     expect(watched.maxBacklog).toBeLessThanOrEqual(3);

@@ -49,7 +49,11 @@ function parseSamples(text: string): Sample[] {
 }
 
 /** The value of the one sample named `name` whose labels include `labels`; undefined when there is none. */
-function valueOf(samples: readonly Sample[], name: string, labels: Record<string, string> = {}): number | undefined {
+function sampleValue(
+  samples: readonly Sample[],
+  name: string,
+  labels: Record<string, string> = {},
+): number | undefined {
   const found = samples.filter(
     (sample) => sample.name === name && Object.entries(labels).every(([key, value]) => sample.labels[key] === value),
   );
@@ -136,9 +140,9 @@ describe("the metrics endpoint of a server", () => {
     const source = path.join(fixture.sourceDir, "disk.raw");
     await writeFile(source, image);
     const before = await scrape(fixture.metricsAddress);
-    expect(valueOf(before, "vmabackup_read_bytes_total")).toBe(0);
-    expect(valueOf(before, "vmabackup_jobs_finished_total", { state: "done" })).toBe(0);
-    expect(valueOf(before, "process_cpu_seconds_total")).toBeGreaterThan(0);
+    expect(sampleValue(before, "vmabackup_read_bytes_total")).toBe(0);
+    expect(sampleValue(before, "vmabackup_jobs_finished_total", { state: "done" })).toBe(0);
+    expect(sampleValue(before, "process_cpu_seconds_total")).toBeGreaterThan(0);
 
     const started = await fixture.client.backup({
       backupFile: "metrics.vma",
@@ -159,15 +163,15 @@ describe("the metrics endpoint of a server", () => {
     let activeDuring = 0;
     while (readDuring.length < 2) {
       const samples = await scrape(fixture.metricsAddress);
-      const read = valueOf(samples, "vmabackup_read_bytes_total")!;
+      const read = sampleValue(samples, "vmabackup_read_bytes_total")!;
       expect(read, "the job ended before two scrapes saw it running").toBeLessThan(IMAGE_SIZE);
       if (read > (readDuring.at(-1) ?? 0)) {
         readDuring.push(read);
-        watchersDuring = valueOf(samples, "vmabackup_watchers_active")!;
-        activeDuring = valueOf(samples, "vmabackup_jobs_active")!;
-        expect(valueOf(samples, "vmabackup_written_bytes_total")! + valueOf(samples, "vmabackup_zero_bytes_total")!).toBe(
-          read,
-        );
+        watchersDuring = sampleValue(samples, "vmabackup_watchers_active")!;
+        activeDuring = sampleValue(samples, "vmabackup_jobs_active")!;
+        expect(
+          sampleValue(samples, "vmabackup_written_bytes_total")! + sampleValue(samples, "vmabackup_zero_bytes_total")!,
+        ).toBe(read);
       }
       await new Promise((resolve) => setTimeout(resolve, 60));
     }
@@ -178,19 +182,21 @@ describe("the metrics endpoint of a server", () => {
     expect(await ended).toBe(BackupState.DONE);
     // The endpoint sees the job end through the engine's watch, a hop after the client's.
     await expect
-      .poll(async () => valueOf(await scrape(fixture.metricsAddress), "vmabackup_jobs_finished_total", { state: "done" }))
+      .poll(async () =>
+        sampleValue(await scrape(fixture.metricsAddress), "vmabackup_jobs_finished_total", { state: "done" }),
+      )
       .toBe(1);
     const after = await scrape(fixture.metricsAddress);
-    expect(valueOf(after, "vmabackup_jobs_started_total")).toBe(1);
-    expect(valueOf(after, "vmabackup_jobs_active")).toBe(0);
-    expect(valueOf(after, "vmabackup_job_duration_seconds_count", { state: "done" })).toBe(1);
-    expect(valueOf(after, "vmabackup_job_duration_seconds_sum", { state: "done" })).toBeGreaterThan(0.5);
-    expect(valueOf(after, "vmabackup_read_bytes_total")).toBe(IMAGE_SIZE);
-    expect(valueOf(after, "vmabackup_zero_bytes_total")).toBe(IMAGE_SIZE / 2);
-    expect(valueOf(after, "vmabackup_written_bytes_total")).toBe(IMAGE_SIZE / 2);
+    expect(sampleValue(after, "vmabackup_jobs_started_total")).toBe(1);
+    expect(sampleValue(after, "vmabackup_jobs_active")).toBe(0);
+    expect(sampleValue(after, "vmabackup_job_duration_seconds_count", { state: "done" })).toBe(1);
+    expect(sampleValue(after, "vmabackup_job_duration_seconds_sum", { state: "done" })).toBeGreaterThan(0.5);
+    expect(sampleValue(after, "vmabackup_read_bytes_total")).toBe(IMAGE_SIZE);
+    expect(sampleValue(after, "vmabackup_zero_bytes_total")).toBe(IMAGE_SIZE / 2);
+    expect(sampleValue(after, "vmabackup_written_bytes_total")).toBe(IMAGE_SIZE / 2);
     const rpc = { service: "vmabackup.v1.BackupService" };
-    expect(valueOf(after, "vmabackup_rpcs_total", { ...rpc, method: "Backup", code: "OK" })).toBe(1);
-    expect(valueOf(after, "vmabackup_rpcs_total", { ...rpc, method: "WatchBackup", code: "OK" })).toBe(1);
+    expect(sampleValue(after, "vmabackup_rpcs_total", { ...rpc, method: "Backup", code: "OK" })).toBe(1);
+    expect(sampleValue(after, "vmabackup_rpcs_total", { ...rpc, method: "WatchBackup", code: "OK" })).toBe(1);
   });
 
   it("counts RPCs by method and code, and refused calls by reason", async () => {
@@ -208,21 +214,31 @@ describe("the metrics endpoint of a server", () => {
 
     const samples = await scrape(fixture.metricsAddress);
     const rpc = { service: "vmabackup.v1.BackupService" };
-    expect(valueOf(samples, "vmabackup_rpcs_total", { ...rpc, method: "QueryBackup", code: "NOT_FOUND" })).toBe(1);
-    expect(valueOf(samples, "vmabackup_rpcs_total", { ...rpc, method: "ListBackups", code: "UNAUTHENTICATED" })).toBe(1);
-    expect(valueOf(samples, "vmabackup_rpcs_total", { ...rpc, method: "WatchBackup", code: "CANCELLED" })).toBe(1);
-    expect(valueOf(samples, "vmabackup_auth_failures_total", { reason: "missing" })).toBe(1);
-    expect(valueOf(samples, "vmabackup_auth_failures_total", { reason: "invalid" })).toBe(0);
+    expect(sampleValue(samples, "vmabackup_rpcs_total", { ...rpc, method: "QueryBackup", code: "NOT_FOUND" })).toBe(1);
+    expect(
+      sampleValue(samples, "vmabackup_rpcs_total", { ...rpc, method: "ListBackups", code: "UNAUTHENTICATED" }),
+    ).toBe(1);
+    expect(sampleValue(samples, "vmabackup_rpcs_total", { ...rpc, method: "WatchBackup", code: "CANCELLED" })).toBe(1);
+    expect(sampleValue(samples, "vmabackup_auth_failures_total", { reason: "missing" })).toBe(1);
+    expect(sampleValue(samples, "vmabackup_auth_failures_total", { reason: "invalid" })).toBe(0);
   });
 
   it("counts calls to paths that name no method under one label, so callers cannot grow the label set", async () => {
-    const paths = ["/vmabackup.v1.BackupService/DeleteEverything", "/attacker.Chosen/Label1", "/attacker.Chosen/Label2"];
+    const paths = [
+      "/vmabackup.v1.BackupService/DeleteEverything",
+      "/attacker.Chosen/Label1",
+      "/attacker.Chosen/Label2",
+    ];
     const raw = new grpc.Client(fixture.server.address, grpc.credentials.createInsecure());
     try {
       for (const method of paths) {
         const code = await new Promise<number>((resolve) => {
-          raw.makeUnaryRequest(method, (value: Buffer) => value, (value: Buffer) => value, Buffer.alloc(0), (error) =>
-            resolve(error?.code ?? 0),
+          raw.makeUnaryRequest(
+            method,
+            (value: Buffer) => value,
+            (value: Buffer) => value,
+            Buffer.alloc(0),
+            (error) => resolve(error?.code ?? 0),
           );
         });
         expect(code).toBe(16 /* UNAUTHENTICATED: no token */);
@@ -231,10 +247,12 @@ describe("the metrics endpoint of a server", () => {
       raw.close();
     }
     const samples = await scrape(fixture.metricsAddress);
-    expect(valueOf(samples, "vmabackup_rpcs_total", { service: "unknown", method: "unknown", code: "UNAUTHENTICATED" })).toBe(
-      paths.length,
-    );
-    const labelled = samples.filter((sample) => sample.name === "vmabackup_rpcs_total").map((sample) => sample.labels.method);
+    expect(
+      sampleValue(samples, "vmabackup_rpcs_total", { service: "unknown", method: "unknown", code: "UNAUTHENTICATED" }),
+    ).toBe(paths.length);
+    const labelled = samples
+      .filter((sample) => sample.name === "vmabackup_rpcs_total")
+      .map((sample) => sample.labels.method);
     expect(labelled).not.toContain("DeleteEverything");
     expect(labelled).not.toContain("Label1");
   });
@@ -249,8 +267,10 @@ describe("the metrics endpoint of a server", () => {
     const other = await startMetricsServer();
     try {
       await expect(other.anonymous.listBackups({})).rejects.toMatchObject({ code: 16 });
-      expect(valueOf(await scrape(other.metricsAddress), "vmabackup_auth_failures_total", { reason: "missing" })).toBe(1);
-      expect(valueOf(await scrape(other.metricsAddress), "vmabackup_jobs_started_total")).toBe(0);
+      expect(
+        sampleValue(await scrape(other.metricsAddress), "vmabackup_auth_failures_total", { reason: "missing" }),
+      ).toBe(1);
+      expect(sampleValue(await scrape(other.metricsAddress), "vmabackup_jobs_started_total")).toBe(0);
     } finally {
       await other.stop();
     }
@@ -283,8 +303,8 @@ describe("serve --metrics-listen", () => {
     try {
       const listening = await serve.waitForLog((line) => line.msg === "listening");
       const samples = await scrape(listening.metricsAddress as string);
-      expect(valueOf(samples, "vmabackup_jobs_active")).toBe(0);
-      expect(valueOf(samples, "nodejs_heap_size_used_bytes")).toBeGreaterThan(0);
+      expect(sampleValue(samples, "vmabackup_jobs_active")).toBe(0);
+      expect(sampleValue(samples, "nodejs_heap_size_used_bytes")).toBeGreaterThan(0);
     } finally {
       await serve.kill();
       await rm(rootDir, { recursive: true, force: true });

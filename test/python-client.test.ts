@@ -142,7 +142,8 @@ function describeFailure(command: string, error: unknown): string {
     stderr?: string;
     stdout?: string;
   };
-  const reason = killed === true ? "killed at its time limit" : typeof code === "number" ? `exit code ${code}` : message;
+  const reason =
+    killed === true ? "killed at its time limit" : typeof code === "number" ? `exit code ${code}` : message;
   return [`${command} failed: ${reason ?? String(error)}`, stderr?.trim(), stdout?.trim()].filter(Boolean).join("\n");
 }
 
@@ -448,7 +449,10 @@ describe("a Python client generated from proto/", () => {
       metadata: { field: "devices[0].path", job_uuid: expect.stringMatching(/^[0-9a-f-]{36}$/) },
     });
 
-    expect(errorInfo(errors.query_unknown_uuid)).toMatchObject({ reason: "JOB_NOT_FOUND", metadata: { field: "uuid" } });
+    expect(errorInfo(errors.query_unknown_uuid)).toMatchObject({
+      reason: "JOB_NOT_FOUND",
+      metadata: { field: "uuid" },
+    });
     // A streaming call carries them in its trailer just the same.
     expect(errors.watch_unknown_uuid.code).toBe("NOT_FOUND");
     expect(errorInfo(errors.watch_unknown_uuid)).toMatchObject({ reason: "JOB_NOT_FOUND", domain: "vmabackup" });

@@ -63,9 +63,9 @@ async function callEveryMethod(client: BackupClient): Promise<Map<string, grpc.s
       ]!;
       outcomes.set(method.name, await outcome(invoke({}, { deadline: deadline() })));
     } else {
-      const invoke = (client as unknown as Record<string, (request: object, options: object) => AsyncIterable<unknown>>)[
-        method.localName
-      ]!;
+      const invoke = (
+        client as unknown as Record<string, (request: object, options: object) => AsyncIterable<unknown>>
+      )[method.localName]!;
       const controller = new AbortController();
       outcomes.set(
         method.name,
@@ -124,7 +124,10 @@ function rawHeaderChannel(value: string): grpc.ChannelOptions {
 }
 
 type HealthClient = grpc.Client & {
-  check(request: { service: string }, callback: (error: grpc.ServiceError | null, response?: { status: string }) => void): void;
+  check(
+    request: { service: string },
+    callback: (error: grpc.ServiceError | null, response?: { status: string }) => void,
+  ): void;
 };
 
 function healthCheck(address: string, credentials = grpc.credentials.createInsecure()): Promise<string> {
@@ -143,15 +146,23 @@ function healthCheck(address: string, credentials = grpc.credentials.createInsec
 }
 
 type ReflectionClient = grpc.Client & {
-  serverReflectionInfo(metadata?: grpc.Metadata): grpc.ClientDuplexStream<object, { list_services_response?: { service: { name: string }[] } }>;
+  serverReflectionInfo(
+    metadata?: grpc.Metadata,
+  ): grpc.ClientDuplexStream<object, { list_services_response?: { service: { name: string }[] } }>;
 };
 
 /** The services reflection lists, or the error code it ends with. */
-function reflectionServices(address: string, channelOptions: grpc.ChannelOptions = {}): Promise<string[] | grpc.status> {
+function reflectionServices(
+  address: string,
+  channelOptions: grpc.ChannelOptions = {},
+): Promise<string[] | grpc.status> {
   const reflectionRoot = path.resolve(path.dirname(require.resolve("@grpc/reflection")), "../..");
-  const definition = protoLoader.loadSync(path.join(reflectionRoot, "build/proto/grpc/reflection/v1/reflection.proto"), {
-    keepCase: true,
-  });
+  const definition = protoLoader.loadSync(
+    path.join(reflectionRoot, "build/proto/grpc/reflection/v1/reflection.proto"),
+    {
+      keepCase: true,
+    },
+  );
   const loaded = grpc.loadPackageDefinition(definition) as unknown as {
     grpc: {
       reflection: {
@@ -165,7 +176,11 @@ function reflectionServices(address: string, channelOptions: grpc.ChannelOptions
       };
     };
   };
-  const client = new loaded.grpc.reflection.v1.ServerReflection(address, grpc.credentials.createInsecure(), channelOptions);
+  const client = new loaded.grpc.reflection.v1.ServerReflection(
+    address,
+    grpc.credentials.createInsecure(),
+    channelOptions,
+  );
   return new Promise((resolve) => {
     const stream = client.serverReflectionInfo();
     stream.on("data", (response) => {
@@ -184,7 +199,9 @@ describe("bearer tokens", () => {
 
   beforeAll(async () => {
     const log = captureLog();
-    const tokens = await readTokenFile(await writeTokenFile(workDir, "tokens", ["# operators", TOKEN_A, "", `  ${TOKEN_B}  `]));
+    const tokens = await readTokenFile(
+      await writeTokenFile(workDir, "tokens", ["# operators", TOKEN_A, "", `  ${TOKEN_B}  `]),
+    );
     server = await startSafetyServer({
       log,
       interceptors: [createAuthInterceptor({ tokens, logger: log.logger.child({ component: "auth" }) })],
@@ -214,36 +231,39 @@ describe("bearer tokens", () => {
     }
   });
 
-  it("answers UNAUTHENTICATED for methods that do not exist too, so that they cannot be told apart without a token", async () => {
-    const unknown = [
-      "/vmabackup.v1.BackupService/DeleteEverything",
-      "/vmabackup.v1.Admin/Shell",
-      "/grpc.reflection.v1.ServerReflection/Nope",
-      "/nope",
-    ];
-    const channel = new grpc.Client(server.address, grpc.credentials.createInsecure());
-    const authorized = new grpc.Client(server.address, grpc.credentials.createInsecure(), tokenChannel(TOKEN_A));
-    try {
-      for (const method of unknown) {
-        for (const kind of ["unary", "stream"] as const) {
-          expect({ method, kind, code: await rawCallCode(channel, method, kind) }).toEqual({
-            method,
-            kind,
-            code: grpc.status.UNAUTHENTICATED,
-          });
-          // With a valid token the truth: there is no such method.
-          expect({ method, kind, code: await rawCallCode(authorized, method, kind) }).toEqual({
-            method,
-            kind,
-            code: grpc.status.UNIMPLEMENTED,
-          });
+  it(
+    "answers UNAUTHENTICATED for methods that do not exist too, so that they cannot be told apart without a " + "token",
+    async () => {
+      const unknown = [
+        "/vmabackup.v1.BackupService/DeleteEverything",
+        "/vmabackup.v1.Admin/Shell",
+        "/grpc.reflection.v1.ServerReflection/Nope",
+        "/nope",
+      ];
+      const channel = new grpc.Client(server.address, grpc.credentials.createInsecure());
+      const authorized = new grpc.Client(server.address, grpc.credentials.createInsecure(), tokenChannel(TOKEN_A));
+      try {
+        for (const method of unknown) {
+          for (const kind of ["unary", "stream"] as const) {
+            expect({ method, kind, code: await rawCallCode(channel, method, kind) }).toEqual({
+              method,
+              kind,
+              code: grpc.status.UNAUTHENTICATED,
+            });
+            // With a valid token the truth: there is no such method.
+            expect({ method, kind, code: await rawCallCode(authorized, method, kind) }).toEqual({
+              method,
+              kind,
+              code: grpc.status.UNIMPLEMENTED,
+            });
+          }
         }
+      } finally {
+        channel.close();
+        authorized.close();
       }
-    } finally {
-      channel.close();
-      authorized.close();
-    }
-  });
+    },
+  );
 
   it("says how to authenticate", async () => {
     const missing = await rpcErrorOf(server.client.queryBackup({}));
@@ -253,7 +273,9 @@ describe("bearer tokens", () => {
     expect(missing?.details).toContain("VMABACKUP_TOKEN");
     const wrong = await rpcErrorOf(server.newClient(undefined, tokenChannel(WRONG_TOKEN)).queryBackup({}));
     expect(wrong?.details).toMatch(/^invalid bearer token: /);
-    const malformed = await rpcErrorOf(server.newClient(undefined, rawHeaderChannel(`Basic ${TOKEN_A}`)).queryBackup({}));
+    const malformed = await rpcErrorOf(
+      server.newClient(undefined, rawHeaderChannel(`Basic ${TOKEN_A}`)).queryBackup({}),
+    );
     expect(malformed?.details).toMatch(/^malformed authorization header/);
   });
 
@@ -283,7 +305,8 @@ describe("bearer tokens", () => {
     for (const token of [TOKEN_A, TOKEN_B]) {
       const client = server.newClient(undefined, tokenChannel(token));
       const outcomes = await callEveryMethod(client);
-      for (const [method, code] of outcomes) expect({ method, code }).not.toEqual({ method, code: grpc.status.UNAUTHENTICATED });
+      for (const [method, code] of outcomes)
+        expect({ method, code }).not.toEqual({ method, code: grpc.status.UNAUTHENTICATED });
     }
     const client = server.newClient(undefined, tokenChannel(TOKEN_B));
     const started = await client.backup({ backupFile: "ok.vma", devices: [{ name: "drive-scsi0", path: sourcePath }] });
@@ -359,7 +382,11 @@ describe("TLS", () => {
 
   it("serves a client that trusts the server's CA", async () => {
     expect(await server.client.queryBackup({})).toBeDefined();
-    const named = createClient(BackupService, `localhost:${server.address.split(":")[1]}`, grpc.credentials.createSsl(certs.serverCa.cert));
+    const named = createClient(
+      BackupService,
+      `localhost:${server.address.split(":")[1]}`,
+      grpc.credentials.createSsl(certs.serverCa.cert),
+    );
     try {
       expect(await named.queryBackup({})).toBeDefined();
     } finally {
@@ -379,12 +406,18 @@ describe("TLS", () => {
   it("refuses TLS files that do not fit together, naming the flag", async () => {
     await expect(
       loadServerCredentials({ certFile: certs.server.certFile, keyFile: certs.client.keyFile }),
-    ).rejects.toThrow(new TlsConfigError(`--tls-key ${certs.client.keyFile} does not belong to --tls-cert ${certs.server.certFile}`));
+    ).rejects.toThrow(
+      new TlsConfigError(`--tls-key ${certs.client.keyFile} does not belong to --tls-cert ${certs.server.certFile}`),
+    );
     await expect(
       loadServerCredentials({ certFile: certs.server.keyFile, keyFile: certs.server.keyFile }),
     ).rejects.toThrow(/--tls-cert .*: not a PEM certificate/);
     await expect(
-      loadServerCredentials({ certFile: certs.server.certFile, keyFile: certs.server.keyFile, clientCaFile: path.join(workDir, "nope") }),
+      loadServerCredentials({
+        certFile: certs.server.certFile,
+        keyFile: certs.server.keyFile,
+        clientCaFile: path.join(workDir, "nope"),
+      }),
     ).rejects.toThrow(/--tls-client-ca .*nope: cannot be read \(ENOENT\)/);
   });
 });
@@ -415,7 +448,9 @@ describe("mutual TLS", () => {
     const deadline = (): Date => new Date(Date.now() + 3000);
     const anonymous = server.newClient(grpc.credentials.createSsl(certs.serverCa.cert));
     expect(await statusCodeOf(anonymous.queryBackup({}, { deadline: deadline() }))).toBe(grpc.status.UNAVAILABLE);
-    const rogue = server.newClient(grpc.credentials.createSsl(certs.serverCa.cert, certs.rogueClient.key, certs.rogueClient.cert));
+    const rogue = server.newClient(
+      grpc.credentials.createSsl(certs.serverCa.cert, certs.rogueClient.key, certs.rogueClient.cert),
+    );
     expect(await statusCodeOf(rogue.queryBackup({}, { deadline: deadline() }))).toBe(grpc.status.UNAVAILABLE);
   });
 });
@@ -436,13 +471,17 @@ describe("the listen policy", () => {
     const none = { tls: false, auth: false, insecure: false };
     expect(listenPolicyViolation("127.0.0.1:50051", ["127.0.0.1"], none)).toBeUndefined();
     expect(listenPolicyViolation("[::1]:0", ["::1"], none)).toBeUndefined();
-    expect(listenPolicyViolation("0.0.0.0:50051", ["0.0.0.0"], { tls: true, auth: true, insecure: false })).toBeUndefined();
+    expect(
+      listenPolicyViolation("0.0.0.0:50051", ["0.0.0.0"], { tls: true, auth: true, insecure: false }),
+    ).toBeUndefined();
     expect(listenPolicyViolation("0.0.0.0:50051", ["0.0.0.0"], { ...none, insecure: true })).toBeUndefined();
     expect(listenPolicyViolation("0.0.0.0:50051", ["0.0.0.0"], none)).toMatch(
       /^refusing to listen on 0\.0\.0\.0:50051: .*\(missing: --tls-cert and --tls-key, --auth-token-file\).*--insecure/,
     );
     expect(listenPolicyViolation("[::]:1", ["::"], { ...none, tls: true })).toMatch(/\(missing: --auth-token-file\)/);
-    expect(listenPolicyViolation("10.1.2.3:1", ["10.1.2.3"], { ...none, auth: true })).toMatch(/\(missing: --tls-cert and --tls-key\)/);
+    expect(listenPolicyViolation("10.1.2.3:1", ["10.1.2.3"], { ...none, auth: true })).toMatch(
+      /\(missing: --tls-cert and --tls-key\)/,
+    );
   });
 });
 
@@ -472,19 +511,33 @@ describe("vmabackup serve, as a child process", () => {
 
   beforeAll(async () => {
     tokenFile = await writeTokenFile(workDir, "serve-tokens", [TOKEN_A]);
-    dirs = ["--backup-dir", path.join(workDir, "b"), "--source-root", path.join(workDir, "s"), "--state-dir", path.join(workDir, "st")];
+    dirs = [
+      "--backup-dir",
+      path.join(workDir, "b"),
+      "--source-root",
+      path.join(workDir, "s"),
+      "--state-dir",
+      path.join(workDir, "st"),
+    ];
   });
 
   it("refuses an address other than loopback without TLS and a token, naming the flags (exit 2)", async () => {
     const plain = await runCli(["serve", "--listen", "0.0.0.0:0", ...dirs]);
     expect(plain.code).toBe(2);
     expect(plain.stderr).toContain("refusing to listen on 0.0.0.0:0");
-    for (const flag of ["--tls-cert", "--tls-key", "--auth-token-file", "--insecure"]) expect(plain.stderr).toContain(flag);
+    for (const flag of ["--tls-cert", "--tls-key", "--auth-token-file", "--insecure"])
+      expect(plain.stderr).toContain(flag);
     expect(plain.stdout).not.toContain('"listening"');
 
     const tlsOnly = await runCli([
-      "serve", "--listen", "[::]:0", ...dirs,
-      "--tls-cert", certs.server.certFile, "--tls-key", certs.server.keyFile,
+      "serve",
+      "--listen",
+      "[::]:0",
+      ...dirs,
+      "--tls-cert",
+      certs.server.certFile,
+      "--tls-key",
+      certs.server.keyFile,
     ]);
     expect(tlsOnly.code).toBe(2);
     expect(tlsOnly.stderr).toContain("(missing: --auth-token-file)");
@@ -494,7 +547,14 @@ describe("vmabackup serve, as a child process", () => {
     const half = await runCli(["serve", "--listen", "127.0.0.1:0", ...dirs, "--tls-cert", certs.server.certFile]);
     expect(half.code).toBe(2);
     expect(half.stderr).toContain("--tls-cert and --tls-key go together");
-    const caOnly = await runCli(["serve", "--listen", "127.0.0.1:0", ...dirs, "--tls-client-ca", certs.clientCa.certFile]);
+    const caOnly = await runCli([
+      "serve",
+      "--listen",
+      "127.0.0.1:0",
+      ...dirs,
+      "--tls-client-ca",
+      certs.clientCa.certFile,
+    ]);
     expect(caOnly.code).toBe(2);
     expect(caOnly.stderr).toContain("--tls-client-ca needs --tls-cert and --tls-key");
     const emptyTokens = path.join(workDir, "empty-tokens");
@@ -504,31 +564,56 @@ describe("vmabackup serve, as a child process", () => {
     expect(noTokens.stderr).toContain("holds no token");
   });
 
-  it("lets --insecure, or TLS with a token, past the policy (then fails to bind an address no interface has)", async () => {
-    // 192.0.2.1 (TEST-NET-1) belongs to no interface: the policy is passed,
-    // the bind fails, and nothing ever listens beyond loopback.
-    const insecure = await runCli(["serve", "--listen", "192.0.2.1:0", ...dirs, "--insecure"]);
-    expect(insecure.code).toBe(1);
-    expect(insecure.stderr).not.toContain("refusing");
-    expect(insecure.stdout).toContain("--insecure: serving an address other than loopback without TLS and a bearer token");
-    expect(insecure.stdout).toContain("cannot start the server");
-    const secured = await runCli([
-      "serve", "--listen", "192.0.2.1:0", ...dirs,
-      "--tls-cert", certs.server.certFile, "--tls-key", certs.server.keyFile, "--auth-token-file", tokenFile,
-    ]);
-    expect(secured.code).toBe(1);
-    expect(secured.stdout).toContain('"tls":true');
-    expect(secured.stdout).toContain("cannot start the server");
-    expect(secured.stdout).not.toContain("--insecure");
-  });
+  it(
+    "lets --insecure, or TLS with a token, past the policy (then fails to bind an address no interface " + "has)",
+    async () => {
+      // 192.0.2.1 (TEST-NET-1) belongs to no interface: the policy is passed,
+      // the bind fails, and nothing ever listens beyond loopback.
+      const insecure = await runCli(["serve", "--listen", "192.0.2.1:0", ...dirs, "--insecure"]);
+      expect(insecure.code).toBe(1);
+      expect(insecure.stderr).not.toContain("refusing");
+      expect(insecure.stdout).toContain(
+        "--insecure: serving an address other than loopback without TLS and a bearer token",
+      );
+      expect(insecure.stdout).toContain("cannot start the server");
+      const secured = await runCli([
+        "serve",
+        "--listen",
+        "192.0.2.1:0",
+        ...dirs,
+        "--tls-cert",
+        certs.server.certFile,
+        "--tls-key",
+        certs.server.keyFile,
+        "--auth-token-file",
+        tokenFile,
+      ]);
+      expect(secured.code).toBe(1);
+      expect(secured.stdout).toContain('"tls":true');
+      expect(secured.stdout).toContain("cannot start the server");
+      expect(secured.stdout).not.toContain("--insecure");
+    },
+  );
 
   it("serves mutual TLS with a token end to end, and the CLI's client flags reach it", async () => {
     const serve = spawn(
       process.execPath,
       [
-        "--import", "tsx", "src/cli/main.ts", "serve", "--listen", "127.0.0.1:0", ...dirs,
-        "--tls-cert", certs.server.certFile, "--tls-key", certs.server.keyFile,
-        "--tls-client-ca", certs.clientCa.certFile, "--auth-token-file", tokenFile,
+        "--import",
+        "tsx",
+        "src/cli/main.ts",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        ...dirs,
+        "--tls-cert",
+        certs.server.certFile,
+        "--tls-key",
+        certs.server.keyFile,
+        "--tls-client-ca",
+        certs.clientCa.certFile,
+        "--auth-token-file",
+        tokenFile,
       ],
       { cwd: PROJECT_ROOT, stdio: ["ignore", "pipe", "pipe"] },
     );
@@ -543,7 +628,14 @@ describe("vmabackup serve, as a child process", () => {
         serve.on("exit", (code) => reject(new Error(`serve exited (${code})`)));
       });
       const port = address.split(":")[1]!;
-      const tls = ["--tls-ca", certs.serverCa.certFile, "--tls-cert", certs.client.certFile, "--tls-key", certs.client.keyFile];
+      const tls = [
+        "--tls-ca",
+        certs.serverCa.certFile,
+        "--tls-cert",
+        certs.client.certFile,
+        "--tls-key",
+        certs.client.keyFile,
+      ];
 
       // By the certificate's DNS name (with a bare IP grpc-js sends it as the
       // TLS server name and Node warns: grpc/grpc-node#1919).
@@ -564,7 +656,15 @@ describe("vmabackup serve, as a child process", () => {
       expect(noToken.code).toBe(1);
       expect(noToken.stderr).toContain("UNAUTHENTICATED");
       expect(noToken.stderr).toContain("--token-file");
-      const noCert = await runCli(["status", "--server", address, "--tls-ca", certs.serverCa.certFile, "--token-file", tokenFile]);
+      const noCert = await runCli([
+        "status",
+        "--server",
+        address,
+        "--tls-ca",
+        certs.serverCa.certFile,
+        "--token-file",
+        tokenFile,
+      ]);
       expect(noCert.code).toBe(1);
       expect(noCert.stderr).toContain("UNAVAILABLE");
       const missingKey = await runCli(["status", "--server", address, "--tls-cert", certs.client.certFile]);

@@ -11,7 +11,15 @@ import * as grpc from "@grpc/grpc-js";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import { parseVma } from "./engine-helpers.js";
-import { KiB, MiB, rpcErrorOf, snapshotTree, startSafetyServer, waitForEnd, waitForProgress } from "./helpers/safety-server.js";
+import {
+  KiB,
+  MiB,
+  rpcErrorOf,
+  snapshotTree,
+  startSafetyServer,
+  waitForEnd,
+  waitForProgress,
+} from "./helpers/safety-server.js";
 import type { SafetyServer } from "./helpers/safety-server.js";
 import { startSwapLoop } from "./helpers/swap-loop.js";
 import type { SwapLoop } from "./helpers/swap-loop.js";
@@ -57,7 +65,12 @@ async function tryBackup(backupFile: string, devicePath: string): Promise<{ code
   return { uuid: (await call).status!.uuid };
 }
 
-async function expectRefused(backupFile: string, devicePath: string, code: grpc.status, field: string): Promise<string> {
+async function expectRefused(
+  backupFile: string,
+  devicePath: string,
+  code: grpc.status,
+  field: string,
+): Promise<string> {
   const error = await rpcErrorOf(server.client.backup({ backupFile, devices: device(devicePath) }));
   expect(error, `${backupFile} from ${devicePath} was accepted`).toBeDefined();
   expect({ code: grpc.status[error!.code], field: error!.details.split(":")[0] }).toEqual({
@@ -89,7 +102,12 @@ describe("escapes", () => {
     const before = await snapshotTree(server.outsideDir);
     await symlink(server.outsideDir, path.join(server.backupDir, "elsewhere"));
     const source = await server.writeSource("disk.raw", insideData);
-    for (const backupFile of ["../outside/a.vma", path.join(server.outsideDir, "a.vma"), "elsewhere/a.vma", "elsewhere/../../outside/a.vma"]) {
+    for (const backupFile of [
+      "../outside/a.vma",
+      path.join(server.outsideDir, "a.vma"),
+      "elsewhere/a.vma",
+      "elsewhere/../../outside/a.vma",
+    ]) {
       await expectRefused(backupFile, source, grpc.status.PERMISSION_DENIED, "backup_file");
     }
     expect(await snapshotTree(server.outsideDir)).toEqual(before);
@@ -98,34 +116,37 @@ describe("escapes", () => {
 });
 
 describe("no existence oracle outside the roots", () => {
-  it("answers PERMISSION_DENIED for a path outside, whether it exists or not, through symlinked directories too", async () => {
-    // A directory symlink in the source root pointing outside: the names
-    // below it must not tell whether a file exists out there.
-    await symlink(server.outsideDir, path.join(server.sourceDir, "out-dir"));
-    await symlink(path.join(server.outsideDir, "missing.raw"), path.join(server.sourceDir, "dangling.raw"));
-    await mkdir(path.join(server.outsideDir, "sub"));
-    await symlink(path.join(server.outsideDir, "sub"), path.join(server.sourceDir, "out-sub"));
-    const unreadable = path.join(server.outsideDir, "locked");
-    await mkdir(unreadable, { mode: 0o000 });
-    const outside = [
-      "out-dir/secret.raw", // exists
-      "out-dir/missing.raw",
-      "out-dir/missing-dir/disk.raw",
-      "out-dir/secret.raw/below", // ENOTDIR out there
-      "out-dir/locked/disk.raw",
-      "out-sub/missing.raw",
-      "dangling.raw",
-      `${server.sourceDir}/../outside/missing.raw`,
-    ];
-    for (const devicePath of outside) {
-      await expectRefused("oracle.vma", devicePath, grpc.status.PERMISSION_DENIED, "devices[0].path");
-    }
-    // Inside, a missing file is simply missing (`..` in a request is taken lexically).
-    for (const devicePath of ["missing.raw", "no-dir/disk.raw", "out-sub/../secret.raw", "out-dir/../missing.raw"]) {
-      await expectRefused("oracle.vma", devicePath, grpc.status.NOT_FOUND, "devices[0].path");
-    }
-    expect(await readdir(server.backupDir)).toEqual([]);
-  });
+  it(
+    "answers PERMISSION_DENIED for a path outside, whether it exists or not, through symlinked directories " + "too",
+    async () => {
+      // A directory symlink in the source root pointing outside: the names
+      // below it must not tell whether a file exists out there.
+      await symlink(server.outsideDir, path.join(server.sourceDir, "out-dir"));
+      await symlink(path.join(server.outsideDir, "missing.raw"), path.join(server.sourceDir, "dangling.raw"));
+      await mkdir(path.join(server.outsideDir, "sub"));
+      await symlink(path.join(server.outsideDir, "sub"), path.join(server.sourceDir, "out-sub"));
+      const unreadable = path.join(server.outsideDir, "locked");
+      await mkdir(unreadable, { mode: 0o000 });
+      const outside = [
+        "out-dir/secret.raw", // exists
+        "out-dir/missing.raw",
+        "out-dir/missing-dir/disk.raw",
+        "out-dir/secret.raw/below", // ENOTDIR out there
+        "out-dir/locked/disk.raw",
+        "out-sub/missing.raw",
+        "dangling.raw",
+        `${server.sourceDir}/../outside/missing.raw`,
+      ];
+      for (const devicePath of outside) {
+        await expectRefused("oracle.vma", devicePath, grpc.status.PERMISSION_DENIED, "devices[0].path");
+      }
+      // Inside, a missing file is simply missing (`..` in a request is taken lexically).
+      for (const devicePath of ["missing.raw", "no-dir/disk.raw", "out-sub/../secret.raw", "out-dir/../missing.raw"]) {
+        await expectRefused("oracle.vma", devicePath, grpc.status.NOT_FOUND, "devices[0].path");
+      }
+      expect(await readdir(server.backupDir)).toEqual([]);
+    },
+  );
 
   it("answers PERMISSION_DENIED for an archive directory outside, whether it exists or not", async () => {
     await symlink(server.outsideDir, path.join(server.backupDir, "out-dir"));
@@ -147,7 +168,12 @@ describe("sources that are not disks", () => {
     expect(performance.now() - started).toBeLessThan(1000);
     await mkdir(path.join(server.sourceDir, "directory"));
     expect(
-      await expectRefused("dir.vma", path.join(server.sourceDir, "directory"), grpc.status.FAILED_PRECONDITION, "devices[0].path"),
+      await expectRefused(
+        "dir.vma",
+        path.join(server.sourceDir, "directory"),
+        grpc.status.FAILED_PRECONDITION,
+        "devices[0].path",
+      ),
     ).toContain("directory");
     await expectRefused("zero.vma", "/dev/zero", grpc.status.PERMISSION_DENIED, "devices[0].path");
     expect(await readdir(server.backupDir)).toEqual([]);
@@ -182,7 +208,11 @@ describe("symlinks planted at the archive's names", () => {
   it("never writes through a symlink planted at the final name while the job runs", async () => {
     const source = await server.writeSource("slow.raw", Buffer.alloc(2 * MiB, 0x11));
     const victim = path.join(server.outsideDir, "victim");
-    const started = await server.client.backup({ backupFile: "raced.vma", devices: device(source), speedLimit: BigInt(4 * MiB) });
+    const started = await server.client.backup({
+      backupFile: "raced.vma",
+      devices: device(source),
+      speedLimit: BigInt(4 * MiB),
+    });
     const uuid = started.status!.uuid;
     await waitForProgress(server.client, uuid, 1);
     await symlink(victim, path.join(server.backupDir, "raced.vma"));
@@ -200,7 +230,9 @@ describe("names swapped to symlinks while the server checks them", () => {
   /** Checks one raced outcome: refused with a defined code, or an archive of inside bytes only. */
   async function judge(outcome: { code: grpc.status } | { uuid: string }, tally: Map<string, number>): Promise<void> {
     if ("code" in outcome) {
-      expect([grpc.status.PERMISSION_DENIED, grpc.status.NOT_FOUND, grpc.status.FAILED_PRECONDITION]).toContain(outcome.code);
+      expect([grpc.status.PERMISSION_DENIED, grpc.status.NOT_FOUND, grpc.status.FAILED_PRECONDITION]).toContain(
+        outcome.code,
+      );
       tally.set(grpc.status[outcome.code]!, (tally.get(grpc.status[outcome.code]!) ?? 0) + 1);
       return;
     }
@@ -262,7 +294,8 @@ describe("names swapped to symlinks while the server checks them", () => {
         // The job may fail when its directory vanishes under it; it must say where.
         const end = await waitForEnd(server.client, outcome.uuid);
         tally.set(BackupState[end.state], (tally.get(BackupState[end.state]) ?? 0) + 1);
-        if (end.state === BackupState.ERROR) expect(end.errorMessage).toMatch(/^device drive-scsi0: .* at offset \d+: /);
+        if (end.state === BackupState.ERROR)
+          expect(end.errorMessage).toMatch(/^device drive-scsi0: .* at offset \d+: /);
       }
       for (const name of await readdir(target)) written.add(name);
     }

@@ -33,10 +33,14 @@ afterEach(async () => {
 
 function serveArgs(stateDir = path.join(rootDir, "state")): string[] {
   return [
-    "--listen", "127.0.0.1:0",
-    "--backup-dir", path.join(rootDir, "backups"),
-    "--source-root", path.join(rootDir, "images"),
-    "--state-dir", stateDir,
+    "--listen",
+    "127.0.0.1:0",
+    "--backup-dir",
+    path.join(rootDir, "backups"),
+    "--source-root",
+    path.join(rootDir, "images"),
+    "--state-dir",
+    stateDir,
   ];
 }
 

@@ -166,7 +166,9 @@ describe("the backup dir goes away", () => {
     failedOffset(end, /writing archive failed at offset \d+: ENOENT$/);
     // Without its directory the server refuses new jobs with a defined status
     // and keeps serving; the operator restores the directory.
-    const refused = await rpcErrorOf(server.client.backup({ backupFile: "x.vma", devices: [{ name: DEVICE, path: source }] }));
+    const refused = await rpcErrorOf(
+      server.client.backup({ backupFile: "x.vma", devices: [{ name: DEVICE, path: source }] }),
+    );
     expect(refused?.code).toBe(grpc.status.FAILED_PRECONDITION);
     await mkdir(server.backupDir);
     await expectNextBackupSucceeds("backup dir removed");
@@ -186,21 +188,26 @@ describe("the backup dir goes away", () => {
     await backupFs.failReadOnly();
     const end = await waitForEnd(server.client, uuid);
     // While the directory is read-only, new jobs are refused with a defined status.
-    const refused = await rpcErrorOf(server.client.backup({ backupFile: "ro.vma", devices: [{ name: DEVICE, path: source }] }));
+    const refused = await rpcErrorOf(
+      server.client.backup({ backupFile: "ro.vma", devices: [{ name: DEVICE, path: source }] }),
+    );
     expect(refused?.code).toBe(grpc.status.FAILED_PRECONDITION);
     await backupFs.remount();
     return end;
   }
 
-  it("made read-only mid-job (the filesystem fails): ERROR naming device and offset, the server keeps serving", async (context) => {
-    if (!mountsAllowed || !(await canUseLoopDevices())) context.skip(); // needs root and a loop device
-    const end = await jobOnFilesystemGoingReadOnly("readonly");
-    const offset = failedOffset(end, /writing archive failed at offset \d+: EROFS$/);
-    expect(offset).toBeLessThan(16 * MiB);
-    expect(await readdir(server.backupDir)).not.toContain("readonly.vma");
-    await expectNextBackupSucceeds("backup dir made read-only");
-    await loopFilesystems.pop()!.dispose();
-  });
+  it(
+    "made read-only mid-job (the filesystem fails): ERROR naming device and offset, the server keeps " + "serving",
+    async (context) => {
+      if (!mountsAllowed || !(await canUseLoopDevices())) context.skip(); // needs root and a loop device
+      const end = await jobOnFilesystemGoingReadOnly("readonly");
+      const offset = failedOffset(end, /writing archive failed at offset \d+: EROFS$/);
+      expect(offset).toBeLessThan(16 * MiB);
+      expect(await readdir(server.backupDir)).not.toContain("readonly.vma");
+      await expectNextBackupSucceeds("backup dir made read-only");
+      await loopFilesystems.pop()!.dispose();
+    },
+  );
 
   // A read-only filesystem cannot lose a file, so the failed job's partial
   // file outlives the fault. Once the directory is writable again it must go.
@@ -237,7 +244,9 @@ describe("clients that vanish", () => {
     });
     await killed;
     await remote.kill();
-    const started = server.log.lines.find((line) => line.msg === "backup started" && String(line.backupFile).endsWith("orphan.vma"));
+    const started = server.log.lines.find(
+      (line) => line.msg === "backup started" && String(line.backupFile).endsWith("orphan.vma"),
+    );
     const end = await waitForEnd(server.client, String(started!.uuid));
     expect(end.state, end.errorMessage).toBe(BackupState.DONE);
     expect((await parseVma(end.backupFile)).devices[0]!.data.equals(data)).toBe(true);

@@ -38,7 +38,10 @@ const UNDEFINED_OUTCOMES = new Set([
  * property keeps hunting for new bugs; once a fix lands, that test starts to
  * pass (and so fails as it.fails), which says: delete the entry here.
  */
-const KNOWN_ENGINE_BUGS: ReadonlyArray<{ readonly name: string; readonly matches: (request: Record<string, unknown>) => boolean }> = [];
+const KNOWN_ENGINE_BUGS: ReadonlyArray<{
+  readonly name: string;
+  readonly matches: (request: Record<string, unknown>) => boolean;
+}> = [];
 
 /** Stands for the uuid of a job that is running when the request is sent (see withActiveJob). */
 const ACTIVE_JOB = "<active job>";
@@ -76,8 +79,8 @@ beforeAll(async () => {
   await server.writeSource("active.raw", Buffer.alloc(64 * KiB, 4));
   const secret = path.join(server.outsideDir, "secret.raw");
   await writeFile(secret, Buffer.alloc(64 * KiB, 3));
-  const escape = path.join(server.sourceDir, "escape.raw");
-  await symlink(secret, escape);
+  const escapeLink = path.join(server.sourceDir, "escapeLink.raw");
+  await symlink(secret, escapeLink);
   const fifo = path.join(server.sourceDir, "fifo");
   execFileSync("mkfifo", [fifo]);
   await mkdir(path.join(server.sourceDir, "directory"));
@@ -96,10 +99,24 @@ beforeAll(async () => {
   await waitForEnd(server.client, done.status!.uuid);
 
   known = [
-    diskA, diskB, diskC, "./disk-b.raw", escape, fifo, path.join(server.sourceDir, "directory"), secret,
-    `${server.sourceDir}/../outside/secret.raw`, "/dev/zero", "loop/disk-a.raw", `${"d".repeat(256)}.raw`,
-    server.sourceDir, server.backupDir,
-    done.status!.uuid, cancelled.status!.uuid, done.status!.uuid.toUpperCase(), ACTIVE_JOB,
+    diskA,
+    diskB,
+    diskC,
+    "./disk-b.raw",
+    escapeLink,
+    fifo,
+    path.join(server.sourceDir, "directory"),
+    secret,
+    `${server.sourceDir}/../outside/secret.raw`,
+    "/dev/zero",
+    "loop/disk-a.raw",
+    `${"d".repeat(256)}.raw`,
+    server.sourceDir,
+    server.backupDir,
+    done.status!.uuid,
+    cancelled.status!.uuid,
+    done.status!.uuid.toUpperCase(),
+    ACTIVE_JOB,
   ];
   jobUuids = [done.status!.uuid, cancelled.status!.uuid, ACTIVE_JOB, ACTIVE_JOB];
   protectedBefore = await protectedSnapshot();
@@ -111,7 +128,9 @@ afterAll(async () => {
   console.info(`fuzz outcomes (${[...tally.values()].reduce((sum, n) => sum + n, 0)} calls): ${summary.join(" ")}`);
 });
 
-type Outcome = { readonly code: grpc.status; readonly details: string } | { readonly code: grpc.status.OK; readonly response: unknown };
+type Outcome =
+  | { readonly code: grpc.status; readonly details: string }
+  | { readonly code: grpc.status.OK; readonly response: unknown };
 
 /** Calls `method` with `request`; a stream is read until its first message (or a short deadline). */
 async function call(client: BackupClient, method: DescMethod, request: object): Promise<Outcome> {
@@ -120,7 +139,9 @@ async function call(client: BackupClient, method: DescMethod, request: object): 
   if (method.methodKind === "unary") {
     const pending = invoke(request, { deadline: Date.now() + 10_000 }) as Promise<unknown>;
     const error = await rpcErrorOf(pending);
-    return error === undefined ? { code: grpc.status.OK, response: await pending } : { code: error.code, details: error.details };
+    return error === undefined
+      ? { code: grpc.status.OK, response: await pending }
+      : { code: error.code, details: error.details };
   }
   // An all-jobs watch with no job running sends nothing: the deadline ends it.
   const stream = invoke(request, { deadline: Date.now() + 150 }) as AsyncIterable<unknown>;
@@ -145,7 +166,11 @@ function expectDefined(method: DescMethod, request: unknown, outcome: Outcome): 
   count(name);
   if (UNDEFINED_OUTCOMES.has(outcome.code)) {
     const shown = JSON.stringify(request, (_key, value: unknown) =>
-      typeof value === "bigint" ? `${value}n` : typeof value === "string" && value.length > 200 ? `${value.slice(0, 200)}…(${value.length})` : value,
+      typeof value === "bigint"
+        ? `${value}n`
+        : typeof value === "string" && value.length > 200
+          ? `${value.slice(0, 200)}…(${value.length})`
+          : value,
     );
     expect.fail(`${name}: ${"details" in outcome ? outcome.details : ""}\nrequest: ${shown?.slice(0, 2000)}`);
   }
@@ -218,38 +243,66 @@ function backupRequestArbitrary(): fc.Arbitrary<MessageInitShape<typeof BackupRe
     Array.from({ length: size }, (_, index) => ({ name: `${first.name}-${index}`, path: first.path }));
   const config = fc.record({
     name: sometimes(fc.constantFrom("qemu-server.conf", "qemu-server.fw"), hostile),
-    data: sometimes(fc.uint8Array({ maxLength: 256 }), fc.constantFrom(65_535, 65_536).map((size) => new Uint8Array(size).fill(0x23))),
+    data: sometimes(
+      fc.uint8Array({ maxLength: 256 }),
+      fc.constantFrom(65_535, 65_536).map((size) => new Uint8Array(size).fill(0x23)),
+    ),
   });
   return fc.record({
     backupFile: sometimes(
       fc.stringMatching(/^[a-z0-9-]{1,12}\.vma$/),
       fc.oneof(
-        fc.constantFrom("link/a.vma", "../outside/a.vma", "link/../../outside/a.vma", "done.vma", "sub/dir/a.vma", ".vma", "a.VMA", "loop/a.vma"),
+        fc.constantFrom(
+          "link/a.vma",
+          "../outside/a.vma",
+          "link/../../outside/a.vma",
+          "done.vma",
+          "sub/dir/a.vma",
+          ".vma",
+          "a.VMA",
+          "loop/a.vma",
+        ),
         // Names at and past NAME_MAX (255 bytes), in ASCII and in two-byte UTF-8.
-        fc.tuple(fc.constantFrom(251, 252, 4092), fc.constantFrom("a", "é")).map(([size, unit]) => `${unit.repeat(size)}.vma`),
+        fc
+          .tuple(fc.constantFrom(251, 252, 4092), fc.constantFrom("a", "é"))
+          .map(([size, unit]) => `${unit.repeat(size)}.vma`),
         hostile.map((text) => `${text}.vma`),
         hostile,
       ),
     ),
     format: sometimes(fc.constantFrom(0, 1), fc.integer({ min: -5, max: 100 })),
     devices: fc.oneof(
-      { arbitrary: fc.integer({ min: 1, max: 3 }).chain((size) => fc.tuple(...Array.from({ length: size }, (_, index) => deviceAt(index)))), weight: 10 },
+      {
+        arbitrary: fc
+          .integer({ min: 1, max: 3 })
+          .chain((size) => fc.tuple(...Array.from({ length: size }, (_, index) => deviceAt(index)))),
+        weight: 10,
+      },
       { arbitrary: fc.constant<{ name: string; path: string }[]>([]), weight: 1 },
-      { arbitrary: fc.tuple(fc.constantFrom(254, 255, 3000), device).map(([size, first]) => many(size, first)), weight: 1 },
+      {
+        arbitrary: fc.tuple(fc.constantFrom(254, 255, 3000), device).map(([size, first]) => many(size, first)),
+        weight: 1,
+      },
     ),
     configs: fc.oneof(
       { arbitrary: fc.array(config, { maxLength: 2 }), weight: 10 },
       // Over the count limit, and enough bytes to overflow the VMA header.
       {
         arbitrary: fc.constantFrom(257, 40).map((size) =>
-          Array.from({ length: size }, (_, index) => ({ name: `c${index}.conf`, data: new Uint8Array(size > 256 ? 8 : 60_000) })),
+          Array.from({ length: size }, (_, index) => ({
+            name: `c${index}.conf`,
+            data: new Uint8Array(size > 256 ? 8 : 60_000),
+          })),
         ),
         weight: 1,
       },
     ),
     speedLimit: sometimes(
       fc.constantFrom(0n, 1n, 4096n, BigInt(64 * MiB)),
-      fc.oneof(fc.constantFrom(2n ** 53n - 1n, 2n ** 53n, 2n ** 63n, 2n ** 64n - 1n), fc.bigInt({ min: 0n, max: 2n ** 64n - 1n })),
+      fc.oneof(
+        fc.constantFrom(2n ** 53n - 1n, 2n ** 53n, 2n ** 63n, 2n ** 64n - 1n),
+        fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }),
+      ),
     ),
     requestId: sometimes(fc.constant(""), hostile),
   });
@@ -354,7 +407,10 @@ describe("messages over the size limit", () => {
     );
     expect(underLimit?.code).toBe(grpc.status.INVALID_ARGUMENT);
 
-    const started = await small.client.backup({ backupFile: "fine.vma", devices: [{ name: "drive-scsi0", path: source }] });
+    const started = await small.client.backup({
+      backupFile: "fine.vma",
+      devices: [{ name: "drive-scsi0", path: source }],
+    });
     expect((await waitForEnd(small.client, started.status!.uuid)).state).toBe(BackupState.DONE);
     count("size limit RESOURCE_EXHAUSTED");
   });

@@ -31,10 +31,14 @@ afterEach(async () => {
 function serveWithHosts(listen: string, hosts: Record<string, string[]>): ServeProcess {
   const child = runServe(
     [
-      "--listen", listen,
-      "--backup-dir", path.join(rootDir, "backups"),
-      "--source-root", path.join(rootDir, "images"),
-      "--state-dir", path.join(rootDir, "state"),
+      "--listen",
+      listen,
+      "--backup-dir",
+      path.join(rootDir, "backups"),
+      "--source-root",
+      path.join(rootDir, "images"),
+      "--state-dir",
+      path.join(rootDir, "state"),
     ],
     { nodeArgs: FAKE_RESOLVER, env: { VMABACKUP_TEST_HOSTS: JSON.stringify(hosts) } },
   );
@@ -46,7 +50,12 @@ function serveWithHosts(listen: string, hosts: Record<string, string[]>): ServeP
 async function outcome(serve: ServeProcess): Promise<string> {
   return Promise.race([
     serve.exited.then(({ code }) => `exited ${code}`),
-    serve.waitForLog((line) => line.msg === "listening").then((line) => `listening ${String(line.address)}`, () => "never listened"),
+    serve
+      .waitForLog((line) => line.msg === "listening")
+      .then(
+        (line) => `listening ${String(line.address)}`,
+        () => "never listened",
+      ),
   ]);
 }
 

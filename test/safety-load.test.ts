@@ -53,7 +53,11 @@ beforeAll(async () => {
   server = await startLoadServer({ sourceDir, backupDir, stateDir });
   // Separate subchannel pools: each client gets its own TCP connection.
   for (let index = 0; index < CHANNELS; index++) {
-    clients.push(createClient(BackupService, server.address, grpc.credentials.createInsecure(), { "grpc.use_local_subchannel_pool": 1 }));
+    clients.push(
+      createClient(BackupService, server.address, grpc.credentials.createInsecure(), {
+        "grpc.use_local_subchannel_pool": 1,
+      }),
+    );
   }
 });
 
@@ -81,7 +85,11 @@ async function writeSource(name: string, bytes: number): Promise<string> {
 async function warmUp(): Promise<void> {
   const source = await writeSource("warm-up.raw", 512 * KiB);
   const client = clients[0]!;
-  const started = await client.backup({ backupFile: "warm-up.vma", devices: [{ name: "drive-scsi0", path: source }], speedLimit: BigInt(MiB) });
+  const started = await client.backup({
+    backupFile: "warm-up.vma",
+    devices: [{ name: "drive-scsi0", path: source }],
+    speedLimit: BigInt(MiB),
+  });
   const uuid = started.status!.uuid;
   const watchers = clients.map((each) => waitForEnd(each, uuid));
   const leaver = new AbortController();
@@ -143,7 +151,9 @@ describe("1,000 watchers over 5 jobs", () => {
     const idle = await serverSettles((stats) => stats.watchers === 0);
     expect(idle.watchers).toBe(0);
 
-    const sources = await Promise.all(Array.from({ length: JOBS }, (_, index) => writeSource(`load-${index}.raw`, JOB_BYTES)));
+    const sources = await Promise.all(
+      Array.from({ length: JOBS }, (_, index) => writeSource(`load-${index}.raw`, JOB_BYTES)),
+    );
     const uuids: string[] = [];
     for (const [index, source] of sources.entries()) {
       const started = await clients[index % CHANNELS]!.backup({
@@ -167,13 +177,21 @@ describe("1,000 watchers over 5 jobs", () => {
     }
     await Promise.all([...survivors, ...cancellers].map((watcher) => watcher.connected));
     const held = await server.stats();
-    figures.push(`watchers held at once: ${held.watchers} (server heap ${mib(held.heapUsed)} after GC, rss ${mib(held.rss)})`);
+    figures.push(
+      `watchers held at once: ${held.watchers} (server heap ${mib(held.heapUsed)} after GC, rss ${mib(held.rss)})`,
+    );
     expect(held.watchers).toBe(JOBS * WATCHERS_PER_JOB);
 
     // Half of them leave at random moments while the jobs run; then the jobs run to their end at full speed.
     const leaving = [
       ...cancellers.map(
-        (watcher) => new Promise<void>((resolve) => setTimeout(() => (watcher.leave(), resolve()), Math.random() * LEAVE_WINDOW_MS)),
+        (watcher) =>
+          new Promise<void>((resolve) =>
+            setTimeout(() => {
+              watcher.leave();
+              resolve();
+            }, Math.random() * LEAVE_WINDOW_MS),
+          ),
       ),
       new Promise<void>((resolve) => setTimeout(resolve, Math.random() * LEAVE_WINDOW_MS)).then(() => remote.kill()),
     ];
@@ -204,14 +222,20 @@ describe("1,000 watchers over 5 jobs", () => {
     expect(survived).toHaveLength(JOBS * (WATCHERS_PER_JOB - CANCELLING_PER_JOB - KILLED_PER_JOB));
     const messages = survived.reduce((sum, record) => sum + record.statuses.length, 0);
 
-    const after = await serverSettles((stats) => stats.watchers === 0 && stats.heapUsed <= idle.heapUsed + HEAP_TOLERANCE_BYTES);
+    const after = await serverSettles(
+      (stats) => stats.watchers === 0 && stats.heapUsed <= idle.heapUsed + HEAP_TOLERANCE_BYTES,
+    );
     figures.push(
-      `survivors: ${survived.length} (${messages} messages, every one saw ACTIVE ... DONE); cancelled: ${leftEarly} of ${cancelled.length}; killed with their process: ${JOBS * KILLED_PER_JOB}`,
-      `server heap after GC: idle ${mib(idle.heapUsed)}, with ${held.watchers} watchers ${mib(held.heapUsed)}, after ${mib(after.heapUsed)} (rss ${mib(idle.rss)} -> ${mib(after.rss)})`,
+      `survivors: ${survived.length} (${messages} messages, every one saw ACTIVE ... DONE); cancelled: ${leftEarly} ` +
+        `of ${cancelled.length}; killed with their process: ${JOBS * KILLED_PER_JOB}`,
+      `server heap after GC: idle ${mib(idle.heapUsed)}, with ${held.watchers} watchers ${mib(held.heapUsed)}, ` +
+        `after ${mib(after.heapUsed)} (rss ${mib(idle.rss)} -> ${mib(after.rss)})`,
     );
     expect(after.watchers).toBe(0);
     expect(after.heapUsed).toBeLessThanOrEqual(idle.heapUsed + HEAP_TOLERANCE_BYTES);
-    expect((await readdir(backupDir)).sort()).toEqual([...sources.map((_, index) => `load-${index}.vma`), "warm-up.vma"].sort());
+    expect((await readdir(backupDir)).sort()).toEqual(
+      [...sources.map((_, index) => `load-${index}.vma`), "warm-up.vma"].sort(),
+    );
   });
 });
 

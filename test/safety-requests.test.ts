@@ -23,28 +23,36 @@ afterAll(async () => {
 });
 
 describe("backup_file names near NAME_MAX", () => {
-  it("refuses a name whose .partial would exceed 255 bytes as INVALID_ARGUMENT naming the limit, not the path", async () => {
-    // 248..255 bytes: the final name fits, "<name>.partial" does not.
-    for (const bytes of [248, 250, 255, 256, 300]) {
-      const name = `${"n".repeat(bytes - ".vma".length)}.vma`;
-      const error = await expectRefusal(
-        server.client.backup({ backupFile: name, devices: [{ name: "drive-scsi0", path: source }] }),
+  it(
+    "refuses a name whose .partial would exceed 255 bytes as INVALID_ARGUMENT naming the limit, not the " + "path",
+    async () => {
+      // 248..255 bytes: the final name fits, "<name>.partial" does not.
+      for (const bytes of [248, 250, 255, 256, 300]) {
+        const name = `${"n".repeat(bytes - ".vma".length)}.vma`;
+        const error = await expectRefusal(
+          server.client.backup({ backupFile: name, devices: [{ name: "drive-scsi0", path: source }] }),
+          grpc.status.INVALID_ARGUMENT,
+          "BACKUP_FILE_NAME_TOO_LONG",
+          "backup_file",
+        );
+        expect(error.details).toMatch(
+          new RegExp(`^backup_file: the file name is ${bytes} bytes of UTF-8, at most 247 allowed`),
+        );
+        expect(error.details).not.toContain("nnnnnnnnnnnnnnnn");
+      }
+      // Multi-byte: counted in bytes, not characters (124 x "é" = 248 bytes).
+      await expectRefusal(
+        server.client.backup({
+          backupFile: `${"é".repeat(122)}.vma`,
+          devices: [{ name: "drive-scsi0", path: source }],
+        }),
         grpc.status.INVALID_ARGUMENT,
         "BACKUP_FILE_NAME_TOO_LONG",
         "backup_file",
       );
-      expect(error.details).toMatch(new RegExp(`^backup_file: the file name is ${bytes} bytes of UTF-8, at most 247 allowed`));
-      expect(error.details).not.toContain("nnnnnnnnnnnnnnnn");
-    }
-    // Multi-byte: counted in bytes, not characters (124 x "é" = 248 bytes).
-    await expectRefusal(
-      server.client.backup({ backupFile: `${"é".repeat(122)}.vma`, devices: [{ name: "drive-scsi0", path: source }] }),
-      grpc.status.INVALID_ARGUMENT,
-      "BACKUP_FILE_NAME_TOO_LONG",
-      "backup_file",
-    );
-    expect(await readdir(server.backupDir)).toEqual([]);
-  });
+      expect(await readdir(server.backupDir)).toEqual([]);
+    },
+  );
 
   it("accepts a name of exactly 247 bytes", async () => {
     const name = `${"k".repeat(247 - ".vma".length)}.vma`;

@@ -35,7 +35,10 @@ describe("a backup of devices whose size is not a multiple of 512", () => {
     const { sandbox, engine } = fixture;
     const sources = ODD_SIZES.map((size) => nonZero(size));
     const devices = await Promise.all(
-      sources.map(async (data, index) => ({ name: `drive-scsi${index}`, path: await writeSource(sandbox, `d${index}.raw`, data) })),
+      sources.map(async (data, index) => ({
+        name: `drive-scsi${index}`,
+        path: await writeSource(sandbox, `d${index}.raw`, data),
+      })),
     );
     const started = await engine.start(backupSpec({ devices }));
     const end = await waitForEnd(engine, started.uuid);
@@ -111,9 +114,13 @@ describe("vma verify of archives other writers made", () => {
     expect(result.code).toBe(0);
     expect(result.stdout).toMatch(/^OK /m);
     expect(result.stderr).toBe(
-      "warning: drive-scsi0: size 131585 is not a multiple of 512; Proxmox's vma cannot restore such a device exactly\n",
+      "warning: drive-scsi0: size 131585 is not a multiple of 512; Proxmox's vma cannot restore such a device " +
+        "exactly\n",
     );
-    const json = JSON.parse((await cli(["vma", "verify", "--json", file])).stdout) as { ok: boolean; warnings: string[] };
+    const json = JSON.parse((await cli(["vma", "verify", "--json", file])).stdout) as {
+      ok: boolean;
+      warnings: string[];
+    };
     expect(json.ok).toBe(true);
     expect(json.warnings).toHaveLength(1);
   });
@@ -127,7 +134,8 @@ describe("vma verify of archives other writers made", () => {
     const result = await cli(["vma", "verify", file]);
     expect(result.code).toBe(0);
     expect(result.stderr).toBe(
-      "warning: every device is smaller than 64 KiB; Proxmox's vma verify -v and vma extract -v crash on such an archive (division by zero), run them without -v\n",
+      "warning: every device is smaller than 64 KiB; Proxmox's vma verify -v and vma extract -v crash on such an " +
+        "archive (division by zero), run them without -v\n",
     );
   });
 
@@ -145,11 +153,15 @@ describe("vma verify of archives other writers made", () => {
 /** An archive of all-zero devices of the given sizes, written by our writer as another tool might. */
 async function writeArchive(file: string, devices: ReadonlyArray<{ name: string; size: number }>): Promise<void> {
   const chunks: Uint8Array[] = [];
-  const writer = new VmaWriter({ write: async (parts) => void chunks.push(...parts.map((part) => Uint8Array.from(part))) }, { uuid: randomBytes(16) });
+  const writer = new VmaWriter(
+    { write: async (parts) => void chunks.push(...parts.map((part) => Uint8Array.from(part))) },
+    { uuid: randomBytes(16) },
+  );
   const devIds = devices.map((device) => writer.addDevice(device.name, device.size));
   for (const [index, device] of devices.entries()) {
     const devId = devIds[index]!;
-    for (let cluster = 0; cluster * CLUSTER < device.size; cluster++) await writer.writeCluster(devId, cluster, Buffer.alloc(CLUSTER), 0);
+    for (let cluster = 0; cluster * CLUSTER < device.size; cluster++)
+      await writer.writeCluster(devId, cluster, Buffer.alloc(CLUSTER), 0);
     writer.completeDevice(devId);
   }
   await writer.finish();
@@ -167,7 +179,11 @@ function cli(args: readonly string[]): Promise<CliResult> {
   return new Promise((resolvePromise, reject) => {
     const env = { ...process.env };
     delete env.VMABACKUP_SERVER;
-    const child = spawn(process.execPath, ["bin/vmabackup.js", ...args], { cwd: REPO, env, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, ["bin/vmabackup.js", ...args], {
+      cwd: REPO,
+      env,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     let stdout = "";
     let stderr = "";
     child.stdout.setEncoding("utf8").on("data", (chunk: string) => (stdout += chunk));

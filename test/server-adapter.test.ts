@@ -142,7 +142,10 @@ describe("typed client", () => {
     const response = await client.backup({
       backupFile: "a.vma",
       speedLimit: BIG,
-      devices: [{ name: "drive-scsi0", path: "/x" }, { name: "drive-scsi1", path: "/y" }],
+      devices: [
+        { name: "drive-scsi0", path: "/x" },
+        { name: "drive-scsi1", path: "/y" },
+      ],
     });
     expect(response.status?.backupFile).toBe("a.vma");
     expect(response.status?.speedLimit).toBe(BIG);
@@ -162,9 +165,9 @@ describe("typed client", () => {
   });
 
   it("honours deadlines and abort signals", async () => {
-    await expect(
-      client.queryBackup({ uuid: "slow" }, { deadline: Date.now() + 100 }),
-    ).rejects.toMatchObject({ code: grpc.status.DEADLINE_EXCEEDED });
+    await expect(client.queryBackup({ uuid: "slow" }, { deadline: Date.now() + 100 })).rejects.toMatchObject({
+      code: grpc.status.DEADLINE_EXCEEDED,
+    });
     const controller = new AbortController();
     const pending = client.queryBackup({ uuid: "slow" }, { signal: controller.signal });
     setTimeout(() => controller.abort(), 50);

@@ -163,8 +163,20 @@ describe("a two-device backup", () => {
       zeroBytes,
     }));
     expect(devices).toEqual([
-      { name: "drive-scsi0", devId: 1, size: BigInt(diskA.length), transferredBytes: BigInt(diskA.length), zeroBytes: BigInt(zeroA) },
-      { name: "drive-virtio1", devId: 2, size: BigInt(diskB.length), transferredBytes: BigInt(diskB.length), zeroBytes: BigInt(zeroB) },
+      {
+        name: "drive-scsi0",
+        devId: 1,
+        size: BigInt(diskA.length),
+        transferredBytes: BigInt(diskA.length),
+        zeroBytes: BigInt(zeroA),
+      },
+      {
+        name: "drive-virtio1",
+        devId: 2,
+        size: BigInt(diskB.length),
+        transferredBytes: BigInt(diskB.length),
+        zeroBytes: BigInt(zeroB),
+      },
     ]);
     expect(timestampDate(final.endTime!).getTime()).toBeGreaterThanOrEqual(timestampDate(final.startTime!).getTime());
     expect(await readdir(server.backupDir)).toEqual(["vm-101.vma"]);

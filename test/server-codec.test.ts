@@ -58,9 +58,7 @@ describe("toBackupSpec", () => {
 
   it("accepts the largest safe speed limit and refuses anything above it", () => {
     const max = BigInt(Number.MAX_SAFE_INTEGER);
-    expect(toBackupSpec(create(BackupRequestSchema, { speedLimit: max })).speedLimit).toBe(
-      Number.MAX_SAFE_INTEGER,
-    );
+    expect(toBackupSpec(create(BackupRequestSchema, { speedLimit: max })).speedLimit).toBe(Number.MAX_SAFE_INTEGER);
     const error = engineErrorOf(() => toBackupSpec(create(BackupRequestSchema, { speedLimit: max + 1n })));
     expect(error.kind).toBe("invalid-argument");
     expect(error.field).toBe("speed_limit");
@@ -205,7 +203,11 @@ describe("toRequiredUuid and toRevision", () => {
   it("takes revisions up to 2^53 - 1", () => {
     expect(toRevision(BigInt(Number.MAX_SAFE_INTEGER))).toBe(Number.MAX_SAFE_INTEGER);
     const error = engineErrorOf(() => toRevision(BigInt(Number.MAX_SAFE_INTEGER) + 1n));
-    expect(error).toMatchObject({ kind: "invalid-argument", reason: "AFTER_REVISION_INVALID", field: "after_revision" });
+    expect(error).toMatchObject({
+      kind: "invalid-argument",
+      reason: "AFTER_REVISION_INVALID",
+      field: "after_revision",
+    });
   });
 });
 

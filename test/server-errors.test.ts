@@ -68,12 +68,42 @@ const names = (...list: string[]): Request["devices"] => list.map((name) => ({ n
 const cases: Array<[string, () => Request, grpc.status, RegExp]> = [
   ["no devices", () => request({ devices: [] }), grpc.status.INVALID_ARGUMENT, /devices/],
   ["an empty device name", () => request({ devices: names("") }), grpc.status.INVALID_ARGUMENT, /devices\[0\]\.name/],
-  ['a device name with "/"', () => request({ devices: names("a/b") }), grpc.status.INVALID_ARGUMENT, /devices\[0\]\.name/],
-  ["a device name with a space", () => request({ devices: names("a b") }), grpc.status.INVALID_ARGUMENT, /devices\[0\]\.name/],
-  ["a device name with NUL", () => request({ devices: names("a\0b") }), grpc.status.INVALID_ARGUMENT, /devices\[0\]\.name/],
-  ['the reserved name "vmstate"', () => request({ devices: names("vmstate") }), grpc.status.INVALID_ARGUMENT, /devices\[0\]\.name/],
-  ["a 128-byte device name", () => request({ devices: names("d".repeat(128)) }), grpc.status.INVALID_ARGUMENT, /devices\[0\]\.name/],
-  ["duplicate device names", () => request({ devices: names("drive-scsi0", "drive-scsi0") }), grpc.status.INVALID_ARGUMENT, /devices\[1\]\.name/],
+  [
+    'a device name with "/"',
+    () => request({ devices: names("a/b") }),
+    grpc.status.INVALID_ARGUMENT,
+    /devices\[0\]\.name/,
+  ],
+  [
+    "a device name with a space",
+    () => request({ devices: names("a b") }),
+    grpc.status.INVALID_ARGUMENT,
+    /devices\[0\]\.name/,
+  ],
+  [
+    "a device name with NUL",
+    () => request({ devices: names("a\0b") }),
+    grpc.status.INVALID_ARGUMENT,
+    /devices\[0\]\.name/,
+  ],
+  [
+    'the reserved name "vmstate"',
+    () => request({ devices: names("vmstate") }),
+    grpc.status.INVALID_ARGUMENT,
+    /devices\[0\]\.name/,
+  ],
+  [
+    "a 128-byte device name",
+    () => request({ devices: names("d".repeat(128)) }),
+    grpc.status.INVALID_ARGUMENT,
+    /devices\[0\]\.name/,
+  ],
+  [
+    "duplicate device names",
+    () => request({ devices: names("drive-scsi0", "drive-scsi0") }),
+    grpc.status.INVALID_ARGUMENT,
+    /devices\[1\]\.name/,
+  ],
   ["255 devices", () => request({ devices: devices(255) }), grpc.status.INVALID_ARGUMENT, /devices/],
   [
     "257 configs",
@@ -89,7 +119,8 @@ const cases: Array<[string, () => Request, grpc.status, RegExp]> = [
   ],
   [
     "configs that overflow the VMA header",
-    () => request({ configs: Array.from({ length: 8 }, (_, i) => ({ name: `c${i}.conf`, data: new Uint8Array(65535) })) }),
+    () =>
+      request({ configs: Array.from({ length: 8 }, (_, i) => ({ name: `c${i}.conf`, data: new Uint8Array(65535) })) }),
     grpc.status.INVALID_ARGUMENT,
     /configs/,
   ],
@@ -135,7 +166,12 @@ const cases: Array<[string, () => Request, grpc.status, RegExp]> = [
     grpc.status.PERMISSION_DENIED,
     /backup_file/,
   ],
-  ['a backup_file not ending in ".vma"', () => request({ backupFile: "vm-100.tar" }), grpc.status.INVALID_ARGUMENT, /backup_file/],
+  [
+    'a backup_file not ending in ".vma"',
+    () => request({ backupFile: "vm-100.tar" }),
+    grpc.status.INVALID_ARGUMENT,
+    /backup_file/,
+  ],
   ["an existing backup_file", () => request({ backupFile: "existing.vma" }), grpc.status.ALREADY_EXISTS, /backup_file/],
   [
     "a speed limit beyond 2^53 - 1",
@@ -247,7 +283,10 @@ describe("device locks", () => {
     const busy = await failureOf(
       server.client.backup(request({ backupFile: "lock-2.vma", devices: [{ name: "other-name", path: goodSource }] })),
     );
-    expect(busy).toMatchObject({ code: grpc.status.FAILED_PRECONDITION, details: expect.stringMatching(/devices\[0\]/) });
+    expect(busy).toMatchObject({
+      code: grpc.status.FAILED_PRECONDITION,
+      details: expect.stringMatching(/devices\[0\]/),
+    });
     expect(readErrorDetails(busy)?.errorInfo).toMatchObject({
       reason: "DEVICE_IN_USE",
       domain: "vmabackup",

@@ -109,7 +109,12 @@ describe("ListBackups", () => {
 
   it("refuses a negative page_size, an unknown state and a page_token it never gave", async () => {
     const { client } = fixture;
-    await expectRefusal(client.listBackups({ pageSize: -1 }), grpc.status.INVALID_ARGUMENT, "PAGE_SIZE_INVALID", "page_size");
+    await expectRefusal(
+      client.listBackups({ pageSize: -1 }),
+      grpc.status.INVALID_ARGUMENT,
+      "PAGE_SIZE_INVALID",
+      "page_size",
+    );
     await expectRefusal(
       client.listBackups({ states: [BackupState.DONE, 42 as BackupState] }),
       grpc.status.INVALID_ARGUMENT,
@@ -168,8 +173,18 @@ describe("SetBackupSpeed", () => {
       "uuid",
     );
     expect(missing.details).toContain(unknown);
-    await expectRefusal(client.setBackupSpeed({ uuid: "", speedLimit: 1n }), grpc.status.INVALID_ARGUMENT, "UUID_REQUIRED", "uuid");
-    await expectRefusal(client.setBackupSpeed({ uuid: "x-1", speedLimit: 1n }), grpc.status.INVALID_ARGUMENT, "UUID_INVALID", "uuid");
+    await expectRefusal(
+      client.setBackupSpeed({ uuid: "", speedLimit: 1n }),
+      grpc.status.INVALID_ARGUMENT,
+      "UUID_REQUIRED",
+      "uuid",
+    );
+    await expectRefusal(
+      client.setBackupSpeed({ uuid: "x-1", speedLimit: 1n }),
+      grpc.status.INVALID_ARGUMENT,
+      "UUID_INVALID",
+      "uuid",
+    );
     const job = await startSlowJob();
     await expectRefusal(
       client.setBackupSpeed({ uuid: job.uuid, speedLimit: BigInt(Number.MAX_SAFE_INTEGER) + 1n }),
@@ -248,7 +263,9 @@ describe("Backup with a request_id", () => {
     const afterEnd = await startSlowJob({ requestId, backupFile, sourcePath });
     expect(afterEnd).toMatchObject({ uuid: first.uuid, state: BackupState.CANCELLED });
     expect((await listAll()).length).toBe(before);
-    expect((await readdir(server.backupDir)).filter((name) => name.startsWith(path.parse(backupFile).name))).toEqual([]);
+    expect((await readdir(server.backupDir)).filter((name) => name.startsWith(path.parse(backupFile).name))).toEqual(
+      [],
+    );
   });
 
   it("refuses the request_id of an earlier job with a different request: ALREADY_EXISTS naming that job", async () => {
@@ -288,7 +305,12 @@ describe("Backup with a request_id", () => {
     const a = await startSlowJob({ requestId: `a-${randomUUID()}` });
     const b = await startSlowJob({ requestId: `b-${randomUUID()}` });
     expect(a.uuid).not.toBe(b.uuid);
-    await expectRefusal(startSlowJob({ requestId: "r".repeat(129) }), grpc.status.INVALID_ARGUMENT, "REQUEST_ID_INVALID", "request_id");
+    await expectRefusal(
+      startSlowJob({ requestId: "r".repeat(129) }),
+      grpc.status.INVALID_ARGUMENT,
+      "REQUEST_ID_INVALID",
+      "request_id",
+    );
   });
 });
 
@@ -319,7 +341,7 @@ describe("status fields", () => {
     expect(Number(last.rate)).toBeLessThan(512 * KiB);
     const left = Number(last.totalBytes - last.transferredBytes);
     expect(durationMs(last.eta!)).toBeGreaterThan(((left / Number(last.rate)) * 1000) / 2);
-    expect(durationMs(last.eta!)).toBeLessThan(((left / Number(last.rate)) * 1000) * 2);
+    expect(durationMs(last.eta!)).toBeLessThan((left / Number(last.rate)) * 1000 * 2);
 
     const end = seen.at(-1)!;
     expect(end.state).toBe(BackupState.CANCELLED);

@@ -201,9 +201,11 @@ describe("health", () => {
 
   function check(client: grpc.Client, serviceName: string): Promise<{ status: string }> {
     return new Promise((resolve, reject) => {
-      (client as unknown as {
-        check(request: object, callback: grpc.requestCallback<{ status: string }>): void;
-      }).check({ service: serviceName }, (error, response) => (error ? reject(error) : resolve(response!)));
+      (
+        client as unknown as {
+          check(request: object, callback: grpc.requestCallback<{ status: string }>): void;
+        }
+      ).check({ service: serviceName }, (error, response) => (error ? reject(error) : resolve(response!)));
     });
   }
 
@@ -222,9 +224,11 @@ describe("health", () => {
     const own = await startTestServer();
     const client = new HealthClient(own.address, grpc.credentials.createInsecure());
     try {
-      const stream = (client as unknown as {
-        watch(request: object): grpc.ClientReadableStream<{ status: string }>;
-      }).watch({ service: "vmabackup.v1.BackupService" });
+      const stream = (
+        client as unknown as {
+          watch(request: object): grpc.ClientReadableStream<{ status: string }>;
+        }
+      ).watch({ service: "vmabackup.v1.BackupService" });
       stream.on("error", () => {}); // the forced shutdown ends it
       const statuses: string[] = [];
       const notServing = new Promise<void>((resolve) =>

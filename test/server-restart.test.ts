@@ -44,11 +44,16 @@ afterEach(async () => {
 /** Starts `vmabackup serve` on the test's directories and a free port. */
 function serve(): ServeProcess {
   const started = runServe([
-    "--listen", "127.0.0.1:0",
-    "--backup-dir", backupDir,
-    "--source-root", sourceDir,
-    "--state-dir", stateDir,
-    "--progress-interval", "50ms",
+    "--listen",
+    "127.0.0.1:0",
+    "--backup-dir",
+    backupDir,
+    "--source-root",
+    sourceDir,
+    "--state-dir",
+    stateDir,
+    "--progress-interval",
+    "50ms",
   ]);
   processes.push(started);
   return started;
@@ -112,7 +117,9 @@ describe("a server killed in the middle of a backup", () => {
     expect(status!.transferredBytes).toBeGreaterThan(0n);
     expect(status!.transferredBytes).toBeLessThan(status!.totalBytes);
     expect(await readdir(backupDir)).toEqual([]);
-    expect(second.logs.some((line) => line.uuid === started.uuid && line.msg === "backup interrupted by a server restart")).toBe(true);
+    expect(
+      second.logs.some((line) => line.uuid === started.uuid && line.msg === "backup interrupted by a server restart"),
+    ).toBe(true);
 
     // The same devices to the same name: nothing is locked or left over.
     const retry = (await again.backup({ backupFile: "vm-100.vma", devices })).status!;
@@ -141,13 +148,20 @@ describe("a job database from a newer vmabackup", () => {
     const refused = serve();
     const { code } = await refused.exited;
     expect(code).toBe(1);
-    expect(refused.stderr.join("")).toMatch(/^error: job database has schema version 99, newer than \d+ .*untouched\)\n$/);
+    expect(refused.stderr.join("")).toMatch(
+      /^error: job database has schema version 99, newer than \d+ .*untouched\)\n$/,
+    );
     expect(refused.logs.some((line) => line.msg === "listening")).toBe(false);
 
     const reopened = new DatabaseSync(file, { readOnly: true });
     try {
-      expect(reopened.prepare("PRAGMA user_version").get()?.["user_version"]).toBe(99);
-      expect(reopened.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all().map((row) => row["name"])).toEqual(["future"]);
+      expect(reopened.prepare("PRAGMA user_version").get()?.user_version).toBe(99);
+      expect(
+        reopened
+          .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+          .all()
+          .map((row) => row.name),
+      ).toEqual(["future"]);
     } finally {
       reopened.close();
     }
@@ -161,7 +175,9 @@ describe("a second server on the same state dir", () => {
 
     const refused = serve();
     expect((await refused.exited).code).toBe(1);
-    expect(refused.stderr.join("")).toMatch(/^error: another vmabackup server is using this state dir .*--state-dir\n$/);
+    expect(refused.stderr.join("")).toMatch(
+      /^error: another vmabackup server is using this state dir .*--state-dir\n$/,
+    );
     expect(refused.logs.some((line) => line.msg === "listening")).toBe(false);
 
     first.child.kill("SIGTERM");

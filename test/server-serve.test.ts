@@ -35,66 +35,74 @@ afterEach(async () => {
 });
 
 describe("vmabackup serve", () => {
-  it.each(["SIGTERM", "SIGINT"] as const)("creates its directories, serves, and on %s ends watchers, cancels jobs and exits 0", async (signal) => {
-    const backupDir = path.join(rootDir, "var/backups");
-    const sourceDir = path.join(rootDir, "var/images");
-    const stateDir = path.join(rootDir, "var/state");
-    running = runServe([
-      "--listen", "127.0.0.1:0",
-      "--backup-dir", backupDir,
-      "--source-root", sourceDir,
-      "--state-dir", stateDir,
-      "--progress-interval", "100ms",
-    ]);
-    const listening = await running.waitForLog((line) => line.msg === "listening");
-    expect(listening.address).toMatch(/^127\.0\.0\.1:\d+$/);
-    expect(await readdir(rootDir + "/var")).toEqual(["backups", "images", "state"]);
+  it.each(["SIGTERM", "SIGINT"] as const)(
+    "creates its directories, serves, and on %s ends watchers, cancels jobs and exits 0",
+    async (signal) => {
+      const backupDir = path.join(rootDir, "var/backups");
+      const sourceDir = path.join(rootDir, "var/images");
+      const stateDir = path.join(rootDir, "var/state");
+      running = runServe([
+        "--listen",
+        "127.0.0.1:0",
+        "--backup-dir",
+        backupDir,
+        "--source-root",
+        sourceDir,
+        "--state-dir",
+        stateDir,
+        "--progress-interval",
+        "100ms",
+      ]);
+      const listening = await running.waitForLog((line) => line.msg === "listening");
+      expect(listening.address).toMatch(/^127\.0\.0\.1:\d+$/);
+      expect(await readdir(`${rootDir}/var`)).toEqual(["backups", "images", "state"]);
 
-    const client = createClient(BackupService, listening.address as string);
-    try {
-      const image = path.join(sourceDir, "disk.raw");
-      await writeFile(image, Buffer.alloc(8 * MiB, 7));
-      const started = await client.backup({
-        backupFile: "vm-100.vma",
-        devices: [{ name: "drive-scsi0", path: image }],
-        speedLimit: BigInt(MiB),
-      });
-      const uuid = started.status!.uuid;
+      const client = createClient(BackupService, listening.address as string);
+      try {
+        const image = path.join(sourceDir, "disk.raw");
+        await writeFile(image, Buffer.alloc(8 * MiB, 7));
+        const started = await client.backup({
+          backupFile: "vm-100.vma",
+          devices: [{ name: "drive-scsi0", path: image }],
+          speedLimit: BigInt(MiB),
+        });
+        const uuid = started.status!.uuid;
 
-      const seen: BackupStatus[] = [];
-      let firstMessage!: () => void;
-      const gotFirst = new Promise<void>((resolve) => (firstMessage = resolve));
-      const watching = (async () => {
-        for await (const message of client.watchBackup({ uuid })) {
-          seen.push(message.status!);
-          firstMessage();
-        }
-      })();
-      await gotFirst;
-      expect(seen[0]!.state).toBe(BackupState.ACTIVE);
+        const seen: BackupStatus[] = [];
+        let firstMessage!: () => void;
+        const gotFirst = new Promise<void>((resolve) => (firstMessage = resolve));
+        const watching = (async () => {
+          for await (const message of client.watchBackup({ uuid })) {
+            seen.push(message.status!);
+            firstMessage();
+          }
+        })();
+        await gotFirst;
+        expect(seen[0]!.state).toBe(BackupState.ACTIVE);
 
-      const signalledAt = Date.now();
-      running.child.kill(signal);
-      // The watch stream ends (without an error) and the process exits 0.
-      await watching;
-      const { code } = await running.exited;
-      expect(code).toBe(0);
-      expect(Date.now() - signalledAt).toBeLessThan(5000);
+        const signalledAt = Date.now();
+        running.child.kill(signal);
+        // The watch stream ends (without an error) and the process exits 0.
+        await watching;
+        const { code } = await running.exited;
+        expect(code).toBe(0);
+        expect(Date.now() - signalledAt).toBeLessThan(5000);
 
-      expect(await readdir(backupDir)).toEqual([]);
-      // Job start and end are logged with the job's uuid; the end with bytes, duration and rate.
-      const ofJob = running.logs.filter((line) => line.uuid === uuid);
-      expect(ofJob.map((line) => line.msg)).toEqual(["backup started", "backup finished"]);
-      expect(ofJob[1]).toMatchObject({ state: "cancelled" });
-      expect(ofJob[1]).toHaveProperty("transferredBytes");
-      expect(ofJob[1]).toHaveProperty("durationMs");
-      expect(ofJob[1]).toHaveProperty("bytesPerSecond");
-      expect(running.logs.find((line) => line.msg === "shutting down")).toMatchObject({ reason: signal });
-      expect(running.logs.at(-1)?.msg).toBe("stopped");
-    } finally {
-      client.close();
-    }
-  });
+        expect(await readdir(backupDir)).toEqual([]);
+        // Job start and end are logged with the job's uuid; the end with bytes, duration and rate.
+        const ofJob = running.logs.filter((line) => line.uuid === uuid);
+        expect(ofJob.map((line) => line.msg)).toEqual(["backup started", "backup finished"]);
+        expect(ofJob[1]).toMatchObject({ state: "cancelled" });
+        expect(ofJob[1]).toHaveProperty("transferredBytes");
+        expect(ofJob[1]).toHaveProperty("durationMs");
+        expect(ofJob[1]).toHaveProperty("bytesPerSecond");
+        expect(running.logs.find((line) => line.msg === "shutting down")).toMatchObject({ reason: signal });
+        expect(running.logs.at(-1)?.msg).toBe("stopped");
+      } finally {
+        client.close();
+      }
+    },
+  );
 
   it("refuses bad flag values with exit code 2 and a message naming the flag", async () => {
     const cases: Array<[string[], RegExp]> = [

@@ -89,10 +89,16 @@ describe.skipIf(!mountsAllowed)("a full state dir at the end of a job (server)",
     const { client } = server;
     const source = await server.writeSource("disk.raw", halfRandomImage(4 * MiB));
     const started = (
-      await client.backup({ backupFile: "first.vma", devices: [{ name: "drive-scsi0", path: source }], speedLimit: BigInt(MiB) })
+      await client.backup({
+        backupFile: "first.vma",
+        devices: [{ name: "drive-scsi0", path: source }],
+        speedLimit: BigInt(MiB),
+      })
     ).status!;
     const watcher = readAll(started.uuid);
-    await waitUntil(async () => Number((await client.queryBackup({ uuid: started.uuid })).status!.transferredBytes) > 0);
+    await waitUntil(
+      async () => Number((await client.queryBackup({ uuid: started.uuid })).status!.transferredBytes) > 0,
+    );
 
     const filler = await fillUp(server.stateDir);
     // Unthrottled, the job ends at once; storing its end fails.
@@ -112,7 +118,10 @@ describe.skipIf(!mountsAllowed)("a full state dir at the end of a job (server)",
     expect((await client.listBackups({ states: [BackupState.ACTIVE] })).statuses).toEqual([]);
     expect((await readAll(started.uuid)).map((status) => status.state)).toEqual([BackupState.DONE]);
     const resume = new AbortController();
-    for await (const message of client.watchBackup({ uuid: "", afterRevision: started.revision }, { signal: resume.signal })) {
+    for await (const message of client.watchBackup(
+      { uuid: "", afterRevision: started.revision },
+      { signal: resume.signal },
+    )) {
       expect(message.status).toMatchObject({ uuid: started.uuid, state: BackupState.DONE });
       resume.abort();
       break;
@@ -141,7 +150,8 @@ describe.skipIf(!mountsAllowed)("a full state dir at the end of a job (server)",
     // Space again: the server stores the end by itself, and everything works.
     await rm(filler);
     await waitUntil(() => storedState(server.stateDir, started.uuid) === "done", 15_000);
-    const next = (await client.backup({ backupFile: "second.vma", devices: [{ name: "drive-scsi0", path: source }] })).status!;
+    const next = (await client.backup({ backupFile: "second.vma", devices: [{ name: "drive-scsi0", path: source }] }))
+      .status!;
     expect((await readAll(next.uuid)).at(-1)!.state).toBe(BackupState.DONE);
     await client.deleteBackup({ uuid: started.uuid });
     expect((await client.listBackups({})).statuses.map((status) => status.uuid)).toEqual([next.uuid]);
@@ -165,8 +175,14 @@ describe.skipIf(!mountsAllowed)("a full state dir at the end of a job (engine sh
     // No background retry during the test: only shutdown can store the end.
     const current = makeEngine(sandbox, { storeRetryDelayMs: { first: 60_000, max: 60_000 } }).engine;
     engine = current;
-    const source = await writeSource(sandbox, "disk.raw", blockPattern(2 * MiB, () => false));
-    const started = await current.start(backupSpec({ backupFile: "vm.vma", devices: [{ name: "d", path: source }], speedLimit: MiB }));
+    const source = await writeSource(
+      sandbox,
+      "disk.raw",
+      blockPattern(2 * MiB, () => false),
+    );
+    const started = await current.start(
+      backupSpec({ backupFile: "vm.vma", devices: [{ name: "d", path: source }], speedLimit: MiB }),
+    );
     await waitForTransfer(current, started.uuid);
     const filler = await fillUp(sandbox.state);
     current.setSpeedLimit(started.uuid, 0);
@@ -198,7 +214,9 @@ describe("which store failures are refusals", () => {
       try {
         const refusal = storeRefusal(failure("DELETE FROM jobs"), "cannot record a new job");
         expect(refusal).toMatchObject({ kind: "unavailable", reason: "STATE_STORE_UNAVAILABLE" });
-        expect(refusal?.message).toMatch(/^cannot record a new job: the job store cannot be used now \(SQLITE_READONLY\)/);
+        expect(refusal?.message).toMatch(
+          /^cannot record a new job: the job store cannot be used now \(SQLITE_READONLY\)/,
+        );
         expect(storeRefusal(failure("SELECT nonsense FROM nowhere"), "x")).toBeUndefined();
         expect(storeRefusal(new TypeError("a bug"), "x")).toBeUndefined();
       } finally {

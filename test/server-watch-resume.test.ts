@@ -134,7 +134,10 @@ describe("a watcher that resumes with after_revision", () => {
     const wanted = (): boolean =>
       [a.uuid, b.uuid, c.uuid].every((uuid) => resumed.some((status) => status.uuid === uuid));
     try {
-      for await (const message of client.watchBackup({ uuid: "", afterRevision: seenA!.revision }, { signal: resume.signal })) {
+      for await (const message of client.watchBackup(
+        { uuid: "", afterRevision: seenA!.revision },
+        { signal: resume.signal },
+      )) {
         resumed.push(message.status!);
         if (wanted()) break;
       }
@@ -155,23 +158,26 @@ describe("a watcher that resumes with after_revision", () => {
     expect([...order].sort((x, y) => x - y)).toEqual(order);
   });
 
-  it("is refused OUT_OF_RANGE, with the latest revision, when it asks for one the server never handed out", async () => {
-    const job = await startJob(server, MiB, 0);
-    const [end] = (await readAll(client.watchBackup({ uuid: job.uuid }))).slice(-1);
-    const ahead = end!.revision + 1_000_000n;
-    for (const uuid of [job.uuid, ""]) {
-      const error = await expectRefusal(
-        readAll(client.watchBackup({ uuid, afterRevision: ahead })),
-        status.OUT_OF_RANGE,
-        "AFTER_REVISION_OUT_OF_RANGE",
-        "after_revision",
-      );
-      const latest = BigInt(readErrorDetails(error)!.errorInfo!.metadata.latest_revision ?? "-1");
-      expect(latest).toBeGreaterThanOrEqual(end!.revision);
-      expect(latest).toBeLessThan(ahead);
-      expect(error.details).toContain(`latest revision is ${latest}`);
-    }
-  });
+  it(
+    "is refused OUT_OF_RANGE, with the latest revision, when it asks for one the server never handed " + "out",
+    async () => {
+      const job = await startJob(server, MiB, 0);
+      const [end] = (await readAll(client.watchBackup({ uuid: job.uuid }))).slice(-1);
+      const ahead = end!.revision + 1_000_000n;
+      for (const uuid of [job.uuid, ""]) {
+        const error = await expectRefusal(
+          readAll(client.watchBackup({ uuid, afterRevision: ahead })),
+          status.OUT_OF_RANGE,
+          "AFTER_REVISION_OUT_OF_RANGE",
+          "after_revision",
+        );
+        const latest = BigInt(readErrorDetails(error)!.errorInfo!.metadata.latest_revision ?? "-1");
+        expect(latest).toBeGreaterThanOrEqual(end!.revision);
+        expect(latest).toBeLessThan(ahead);
+        expect(error.details).toContain(`latest revision is ${latest}`);
+      }
+    },
+  );
 });
 
 /** A function that runs a full garbage collection (V8's gc, exposed at run time). */
@@ -260,7 +266,9 @@ describe("watchers that never read", () => {
     await pause(100);
     const stalled = await runBusyJob(async (job) => {
       for (let i = 0; i < ONE_JOB_WATCHERS; i += 1) {
-        const watcher = stalledClient.watchBackup({ uuid: job.uuid }, { signal: controller.signal })[Symbol.asyncIterator]();
+        const watcher = stalledClient
+          .watchBackup({ uuid: job.uuid }, { signal: controller.signal })
+          [Symbol.asyncIterator]();
         watchers.push(watcher);
         openings.push(watcher.next());
       }

@@ -63,7 +63,9 @@ describe("JobStore", () => {
     const raw = new DatabaseSync(dbPath);
     raw.exec(MIGRATIONS[0] as string);
     raw.exec("PRAGMA user_version = 1");
-    const insert = raw.prepare(`INSERT INTO jobs (uuid, state, request_id, start_time, record) VALUES (?, ?, NULL, ?, ?)`);
+    const insert = raw.prepare(
+      `INSERT INTO jobs (uuid, state, request_id, start_time, record) VALUES (?, ?, NULL, ?, ?)`,
+    );
     insert.run(job(1).uuid, "done", 1001, JSON.stringify({ n: 1 }));
     insert.run(job(2).uuid, "error", 1002, JSON.stringify({ n: 2 }));
     raw.close();
@@ -100,7 +102,10 @@ describe("JobStore", () => {
     store.save(job(1, "done", "req-a"));
     store.save(job(2, "error"));
     store.save(job(3, "active", "req-a"));
-    expect(store.list({ pageSize: 10, states: ["error", "active"] }).jobs.map((j) => j.state)).toEqual(["active", "error"]);
+    expect(store.list({ pageSize: 10, states: ["error", "active"] }).jobs.map((j) => j.state)).toEqual([
+      "active",
+      "error",
+    ]);
     expect(store.inState("active").map((j) => j.uuid)).toEqual([job(3).uuid]);
     expect(store.findByRequestId("req-a", 0)?.uuid).toBe(job(3).uuid);
     expect(store.findByRequestId("req-a", 2000)).toBeUndefined();
@@ -149,7 +154,11 @@ describe("JobStore", () => {
 
   it("rejects a page token it did not make", () => {
     const store = JobStore.open(dbPath);
-    for (const token of ["bogus", Buffer.from("v1:").toString("base64url"), Buffer.from("v2:5").toString("base64url")]) {
+    for (const token of [
+      "bogus",
+      Buffer.from("v1:").toString("base64url"),
+      Buffer.from("v2:5").toString("base64url"),
+    ]) {
       expect(() => store.list({ pageSize: 5, pageToken: token })).toThrow(InvalidPageTokenError);
     }
     store.close();

@@ -122,21 +122,29 @@ describe("vmaDriver", () => {
     // A dangling symlink must not be followed into creating its target either.
     const dangling = join(dir, "dangling.vma");
     await symlink(join(dir, "nowhere"), `${dangling}.partial`);
-    await expect(vmaDriver.open({ path: dangling, uuid: UUID, confineTo: dir })).rejects.toMatchObject({ code: "EEXIST" });
+    await expect(vmaDriver.open({ path: dangling, uuid: UUID, confineTo: dir })).rejects.toMatchObject({
+      code: "EEXIST",
+    });
     expect(await exists(join(dir, "nowhere"))).toBe(false);
     expect(await readFile(victim, "utf8")).toBe("precious");
   });
 
   it("fails with the fs error when the directory is missing, and on a bad uuid creates nothing", async () => {
-    await expect(vmaDriver.open({ path: join(dir, "missing", "a.vma"), uuid: UUID, confineTo: dir })).rejects.toMatchObject({ code: "ENOENT" });
-    await expect(vmaDriver.open({ path: join(dir, "a.vma"), uuid: "not-a-uuid", confineTo: dir })).rejects.toThrow(TypeError);
+    await expect(
+      vmaDriver.open({ path: join(dir, "missing", "a.vma"), uuid: UUID, confineTo: dir }),
+    ).rejects.toMatchObject({ code: "ENOENT" });
+    await expect(vmaDriver.open({ path: join(dir, "a.vma"), uuid: "not-a-uuid", confineTo: dir })).rejects.toThrow(
+      TypeError,
+    );
     expect(await readdir(dir)).toEqual([]);
   });
 
   it("maps format limits of registered configs and devices to ArchiveLimitError", async () => {
     const target = await vmaDriver.open({ path: join(dir, "limits.vma"), uuid: UUID, confineTo: dir });
     expect(() => target.registerConfig("big.conf", new Uint8Array(70000))).toThrow(ArchiveLimitError);
-    expect(() => target.registerDevice("drive scsi0", CLUSTER_SIZE)).toThrow(expect.objectContaining({ field: "devices[0].name" }));
+    expect(() => target.registerDevice("drive scsi0", CLUSTER_SIZE)).toThrow(
+      expect.objectContaining({ field: "devices[0].name" }),
+    );
     await target.abort();
   });
 });
@@ -154,20 +162,31 @@ describe("vmaDriver.checkPlan", () => {
   const disk = { name: "drive-scsi0", size: CLUSTER_SIZE };
 
   it("accepts a plan that fits", () => {
-    expect(() => vmaDriver.checkPlan({ configs: [{ name: "qemu-server.conf", size: 65535 }], devices: [disk] })).not.toThrow();
+    expect(() =>
+      vmaDriver.checkPlan({ configs: [{ name: "qemu-server.conf", size: 65535 }], devices: [disk] }),
+    ).not.toThrow();
   });
 
   it("names the field at fault", () => {
     const small = { name: "a.conf", size: 10 };
-    expect(fieldOf(() => vmaDriver.checkPlan({ configs: [small, { name: "b.conf", size: 10 }, { name: "c.conf", size: 65536 }], devices: [disk] }))).toBe(
-      "configs[2].data",
-    );
+    expect(
+      fieldOf(() =>
+        vmaDriver.checkPlan({
+          configs: [small, { name: "b.conf", size: 10 }, { name: "c.conf", size: 65536 }],
+          devices: [disk],
+        }),
+      ),
+    ).toBe("configs[2].data");
     const big = Array.from({ length: 8 }, (_, index) => ({ name: `c${index}.conf`, size: 65535 }));
     expect(fieldOf(() => vmaDriver.checkPlan({ configs: big, devices: [disk] }))).toBe("configs");
     const devices = Array.from({ length: 255 }, (_, index) => ({ name: `drive-virtio${index}`, size: CLUSTER_SIZE }));
     expect(fieldOf(() => vmaDriver.checkPlan({ configs: [], devices }))).toBe("devices");
-    expect(fieldOf(() => vmaDriver.checkPlan({ configs: [], devices: [disk, { name: "drive-scsi1", size: 0 }] }))).toBe("devices[1].size");
-    expect(fieldOf(() => vmaDriver.checkPlan({ configs: [{ name: "a/b", size: 1 }], devices: [] }))).toBe("configs[0].name");
+    expect(fieldOf(() => vmaDriver.checkPlan({ configs: [], devices: [disk, { name: "drive-scsi1", size: 0 }] }))).toBe(
+      "devices[1].size",
+    );
+    expect(fieldOf(() => vmaDriver.checkPlan({ configs: [{ name: "a/b", size: 1 }], devices: [] }))).toBe(
+      "configs[0].name",
+    );
   });
 });
 
@@ -194,7 +213,8 @@ describe("ArchiveFile", () => {
     expect(await readdir(join(inside, "moved"))).toEqual(["a.vma.partial"]);
     // Published in the moved directory, the archive would not be at its path: refused.
     await expect(file.commit()).rejects.toThrow(
-      `the directory ${join(inside, "vm100")} was moved to ${join(inside, "moved")} while the archive was written; it was not kept`,
+      `the directory ${join(inside, "vm100")} was moved to ${join(inside, "moved")} while the archive was written; ` +
+        `it was not kept`,
     );
     await file.discard();
     expect(await readdir(outside)).toEqual([]);
@@ -263,7 +283,9 @@ describe("ArchiveFile", () => {
 
     await writeFile(join(dir, "b.partial"), "new");
     await writeFile(join(dir, "b"), "old");
-    await expect(publishWithoutOverwrite(join(dir, "b.partial"), join(dir, "b"), noLinks)).rejects.toMatchObject({ code: "EEXIST" });
+    await expect(publishWithoutOverwrite(join(dir, "b.partial"), join(dir, "b"), noLinks)).rejects.toMatchObject({
+      code: "EEXIST",
+    });
     expect(await readFile(join(dir, "b"), "utf8")).toBe("old");
     expect(await readFile(join(dir, "b.partial"), "utf8")).toBe("new");
   });
@@ -271,7 +293,9 @@ describe("ArchiveFile", () => {
   it("passes other link errors through", async () => {
     await mkdir(join(dir, "sub"));
     await writeFile(join(dir, "c.partial"), "c");
-    await expect(publishWithoutOverwrite(join(dir, "c.partial"), join(dir, "sub", "missing", "c"), link)).rejects.toMatchObject({ code: "ENOENT" });
+    await expect(
+      publishWithoutOverwrite(join(dir, "c.partial"), join(dir, "sub", "missing", "c"), link),
+    ).rejects.toMatchObject({ code: "ENOENT" });
     expect(await exists(join(dir, "c.partial"))).toBe(true);
   });
 });

@@ -73,7 +73,10 @@ describe.skipIf(!existsSync(VMA))("Proxmox's vma on archives of odd-sized device
     const { sandbox, engine } = fixture;
     const sources = ODD_SIZES.map((size) => randomBytes(size));
     const devices = await Promise.all(
-      sources.map(async (data, index) => ({ name: `drive-scsi${index}`, path: await writeSource(sandbox, `d${index}.raw`, data) })),
+      sources.map(async (data, index) => ({
+        name: `drive-scsi${index}`,
+        path: await writeSource(sandbox, `d${index}.raw`, data),
+      })),
     );
     const end = await waitForEnd(engine, (await engine.start(backupSpec({ devices }))).uuid);
     expect(end.state).toBe("done");
@@ -90,18 +93,26 @@ describe.skipIf(!existsSync(VMA))("Proxmox's vma on archives of odd-sized device
     }
   });
 
-  it("restores an archive of one tiny device without -v (with -v vma divides by zero, as our verify warns)", async () => {
-    const { sandbox, engine } = fixture;
-    const source = randomBytes(513);
-    const device = { name: "drive-scsi0", path: await writeSource(sandbox, "tiny.raw", source) };
-    const end = await waitForEnd(engine, (await engine.start(backupSpec({ devices: [device] }))).uuid);
-    expect(end.state).toBe("done");
+  it(
+    "restores an archive of one tiny device without -v (with -v vma divides by zero, as our verify " + "warns)",
+    async () => {
+      const { sandbox, engine } = fixture;
+      const source = randomBytes(513);
+      const device = { name: "drive-scsi0", path: await writeSource(sandbox, "tiny.raw", source) };
+      const end = await waitForEnd(engine, (await engine.start(backupSpec({ devices: [device] }))).uuid);
+      expect(end.state).toBe("done");
 
-    expect(await runVma(["verify", end.backupFile])).toMatchObject({ code: 0 });
-    expect(await runVma(["verify", "-v", end.backupFile])).toMatchObject({ signal: "SIGFPE" });
-    const restoreDir = path.join(sandbox.root, "restore-tiny");
-    const { run, targets } = await proxmoxRestore(end.backupFile, restoreDir, [{ name: "drive-scsi0", size: 1024 }], false);
-    expect(run, run.output).toMatchObject({ code: 0 });
-    expect((await readFile(targets[0]!)).equals(padded(source))).toBe(true);
-  });
+      expect(await runVma(["verify", end.backupFile])).toMatchObject({ code: 0 });
+      expect(await runVma(["verify", "-v", end.backupFile])).toMatchObject({ signal: "SIGFPE" });
+      const restoreDir = path.join(sandbox.root, "restore-tiny");
+      const { run, targets } = await proxmoxRestore(
+        end.backupFile,
+        restoreDir,
+        [{ name: "drive-scsi0", size: 1024 }],
+        false,
+      );
+      expect(run, run.output).toMatchObject({ code: 0 });
+      expect((await readFile(targets[0]!)).equals(padded(source))).toBe(true);
+    },
+  );
 });

@@ -101,7 +101,8 @@ function storedBlocks(slots: readonly ExtentSlot[]): Buffer {
   const blocks: Buffer[] = [];
   for (const slot of slots) {
     for (let block = 0; block < 16; block++) {
-      if ((slot.mask & (1 << block)) !== 0) blocks.push(Buffer.alloc(BLOCK, ((slot.clusterNum * 16 + block) % 251) + 1));
+      if ((slot.mask & (1 << block)) !== 0)
+        blocks.push(Buffer.alloc(BLOCK, ((slot.clusterNum * 16 + block) % 251) + 1));
     }
   }
   return Buffer.concat(blocks);
@@ -127,13 +128,20 @@ function resealHeader(archive: Buffer): void {
 
 function resealExtent(archive: Buffer, offset: number): void {
   archive.fill(0, offset + 24, offset + 40);
-  createHash("md5").update(archive.subarray(offset, offset + 512)).digest().copy(archive, offset + 24);
+  createHash("md5")
+    .update(archive.subarray(offset, offset + 512))
+    .digest()
+    .copy(archive, offset + 24);
 }
 
 /** Archive offsets of the extent headers, found by walking block_counts. */
 function extentOffsets(archive: Buffer): number[] {
   const offsets: number[] = [];
-  for (let offset = archive.readUInt32BE(56); offset < archive.length; offset += 512 + archive.readUInt16BE(offset + 6) * BLOCK) {
+  for (
+    let offset = archive.readUInt32BE(56);
+    offset < archive.length;
+    offset += 512 + archive.readUInt16BE(offset + 6) * BLOCK
+  ) {
     offsets.push(offset);
   }
   return offsets;
@@ -156,7 +164,11 @@ interface WriterDisk {
 /** Writes `disks` with VmaWriter, clusters in the given order of [diskIndex, cluster] pairs. */
 async function writeArchive(
   disks: readonly WriterDisk[],
-  options: { uuid?: Buffer; order?: ReadonlyArray<readonly [number, number]>; configs?: ReadonlyArray<[string, Buffer]> } = {},
+  options: {
+    uuid?: Buffer;
+    order?: ReadonlyArray<readonly [number, number]>;
+    configs?: ReadonlyArray<[string, Buffer]>;
+  } = {},
 ): Promise<Buffer> {
   const chunks: Buffer[] = [];
   const writer = new VmaWriter(
@@ -166,7 +178,10 @@ async function writeArchive(
   for (const [name, data] of options.configs ?? []) writer.addConfig(name, data);
   const devIds = disks.map((disk) => writer.addDevice(disk.name, disk.data.length));
   const order =
-    options.order ?? disks.flatMap((disk, index) => Array.from({ length: Math.ceil(disk.data.length / CLUSTER) }, (_, cluster) => [index, cluster] as const));
+    options.order ??
+    disks.flatMap((disk, index) =>
+      Array.from({ length: Math.ceil(disk.data.length / CLUSTER) }, (_, cluster) => [index, cluster] as const),
+    );
   for (const [index, cluster] of order) {
     const disk = disks[index]!;
     const data = Buffer.alloc(CLUSTER);
@@ -177,7 +192,7 @@ async function writeArchive(
     }
     await writer.writeCluster(devIds[index]!, cluster, data, mask);
   }
-  devIds.forEach((devId) => writer.completeDevice(devId));
+  for (const devId of devIds) writer.completeDevice(devId);
   await writer.finish();
   return Buffer.concat(chunks);
 }
@@ -208,9 +223,13 @@ describe("the real Proxmox sample", () => {
       blobBufferOffset: 12288,
       blobBufferSize: 453,
     });
-    expect(header.configs.map((config) => [config.slot, config.name, config.data.length])).toEqual([[0, "qemu-server.conf", 417]]);
+    expect(header.configs.map((config) => [config.slot, config.name, config.data.length])).toEqual([
+      [0, "qemu-server.conf", 417],
+    ]);
     expect(sha256(header.configs[0]!.data)).toBe("383cc8e9ab35d6a56b9a83b502263942253c807216c83eccae89a23ef040f950");
-    expect(header.configs[0]!.data.toString("utf8").trimEnd().split("\n").at(-1)).toBe("#qmdump#map:scsi0:drive-scsi0:local-lvm:raw:");
+    expect(header.configs[0]!.data.toString("utf8").trimEnd().split("\n").at(-1)).toBe(
+      "#qmdump#map:scsi0:drive-scsi0:local-lvm:raw:",
+    );
     expect([...header.devices.values()]).toEqual([
       { devId: 1, name: "drive-scsi0", size: 10737418240, clusterCount: 163840, isVmstate: false },
     ]);
@@ -219,11 +238,19 @@ describe("the real Proxmox sample", () => {
       [12800, 58, 16],
       [78848, 58, 112],
     ]);
-    expect(result.extents[1]!.slots.slice(0, 9).map((slot) => slot.cluster)).toEqual([90, 96, 112, 128, 144, 48, 160, 16, 91]);
+    expect(result.extents[1]!.slots.slice(0, 9).map((slot) => slot.cluster)).toEqual([
+      90, 96, 112, 128, 144, 48, 160, 16, 91,
+    ]);
     const full = result.extents.flatMap((extent) => extent.slots).filter((slot) => slot.mask === 0xffff);
     expect(full.map((slot) => slot.cluster).sort((a, b) => a - b)).toEqual([0, 16, 17, 18, 19, 20, 21, 22]);
 
-    expect(result.summary).toMatchObject({ archiveBytes: 538112, extents: 2, clusters: 116, storedBlocks: 128, problemCount: 0 });
+    expect(result.summary).toMatchObject({
+      archiveBytes: 538112,
+      extents: 2,
+      clusters: 116,
+      storedBlocks: 128,
+      problemCount: 0,
+    });
     const [missing] = result.summary.missing;
     expect(result.summary.missing).toHaveLength(1);
     expect(missing).toMatchObject({ devId: 1, name: "drive-scsi0", count: 163840 - 116, clusterCount: 163840 });
@@ -287,7 +314,11 @@ describe("the worked example of docs/vma-format.md section 9", () => {
     const result = await read(archive);
     expect(result.problems).toEqual([]);
     expect(result.summary.missing).toEqual([]);
-    expect(result.header).toMatchObject({ uuid: "00112233-4455-6677-8899-aabbccddeeff", ctime: 1700000000, blobBufferSize: 48 });
+    expect(result.header).toMatchObject({
+      uuid: "00112233-4455-6677-8899-aabbccddeeff",
+      ctime: 1700000000,
+      blobBufferSize: 48,
+    });
     expect(result.header!.configs[0]!.data.toString()).toBe("memory: 512\n");
     expect(sha256(result.disks.get(1)!)).toBe("9654acb203b978f6a92efaa01689f4a252e5391c2a512febd3c5fec4ce457802");
   });
@@ -295,14 +326,20 @@ describe("the worked example of docs/vma-format.md section 9", () => {
 
 describe("header checks", () => {
   it("reports an empty input, a short input and a foreign file", async () => {
-    expect((await read(Buffer.alloc(0))).problems).toEqual([{ offset: 0, message: "the archive is empty; expected a VMA header" }]);
+    expect((await read(Buffer.alloc(0))).problems).toEqual([
+      { offset: 0, message: "the archive is empty; expected a VMA header" },
+    ]);
     const archive = craft(ONE_DEVICE, []);
     const short = await read(archive.subarray(0, 5000));
-    expect(short.problems).toEqual([{ offset: 5000, message: `the archive ends after 5000 bytes; expected a header of ${HEADER_SIZE} bytes` }]);
+    expect(short.problems).toEqual([
+      { offset: 5000, message: `the archive ends after 5000 bytes; expected a header of ${HEADER_SIZE} bytes` },
+    ]);
     const cutInBlobs = await read(archive.subarray(0, 12300));
     expect(cutInBlobs.problems[0]!.offset).toBe(12300);
     const foreign = await read(Buffer.from("\x89PNG\r\n\x1a\n".padEnd(20000, "x"), "latin1"));
-    expect(foreign.problems).toEqual([{ offset: 0, message: 'expected the VMA magic "56 4d 41 00", found "89 50 4e 47"' }]);
+    expect(foreign.problems).toEqual([
+      { offset: 0, message: 'expected the VMA magic "56 4d 41 00", found "89 50 4e 47"' },
+    ]);
     expect(foreign.header).toBeUndefined();
   });
 
@@ -315,7 +352,10 @@ describe("header checks", () => {
     ]);
     const huge = Buffer.from(base);
     huge.writeUInt32BE(600000, 56);
-    expect((await read(huge)).problems[0]).toMatchObject({ offset: 56, message: expect.stringContaining("expected at most 524288") });
+    expect((await read(huge)).problems[0]).toMatchObject({
+      offset: 56,
+      message: expect.stringContaining("expected at most 524288"),
+    });
 
     const version = Buffer.from(base);
     version.writeUInt32BE(2, 4);
@@ -329,7 +369,12 @@ describe("header checks", () => {
     bounds.writeUInt32BE(1000, 52);
     resealHeader(bounds);
     expect((await read(bounds)).problems).toEqual([
-      { offset: 48, message: `blob buffer at 12288 with size 1000; expected it to start at or after 12288 and end within header_size ${HEADER_SIZE}` },
+      {
+        offset: 48,
+        message:
+          `blob buffer at 12288 with size 1000; expected it to start at or after 12288 and end within ` +
+          `header_size ${HEADER_SIZE}`,
+      },
     ]);
   });
 
@@ -408,12 +453,18 @@ describe("header checks", () => {
     const config = craft({ configs: [{ name: "..-etc", data: Buffer.from("x") }], devices: [] }, []);
     config.write("/", 12288 + 3 + 2, "latin1");
     resealHeader(config);
-    expect((await read(config)).problems).toEqual([{ offset: 2044, message: 'config slot 0 name "../etc" contains "/"; expected a plain file name' }]);
+    expect((await read(config)).problems).toEqual([
+      { offset: 2044, message: 'config slot 0 name "../etc" contains "/"; expected a plain file name' },
+    ]);
 
     // Extraction writes nothing for such a header, least of all outside its directory.
     const root = await mkdtemp(join(tmpdir(), "vmabackup-reader-"));
     try {
-      const extracted = await extractArchive(chunked(config), { dir: join(root, "out"), sparse: true, allowIncomplete: false });
+      const extracted = await extractArchive(chunked(config), {
+        dir: join(root, "out"),
+        sparse: true,
+        allowIncomplete: false,
+      });
       expect(extracted).toMatchObject({ ok: false, files: [], problemCount: 1 });
       expect(await readdir(root)).toEqual([]);
     } finally {
@@ -426,28 +477,57 @@ describe("extent checks", () => {
   const device = { devices: [{ name: "drive-scsi0", size: 4 * CLUSTER + 5 * 512 }] }; // 5 clusters, the last one 2560 bytes
 
   it("accepts clusters in any order, devices interleaved and empty extents", async () => {
-    const archive = craft({ devices: [{ name: "a", size: 2 * CLUSTER }, { name: "b", size: 3 * CLUSTER }] }, [
-      { slots: [] },
-      { slots: [{ devId: 2, clusterNum: 2, mask: 0x8001 }, { devId: 1, clusterNum: 1, mask: 0 }, { devId: 2, clusterNum: 0, mask: 0xffff }] },
-      { slots: [{ devId: 1, clusterNum: 0, mask: 0x0f0f }, { devId: 2, clusterNum: 1, mask: 0x1000 }] },
-    ]);
+    const archive = craft(
+      {
+        devices: [
+          { name: "a", size: 2 * CLUSTER },
+          { name: "b", size: 3 * CLUSTER },
+        ],
+      },
+      [
+        { slots: [] },
+        {
+          slots: [
+            { devId: 2, clusterNum: 2, mask: 0x8001 },
+            { devId: 1, clusterNum: 1, mask: 0 },
+            { devId: 2, clusterNum: 0, mask: 0xffff },
+          ],
+        },
+        {
+          slots: [
+            { devId: 1, clusterNum: 0, mask: 0x0f0f },
+            { devId: 2, clusterNum: 1, mask: 0x1000 },
+          ],
+        },
+      ],
+    );
     const result = await read(archive);
     expect(result.problems).toEqual([]);
     expect(result.summary).toMatchObject({ extents: 3, clusters: 5, storedBlocks: 2 + 16 + 8 + 1, missing: [] });
     const b = result.disks.get(2)!;
-    expect(b.subarray(2 * CLUSTER, 2 * CLUSTER + BLOCK).equals(Buffer.alloc(BLOCK, (2 * 16) % 251 + 1))).toBe(true);
+    expect(b.subarray(2 * CLUSTER, 2 * CLUSTER + BLOCK).equals(Buffer.alloc(BLOCK, ((2 * 16) % 251) + 1))).toBe(true);
     expect(b.subarray(2 * CLUSTER + BLOCK, 3 * CLUSTER - BLOCK).equals(Buffer.alloc(CLUSTER - 2 * BLOCK))).toBe(true);
-    expect(b.subarray(3 * CLUSTER - BLOCK).equals(Buffer.alloc(BLOCK, (2 * 16 + 15) % 251 + 1))).toBe(true);
+    expect(b.subarray(3 * CLUSTER - BLOCK).equals(Buffer.alloc(BLOCK, ((2 * 16 + 15) % 251) + 1))).toBe(true);
   });
 
   it("reports the reserved field, block_count, unused slots and reserved slot bits", async () => {
-    const archive = craft(device, [{ slots: [{ devId: 1, clusterNum: 0, mask: 0x0003 }, { devId: 1, clusterNum: 1, mask: 0 }] }]);
+    const archive = craft(device, [
+      {
+        slots: [
+          { devId: 1, clusterNum: 0, mask: 0x0003 },
+          { devId: 1, clusterNum: 1, mask: 0 },
+        ],
+      },
+    ]);
     const extent = HEADER_SIZE;
     const reserved = Buffer.from(archive);
     reserved.writeUInt16BE(1, extent + 4);
     resealExtent(reserved, extent);
     const reservedResult = await read(reserved);
-    expect(reservedResult.problems[0]).toEqual({ offset: extent + 4, message: "extent reserved field is 1; expected 0" });
+    expect(reservedResult.problems[0]).toEqual({
+      offset: extent + 4,
+      message: "extent reserved field is 1; expected 0",
+    });
     // The extent is not used, so its clusters are missing too.
     expect(reservedResult.summary.clusters).toBe(0);
 
@@ -480,17 +560,33 @@ describe("extent checks", () => {
           { devId: 1, clusterNum: 4, mask: 0x0002 }, // block 1 starts past 2560 bytes
         ],
       },
-      { slots: [{ devId: 1, clusterNum: 3, mask: 0xffff }, { devId: 1, clusterNum: 1, mask: 0xffff }] },
+      {
+        slots: [
+          { devId: 1, clusterNum: 3, mask: 0xffff },
+          { devId: 1, clusterNum: 1, mask: 0xffff },
+        ],
+      },
     ]);
     const first = HEADER_SIZE;
     const result = await read(archive);
     expect(result.problems).toEqual([
-      { offset: slotOffset(first, 1), message: "blockinfo slot 1 names dev_id 3, which is not in the header's device table" },
-      { offset: slotOffset(first, 2), message: "blockinfo slot 2: cluster 5 is beyond the end of drive-scsi0 (size 264704, clusters 0..4)" },
-      { offset: slotOffset(first, 3), message: "blockinfo slot 3: cluster 0 of drive-scsi0 was already written; expected each cluster once" },
+      {
+        offset: slotOffset(first, 1),
+        message: "blockinfo slot 1 names dev_id 3, which is not in the header's device table",
+      },
+      {
+        offset: slotOffset(first, 2),
+        message: "blockinfo slot 2: cluster 5 is beyond the end of drive-scsi0 (size 264704, clusters 0..4)",
+      },
+      {
+        offset: slotOffset(first, 3),
+        message: "blockinfo slot 3: cluster 0 of drive-scsi0 was already written; expected each cluster once",
+      },
       {
         offset: slotOffset(first, 4),
-        message: "blockinfo slot 4: mask 0x0002 of cluster 4 stores blocks past the end of drive-scsi0 (size 264704); expected only bits of 0x0001",
+        message:
+          "blockinfo slot 4: mask 0x0002 of cluster 4 stores blocks past the end of drive-scsi0 (size 264704); " +
+          "expected only bits of 0x0001",
       },
     ]);
     // Accepted: clusters 0, 4, 3 and 1; the rejected slots' data is skipped, so the next extent is still found.
@@ -506,23 +602,42 @@ describe("extent checks", () => {
     expect(result.problems).toEqual([
       {
         offset: slotOffset(HEADER_SIZE, 0),
-        message: "blockinfo slot 0: mask 0xffff of cluster 4 stores blocks past the end of drive-scsi0 (size 264704); expected only bits of 0x0001",
+        message:
+          "blockinfo slot 0: mask 0xffff of cluster 4 stores blocks past the end of drive-scsi0 (size 264704); " +
+          "expected only bits of 0x0001",
       },
     ]);
   });
 
   it("checks vmstate order only", async () => {
     // "vmstate" is refused by the encoder, so it is written as "vmstatf" and patched (blob at 15, payload at 17).
-    const archive = craft({ devices: [{ name: "drive-scsi0", size: CLUSTER }, { name: "vmstatf", size: 1024 }] }, [
-      { slots: [{ devId: 2, clusterNum: 0, mask: 1 }, { devId: 2, clusterNum: 1, mask: 1 }, { devId: 2, clusterNum: 3, mask: 0 }] },
-      { slots: [{ devId: 1, clusterNum: 0, mask: 0 }] },
-    ]);
+    const archive = craft(
+      {
+        devices: [
+          { name: "drive-scsi0", size: CLUSTER },
+          { name: "vmstatf", size: 1024 },
+        ],
+      },
+      [
+        {
+          slots: [
+            { devId: 2, clusterNum: 0, mask: 1 },
+            { devId: 2, clusterNum: 1, mask: 1 },
+            { devId: 2, clusterNum: 3, mask: 0 },
+          ],
+        },
+        { slots: [{ devId: 1, clusterNum: 0, mask: 0 }] },
+      ],
+    );
     archive.write("e", 12288 + 17 + 6, "latin1");
     resealHeader(archive);
     const result = await read(archive);
     expect(result.header!.devices.get(2)).toMatchObject({ name: "vmstate", isVmstate: true });
     expect(result.problems).toEqual([
-      { offset: slotOffset(HEADER_SIZE, 2), message: "blockinfo slot 2: vmstate cluster 3 out of order; expected cluster 2" },
+      {
+        offset: slotOffset(HEADER_SIZE, 2),
+        message: "blockinfo slot 2: vmstate cluster 3 out of order; expected cluster 2",
+      },
     ]);
     expect(result.summary.missing).toEqual([]);
   });
@@ -532,20 +647,31 @@ describe("extent checks", () => {
     const end = archive.length;
     const trailing = await read(Buffer.concat([archive, Buffer.alloc(100)]));
     expect(trailing.problems).toEqual([
-      { offset: end, message: "the archive ends 100 bytes into an extent header; expected 512 bytes or the end of the archive" },
+      {
+        offset: end,
+        message: "the archive ends 100 bytes into an extent header; expected 512 bytes or the end of the archive",
+      },
     ]);
 
     const garbage = await read(Buffer.concat([archive, Buffer.alloc(1024, 0x55)]));
     expect(garbage.problems).toEqual([
-      { offset: end, message: 'expected an extent header (magic "56 4d 41 45") or the end of the archive, found "55 55 55 55"' },
-      { offset: end + 512, message: `512 bytes after the unreadable extent header at ${end} up to the end of the archive were not read` },
+      {
+        offset: end,
+        message: 'expected an extent header (magic "56 4d 41 45") or the end of the archive, found "55 55 55 55"',
+      },
+      {
+        offset: end + 512,
+        message: `512 bytes after the unreadable extent header at ${end} up to the end of the archive were not read`,
+      },
     ]);
 
     const cut = await read(archive.subarray(0, end - 100));
     expect(cut.problems).toEqual([
       {
         offset: HEADER_SIZE,
-        message: `the archive ends inside the extent at ${HEADER_SIZE}: its header announces 8192 data bytes, only 8092 follow`,
+        message:
+          `the archive ends inside the extent at ${HEADER_SIZE}: its header announces 8192 data bytes, only ` +
+          `8092 follow`,
       },
     ]);
     expect(cut.summary.clusters).toBe(0);
@@ -573,31 +699,44 @@ describe("damaged archives from the service's writer", () => {
     const result = await read(archive);
     expect(result.problems).toHaveLength(1);
     expect(result.problems[0]!.offset).toBe(0);
-    expect(result.problems[0]!.message).toMatch(/^header checksum mismatch: md5 of bytes 0\.\.12799 is [0-9a-f]{32}, the header stores [0-9a-f]{32}$/);
+    expect(result.problems[0]!.message).toMatch(
+      /^header checksum mismatch: md5 of bytes 0\.\.12799 is [0-9a-f]{32}, the header stores [0-9a-f]{32}$/,
+    );
     expect(result.header).toBeUndefined();
     expect(result.extents).toEqual([]);
   });
 
-  it("a flipped byte in an extent header: checksum mismatch there, the rest still read, its clusters missing", async () => {
-    const archive = await writeArchive(disks);
-    const offsets = extentOffsets(archive);
-    const damaged = offsets[1]!;
-    const lost = Buffer.from(archive.subarray(damaged, damaged + 512));
-    archive[slotOffset(damaged, 3) + 7]! ^= 0x10; // a cluster number
-    const result = await read(archive);
-    expect(result.problems[0]!.offset).toBe(damaged);
-    expect(result.problems[0]!.message).toMatch(/^extent header checksum mismatch: md5 of bytes \d+\.\.\d+ is [0-9a-f]{32}, the header stores [0-9a-f]{32}$/);
-    expect(result.problems[1]).toEqual({
-      offset: damaged + 512,
-      message: `${offsets[2]! - damaged - 512} bytes after the unreadable extent header at ${damaged} were skipped; the next valid extent header is at ${offsets[2]}`,
-    });
-    expect(result.problems).toHaveLength(2);
-    expect(result.summary.extents).toBe(offsets.length - 1);
-    // Exactly the 58 clusters of the damaged extent are missing.
-    const lostClusters = Array.from({ length: 58 }, (_, slot) => lost.readUInt32BE(40 + 8 * slot + 4));
-    const missing = result.summary.missing.flatMap((device) => [...device.allRanges()].flatMap((range) => Array.from({ length: range.last - range.first + 1 }, (_, i) => range.first + i)));
-    expect(missing).toEqual(lostClusters);
-  });
+  it(
+    "a flipped byte in an extent header: checksum mismatch there, the rest still read, its clusters " + "missing",
+    async () => {
+      const archive = await writeArchive(disks);
+      const offsets = extentOffsets(archive);
+      const damaged = offsets[1]!;
+      const lost = Buffer.from(archive.subarray(damaged, damaged + 512));
+      archive[slotOffset(damaged, 3) + 7]! ^= 0x10; // a cluster number
+      const result = await read(archive);
+      expect(result.problems[0]!.offset).toBe(damaged);
+      expect(result.problems[0]!.message).toMatch(
+        /^extent header checksum mismatch: md5 of bytes \d+\.\.\d+ is [0-9a-f]{32}, the header stores [0-9a-f]{32}$/,
+      );
+      expect(result.problems[1]).toEqual({
+        offset: damaged + 512,
+        message:
+          `${offsets[2]! - damaged - 512} bytes after the unreadable extent header at ${damaged} were skipped; ` +
+          `the next valid extent header is at ${offsets[2]}`,
+      });
+      expect(result.problems).toHaveLength(2);
+      expect(result.summary.extents).toBe(offsets.length - 1);
+      // Exactly the 58 clusters of the damaged extent are missing.
+      const lostClusters = Array.from({ length: 58 }, (_, slot) => lost.readUInt32BE(40 + 8 * slot + 4));
+      const missing = result.summary.missing.flatMap((device) =>
+        [...device.allRanges()].flatMap((range) =>
+          Array.from({ length: range.last - range.first + 1 }, (_, i) => range.first + i),
+        ),
+      );
+      expect(missing).toEqual(lostClusters);
+    },
+  );
 
   it("a truncated file: the cut extent is named, its clusters and all later ones missing", async () => {
     const archive = await writeArchive(disks);
@@ -606,7 +745,12 @@ describe("damaged archives from the service's writer", () => {
     const result = await read(archive.subarray(0, cutAt));
     expect(result.problems).toHaveLength(1);
     expect(result.problems[0]!.offset).toBe(offsets[1]);
-    expect(result.problems[0]!.message).toMatch(new RegExp(`^the archive ends inside the extent at ${offsets[1]}: its header announces \\d+ data bytes, only ${10 * BLOCK + 123} follow$`));
+    expect(result.problems[0]!.message).toMatch(
+      new RegExp(
+        `^the archive ends inside the extent at ${offsets[1]}: its header announces \\d+ data bytes, only ` +
+          `${10 * BLOCK + 123} follow$`,
+      ),
+    );
     expect(result.summary.clusters).toBe(58);
     expect(result.summary.missing.map(describeMissing)).toEqual([
       "drive-scsi0: clusters 58-70 missing (13 of 71)",
@@ -640,7 +784,9 @@ describe("damaged archives from the service's writer", () => {
     expect(result.problems).toEqual([
       {
         offset: offsets[1]! + 8,
-        message: `extent uuid ${"22".repeat(16)} differs from the archive uuid ${"11".repeat(16)}: an extent of another archive`,
+        message:
+          `extent uuid ${"22".repeat(16)} differs from the archive uuid ${"11".repeat(16)}: an extent of ` +
+          `another archive`,
       },
     ]);
     expect(result.summary.extents).toBe(offsets.length);
@@ -653,14 +799,23 @@ describe("damaged archives from the service's writer", () => {
         fc.array(fc.integer({ min: 1, max: 6 * 128 }), { minLength: 1, maxLength: 4 }),
         fc.integer({ min: 0, max: 2 ** 31 }),
         async (sectorCounts, seed) => {
-          const shaped = sectorCounts.map((sectors, index) => ({ name: `drive-scsi${index}`, data: diskData(sectors * 512, seed + index) }));
-          const pairs = shaped.flatMap((disk, index) => Array.from({ length: Math.ceil(disk.data.length / CLUSTER) }, (_, cluster) => [index, cluster] as const));
-          const order = fc.sample(fc.shuffledSubarray(pairs, { minLength: pairs.length, maxLength: pairs.length }), { numRuns: 1, seed })[0]!;
+          const shaped = sectorCounts.map((sectors, index) => ({
+            name: `drive-scsi${index}`,
+            data: diskData(sectors * 512, seed + index),
+          }));
+          const pairs = shaped.flatMap((disk, index) =>
+            Array.from({ length: Math.ceil(disk.data.length / CLUSTER) }, (_, cluster) => [index, cluster] as const),
+          );
+          const order = fc.sample(fc.shuffledSubarray(pairs, { minLength: pairs.length, maxLength: pairs.length }), {
+            numRuns: 1,
+            seed,
+          })[0]!;
           const archive = await writeArchive(shaped, { order });
           const result = await read(archive, [3000, 70000]);
           expect(result.problems).toEqual([]);
           expect(result.summary.missing).toEqual([]);
-          shaped.forEach((disk, index) => expect(result.disks.get(index + 1)!.equals(disk.data)).toBe(true));
+          for (const [index, disk] of shaped.entries())
+            expect(result.disks.get(index + 1)!.equals(disk.data)).toBe(true);
         },
       ),
       { numRuns: 30 },

@@ -33,7 +33,7 @@ const configArbitrary = fc.record({
 
 /** A reproducible "random" decision per block, so shrinking keeps the pattern. */
 function isZeroBlock(seed: number, share: number): (block: number) => boolean {
-  return (block) => ((Math.imul(seed ^ (block + 1), 2654435761) >>> 0) / 2 ** 32) < share;
+  return (block) => (Math.imul(seed ^ (block + 1), 2654435761) >>> 0) / 2 ** 32 < share;
 }
 
 let sandbox: Sandbox;
@@ -92,16 +92,20 @@ describe("round trip through the engine and the reader", () => {
           expect(verified.problems).toEqual([]);
           expect(verified.ok).toBe(true);
           expect(verified.header!.uuid).toBe(started.uuid);
-          expect([...verified.header!.devices.values()].map((device) => [device.devId, device.name, device.size])).toEqual(
-            sources.map((source, index) => [index + 1, source.name, source.data.length]),
-          );
+          expect(
+            [...verified.header!.devices.values()].map((device) => [device.devId, device.name, device.size]),
+          ).toEqual(sources.map((source, index) => [index + 1, source.name, source.data.length]));
           const clusters = sources.reduce((sum, source) => sum + Math.ceil(source.data.length / CLUSTER), 0);
           expect(verified.clusters).toBe(clusters);
           const nonZeroBlocks = sources.reduce((sum, source) => sum + countNonZeroBlocks(source.data), 0);
           expect(verified.storedBlocks).toBe(nonZeroBlocks);
 
           const dir = join(sandbox.root, `extract-${run}`);
-          const extracted = await extractArchive((await openArchive(archivePath)).chunks, { dir, sparse, allowIncomplete: false });
+          const extracted = await extractArchive((await openArchive(archivePath)).chunks, {
+            dir,
+            sparse,
+            allowIncomplete: false,
+          });
           expect(extracted.problems).toEqual([]);
           expect(extracted.files).toHaveLength(sources.length + configFiles.length);
           for (const source of sources) {

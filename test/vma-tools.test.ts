@@ -26,7 +26,8 @@ const SAMPLE_LIST = [
   "DEV: dev_id=1 size: 10737418240 devname: drive-scsi0",
   "",
 ].join("\n");
-const SAMPLE_MISSING = "drive-scsi0: clusters 23-31, 55-63, 104-111, 120-127, 136-143, 151-159, 167-163839 missing (163724 of 163840)";
+const SAMPLE_MISSING =
+  "drive-scsi0: clusters 23-31, 55-63, 104-111, 120-127, 136-143, 151-159, 167-163839 missing (163724 of 163840)";
 const CONFIG_SHA256 = "383cc8e9ab35d6a56b9a83b502263942253c807216c83eccae89a23ef040f950";
 
 interface CliResult {
@@ -37,13 +38,18 @@ interface CliResult {
 
 function vma(args: readonly string[], input?: Buffer): Promise<CliResult> {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, ["bin/vmabackup.js", "vma", ...args], { cwd: REPO, stdio: ["pipe", "pipe", "pipe"] });
+    const child = spawn(process.execPath, ["bin/vmabackup.js", "vma", ...args], {
+      cwd: REPO,
+      stdio: ["pipe", "pipe", "pipe"],
+    });
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];
     child.stdout.on("data", (chunk: Buffer) => stdout.push(chunk));
     child.stderr.on("data", (chunk: Buffer) => stderr.push(chunk));
     child.on("error", reject);
-    child.on("close", (code) => resolvePromise({ code, stdout: Buffer.concat(stdout), stderr: Buffer.concat(stderr).toString("utf8") }));
+    child.on("close", (code) =>
+      resolvePromise({ code, stdout: Buffer.concat(stdout), stderr: Buffer.concat(stderr).toString("utf8") }),
+    );
     child.stdin.on("error", () => undefined); // the tool may stop reading early (list)
     child.stdin.end(input);
   });
@@ -95,12 +101,14 @@ async function sha256SparseImage(path: string): Promise<string> {
   let nonZeroBlocks = 0;
   const zeroBlock = Buffer.alloc(BLOCK);
   for (let offset = 0; offset < head.length; offset += BLOCK) {
-    if (!head.subarray(offset, offset + BLOCK).equals(zeroBlock.subarray(0, Math.min(BLOCK, head.length - offset)))) nonZeroBlocks += 1;
+    if (!head.subarray(offset, offset + BLOCK).equals(zeroBlock.subarray(0, Math.min(BLOCK, head.length - offset))))
+      nonZeroBlocks += 1;
   }
   if (blocks * 512 > nonZeroBlocks * BLOCK) return sha256File(path);
   const hash = createHash("sha256").update(head);
   const zeros = Buffer.alloc(16 * 1024 * 1024);
-  for (let offset = head.length; offset < size; offset += zeros.length) hash.update(zeros.subarray(0, Math.min(zeros.length, size - offset)));
+  for (let offset = head.length; offset < size; offset += zeros.length)
+    hash.update(zeros.subarray(0, Math.min(zeros.length, size - offset)));
   return hash.digest("hex");
 }
 
@@ -119,7 +127,9 @@ const smallDisks = {
   // The second cluster stays all zero.
   "drive-b": Buffer.alloc(2 * CLUSTER),
 };
-const smallConfig = Buffer.from("memory: 2048\n#qmdump#map:scsi0:drive-a:local:raw:\n#qmdump#map:scsi1:drive-b:local:raw:\n");
+const smallConfig = Buffer.from(
+  "memory: 2048\n#qmdump#map:scsi0:drive-a:local:raw:\n#qmdump#map:scsi1:drive-b:local:raw:\n",
+);
 
 async function writeSmallArchive(path: string): Promise<void> {
   for (let block = 0; block * BLOCK < smallDisks["drive-a"].length; block += 2) {
@@ -127,7 +137,10 @@ async function writeSmallArchive(path: string): Promise<void> {
   }
   randomBytes(CLUSTER).copy(smallDisks["drive-b"], 0);
   const chunks: Uint8Array[] = [];
-  const writer = new VmaWriter({ write: async (parts) => void chunks.push(...parts.map((part) => Uint8Array.from(part))) }, { uuid: randomBytes(16) });
+  const writer = new VmaWriter(
+    { write: async (parts) => void chunks.push(...parts.map((part) => Uint8Array.from(part))) },
+    { uuid: randomBytes(16) },
+  );
   writer.addConfig("qemu-server.conf", smallConfig);
   const devIds = Object.entries(smallDisks).map(([name, data]) => writer.addDevice(name, data.length));
   for (const [index, data] of Object.values(smallDisks).entries()) {
@@ -209,7 +222,9 @@ describe.concurrent("vma list and config", () => {
     const missing = await vma(["config", sampleVma, "qemu-server.fw"]);
     expect(missing.code).toBe(2);
     expect(missing.stdout.length).toBe(0);
-    expect(missing.stderr).toBe("error: no config named qemu-server.fw in the archive; its configs: qemu-server.conf\n");
+    expect(missing.stderr).toBe(
+      "error: no config named qemu-server.fw in the archive; its configs: qemu-server.conf\n",
+    );
   });
 
   it("refuses a file that is no archive with exit 1, a missing file and bad usage with exit 2", async () => {
@@ -235,14 +250,17 @@ describe.concurrent("vma verify", () => {
     expect(result.code).toBe(1);
     expect(result.stdout.toString()).toBe(
       `offset 538112: ${SAMPLE_MISSING}\n` +
-        "FAIL problems=1 devices=1 configs=1 bytes=10737418240 extents=2 clusters=116 stored_blocks=128 archive_bytes=538112\n",
+        "FAIL problems=1 devices=1 configs=1 bytes=10737418240 extents=2 clusters=116 stored_blocks=128 " +
+        "archive_bytes=538112\n",
     );
   });
 
   it("passes the sample with --allow-incomplete, warning about the missing clusters", async () => {
     const result = await vma(["verify", "--allow-incomplete", sampleZst]);
     expect(result.code).toBe(0);
-    expect(result.stdout.toString()).toBe("OK devices=1 configs=1 bytes=10737418240 extents=2 clusters=116 stored_blocks=128 archive_bytes=538112\n");
+    expect(result.stdout.toString()).toBe(
+      "OK devices=1 configs=1 bytes=10737418240 extents=2 clusters=116 stored_blocks=128 archive_bytes=538112\n",
+    );
     expect(result.stderr).toBe(`warning: ${SAMPLE_MISSING}\n`);
   });
 
@@ -266,7 +284,9 @@ describe.concurrent("vma verify", () => {
     expect(good.code).toBe(0);
     // No terminal, no progress bar.
     expect(good.stderr).toBe("");
-    expect(good.stdout.toString()).toMatch(/^OK devices=2 configs=1 bytes=328192 extents=1 clusters=6 stored_blocks=\d+ archive_bytes=\d+\n$/);
+    expect(good.stdout.toString()).toMatch(
+      /^OK devices=2 configs=1 bytes=328192 extents=1 clusters=6 stored_blocks=\d+ archive_bytes=\d+\n$/,
+    );
 
     const damaged = Buffer.from(await readFile(small));
     const headerSize = damaged.readUInt32BE(56);
@@ -277,7 +297,10 @@ describe.concurrent("vma verify", () => {
     expect(result.code).toBe(1);
     const lines = result.stdout.toString().trimEnd().split("\n");
     expect(lines[0]).toMatch(new RegExp(`^offset ${headerSize}: extent header checksum mismatch: `));
-    expect(lines[1]).toBe(`offset ${headerSize + 512}: ${damaged.length + 100 - headerSize - 512} bytes after the unreadable extent header at ${headerSize} up to the end of the archive were not read`);
+    expect(lines[1]).toBe(
+      `offset ${headerSize + 512}: ${damaged.length + 100 - headerSize - 512} bytes after the unreadable extent ` +
+        `header at ${headerSize} up to the end of the archive were not read`,
+    );
     expect(lines[2]).toBe(`offset ${damaged.length + 100}: drive-a: clusters 0-3 missing (4 of 4)`);
     expect(lines[3]).toBe(`offset ${damaged.length + 100}: drive-b: clusters 0-1 missing (2 of 2)`);
     expect(lines[4]).toMatch(/^FAIL problems=4 devices=2 /);
@@ -287,7 +310,9 @@ describe.concurrent("vma verify", () => {
     const gz = await readFile(SAMPLE_GZ);
     const result = await vma(["verify", "-"], gz.subarray(0, 40000));
     expect(result.code).toBe(1);
-    expect(result.stdout.toString()).toMatch(/^offset \d+: gzip data is damaged or truncated after \d+ decompressed bytes: unexpected end of file\nFAIL problems=1 /);
+    expect(result.stdout.toString()).toMatch(
+      /^offset \d+: gzip data is damaged or truncated after \d+ decompressed bytes: unexpected end of file\nFAIL problems=1 /,
+    );
     const zst = await readFile(sampleZst);
     const cutZst = await vma(["verify", "-"], zst.subarray(0, zst.length - 1000));
     expect(cutZst.code).toBe(1);
@@ -296,10 +321,14 @@ describe.concurrent("vma verify", () => {
 
   it("draws a progress bar on a terminal", async () => {
     // script(1) gives the command a pseudo-terminal.
-    const tty = execFileSync("script", ["-q", "-e", "-c", `${process.execPath} bin/vmabackup.js vma verify ${small}`, "/dev/null"], {
-      cwd: REPO,
-      encoding: "utf8",
-    });
+    const tty = execFileSync(
+      "script",
+      ["-q", "-e", "-c", `${process.execPath} bin/vmabackup.js vma verify ${small}`, "/dev/null"],
+      {
+        cwd: REPO,
+        encoding: "utf8",
+      },
+    );
     expect(tty).toMatch(/verify \[[░█]+\]\s+\d+\.\d%/);
     expect(tty).toContain("OK devices=2");
   });
@@ -364,7 +393,9 @@ describe.concurrent("vma extract", () => {
     await writeFile(join(dir, "disk-drive-b.raw"), "keep me");
     const result = await vma(["extract", small, dir]);
     expect(result.code).toBe(2);
-    expect(result.stderr).toMatch(/^error: EEXIST: file already exists, open '.*disk-drive-b\.raw' \(refusing to overwrite an existing file\)\n$/);
+    expect(result.stderr).toMatch(
+      /^error: EEXIST: file already exists, open '.*disk-drive-b\.raw' \(refusing to overwrite an existing file\)\n$/,
+    );
     expect(await readFile(join(dir, "disk-drive-b.raw"), "utf8")).toBe("keep me");
     // What this run had created before the refusal is gone again.
     expect(await readdir(dir)).toEqual(["disk-drive-b.raw"]);
@@ -375,7 +406,10 @@ describe.concurrent("vma extract", () => {
     const uuid = randomBytes(16);
     const disk = randomBytes(CLUSTER);
     const chunks: Uint8Array[] = [];
-    const writer = new VmaWriter({ write: async (parts) => void chunks.push(...parts.map((part) => Uint8Array.from(part))) }, { uuid });
+    const writer = new VmaWriter(
+      { write: async (parts) => void chunks.push(...parts.map((part) => Uint8Array.from(part))) },
+      { uuid },
+    );
     writer.addConfig("qemu-server.conf", smallConfig);
     writer.addConfig("disk-drive-a.raw", Buffer.from("not a disk\n"));
     writer.addDevice("drive-a", CLUSTER);
@@ -404,7 +438,8 @@ describe.concurrent("vma extract", () => {
     const result = await vma(["extract", damagedPath, dir]);
     expect(result.code).toBe(1);
     expect(result.stdout.toString()).toBe(
-      `offset ${archive.length}: the archive ends 7 bytes into an extent header; expected 512 bytes or the end of the archive\nFAIL problems=1 (nothing extracted)\n`,
+      `offset ${archive.length}: the archive ends 7 bytes into an extent header; expected 512 bytes or the end of ` +
+        `the archive\nFAIL problems=1 (nothing extracted)\n`,
     );
     expect(await readdir(dir)).toEqual([]);
   });
@@ -419,7 +454,10 @@ describe.concurrent("control characters in names", () => {
 
   beforeAll(async () => {
     const chunks: Uint8Array[] = [];
-    const writer = new VmaWriter({ write: async (parts) => void chunks.push(...parts.map((part) => Uint8Array.from(part))) }, { uuid: randomBytes(16) });
+    const writer = new VmaWriter(
+      { write: async (parts) => void chunks.push(...parts.map((part) => Uint8Array.from(part))) },
+      { uuid: randomBytes(16) },
+    );
     writer.addConfig(CONFIG, Buffer.from("memory: 512\n"));
     // 513 bytes: verify warns, naming the device.
     writer.addDevice(DEVICE, CLUSTER + 513);
@@ -453,7 +491,10 @@ describe.concurrent("control characters in names", () => {
     expect(config.code).toBe(2);
     expect(config.stderr).toContain("its configs: qemu\\x9b2J.conf");
 
-    const exact = JSON.parse(json.stdout.toString()) as { configs: Array<{ name: string }>; devices: Array<{ name: string; file: string }> };
+    const exact = JSON.parse(json.stdout.toString()) as {
+      configs: Array<{ name: string }>;
+      devices: Array<{ name: string; file: string }>;
+    };
     expect(exact.configs[0]?.name).toBe(CONFIG);
     expect(exact.devices[0]).toMatchObject({ name: DEVICE, file: `disk-${DEVICE}.raw` });
     // The files themselves carry the exact names.
@@ -470,7 +511,8 @@ describe("vma extract of the 10 GiB sample image", () => {
     expect(result.stderr).toBe(`warning: ${SAMPLE_MISSING}\n`);
     const disk = join(dir, "disk-drive-scsi0.raw");
     expect(result.stdout.toString()).toBe(
-      `${join(dir, "qemu-server.conf")}\n${disk}\nOK files=2 devices=1 configs=1 bytes=10737418240 extents=2 clusters=116 stored_blocks=128 archive_bytes=538112\n`,
+      `${join(dir, "qemu-server.conf")}\n${disk}\nOK files=2 devices=1 configs=1 bytes=10737418240 extents=2 ` +
+        `clusters=116 stored_blocks=128 archive_bytes=538112\n`,
     );
     expect(sha256(await readFile(join(dir, "qemu-server.conf")))).toBe(CONFIG_SHA256);
     expect((await stat(disk)).size).toBe(GiB10);
@@ -485,7 +527,6 @@ describe("vma extract of the 10 GiB sample image", () => {
     expect(await sha256SparseImage(disk)).toBe("e572ef66633380b032f0bb164986ec732f8351041f342da68e235850fb6a3cdc");
     await rm(dir, { recursive: true });
   }, 120_000);
-
 });
 
 describe("createProgressBar", () => {

@@ -118,18 +118,27 @@ describe("encodeHeader", () => {
     const header = example();
     expect(header.byteLength).toBe(12800);
     expect(Buffer.from(header.subarray(0, 0x40)).toString("hex")).toBe(
-      "564d410000000001" + "00112233445566778899aabbccddeeff" + "000000006553f100" +
-        "5ff1d20c4d245a189f086be21e3e00a8" + "00003000" + "00000030" + "00003200" + "00000000",
+      "564d410000000001" +
+        "00112233445566778899aabbccddeeff" +
+        "000000006553f100" +
+        "5ff1d20c4d245a189f086be21e3e00a8" +
+        "00003000" +
+        "00000030" +
+        "00003200" +
+        "00000000",
     );
     expect(Buffer.from(header.subarray(0x7fc, 0x804)).toString("hex")).toBe("0000000100000000");
     expect(Buffer.from(header.subarray(0xbfc, 0xc04)).toString("hex")).toBe("0000001400000000");
     expect(Buffer.from(header.subarray(0x1020, 0x1040)).toString("hex")).toBe(
-      "00000022000000000000000000020000" + "00".repeat(16),
+      `00000022000000000000000000020000${"00".repeat(16)}`,
     );
     expect(Buffer.from(header.subarray(0x3000, 0x3030)).toString("hex")).toBe(
-      "001100" + Buffer.from("qemu-server.conf\0").toString("hex") +
-        "0c00" + Buffer.from("memory: 512\n").toString("hex") +
-        "0c00" + Buffer.from("drive-scsi0\0").toString("hex"),
+      "001100" +
+        Buffer.from("qemu-server.conf\0").toString("hex") +
+        "0c00" +
+        Buffer.from("memory: 512\n").toString("hex") +
+        "0c00" +
+        Buffer.from("drive-scsi0\0").toString("hex"),
     );
     expect(header.subarray(0x3030).every((byte) => byte === 0)).toBe(true);
     const zeroed = Uint8Array.from(header);
@@ -167,17 +176,25 @@ describe("encodeHeader", () => {
   });
 
   it("has the size headerSizeForPlan predicts", () => {
-    const name = fc.string({ minLength: 1, maxLength: 40 }).filter((text) => !/[\s/\0]/u.test(text) && text !== "vmstate" && text !== "." && text !== "..");
+    const name = fc
+      .string({ minLength: 1, maxLength: 40 })
+      .filter((text) => !/[\s/\0]/u.test(text) && text !== "vmstate" && text !== "." && text !== "..");
     fc.assert(
       fc.property(
         fc.uniqueArray(name, { maxLength: 6 }),
         fc.uniqueArray(name, { maxLength: 6 }),
         fc.array(fc.integer({ min: 0, max: 3000 }), { minLength: 6, maxLength: 6 }),
         (configNames, deviceNames, sizes) => {
-          const configs = configNames.map((configName, index) => ({ name: configName, data: new Uint8Array(sizes[index]!) }));
+          const configs = configNames.map((configName, index) => ({
+            name: configName,
+            data: new Uint8Array(sizes[index]!),
+          }));
           const devices = deviceNames.map((deviceName) => ({ name: deviceName, size: 512 }));
           const header = encodeHeader({ uuid: EXAMPLE_UUID, ctime: 0, configs, devices });
-          const plan = { configs: configs.map((config) => ({ name: config.name, size: config.data.byteLength })), devices };
+          const plan = {
+            configs: configs.map((config) => ({ name: config.name, size: config.data.byteLength })),
+            devices,
+          };
           expect(header.byteLength).toBe(headerSizeForPlan(plan));
           expect(header.byteLength % 512).toBe(0);
         },
@@ -192,33 +209,66 @@ describe("header limits", () => {
 
   it("refuses a config blob over 65535 bytes, naming it", () => {
     expectLimitError(
-      () => checkHeaderPlan({ configs: [{ name: "a", size: 1 }, { name: "b", size: 1 }, { name: "c", size: 65536 }], devices: [] }),
+      () =>
+        checkHeaderPlan({
+          configs: [
+            { name: "a", size: 1 },
+            { name: "b", size: 1 },
+            { name: "c", size: 65536 },
+          ],
+          devices: [],
+        }),
       "configs[2].data",
       /65536 bytes.*65535/,
     );
     expect(() => checkHeaderPlan({ configs: [{ name: "c", size: 65535 }], devices: [] })).not.toThrow();
     expectLimitError(
-      () => encodeHeader({ uuid: EXAMPLE_UUID, ctime: 0, configs: [{ name: "big", data: new Uint8Array(65536) }], devices: [] }),
+      () =>
+        encodeHeader({
+          uuid: EXAMPLE_UUID,
+          ctime: 0,
+          configs: [{ name: "big", data: new Uint8Array(65536) }],
+          devices: [],
+        }),
       "configs[0].data",
       /65535/,
     );
   });
 
   it("refuses a name whose blob (with NUL) is over 65535 bytes", () => {
-    expectLimitError(() => checkHeaderPlan({ configs: [{ name: "x".repeat(65535), size: 0 }], devices: [] }), "configs[0].name", /65536 bytes/);
-    expectLimitError(() => checkHeaderPlan({ configs: [], devices: [{ name: "d".repeat(65535), size: 512 }] }), "devices[0].name", /65536/);
+    expectLimitError(
+      () => checkHeaderPlan({ configs: [{ name: "x".repeat(65535), size: 0 }], devices: [] }),
+      "configs[0].name",
+      /65536 bytes/,
+    );
+    expectLimitError(
+      () => checkHeaderPlan({ configs: [], devices: [{ name: "d".repeat(65535), size: 512 }] }),
+      "devices[0].name",
+      /65536/,
+    );
   });
 
   it("refuses a header over 512 KiB and blames the configs when they alone overflow", () => {
     const configs = Array.from({ length: 8 }, (_, index) => ({ name: `c${index}`, size: 65535 }));
     expect(headerSizeForPlan({ configs, devices: [] })).toBeGreaterThan(MAX_HEADER_SIZE);
-    expectLimitError(() => checkHeaderPlan({ configs, devices: [device] }), "configs", /header would be \d+ bytes.*524288/);
+    expectLimitError(
+      () => checkHeaderPlan({ configs, devices: [device] }),
+      "configs",
+      /header would be \d+ bytes.*524288/,
+    );
     expect(() => checkHeaderPlan({ configs: configs.slice(0, 7), devices: [device] })).not.toThrow();
   });
 
   it("blames the devices when their names tip the header over", () => {
-    const devices = Array.from({ length: 254 }, (_, index) => ({ name: `drive-${index}-${"n".repeat(2100)}`, size: 512 }));
-    expectLimitError(() => checkHeaderPlan({ configs: [{ name: "qemu-server.conf", size: 100 }], devices }), "devices", /header would be/);
+    const devices = Array.from({ length: 254 }, (_, index) => ({
+      name: `drive-${index}-${"n".repeat(2100)}`,
+      size: 512,
+    }));
+    expectLimitError(
+      () => checkHeaderPlan({ configs: [{ name: "qemu-server.conf", size: 100 }], devices }),
+      "devices",
+      /header would be/,
+    );
   });
 
   it("accepts a header of exactly 512 KiB", () => {
@@ -228,7 +278,11 @@ describe("header limits", () => {
     const last = { name: "z", size: 512000 - used - (2 + 2 + 2) };
     expect(headerSizeForPlan({ configs: [...configs, last], devices: [] })).toBe(MAX_HEADER_SIZE);
     expect(() => checkHeaderPlan({ configs: [...configs, last], devices: [] })).not.toThrow();
-    expectLimitError(() => checkHeaderPlan({ configs: [...configs, { ...last, size: last.size + 1 }], devices: [] }), "configs", /524800/);
+    expectLimitError(
+      () => checkHeaderPlan({ configs: [...configs, { ...last, size: last.size + 1 }], devices: [] }),
+      "configs",
+      /524800/,
+    );
   });
 
   it("refuses more than 254 devices and more than 256 configs", () => {
@@ -240,7 +294,13 @@ describe("header limits", () => {
   });
 
   it("refuses names and sizes that cannot be stored or restored", () => {
-    const plan = (name: string, size = 512) => ({ configs: [], devices: [{ name: "drive-ok", size: 512 }, { name, size }] });
+    const plan = (name: string, size = 512) => ({
+      configs: [],
+      devices: [
+        { name: "drive-ok", size: 512 },
+        { name, size },
+      ],
+    });
     expectLimitError(() => checkHeaderPlan(plan("drive scsi0")), "devices[1].name", /whitespace/);
     expectLimitError(() => checkHeaderPlan(plan("a/b")), "devices[1].name", /"\/"/);
     expectLimitError(() => checkHeaderPlan(plan("")), "devices[1].name", /non-empty/);
@@ -249,10 +309,25 @@ describe("header limits", () => {
     expectLimitError(() => checkHeaderPlan(plan("drive-x", 0)), "devices[1].size", /positive/);
     expect(() => checkHeaderPlan(plan("drive-x", 1000))).not.toThrow(); // any byte size round-trips through our reader
     expectLimitError(() => checkHeaderPlan(plan("drive-x", 2 ** 48 + 512)), "devices[1].size", /at most/);
-    expectLimitError(() => checkHeaderPlan({ configs: [{ name: "../x", size: 1 }], devices: [] }), "configs[0].name", /plain file name/);
-    expectLimitError(() => checkHeaderPlan({ configs: [{ name: "..", size: 1 }], devices: [] }), "configs[0].name", /plain file name/);
     expectLimitError(
-      () => checkHeaderPlan({ configs: [{ name: "a", size: 1 }, { name: "a", size: 2 }], devices: [] }),
+      () => checkHeaderPlan({ configs: [{ name: "../x", size: 1 }], devices: [] }),
+      "configs[0].name",
+      /plain file name/,
+    );
+    expectLimitError(
+      () => checkHeaderPlan({ configs: [{ name: "..", size: 1 }], devices: [] }),
+      "configs[0].name",
+      /plain file name/,
+    );
+    expectLimitError(
+      () =>
+        checkHeaderPlan({
+          configs: [
+            { name: "a", size: 1 },
+            { name: "a", size: 2 },
+          ],
+          devices: [],
+        }),
       "configs[1].name",
       /used twice/,
     );
@@ -267,8 +342,11 @@ describe("encodeExtentHeader", () => {
     ]);
     expect(header.byteLength).toBe(512);
     expect(Buffer.from(header.subarray(0, 0x38)).toString("hex")).toBe(
-      "564d414500000010" + "00112233445566778899aabbccddeeff" +
-        "4fb5f0bb3d21d1e2ecabc7e54d872a38" + "ffff000100000000" + "0000000100000001",
+      "564d414500000010" +
+        "00112233445566778899aabbccddeeff" +
+        "4fb5f0bb3d21d1e2ecabc7e54d872a38" +
+        "ffff000100000000" +
+        "0000000100000001",
     );
     expect(header.subarray(0x38).every((byte) => byte === 0)).toBe(true);
   });
@@ -291,7 +369,12 @@ describe("encodeExtentHeader", () => {
 
   it("refuses slots that do not fit", () => {
     const slot = { devId: 1, clusterNum: 0, mask: 0 };
-    expect(() => encodeExtentHeader(EXAMPLE_UUID, Array.from({ length: 60 }, () => slot))).toThrow(/at most 59/);
+    expect(() =>
+      encodeExtentHeader(
+        EXAMPLE_UUID,
+        Array.from({ length: 60 }, () => slot),
+      ),
+    ).toThrow(/at most 59/);
     expect(() => encodeExtentHeader(EXAMPLE_UUID, [{ ...slot, devId: 255 }])).toThrow(/dev_id 255/);
     expect(() => encodeExtentHeader(EXAMPLE_UUID, [{ ...slot, devId: 0 }])).toThrow(/dev_id 0/);
     expect(() => encodeExtentHeader(EXAMPLE_UUID, [{ ...slot, mask: 0x10000 }])).toThrow(/16 bits/);
@@ -405,12 +488,15 @@ describe("VmaWriter", () => {
   });
 
   it("rebuilds interleaved, shuffled devices exactly", async () => {
-    const deviceSizes = fc.array(fc.integer({ min: 1, max: 4 * 128 }).map((sectors) => sectors * 512), { minLength: 1, maxLength: 3 });
+    const deviceSizes = fc.array(
+      fc.integer({ min: 1, max: 4 * 128 }).map((sectors) => sectors * 512),
+      { minLength: 1, maxLength: 3 },
+    );
     await fc.assert(
       fc.asyncProperty(deviceSizes, fc.integer(), async (sizes, seed) => {
         const sink = new MemorySink();
         const vma = writer(sink);
-        sizes.forEach((size, index) => vma.addDevice(`drive-scsi${index}`, size));
+        for (const [index, size] of sizes.entries()) vma.addDevice(`drive-scsi${index}`, size);
         const work = sizes.flatMap((size, index) =>
           Array.from({ length: Math.ceil(size / CLUSTER_SIZE) }, (_, clusterNum) => ({ devId: index + 1, clusterNum })),
         );
@@ -427,16 +513,17 @@ describe("VmaWriter", () => {
           const mask = random() & ((1 << blocksInside) - 1);
           const data = new Uint8Array(CLUSTER_SIZE);
           for (let block = 0; block < 16; block++) {
-            if ((mask & (1 << block)) !== 0) data.fill((random() % 255) + 1, block * BLOCK_SIZE, (block + 1) * BLOCK_SIZE);
+            if ((mask & (1 << block)) !== 0)
+              data.fill((random() % 255) + 1, block * BLOCK_SIZE, (block + 1) * BLOCK_SIZE);
           }
           expected[devId - 1]!.set(data, clusterNum * CLUSTER_SIZE);
           await vma.writeCluster(devId, clusterNum, data, mask);
         }
-        sizes.forEach((_, index) => vma.completeDevice(index + 1));
+        for (const index of sizes.keys()) vma.completeDevice(index + 1);
         await vma.finish();
         const { disks, extents } = parseArchive(sink.bytes());
         expect(extents.every((extent) => extent.slots.length <= 58)).toBe(true);
-        sizes.forEach((_, index) => expect(Buffer.compare(disks.get(index + 1)!, expected[index]!)).toBe(0));
+        for (const index of sizes.keys()) expect(Buffer.compare(disks.get(index + 1)!, expected[index]!)).toBe(0);
       }),
       { numRuns: 20 },
     );
@@ -466,7 +553,10 @@ describe("VmaWriter", () => {
 
     it("refuses mask bits of blocks past the end, including a full mask", async () => {
       const { vma } = setup();
-      await expectUsageError(() => vma.writeCluster(1, 1, filled(0), 0x0004), /mask 0x0004 .*past the end.*size 70144.*0x0003/);
+      await expectUsageError(
+        () => vma.writeCluster(1, 1, filled(0), 0x0004),
+        /mask 0x0004 .*past the end.*size 70144.*0x0003/,
+      );
       await expectUsageError(() => vma.writeCluster(1, 1, filled(0), 0xffff), /past the end/);
       // The refused calls did not count as written.
       await vma.writeCluster(1, 1, filled(0), 0x0001);
@@ -483,7 +573,10 @@ describe("VmaWriter", () => {
     it("refuses unknown device ids", async () => {
       const vma = setup();
       for (const devId of [0, 2, 255, 1.5, -1]) {
-        await expectUsageError(() => vma.writeCluster(devId, 0, filled(0), 0), new RegExp(`unknown dev_id ${devId}: devices are 1..1`));
+        await expectUsageError(
+          () => vma.writeCluster(devId, 0, filled(0), 0),
+          new RegExp(`unknown dev_id ${devId}: devices are 1..1`),
+        );
       }
       expect(() => vma.completeDevice(2)).toThrow(VmaUsageError);
     });
@@ -491,14 +584,20 @@ describe("VmaWriter", () => {
     it("refuses cluster numbers outside the device", async () => {
       const vma = setup();
       for (const clusterNum of [3, -1, 0.5, 2 ** 32]) {
-        await expectUsageError(() => vma.writeCluster(1, clusterNum, filled(0), 0), /outside device "drive-scsi0" \(dev_id 1\).*0\.\.2/);
+        await expectUsageError(
+          () => vma.writeCluster(1, clusterNum, filled(0), 0),
+          /outside device "drive-scsi0" \(dev_id 1\).*0\.\.2/,
+        );
       }
     });
 
     it("refuses a cluster written twice", async () => {
       const vma = setup();
       await vma.writeCluster(1, 1, filled(0), 0);
-      await expectUsageError(() => vma.writeCluster(1, 1, filled(0), 0), /cluster 1 of device "drive-scsi0" \(dev_id 1\) was already written/);
+      await expectUsageError(
+        () => vma.writeCluster(1, 1, filled(0), 0),
+        /cluster 1 of device "drive-scsi0" \(dev_id 1\) was already written/,
+      );
     });
 
     it("refuses data that is not one cluster and masks that are not 16 bits", async () => {

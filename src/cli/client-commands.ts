@@ -7,12 +7,7 @@ import { readConfigFiles } from "./client-configs.js";
 import { runClientCommand, unaryDeadline, type BackupClient } from "./client-connection.js";
 import { EXIT_INTERRUPTED, EXIT_OK } from "./exit-codes.js";
 import { registerJobCommands } from "./client-job-commands.js";
-import {
-  addConnectionOptions,
-  collecting,
-  rejectingSyntaxErrors,
-  type ConnectionOptions,
-} from "./client-options.js";
+import { addConnectionOptions, collecting, rejectingSyntaxErrors, type ConnectionOptions } from "./client-options.js";
 import { ProgressBarRenderer } from "./client-progress.js";
 import { JsonLineRenderer, StatusLineRenderer, type StatusRenderer } from "./client-render.js";
 import { requireStatus } from "./client-status.js";
@@ -45,17 +40,22 @@ function registerBackupCommand(program: Command): void {
     .description("start a backup job on the server and print its uuid")
     .requiredOption("--file <name>", "archive name (.vma), relative to the server's backup directory")
     .addOption(
-      new Option("--device <name=path>", "disk image to back up, as NAME=PATH; a relative PATH is taken from the current directory (repeat for more)")
+      new Option(
+        "--device <name=path>",
+        "disk image to back up, as NAME=PATH; a relative PATH is taken from the current directory (repeat for more)",
+      )
         .argParser(collecting(parseDeviceArgument))
         .makeOptionMandatory(),
     )
     .addOption(
-      new Option("--config <[name=]path>", "config file to store in the archive (repeat for more)")
-        .argParser(collecting(parseConfigArgument)),
+      new Option("--config <[name=]path>", "config file to store in the archive (repeat for more)").argParser(
+        collecting(parseConfigArgument),
+      ),
     )
     .addOption(
-      new Option("--speed <size>", "read at most this many bytes per second, e.g. 50M (IEC units)")
-        .argParser(rejectingSyntaxErrors(parseSize)),
+      new Option("--speed <size>", "read at most this many bytes per second, e.g. 50M (IEC units)").argParser(
+        rejectingSyntaxErrors(parseSize),
+      ),
     )
     .option("--watch", "follow the job until it ends; exit 0 on DONE, 1 otherwise");
   addConnectionOptions(command).action((options: BackupOptions) =>
@@ -131,11 +131,7 @@ function registerCancelCommand(program: Command): void {
 }
 
 /** Follows `uuid` (or every job) with the renderer that suits the output. */
-async function watchFromCommandLine(
-  client: BackupClient,
-  uuid: string,
-  options: ConnectionOptions,
-): Promise<number> {
+async function watchFromCommandLine(client: BackupClient, uuid: string, options: ConnectionOptions): Promise<number> {
   const exitCode = await untilInterrupted((signal) =>
     watchBackups(client, { uuid, renderer: createRenderer(options.json === true), signal }),
   );

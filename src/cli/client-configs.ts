@@ -21,9 +21,7 @@ export async function readConfigFiles(configs: readonly NamedPath[]): Promise<Co
       const info = await stat(path);
       if (!info.isFile()) throw new UsageError(`config file "${path}" is not a regular file`);
       if (info.size > MAX_BLOB_SIZE) {
-        throw new UsageError(
-          `config file "${path}" has ${info.size} bytes; a config holds at most ${MAX_BLOB_SIZE}`,
-        );
+        throw new UsageError(`config file "${path}" has ${info.size} bytes; a config holds at most ${MAX_BLOB_SIZE}`);
       }
       contents.push({ name, data: await readFile(path) });
     } catch (error) {

@@ -6,7 +6,6 @@ import { escapeControls } from "./escape-controls.js";
 import { EXIT_FAILURE, EXIT_USAGE } from "./exit-codes.js";
 import { ArgumentSyntaxError } from "./parse-error.js";
 
-
 /** A mistake in the command line found after parsing, e.g. an unreadable --config file. */
 export class UsageError extends Error {
   constructor(message: string) {

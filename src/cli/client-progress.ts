@@ -65,8 +65,7 @@ export class ProgressBarRenderer implements StatusRenderer {
   ) {
     this.multibar = new cliProgress.MultiBar({
       stream,
-      format: (_options, params, payload: BarPayload) =>
-        formatBarLine(payload.status, params.maxWidth, this.now()),
+      format: (_options, params, payload: BarPayload) => formatBarLine(payload.status, params.maxWidth, this.now()),
       hideCursor: true,
       // Cut lines at the terminal width: a wrapped line would break redrawing.
       linewrap: true,

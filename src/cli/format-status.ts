@@ -86,12 +86,12 @@ export function formatStatusSummary(status: BackupStatus, now: Date): string {
     ],
     [
       "zero",
-      `${formatPercent(status.zeroBytes, status.transferredBytes)}  ` +
-        `${formatBytes(status.zeroBytes)} not stored`,
+      `${formatPercent(status.zeroBytes, status.transferredBytes)}  ` + `${formatBytes(status.zeroBytes)} not stored`,
     ],
     ["rate", formatRateRow(status, now)],
   ];
-  if (status.state === BackupState.ACTIVE) rows.push(["eta", etaMs(status) === undefined ? "unknown" : formatEta(status)]);
+  if (status.state === BackupState.ACTIVE)
+    rows.push(["eta", etaMs(status) === undefined ? "unknown" : formatEta(status)]);
   if (status.startTime !== undefined) rows.push(["started", timestampDate(status.startTime).toISOString()]);
   if (status.endTime !== undefined) rows.push(["ended", timestampDate(status.endTime).toISOString()]);
   if (status.requestId !== "") rows.push(["request", escapeControls(status.requestId)]);

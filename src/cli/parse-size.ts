@@ -30,9 +30,7 @@ export function parseSize(text: string): number {
   const [, digits, unit] = match;
   const multiplier = MULTIPLIERS.get((unit ?? "").toLowerCase());
   if (multiplier === undefined) {
-    throw new ArgumentSyntaxError(
-      `unknown unit "${unit}" (use K, M, G, T or KiB, MiB, GiB, TiB: multiples of 1024)`,
-    );
+    throw new ArgumentSyntaxError(`unknown unit "${unit}" (use K, M, G, T or KiB, MiB, GiB, TiB: multiples of 1024)`);
   }
   const amount = Number(digits);
   if (multiplier === 1 && !Number.isInteger(amount)) {

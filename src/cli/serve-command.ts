@@ -185,7 +185,12 @@ function settingsFrom(flags: ServeFlags): ServeSettings {
     security: parseSecurity(flags),
     ...(flags.metricsListen === undefined
       ? {}
-      : { metrics: { listen: parseListen(flags.metricsListen, "--metrics-listen", "127.0.0.1:9464"), metrics: new DaemonMetrics() } }),
+      : {
+          metrics: {
+            listen: parseListen(flags.metricsListen, "--metrics-listen", "127.0.0.1:9464"),
+            metrics: new DaemonMetrics(),
+          },
+        }),
   };
 }
 

@@ -41,7 +41,8 @@ export function startupProblem(error: unknown, dirs: StartupDirs): string {
   if (sqliteCode !== undefined) {
     if (CORRUPT_CODES.test(sqliteCode)) {
       return (
-        `the job database in the state dir ${dirs.stateDir} is not a valid SQLite database (${sqliteCode}: ${message}); ` +
+        `the job database in the state dir ${dirs.stateDir} is not a valid SQLite database (${sqliteCode}: ` +
+        `${message}); ` +
         `move that dir's files away (the job history is lost) or give another --state-dir`
       );
     }

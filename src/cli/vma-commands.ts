@@ -13,7 +13,6 @@ import { escapeControls } from "./escape-controls.js";
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE } from "./exit-codes.js";
 import { createProgressBar } from "./progress-bar.js";
 
-
 const ARCHIVE_HELP = "archive: .vma, .vma.gz or .vma.zst (detected by content), or - for stdin";
 const PROGRESS_INTERVAL_MS = 250;
 
@@ -56,17 +55,23 @@ export function registerVmaCommands(program: Command): void {
     .description("write disk-<name>.raw per device and each config into DIR, never overwriting files")
     .argument("<archive>", ARCHIVE_HELP)
     .argument("<dir>", "target directory (created if missing)")
-    .option("--device <name>", "extract only this device (repeatable)", (name: string, names: string[]) => [...names, name], [] as string[])
+    .option(
+      "--device <name>",
+      "extract only this device (repeatable)",
+      (name: string, names: string[]) => [...names, name],
+      [] as string[],
+    )
     .option("--sparse", "leave zero blocks as holes instead of writing them")
     .option("--allow-incomplete", "extract even when a chosen device misses clusters (they read as zeros)")
-    .action((archive: string, dir: string, options: { device: string[]; sparse?: boolean; allowIncomplete?: boolean }) =>
-      run(() =>
-        extractCommand(archive, dir, {
-          devices: options.device,
-          sparse: options.sparse === true,
-          allowIncomplete: options.allowIncomplete === true,
-        }),
-      ),
+    .action(
+      (archive: string, dir: string, options: { device: string[]; sparse?: boolean; allowIncomplete?: boolean }) =>
+        run(() =>
+          extractCommand(archive, dir, {
+            devices: options.device,
+            sparse: options.sparse === true,
+            allowIncomplete: options.allowIncomplete === true,
+          }),
+        ),
     );
 }
 
@@ -81,7 +86,11 @@ async function run(body: () => Promise<number>): Promise<void> {
 }
 
 function describeError(error: unknown): string {
-  if (error instanceof ArchiveRequestError || error instanceof ExtractUsageError || error instanceof UnsupportedCompressionError) {
+  if (
+    error instanceof ArchiveRequestError ||
+    error instanceof ExtractUsageError ||
+    error instanceof UnsupportedCompressionError
+  ) {
     return error.message;
   }
   const { code, syscall } = (error ?? {}) as NodeJS.ErrnoException;
@@ -114,7 +123,9 @@ async function configCommand(path: string, name: string | undefined): Promise<nu
   if (config === undefined) {
     const names = header.configs.map((candidate) => candidate.name).join(", ");
     throw new ArchiveRequestError(
-      name === undefined ? "the archive holds no config" : `no config named ${name} in the archive; its configs: ${names || "none"}`,
+      name === undefined
+        ? "the archive holds no config"
+        : `no config named ${name} in the archive; its configs: ${names || "none"}`,
     );
   }
   process.stdout.write(config.data);

@@ -123,10 +123,7 @@ function unaryMethod(channel: grpc.Client, method: DescMethod): UnaryMethod<Meth
     });
 }
 
-function serverStreamingMethod(
-  channel: grpc.Client,
-  method: DescMethod,
-): ServerStreamingMethod<MethodShape> {
+function serverStreamingMethod(channel: grpc.Client, method: DescMethod): ServerStreamingMethod<MethodShape> {
   const path = methodPath(method);
   const serialize = messageSerializer(method.input);
   const deserialize = messageDeserializer(method.output);

@@ -208,7 +208,9 @@ export class BackupEngine {
     this.checkRevisionKnown(after);
     if (uuid === undefined || uuid === "") {
       const initial = this.state.readHistory(() =>
-        after > 0 ? this.state.registry.changedAfter(after) : this.state.registry.activeJobs().map((job) => job.snapshot()),
+        after > 0
+          ? this.state.registry.changedAfter(after)
+          : this.state.registry.activeJobs().map((job) => job.snapshot()),
       );
       return this.state.hub.subscribe(undefined, initial);
     }

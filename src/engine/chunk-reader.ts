@@ -69,10 +69,9 @@ export class ChunkReader {
         failure:
           error instanceof JobFailure
             ? error
-            : new JobFailure(
-                `device ${this.options.name}: read error at offset ${offset}: ${describeError(error)}`,
-                { cause: error },
-              ),
+            : new JobFailure(`device ${this.options.name}: read error at offset ${offset}: ${describeError(error)}`, {
+                cause: error,
+              }),
       }),
     );
   }
@@ -87,10 +86,9 @@ export class ChunkReader {
       try {
         ({ bytesRead } = await this.options.handle.read(data, filled, length - filled, position));
       } catch (error) {
-        throw new JobFailure(
-          `device ${this.options.name}: read error at offset ${position}: ${describeError(error)}`,
-          { cause: error },
-        );
+        throw new JobFailure(`device ${this.options.name}: read error at offset ${position}: ${describeError(error)}`, {
+          cause: error,
+        });
       }
       if (bytesRead === 0) {
         const { name, size } = this.options;

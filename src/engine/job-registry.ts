@@ -79,7 +79,9 @@ export class JobRegistry {
     return [...this.unsaved.values()].map((job) => ({ uuid: job.uuid, state: job.state }));
   }
 
-  /** Stores the final status of every unsaved job, oldest first. Throws at the first failure (the rest stay unsaved). */
+  /**
+   * Stores the final status of every unsaved job, oldest first. Throws at the first failure (the rest stay unsaved).
+   */
   flushUnsaved(): void {
     for (const job of [...this.unsaved.values()]) {
       this.write(job);

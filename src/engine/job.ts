@@ -211,10 +211,7 @@ export class Job {
     if (this.dirty) {
       this.revision = this.context.nextRevision();
       this.dirty = false;
-    } else if (
-      this.cached !== undefined &&
-      (!this.isActive || monotonicNow - this.cachedAt < RATE_REFRESH_MS)
-    ) {
+    } else if (this.cached !== undefined && (!this.isActive || monotonicNow - this.cachedAt < RATE_REFRESH_MS)) {
       return this.cached;
     }
     this.cached = this.build();

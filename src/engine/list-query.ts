@@ -34,7 +34,12 @@ export function resolveListQuery(query: ListQuery): ResolvedListQuery {
   states.forEach((state, index) => {
     if (!JOB_STATES.includes(state)) {
       const field = `states[${index}]`;
-      throw new EngineError("invalid-argument", REASON.JOB_STATE_INVALID, `${field}: ${quote(String(state))} is not a job state`, field);
+      throw new EngineError(
+        "invalid-argument",
+        REASON.JOB_STATE_INVALID,
+        `${field}: ${quote(String(state))} is not a job state`,
+        field,
+      );
     }
   });
   return {

@@ -124,12 +124,7 @@ export class PathPolicy {
       if (errnoOf(error) === "ENOENT") return finalPath;
       throw this.directoryError(backupFile, error);
     }
-    throw new EngineError(
-      "already-exists",
-      REASON.BACKUP_FILE_EXISTS,
-      `${field}: ${finalPath} already exists`,
-      field,
-    );
+    throw new EngineError("already-exists", REASON.BACKUP_FILE_EXISTS, `${field}: ${finalPath} already exists`, field);
   }
 
   private directoryError(backupFile: string, error: unknown): EngineError {

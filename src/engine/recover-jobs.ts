@@ -36,7 +36,8 @@ export function recoverInterruptedJobs(context: RecoveryContext): JobStatus[] {
     const { status, extras } = fromStoredJob(stored);
     const owner: FileOwner | undefined =
       extras.partialFile === undefined ? undefined : { file: extras.partialFile, uuid: status.uuid };
-    const ended = (owner && finishPublished(context, status, extras, owner)) ?? interrupt(context, status, extras, owner);
+    const ended =
+      (owner && finishPublished(context, status, extras, owner)) ?? interrupt(context, status, extras, owner);
     recovered.push(ended);
   }
   return recovered;
@@ -59,7 +60,10 @@ function finishPublished(
   }
   if (published.kind === "invalid") {
     // The job's own file, but nothing to restore from: left for an operator, the job ends in error.
-    context.logger.error({ uuid, backupFile, problem: published.problem }, "the published archive is not valid and complete");
+    context.logger.error(
+      { uuid, backupFile, problem: published.problem },
+      "the published archive is not valid and complete",
+    );
     return undefined;
   }
   if (published.kind === "none") return undefined;
@@ -109,7 +113,12 @@ function interrupt(
 }
 
 /** Removes the job's own partial file; a record without the file's identity proves nothing. */
-function removePartial(context: RecoveryContext, uuid: string, partialPath: string, owner: FileOwner | undefined): void {
+function removePartial(
+  context: RecoveryContext,
+  uuid: string,
+  partialPath: string,
+  owner: FileOwner | undefined,
+): void {
   if (owner === undefined) {
     context.logger.warn({ uuid, path: partialPath }, "left a file that is not the job's own");
     return;

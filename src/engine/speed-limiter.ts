@@ -62,8 +62,7 @@ export class SpeedLimiter {
     for (;;) {
       signal.throwIfAborted();
       const now = this.clock();
-      const readyAt =
-        this.speedLimit === 0 ? now : this.lastStart + (this.lastBytes * 1000) / this.speedLimit;
+      const readyAt = this.speedLimit === 0 ? now : this.lastStart + (this.lastBytes * 1000) / this.speedLimit;
       if (now >= readyAt) {
         this.lastStart = now - readyAt <= MAX_CATCH_UP_MS ? readyAt : now;
         this.lastBytes = bytes;

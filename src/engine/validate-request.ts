@@ -100,7 +100,10 @@ function configConflict(name: string, devices: BackupSpec["devices"]): string | 
   );
   if (index === -1) return undefined;
   const device = quote(devices[index]?.name ?? "");
-  return `${quote(name)} is a file name restore tools use for the image of devices[${index}].name ${device}; rename the config`;
+  return (
+    `${quote(name)} is a file name restore tools use for the image of devices[${index}].name ${device}; rename ` +
+    `the config`
+  );
 }
 
 function checkDevices(spec: BackupSpec, violations: Violations): void {
@@ -115,32 +118,36 @@ function checkDevices(spec: BackupSpec, violations: Violations): void {
     );
   }
   const seen = new Map<string, number>();
-  spec.devices.forEach((device, index) => violations.check(() => {
-    const field = `devices[${index}].name`;
-    const problem = deviceNameProblem(device.name);
-    if (problem !== undefined) throw invalid(REASON.DEVICE_NAME_INVALID, field, problem);
-    if (device.name === RESERVED_DEVICE_NAME) {
-      throw invalid(REASON.DEVICE_NAME_RESERVED, field, `"${RESERVED_DEVICE_NAME}" is reserved`);
-    }
-    const bytes = Buffer.byteLength(device.name, "utf8");
-    if (bytes > MAX_DEVICE_NAME_BYTES) {
-      throw invalid(
-        REASON.DEVICE_NAME_TOO_LONG,
-        field,
-        `${bytes} bytes of UTF-8, at most ${MAX_DEVICE_NAME_BYTES} allowed`,
-      );
-    }
-    const earlier = seen.get(device.name);
-    if (earlier !== undefined) {
-      throw invalid(REASON.DEVICE_NAME_DUPLICATE, field, `${quote(device.name)} is also devices[${earlier}].name`);
-    }
-    seen.set(device.name, index);
-  }));
-  spec.devices.forEach((device, index) => violations.check(() => {
-    const pathField = `devices[${index}].path`;
-    if (device.path === "") throw invalid(REASON.DEVICE_PATH_INVALID, pathField, "must not be empty");
-    if (device.path.includes("\0")) throw invalid(REASON.DEVICE_PATH_INVALID, pathField, "contains NUL");
-  }));
+  for (const [index, device] of spec.devices.entries()) {
+    violations.check(() => {
+      const field = `devices[${index}].name`;
+      const problem = deviceNameProblem(device.name);
+      if (problem !== undefined) throw invalid(REASON.DEVICE_NAME_INVALID, field, problem);
+      if (device.name === RESERVED_DEVICE_NAME) {
+        throw invalid(REASON.DEVICE_NAME_RESERVED, field, `"${RESERVED_DEVICE_NAME}" is reserved`);
+      }
+      const bytes = Buffer.byteLength(device.name, "utf8");
+      if (bytes > MAX_DEVICE_NAME_BYTES) {
+        throw invalid(
+          REASON.DEVICE_NAME_TOO_LONG,
+          field,
+          `${bytes} bytes of UTF-8, at most ${MAX_DEVICE_NAME_BYTES} allowed`,
+        );
+      }
+      const earlier = seen.get(device.name);
+      if (earlier !== undefined) {
+        throw invalid(REASON.DEVICE_NAME_DUPLICATE, field, `${quote(device.name)} is also devices[${earlier}].name`);
+      }
+      seen.set(device.name, index);
+    });
+  }
+  for (const [index, device] of spec.devices.entries()) {
+    violations.check(() => {
+      const pathField = `devices[${index}].path`;
+      if (device.path === "") throw invalid(REASON.DEVICE_PATH_INVALID, pathField, "must not be empty");
+      if (device.path.includes("\0")) throw invalid(REASON.DEVICE_PATH_INVALID, pathField, "contains NUL");
+    });
+  }
 }
 
 function checkConfigs(spec: BackupSpec, violations: Violations): void {
@@ -152,25 +159,27 @@ function checkConfigs(spec: BackupSpec, violations: Violations): void {
     );
   }
   const seen = new Map<string, number>();
-  spec.configs.forEach((config, index) => violations.check(() => {
-    const field = `configs[${index}].name`;
-    const problem = configNameProblem(config.name);
-    if (problem !== undefined) throw invalid(REASON.CONFIG_NAME_INVALID, field, problem);
-    const earlier = seen.get(config.name);
-    if (earlier !== undefined) {
-      throw invalid(REASON.CONFIG_NAME_DUPLICATE, field, `${quote(config.name)} is also configs[${earlier}].name`);
-    }
-    seen.set(config.name, index);
-    const conflict = configConflict(config.name, spec.devices);
-    if (conflict !== undefined) throw invalid(REASON.CONFIG_NAME_CONFLICT, field, conflict);
-    if (config.data.byteLength > MAX_CONFIG_BYTES) {
-      throw invalid(
-        REASON.CONFIG_TOO_LARGE,
-        `configs[${index}].data`,
-        `${config.data.byteLength} bytes, at most ${MAX_CONFIG_BYTES} allowed`,
-      );
-    }
-  }));
+  for (const [index, config] of spec.configs.entries()) {
+    violations.check(() => {
+      const field = `configs[${index}].name`;
+      const problem = configNameProblem(config.name);
+      if (problem !== undefined) throw invalid(REASON.CONFIG_NAME_INVALID, field, problem);
+      const earlier = seen.get(config.name);
+      if (earlier !== undefined) {
+        throw invalid(REASON.CONFIG_NAME_DUPLICATE, field, `${quote(config.name)} is also configs[${earlier}].name`);
+      }
+      seen.set(config.name, index);
+      const conflict = configConflict(config.name, spec.devices);
+      if (conflict !== undefined) throw invalid(REASON.CONFIG_NAME_CONFLICT, field, conflict);
+      if (config.data.byteLength > MAX_CONFIG_BYTES) {
+        throw invalid(
+          REASON.CONFIG_TOO_LARGE,
+          `configs[${index}].data`,
+          `${config.data.byteLength} bytes, at most ${MAX_CONFIG_BYTES} allowed`,
+        );
+      }
+    });
+  }
 }
 
 function findDriver(spec: BackupSpec, drivers: readonly BackupDriver[]): BackupDriver {

@@ -70,7 +70,9 @@ export class JobMetrics {
     });
     this.writtenBytes = new Counter({
       name: "vmabackup_written_bytes_total",
-      help: "Source disk bytes stored in archives (read bytes outside all-zero 4 KiB blocks; archive framing not counted).",
+      help:
+        "Source disk bytes stored in archives (read bytes outside all-zero 4 KiB blocks; archive framing not " +
+        "counted).",
       registers,
     });
     this.zeroBytes = new Counter({

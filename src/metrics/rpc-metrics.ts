@@ -21,7 +21,9 @@ function serviceAndMethod(path: string): [string, string] {
 function unsentStatusCode(call: grpc.ServerInterceptingCallInterface): grpc.status {
   const deadline = call.getDeadline();
   const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
-  return Number.isFinite(deadlineMs) && Date.now() >= deadlineMs ? grpc.status.DEADLINE_EXCEEDED : grpc.status.CANCELLED;
+  return Number.isFinite(deadlineMs) && Date.now() >= deadlineMs
+    ? grpc.status.DEADLINE_EXCEEDED
+    : grpc.status.CANCELLED;
 }
 
 /** The label of every path that names no registered method. */

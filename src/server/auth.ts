@@ -70,9 +70,7 @@ export class BearerTokens {
       const line = raw.trim();
       if (line === "" || line.startsWith("#")) return;
       if (!TOKEN_PATTERN.test(line)) {
-        throw new TokenFileError(
-          `${source}: line ${index + 1}: a token must be printable ASCII without spaces`,
-        );
+        throw new TokenFileError(`${source}: line ${index + 1}: a token must be printable ASCII without spaces`);
       }
       digests.push(digest(line));
     });
@@ -166,7 +164,11 @@ export function createAuthInterceptor(options: AuthInterceptorOptions): grpc.Ser
           onReceiveMetadata(metadata, nextMetadata) {
             const presented = presentedToken(metadata);
             const refusal =
-              "refusal" in presented ? presented.refusal : options.tokens.accepts(presented.token) ? undefined : "invalid";
+              "refusal" in presented
+                ? presented.refusal
+                : options.tokens.accepts(presented.token)
+                  ? undefined
+                  : "invalid";
             // Only this interceptor decides the scope: drop what a client sent.
             metadata.remove(REFLECTION_SCOPE_KEY);
             if (refusal === "missing" && ANONYMOUS_SCOPED_METHODS.has(method.path)) {

@@ -6,7 +6,12 @@
 import { readFileSync } from "node:fs";
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema, FileDescriptorSetSchema } from "@bufbuild/protobuf/wkt";
-import type { DescriptorProto, EnumDescriptorProto, FieldDescriptorProto, FileDescriptorProto } from "@bufbuild/protobuf/wkt";
+import type {
+  DescriptorProto,
+  EnumDescriptorProto,
+  FieldDescriptorProto,
+  FileDescriptorProto,
+} from "@bufbuild/protobuf/wkt";
 
 /** Where generate.sh writes the descriptor set. */
 export const DESCRIPTOR_SET_URL = new URL("../../gen/descriptors.binpb", import.meta.url);
@@ -83,8 +88,8 @@ export class DescriptorIndex {
       for (const field of fields) {
         add(`${scope}${field.name}`);
         const extendee = field.extendee.replace(/^\./, "");
-        let numbers = this.extensions.get(extendee);
-        if (numbers === undefined) this.extensions.set(extendee, (numbers = new Map()));
+        const numbers = this.extensions.get(extendee) ?? new Map<number, string>();
+        this.extensions.set(extendee, numbers);
         numbers.set(field.number, file.name);
       }
     };

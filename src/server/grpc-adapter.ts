@@ -67,7 +67,10 @@ export function addService<T extends GenServiceMethods>(
   service: GenService<T>,
   implementation: ServiceImplementation<T>,
 ): void {
-  const definition = createServiceDefinition(service) as unknown as Record<string, grpc.MethodDefinition<unknown, unknown>>;
+  const definition = createServiceDefinition(service) as unknown as Record<
+    string,
+    grpc.MethodDefinition<unknown, unknown>
+  >;
   const handlers = { ...(implementation as unknown as Record<string, grpc.UntypedHandleCall>) };
   for (const method of service.methods) {
     const entry = definition[method.localName];

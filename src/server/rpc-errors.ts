@@ -22,7 +22,6 @@ import type { EngineErrorKind, FieldViolation } from "../engine/index.js";
 /** ErrorInfo.domain of every error we send. */
 export const ERROR_DOMAIN = "vmabackup";
 
-
 const STATUS_BY_KIND: Readonly<Record<EngineErrorKind, grpc.status>> = {
   "invalid-argument": grpc.status.INVALID_ARGUMENT,
   "not-found": grpc.status.NOT_FOUND,

@@ -79,9 +79,7 @@ const DEFAULT_SHUTDOWN_GRACE_MS = 1000;
 
 function bind(server: grpc.Server, listen: string, credentials: grpc.ServerCredentials): Promise<number> {
   return new Promise((resolve, reject) => {
-    server.bindAsync(listen, credentials, (error, port) =>
-      error ? reject(error) : resolve(port),
-    );
+    server.bindAsync(listen, credentials, (error, port) => (error ? reject(error) : resolve(port)));
   });
 }
 

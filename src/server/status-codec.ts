@@ -4,12 +4,7 @@
 // page sizes); the engine validates everything else.
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import {
-  BackupFormat,
-  BackupState,
-  BackupStatusSchema,
-  DeviceStatusSchema,
-} from "../../gen/vmabackup/v1/backup_pb.js";
+import { BackupFormat, BackupState, BackupStatusSchema, DeviceStatusSchema } from "../../gen/vmabackup/v1/backup_pb.js";
 import type { BackupRequest, BackupStatus, ListBackupsRequest } from "../../gen/vmabackup/v1/backup_pb.js";
 import { archiveDeviceSize, checkPageSize, EngineError, parseUuid, REASON } from "../engine/index.js";
 import type { BackupSpec, JobState, JobStatus, ListQuery } from "../engine/index.js";

@@ -39,7 +39,10 @@ export function routeUnknownMethodsThroughInterceptors(server: grpc.Server): (pa
   const internals = server as unknown as { _retrieveHandler?: HandlerLookup };
   const lookup = internals._retrieveHandler;
   if (typeof lookup !== "function") {
-    throw new Error("grpc-js has no Server#_retrieveHandler any more: unknown methods would bypass auth (see src/server/unknown-methods.ts)");
+    throw new Error(
+      "grpc-js has no Server#_retrieveHandler any more: unknown methods would bypass auth (see " +
+        "src/server/unknown-methods.ts)",
+    );
   }
   internals._retrieveHandler = function retrieveHandler(this: grpc.Server, path: string): unknown {
     return lookup.call(this, path) ?? unknownMethodHandler(path);

@@ -90,9 +90,7 @@ export class JobStore {
       get: db.prepare(`SELECT * FROM jobs WHERE uuid = ?`),
       latest: db.prepare(`SELECT * FROM jobs ORDER BY seq DESC LIMIT 1`),
       inState: db.prepare(`SELECT * FROM jobs WHERE state = ? ORDER BY seq`),
-      byRequestId: db.prepare(
-        `SELECT * FROM jobs WHERE request_id = ? AND start_time >= ? ORDER BY seq DESC LIMIT 1`,
-      ),
+      byRequestId: db.prepare(`SELECT * FROM jobs WHERE request_id = ? AND start_time >= ? ORDER BY seq DESC LIMIT 1`),
       changedAfter: db.prepare(`SELECT * FROM jobs WHERE revision > ? ORDER BY revision`),
       delete: db.prepare(`DELETE FROM jobs WHERE uuid = ?`),
       maxRevision: db.prepare(`SELECT coalesce(max(revision), 0) AS value FROM jobs`),

@@ -24,7 +24,10 @@ export function decodeBlobs(header: Buffer, start: number, size: number): BlobTa
     return { blobs, problems };
   }
   if (header[start] !== 0) {
-    problems.push({ offset: start, message: `blob buffer byte 0 is ${header[start]}; expected the reserved zero byte` });
+    problems.push({
+      offset: start,
+      message: `blob buffer byte 0 is ${header[start]}; expected the reserved zero byte`,
+    });
   }
   let position = 1;
   while (position + BLOB_PREFIX_SIZE <= size) {
@@ -43,7 +46,9 @@ export function decodeBlobs(header: Buffer, start: number, size: number): BlobTa
   if (position < size) {
     problems.push({
       offset: start + position,
-      message: `${size - position} stray byte at the end of the blob buffer; expected another blob or the end at relative offset ${position}`,
+      message:
+        `${size - position} stray byte at the end of the blob buffer; expected another blob or the end at ` +
+        `relative offset ${position}`,
     });
   }
   return { blobs, problems };

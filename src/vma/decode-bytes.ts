@@ -17,7 +17,9 @@ export function firstNonZero(bytes: Buffer, start: number, end: number): number 
 
 /** "56 4d 41 00": bytes as spaced hex, for messages. */
 export function hexBytes(bytes: Uint8Array): string {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("hex").replace(/(..)(?!$)/g, "$1 ");
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+    .toString("hex")
+    .replace(/(..)(?!$)/g, "$1 ");
 }
 
 /** "0x00ff": a 16-bit mask for messages. */

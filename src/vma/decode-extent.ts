@@ -62,7 +62,8 @@ export function decodeExtentHeader(bytes: Buffer, offset: number, uuid: Buffer):
     // Without a valid checksum the magic tells apart a damaged extent header
     // from bytes that are no extent at all (trailing garbage, lost sync).
     const message = magicValid
-      ? `extent header checksum mismatch: md5 of bytes ${offset}..${offset + EXTENT_HEADER_SIZE - 1} is ${computed.toString("hex")}, the header stores ${stored.toString("hex")}`
+      ? `extent header checksum mismatch: md5 of bytes ${offset}..${offset + EXTENT_HEADER_SIZE - 1} is ` +
+        `${computed.toString("hex")}, the header stores ${stored.toString("hex")}`
       : `expected an extent header (magic "56 4d 41 45") or the end of the archive, found "${hexBytes(magic)}"`;
     problems.push({ offset, message });
     return { checksumValid: false, usable: false, blockCount: 0, slots: [], problems };
@@ -72,7 +73,9 @@ export function decodeExtentHeader(bytes: Buffer, offset: number, uuid: Buffer):
   if (!extentUuid.equals(uuid)) {
     problems.push({
       offset: offset + EXTENT_OFFSET.uuid,
-      message: `extent uuid ${extentUuid.toString("hex")} differs from the archive uuid ${uuid.toString("hex")}: an extent of another archive`,
+      message:
+        `extent uuid ${extentUuid.toString("hex")} differs from the archive uuid ${uuid.toString("hex")}: an ` +
+        `extent of another archive`,
     });
   }
   if (!magicValid) {
@@ -80,7 +83,10 @@ export function decodeExtentHeader(bytes: Buffer, offset: number, uuid: Buffer):
   }
   const reserved = bytes.readUInt16BE(EXTENT_OFFSET.reserved);
   if (reserved !== 0) {
-    problems.push({ offset: offset + EXTENT_OFFSET.reserved, message: `extent reserved field is ${reserved}; expected 0` });
+    problems.push({
+      offset: offset + EXTENT_OFFSET.reserved,
+      message: `extent reserved field is ${reserved}; expected 0`,
+    });
   }
   const headerProblems = problems.length;
 
@@ -96,12 +102,18 @@ export function decodeExtentHeader(bytes: Buffer, offset: number, uuid: Buffer):
     const cluster = bytes.readUInt32BE(entry + 4);
     if (devId === 0) {
       if (mask !== 0 || reservedBits !== 0 || cluster !== 0) {
-        problems.push({ offset: offset + entry, message: `blockinfo slot ${index} has dev_id 0 (unused) but is not all zero` });
+        problems.push({
+          offset: offset + entry,
+          message: `blockinfo slot ${index} has dev_id 0 (unused) but is not all zero`,
+        });
       }
       continue;
     }
     if (reservedBits !== 0) {
-      problems.push({ offset: offset + entry + 2, message: `blockinfo slot ${index} reserved bits are ${reservedBits}; expected 0` });
+      problems.push({
+        offset: offset + entry + 2,
+        message: `blockinfo slot ${index} reserved bits are ${reservedBits}; expected 0`,
+      });
     }
     storedBlocks += popcount16(mask);
     slots.push({ index, devId, cluster, mask, offset: offset + entry });

@@ -31,7 +31,10 @@ const DEV_RESERVED_1 = 4;
 const DEV_SIZE = 8;
 const DEV_RESERVED_2 = 16;
 const RESERVED_AFTER_FIELDS = { start: 60, end: HEADER_OFFSET.configNames } as const;
-const RESERVED_BEFORE_DEV_INFO = { start: HEADER_OFFSET.configData + 4 * MAX_CONFIGS, end: HEADER_OFFSET.devInfo } as const;
+const RESERVED_BEFORE_DEV_INFO = {
+  start: HEADER_OFFSET.configData + 4 * MAX_CONFIGS,
+  end: HEADER_OFFSET.devInfo,
+} as const;
 
 export type HeaderSizeResult = { readonly headerSize: number } | { readonly problem: VmaProblem };
 
@@ -46,14 +49,18 @@ export function decodeHeaderSize(prefix: Buffer): HeaderSizeResult {
     return { problem: { offset: 0, message: `expected the VMA magic "56 4d 41 00", found "${hexBytes(magic)}"` } };
   }
   if (prefix.length < HEADER_OFFSET.headerSize + 4) {
-    return { problem: { offset: prefix.length, message: `the archive ends after ${prefix.length} bytes, inside the header` } };
+    return {
+      problem: { offset: prefix.length, message: `the archive ends after ${prefix.length} bytes, inside the header` },
+    };
   }
   const headerSize = prefix.readUInt32BE(HEADER_OFFSET.headerSize);
   if (headerSize <= HEADER_FIXED_SIZE) {
     return {
       problem: {
         offset: HEADER_OFFSET.headerSize,
-        message: `header_size ${headerSize}; expected more than ${HEADER_FIXED_SIZE} (the fixed part plus the blob buffer)`,
+        message:
+          `header_size ${headerSize}; expected more than ${HEADER_FIXED_SIZE} (the fixed part plus the blob ` +
+          `buffer)`,
       },
     };
   }
@@ -61,7 +68,9 @@ export function decodeHeaderSize(prefix: Buffer): HeaderSizeResult {
     return {
       problem: {
         offset: HEADER_OFFSET.headerSize,
-        message: `header_size ${headerSize}; expected at most ${MAX_HEADER_SIZE}, the largest header Proxmox's writer makes`,
+        message:
+          `header_size ${headerSize}; expected at most ${MAX_HEADER_SIZE}, the largest header Proxmox's ` +
+          `writer makes`,
       },
     };
   }
@@ -92,7 +101,9 @@ export function decodeHeader(bytes: Buffer): HeaderDecodeResult {
     trusted = false;
     problems.push({
       offset: 0,
-      message: `header checksum mismatch: md5 of bytes 0..${bytes.length - 1} is ${computed.toString("hex")}, the header stores ${stored.toString("hex")}`,
+      message:
+        `header checksum mismatch: md5 of bytes 0..${bytes.length - 1} is ${computed.toString("hex")}, the ` +
+        `header stores ${stored.toString("hex")}`,
     });
   }
   const version = bytes.readUInt32BE(HEADER_OFFSET.version);
@@ -107,7 +118,9 @@ export function decodeHeader(bytes: Buffer): HeaderDecodeResult {
     trusted = false;
     problems.push({
       offset: HEADER_OFFSET.blobBufferOffset,
-      message: `blob buffer at ${blobBufferOffset} with size ${blobBufferSize}; expected it to start at or after ${HEADER_FIXED_SIZE} and end within header_size ${bytes.length}`,
+      message:
+        `blob buffer at ${blobBufferOffset} with size ${blobBufferSize}; expected it to start at or after ` +
+        `${HEADER_FIXED_SIZE} and end within header_size ${bytes.length}`,
     });
   }
 
@@ -118,7 +131,13 @@ export function decodeHeader(bytes: Buffer): HeaderDecodeResult {
   let devices = new Map<number, VmaDevice>();
   if (blobsInBounds) {
     reportNonZero(problems, bytes, HEADER_FIXED_SIZE, blobBufferOffset, "bytes before the blob buffer");
-    reportNonZero(problems, bytes, blobBufferOffset + blobBufferSize, bytes.length, "header padding after the blob buffer");
+    reportNonZero(
+      problems,
+      bytes,
+      blobBufferOffset + blobBufferSize,
+      bytes.length,
+      "header padding after the blob buffer",
+    );
     const table = decodeBlobs(bytes, blobBufferOffset, blobBufferSize);
     problems.push(...table.problems);
     configs = decodeConfigs(bytes, table, problems);
@@ -152,7 +171,12 @@ function headerMd5(bytes: Buffer): Buffer {
 function reportNonZero(problems: VmaProblem[], bytes: Buffer, start: number, end: number, what: string): void {
   const index = firstNonZero(bytes, start, end);
   if (index >= 0) {
-    problems.push({ offset: index, message: `${what} ${start}..${end - 1} must be zero; byte ${index} is 0x${bytes[index]!.toString(16).padStart(2, "0")}` });
+    problems.push({
+      offset: index,
+      message:
+        `${what} ${start}..${end - 1} must be zero; byte ${index} is ` +
+        `0x${bytes[index]!.toString(16).padStart(2, "0")}`,
+    });
   }
 }
 
@@ -168,7 +192,10 @@ function decodeConfigs(bytes: Buffer, table: BlobTable, problems: VmaProblem[]):
     if (namePointer === 0 || dataPointer === 0) {
       // Proxmox skips such a slot silently; no writer of its makes one.
       const [field, has, lacks] = namePointer === 0 ? [dataField, "data", "name"] : [nameField, "name", "data"];
-      problems.push({ offset: field, message: `config slot ${slot} has a ${has} pointer but no ${lacks} pointer; expected both or neither` });
+      problems.push({
+        offset: field,
+        message: `config slot ${slot} has a ${has} pointer but no ${lacks} pointer; expected both or neither`,
+      });
       continue;
     }
     const name = resolveString(table, namePointer);
@@ -178,14 +205,20 @@ function decodeConfigs(bytes: Buffer, table: BlobTable, problems: VmaProblem[]):
     }
     const data = table.blobs.get(dataPointer);
     if (data === undefined) {
-      problems.push({ offset: dataField, message: `config slot ${slot} data: pointer ${dataPointer} is not the start of a blob` });
+      problems.push({
+        offset: dataField,
+        message: `config slot ${slot} data: pointer ${dataPointer} is not the start of a blob`,
+      });
       continue;
     }
     const unsafe = unsafeConfigName(name.name);
     if (unsafe !== undefined) {
       problems.push({ offset: nameField, message: `config slot ${slot} name "${name.name}" ${unsafe}` });
     } else if (names.has(name.name)) {
-      problems.push({ offset: nameField, message: `config slot ${slot} name "${name.name}" is used by an earlier config; expected unique names` });
+      problems.push({
+        offset: nameField,
+        message: `config slot ${slot} name "${name.name}" is used by an earlier config; expected unique names`,
+      });
     }
     names.add(name.name);
     configs.push({ slot, name: name.name, data });
@@ -211,7 +244,10 @@ function decodeDevices(bytes: Buffer, table: BlobTable, problems: VmaProblem[]):
     reportNonZero(problems, bytes, entry + DEV_RESERVED_2, entry + DEV_INFO_SIZE, `dev_info[${devId}] reserved bytes`);
     if (namePointer === 0 && size === 0) continue;
     if (devId === 0) {
-      problems.push({ offset: entry, message: "dev_info[0] is in use; dev_id 0 is reserved and its entry must be zero" });
+      problems.push({
+        offset: entry,
+        message: "dev_info[0] is in use; dev_id 0 is reserved and its entry must be zero",
+      });
       continue;
     }
     if (namePointer === 0 || size === 0) {
@@ -228,18 +264,26 @@ function decodeDevices(bytes: Buffer, table: BlobTable, problems: VmaProblem[]):
     if (typeof size === "bigint" || size > MAX_CLUSTERS_PER_DEVICE * CLUSTER_SIZE) {
       problems.push({
         offset: entry + DEV_SIZE,
-        message: `dev_info[${devId}] size ${size}; expected at most ${MAX_CLUSTERS_PER_DEVICE * CLUSTER_SIZE} (2^32 clusters)`,
+        message:
+          `dev_info[${devId}] size ${size}; expected at most ${MAX_CLUSTERS_PER_DEVICE * CLUSTER_SIZE} (2^32 ` +
+          `clusters)`,
       });
       continue;
     }
     if (devId > MAX_DEVICES) {
-      problems.push({ offset: entry, message: `dev_id ${devId} is in use; expected 1..${MAX_DEVICES} (Proxmox's tools skip 255)` });
+      problems.push({
+        offset: entry,
+        message: `dev_id ${devId} is in use; expected 1..${MAX_DEVICES} (Proxmox's tools skip 255)`,
+      });
     }
     const unsafe = unsafeDeviceName(name.name);
     if (unsafe !== undefined) {
       problems.push({ offset: entry + DEV_NAME_PTR, message: `dev_info[${devId}] name "${name.name}" ${unsafe}` });
     } else if (names.has(name.name)) {
-      problems.push({ offset: entry + DEV_NAME_PTR, message: `dev_info[${devId}] name "${name.name}" is used by an earlier device; expected unique names` });
+      problems.push({
+        offset: entry + DEV_NAME_PTR,
+        message: `dev_info[${devId}] name "${name.name}" is used by an earlier device; expected unique names`,
+      });
     }
     names.add(name.name);
     devices.set(devId, {

@@ -1,12 +1,6 @@
 // Builds the VMA archive header (docs/vma-format.md sections 2-4) as one buffer.
 import { createHash } from "node:crypto";
-import {
-  DEV_INFO_SIZE,
-  HEADER_FIXED_SIZE,
-  HEADER_OFFSET,
-  VMA_MAGIC,
-  VMA_VERSION,
-} from "./constants.js";
+import { DEV_INFO_SIZE, HEADER_FIXED_SIZE, HEADER_OFFSET, VMA_MAGIC, VMA_VERSION } from "./constants.js";
 import {
   BLOB_PREFIX_SIZE,
   blobBufferSizeForPlan,

@@ -67,10 +67,16 @@ export function headerSizeForPlan(plan: HeaderPlan): number {
 /** Throws VmaLimitError when the plan cannot be written as a VMA header. */
 export function checkHeaderPlan(plan: HeaderPlan): void {
   if (plan.configs.length > MAX_CONFIGS) {
-    throw new VmaLimitError("configs", `${plan.configs.length} configs given; a VMA archive holds at most ${MAX_CONFIGS}`);
+    throw new VmaLimitError(
+      "configs",
+      `${plan.configs.length} configs given; a VMA archive holds at most ${MAX_CONFIGS}`,
+    );
   }
   if (plan.devices.length > MAX_DEVICES) {
-    throw new VmaLimitError("devices", `${plan.devices.length} devices given; a VMA archive holds at most ${MAX_DEVICES}`);
+    throw new VmaLimitError(
+      "devices",
+      `${plan.devices.length} devices given; a VMA archive holds at most ${MAX_DEVICES}`,
+    );
   }
   const configNames = new Set<string>();
   plan.configs.forEach((config, index) => {
@@ -84,7 +90,10 @@ export function checkHeaderPlan(plan: HeaderPlan): void {
       throw new VmaLimitError(`${field}.data`, `config size ${config.size} is not a byte count`);
     }
     if (config.size > MAX_BLOB_SIZE) {
-      throw new VmaLimitError(`${field}.data`, `config "${config.name}" is ${config.size} bytes; a VMA config holds at most ${MAX_BLOB_SIZE}`);
+      throw new VmaLimitError(
+        `${field}.data`,
+        `config "${config.name}" is ${config.size} bytes; a VMA config holds at most ${MAX_BLOB_SIZE}`,
+      );
     }
   });
   const deviceNames = new Set<string>();
@@ -134,7 +143,10 @@ function checkDeviceSize(field: string, name: string, size: number): void {
     throw new VmaLimitError(field, `device "${name}" has size ${size}; it must be a positive byte count`);
   }
   if (size > MAX_DEVICE_SIZE) {
-    throw new VmaLimitError(field, `device "${name}" has size ${size}; VMA devices hold at most ${MAX_DEVICE_SIZE} bytes`);
+    throw new VmaLimitError(
+      field,
+      `device "${name}" has size ${size}; VMA devices hold at most ${MAX_DEVICE_SIZE} bytes`,
+    );
   }
 }
 
@@ -144,7 +156,11 @@ function checkHeaderSize(plan: HeaderPlan): void {
   // Blame the configs when they alone do not fit; otherwise the device names tipped it over.
   const configsOnly = headerSizeForPlan({ configs: plan.configs, devices: [] });
   const field = configsOnly > MAX_HEADER_SIZE ? "configs" : "devices";
-  throw new VmaLimitError(field, `the VMA header would be ${headerSize} bytes; Proxmox allows at most ${MAX_HEADER_SIZE} (configs and names too large)`);
+  throw new VmaLimitError(
+    field,
+    `the VMA header would be ${headerSize} bytes; Proxmox allows at most ${MAX_HEADER_SIZE} (configs and names too ` +
+      `large)`,
+  );
 }
 
 /** Throws unless `uuid` is the 16 raw bytes of an archive uuid. */

@@ -44,7 +44,10 @@ export function imageFileName(device: VmaDevice): string {
   return device.isVmstate ? "vmstate.bin" : `disk-${device.name}.raw`;
 }
 
-export async function extractArchive(chunks: AsyncIterable<Uint8Array>, options: ExtractOptions): Promise<ExtractResult> {
+export async function extractArchive(
+  chunks: AsyncIterable<Uint8Array>,
+  options: ExtractOptions,
+): Promise<ExtractResult> {
   const extraction = new Extraction(options);
   try {
     const verdict = await verifyArchive(chunks, {
@@ -103,7 +106,11 @@ class Extraction {
       this.created.push(path);
     }
     for (const device of devices) {
-      const writer = await DiskImageWriter.create(join(this.options.dir, imageFileName(device)), device, this.options.sparse);
+      const writer = await DiskImageWriter.create(
+        join(this.options.dir, imageFileName(device)),
+        device,
+        this.options.sparse,
+      );
       this.created.push(writer.path);
       this.writers.set(device.devId, writer);
     }

@@ -15,14 +15,16 @@ export function headerWarnings(header: VmaHeader): string[] {
     // zeroes the last bytes of the restored disk.
     if (device.size % SECTOR_SIZE !== 0) {
       warnings.push(
-        `${device.name}: size ${device.size} is not a multiple of ${SECTOR_SIZE}; Proxmox's vma cannot restore such a device exactly`,
+        `${device.name}: size ${device.size} is not a multiple of ${SECTOR_SIZE}; Proxmox's vma cannot restore such ` +
+          `a device exactly`,
       );
     }
   }
   // Its -v progress output divides by the total size in 64 KiB units, 0 here.
   if (disks.length > 0 && disks.every((device) => device.size < CLUSTER_SIZE)) {
     warnings.push(
-      "every device is smaller than 64 KiB; Proxmox's vma verify -v and vma extract -v crash on such an archive (division by zero), run them without -v",
+      "every device is smaller than 64 KiB; Proxmox's vma verify -v and vma extract -v crash on such an archive " +
+        "(division by zero), run them without -v",
     );
   }
   return warnings;

@@ -24,7 +24,8 @@ export class ClusterBitmap {
   /** Marks a cluster; returns false when it was already marked. */
   mark(cluster: number): boolean {
     const pageIndex = Math.floor(cluster / PAGE_BITS);
-    const page = (this.pages[pageIndex] ??= new Uint32Array(PAGE_WORDS));
+    const page = this.pages[pageIndex] ?? new Uint32Array(PAGE_WORDS);
+    this.pages[pageIndex] = page;
     const bit = cluster % PAGE_BITS;
     const word = bit >>> 5;
     const flag = 1 << (bit & 31);

@@ -51,7 +51,10 @@ export class ClusterTracker {
     const { device } = tracked;
     if (device.isVmstate) {
       if (slot.cluster !== tracked.nextVmstateCluster) {
-        return reject(slot, `${where}: vmstate cluster ${slot.cluster} out of order; expected cluster ${tracked.nextVmstateCluster}`);
+        return reject(
+          slot,
+          `${where}: vmstate cluster ${slot.cluster} out of order; expected cluster ${tracked.nextVmstateCluster}`,
+        );
       }
       tracked.nextVmstateCluster += 1;
       return { accepted: true, problems: [] };
@@ -59,11 +62,15 @@ export class ClusterTracker {
     if (slot.cluster >= device.clusterCount) {
       return reject(
         slot,
-        `${where}: cluster ${slot.cluster} is beyond the end of ${device.name} (size ${device.size}, clusters 0..${device.clusterCount - 1})`,
+        `${where}: cluster ${slot.cluster} is beyond the end of ${device.name} (size ${device.size}, clusters ` +
+          `0..${device.clusterCount - 1})`,
       );
     }
     if (!tracked.seen.mark(slot.cluster)) {
-      return reject(slot, `${where}: cluster ${slot.cluster} of ${device.name} was already written; expected each cluster once`);
+      return reject(
+        slot,
+        `${where}: cluster ${slot.cluster} of ${device.name} was already written; expected each cluster once`,
+      );
     }
     const allowed = allowedMask(device, slot.cluster);
     if ((slot.mask & ~allowed) !== 0) {
@@ -72,7 +79,9 @@ export class ClusterTracker {
         problems: [
           {
             offset: slot.offset,
-            message: `${where}: mask ${hexMask(slot.mask)} of cluster ${slot.cluster} stores blocks past the end of ${device.name} (size ${device.size}); expected only bits of ${hexMask(allowed)}`,
+            message:
+              `${where}: mask ${hexMask(slot.mask)} of cluster ${slot.cluster} stores blocks past the end of ` +
+              `${device.name} (size ${device.size}); expected only bits of ${hexMask(allowed)}`,
           },
         ],
       };
@@ -105,7 +114,9 @@ export class ClusterTracker {
 
 /** "drive-scsi0: clusters 1-15, 23-163839 missing (163832 of 163840)". */
 export function describeMissing(missing: VmaMissingClusters): string {
-  const listed = missing.ranges.map((range) => (range.first === range.last ? `${range.first}` : `${range.first}-${range.last}`));
+  const listed = missing.ranges.map((range) =>
+    range.first === range.last ? `${range.first}` : `${range.first}-${range.last}`,
+  );
   const listedCount = missing.ranges.reduce((sum, range) => sum + range.last - range.first + 1, 0);
   if (missing.count > listedCount) listed.push(`and ${missing.count - listedCount} more`);
   const noun = missing.count === 1 ? "cluster" : "clusters";

@@ -84,7 +84,10 @@ class VmaStreamReader {
       const sizeResult = decodeHeaderSize(prefix);
       yield "problem" in sizeResult
         ? this.reported(sizeResult.problem)
-        : this.problem(prefix.length, `the archive ends after ${prefix.length} bytes; expected a header of ${sizeResult.headerSize} bytes`);
+        : this.problem(
+            prefix.length,
+            `the archive ends after ${prefix.length} bytes; expected a header of ${sizeResult.headerSize} bytes`,
+          );
       return undefined;
     }
     const sizeResult = decodeHeaderSize(input.peek(HEADER_FIXED_SIZE));
@@ -93,7 +96,10 @@ class VmaStreamReader {
       return undefined;
     }
     if (!(await input.ensure(sizeResult.headerSize))) {
-      yield this.problem(input.length, `the archive ends after ${input.length} bytes; expected a header of ${sizeResult.headerSize} bytes`);
+      yield this.problem(
+        input.length,
+        `the archive ends after ${input.length} bytes; expected a header of ${sizeResult.headerSize} bytes`,
+      );
       return undefined;
     }
     // A copy, so the header (configs are views into it) does not pin a whole input chunk.
@@ -113,7 +119,8 @@ class VmaStreamReader {
         if (input.length > 0) {
           yield this.problem(
             offset,
-            `the archive ends ${input.length} bytes into an extent header; expected 512 bytes or the end of the archive`,
+            `the archive ends ${input.length} bytes into an extent header; expected 512 bytes or the end of the ` +
+              `archive`,
           );
         }
         return;
@@ -159,7 +166,8 @@ class VmaStreamReader {
   private truncated(offset: number, dataLength: number, present: number): VmaEvent {
     return this.problem(
       offset,
-      `the archive ends inside the extent at ${offset}: its header announces ${dataLength} data bytes, only ${present} follow`,
+      `the archive ends inside the extent at ${offset}: its header announces ${dataLength} data bytes, only ` +
+        `${present} follow`,
     );
   }
 
@@ -175,24 +183,37 @@ class VmaStreamReader {
       if (!(await input.ensure(EXTENT_HEADER_SIZE))) {
         const end = input.position + input.length;
         if (end > from) {
-          yield this.problem(from, `${end - from} bytes after the unreadable extent header at ${damaged} up to the end of the archive were not read`);
+          yield this.problem(
+            from,
+            `${end - from} bytes after the unreadable extent header at ${damaged} up to the end of the archive were ` +
+              `not read`,
+          );
         }
         return false;
       }
       if (isValidExtentHeader(input.peek(EXTENT_HEADER_SIZE), header.uuidBytes)) {
         if (input.position > from) {
-          yield this.problem(from, `${input.position - from} bytes after the unreadable extent header at ${damaged} were skipped; the next valid extent header is at ${input.position}`);
+          yield this.problem(
+            from,
+            `${input.position - from} bytes after the unreadable extent header at ${damaged} were skipped; the next ` +
+              `valid extent header is at ${input.position}`,
+          );
         }
         return true;
       }
       if ((await input.skip(BLOCK_SIZE)) < BLOCK_SIZE) {
-        yield this.problem(from, `${input.position - from} bytes after the unreadable extent header at ${damaged} up to the end of the archive were not read`);
+        yield this.problem(
+          from,
+          `${input.position - from} bytes after the unreadable extent header at ${damaged} up to the end of the ` +
+            `archive were not read`,
+        );
         return false;
       }
     }
     yield this.problem(
       from,
-      `no valid extent header within ${input.position - from} bytes after the unreadable one at ${damaged}; the rest of the archive was not read`,
+      `no valid extent header within ${input.position - from} bytes after the unreadable one at ${damaged}; the ` +
+        `rest of the archive was not read`,
     );
     return false;
   }

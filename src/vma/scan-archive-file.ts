@@ -55,7 +55,8 @@ function scan(fd: number, fileSize: number): ArchiveScan {
   const tracker = new ClusterTracker(header.devices);
   for (let offset = header.headerSize; offset < fileSize; ) {
     const bytes = readAt(fd, offset, EXTENT_HEADER_SIZE);
-    if (bytes.length < EXTENT_HEADER_SIZE) return failed(`the archive ends inside the extent header at ${offset}`, header);
+    if (bytes.length < EXTENT_HEADER_SIZE)
+      return failed(`the archive ends inside the extent header at ${offset}`, header);
     const extent = decodeExtentHeader(bytes, offset, header.uuidBytes);
     if (!extent.usable || extent.problems.length > 0) {
       return failed(extent.problems[0]?.message ?? `unusable extent at ${offset}`, header);

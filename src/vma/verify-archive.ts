@@ -43,7 +43,10 @@ export interface VerifyOptions {
 }
 
 /** Reads `chunks` (a decompressed archive) to the end and judges it. */
-export async function verifyArchive(chunks: AsyncIterable<Uint8Array>, options: VerifyOptions): Promise<ArchiveVerdict> {
+export async function verifyArchive(
+  chunks: AsyncIterable<Uint8Array>,
+  options: VerifyOptions,
+): Promise<ArchiveVerdict> {
   const problems: VmaProblem[] = [];
   let problemCount = 0;
   const addProblem = (problem: VmaProblem): void => {

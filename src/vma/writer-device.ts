@@ -32,7 +32,9 @@ export class WriterDevice {
       throw new VmaUsageError(`${this.label()} was already completed; cluster ${clusterNum} comes too late`);
     }
     if (!Number.isInteger(clusterNum) || clusterNum < 0 || clusterNum >= this.clusterCount) {
-      throw new VmaUsageError(`cluster ${clusterNum} is outside ${this.label()}, which has clusters 0..${this.clusterCount - 1}`);
+      throw new VmaUsageError(
+        `cluster ${clusterNum} is outside ${this.label()}, which has clusters 0..${this.clusterCount - 1}`,
+      );
     }
     if (!Number.isInteger(mask) || mask < 0 || mask > FULL_MASK) {
       throw new VmaUsageError(`mask ${mask} of cluster ${clusterNum} of ${this.label()} is not a 16-bit block mask`);
@@ -40,7 +42,8 @@ export class WriterDevice {
     const allowed = this.allowedMask(clusterNum);
     if ((mask & ~allowed) !== 0) {
       throw new VmaUsageError(
-        `mask ${hex(mask)} of cluster ${clusterNum} sets blocks past the end of ${this.label()} (size ${this.size}); allowed bits are ${hex(allowed)}`,
+        `mask ${hex(mask)} of cluster ${clusterNum} sets blocks past the end of ${this.label()} (size ` +
+          `${this.size}); allowed bits are ${hex(allowed)}`,
       );
     }
     const byte = clusterNum >>> 3;
@@ -60,7 +63,8 @@ export class WriterDevice {
     if (this.writtenCount !== this.clusterCount) {
       const missing = this.clusterCount - this.writtenCount;
       throw new VmaUsageError(
-        `${this.label()} is incomplete: cluster ${this.firstMissingCluster()} was not written (${missing} of ${this.clusterCount} missing)`,
+        `${this.label()} is incomplete: cluster ${this.firstMissingCluster()} was not written (${missing} of ` +
+          `${this.clusterCount} missing)`,
       );
     }
     this.completed = true;

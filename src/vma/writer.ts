@@ -81,7 +81,9 @@ export class VmaWriter {
     this.assertUsable("writeCluster");
     const device = this.device(devId);
     if (data.byteLength !== CLUSTER_SIZE) {
-      throw new VmaUsageError(`cluster ${clusterNum} of ${device.label()} has ${data.byteLength} bytes; a cluster is ${CLUSTER_SIZE}`);
+      throw new VmaUsageError(
+        `cluster ${clusterNum} of ${device.label()} has ${data.byteLength} bytes; a cluster is ${CLUSTER_SIZE}`,
+      );
     }
     device.recordCluster(clusterNum, storedMask);
     this.phase = "writing";

@@ -14,14 +14,10 @@ function asBuffer(bytes: Uint8Array): Buffer {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
-export function messageSerializer<Desc extends DescMessage>(
-  schema: Desc,
-): (message: MessageShape<Desc>) => Buffer {
+export function messageSerializer<Desc extends DescMessage>(schema: Desc): (message: MessageShape<Desc>) => Buffer {
   return (message) => asBuffer(toBinary(schema, message));
 }
 
-export function messageDeserializer<Desc extends DescMessage>(
-  schema: Desc,
-): (bytes: Buffer) => MessageShape<Desc> {
+export function messageDeserializer<Desc extends DescMessage>(schema: Desc): (bytes: Buffer) => MessageShape<Desc> {
   return (bytes) => fromBinary(schema, bytes);
 }

@@ -44,11 +44,21 @@ async function makeCa(dir: string, name: string): Promise<CertificateFiles> {
   const certFile = path.join(dir, `${name}.crt`);
   const keyFile = path.join(dir, `${name}.key`);
   await run("openssl", [
-    "req", "-x509", ...KEY_ARGS,
-    "-keyout", keyFile, "-out", certFile,
-    "-days", "2", "-subj", `/CN=vmabackup test ${name}`,
-    "-addext", "basicConstraints=critical,CA:TRUE",
-    "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    "req",
+    "-x509",
+    ...KEY_ARGS,
+    "-keyout",
+    keyFile,
+    "-out",
+    certFile,
+    "-days",
+    "2",
+    "-subj",
+    `/CN=vmabackup test ${name}`,
+    "-addext",
+    "basicConstraints=critical,CA:TRUE",
+    "-addext",
+    "keyUsage=critical,keyCertSign,cRLSign",
   ]);
   return load(certFile, keyFile);
 }
@@ -64,11 +74,23 @@ async function makeLeaf(
   const certFile = path.join(dir, `${name}.crt`);
   const keyFile = path.join(dir, `${name}.key`);
   await run("openssl", [
-    "req", "-x509", ...KEY_ARGS,
-    "-CA", ca.certFile, "-CAkey", ca.keyFile,
-    "-keyout", keyFile, "-out", certFile,
-    "-days", "2", "-subj", `/CN=${commonName}`,
-    "-addext", "basicConstraints=critical,CA:FALSE",
+    "req",
+    "-x509",
+    ...KEY_ARGS,
+    "-CA",
+    ca.certFile,
+    "-CAkey",
+    ca.keyFile,
+    "-keyout",
+    keyFile,
+    "-out",
+    certFile,
+    "-days",
+    "2",
+    "-subj",
+    `/CN=${commonName}`,
+    "-addext",
+    "basicConstraints=critical,CA:FALSE",
     ...extensions.flatMap((extension) => ["-addext", extension]),
   ]);
   return load(certFile, keyFile);

@@ -43,7 +43,10 @@ interface Extent {
   readonly length: number;
 }
 
-/** The extents of FILE_NAME, from `debugfs -R "ex ..."` lines such as " 0/ 0   1/  3     0 -     9     8 -    17     10". */
+/**
+ * The extents of FILE_NAME, from `debugfs -R "ex ..."` lines such as " 0/ 0   1/  3     0 -     9     8 -    17
+ * 10".
+ */
 async function extentsOf(image: string): Promise<Extent[]> {
   const { stdout } = await run("debugfs", ["-R", `ex ${FILE_NAME}`, image]);
   const extents: Extent[] = [];
@@ -62,7 +65,12 @@ async function extentsOf(image: string): Promise<Extent[]> {
  * is readable up to about `failAt` (a fraction of its size) and fails with
  * EIO after.
  */
-export async function makeFailingDisk(workDir: string, mountDir: string, data: Buffer, failAt: number): Promise<FailingDisk> {
+export async function makeFailingDisk(
+  workDir: string,
+  mountDir: string,
+  data: Buffer,
+  failAt: number,
+): Promise<FailingDisk> {
   const image = path.join(workDir, "failing-disk.img");
   const content = path.join(workDir, "failing-disk.content");
   const fsBytes = Math.ceil((data.length + 4 * 1024 * 1024) / FS_BLOCK) * FS_BLOCK;
@@ -83,7 +91,8 @@ export async function makeFailingDisk(workDir: string, mountDir: string, data: B
   let firstBad = Infinity;
   for (const extent of extents) {
     const start = Math.max(extent.physical, cutPhysical);
-    if (start < extent.physical + extent.length) firstBad = Math.min(firstBad, extent.logical + (start - extent.physical));
+    if (start < extent.physical + extent.length)
+      firstBad = Math.min(firstBad, extent.logical + (start - extent.physical));
   }
 
   await mkdir(mountDir, { recursive: true });

@@ -40,6 +40,7 @@ const NASTY_STRINGS = [
   "/proc/self/fd/0",
   "~root/x.vma",
   "%s%s%n%x",
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell-expansion string the server must take literally
   "${HOME}",
   "$(reboot)",
   "\\..\\..\\x.vma",
@@ -65,7 +66,11 @@ function pathLike(extra: readonly string[]): fc.Arbitrary<string> {
     fc.string({ maxLength: 8 }),
   );
   return fc
-    .tuple(fc.constantFrom("", "/", "./", ...extra.filter((value) => value.startsWith("/")).map((value) => `${value}/`)), fc.array(part, { maxLength: 8 }), fc.boolean())
+    .tuple(
+      fc.constantFrom("", "/", "./", ...extra.filter((value) => value.startsWith("/")).map((value) => `${value}/`)),
+      fc.array(part, { maxLength: 8 }),
+      fc.boolean(),
+    )
     .map(([prefix, parts, vma]) => `${prefix}${parts.join("/")}${vma ? ".vma" : ""}`);
 }
 
@@ -80,9 +85,9 @@ export function hostileString(values: HostileValues = {}): fc.Arbitrary<string> 
     { arbitrary: fc.uuid(), weight: 1 },
     // Very long: past NAME_MAX (255), PATH_MAX (4096) and well beyond.
     {
-      arbitrary: fc.tuple(fc.constantFrom(256, 300, 4097, 70_000, 300_000), fc.constantFrom("a", "é", "/", "../", "😀")).map(
-        ([count, unit]) => unit.repeat(count),
-      ),
+      arbitrary: fc
+        .tuple(fc.constantFrom(256, 300, 4097, 70_000, 300_000), fc.constantFrom("a", "é", "/", "../", "😀"))
+        .map(([count, unit]) => unit.repeat(count)),
       weight: 1,
     },
   );
@@ -101,7 +106,10 @@ function scalarArbitrary(type: ScalarType, values: HostileValues): fc.Arbitrary<
       return fc.boolean();
     case ScalarType.UINT64:
     case ScalarType.FIXED64:
-      return fc.oneof(fc.constantFrom(0n, 1n, 2n ** 53n, 2n ** 53n + 1n, 2n ** 63n, UINT64_MAX), fc.bigInt({ min: 0n, max: UINT64_MAX }));
+      return fc.oneof(
+        fc.constantFrom(0n, 1n, 2n ** 53n, 2n ** 53n + 1n, 2n ** 63n, UINT64_MAX),
+        fc.bigInt({ min: 0n, max: UINT64_MAX }),
+      );
     case ScalarType.INT64:
     case ScalarType.SINT64:
     case ScalarType.SFIXED64:
@@ -112,7 +120,10 @@ function scalarArbitrary(type: ScalarType, values: HostileValues): fc.Arbitrary<
     case ScalarType.INT32:
     case ScalarType.SINT32:
     case ScalarType.SFIXED32:
-      return fc.oneof(fc.constantFrom(0, -1, 1, -(2 ** 31), 2 ** 31 - 1), fc.integer({ min: -(2 ** 31), max: 2 ** 31 - 1 }));
+      return fc.oneof(
+        fc.constantFrom(0, -1, 1, -(2 ** 31), 2 ** 31 - 1),
+        fc.integer({ min: -(2 ** 31), max: 2 ** 31 - 1 }),
+      );
     case ScalarType.DOUBLE:
     case ScalarType.FLOAT:
       return fc.double();
@@ -121,7 +132,11 @@ function scalarArbitrary(type: ScalarType, values: HostileValues): fc.Arbitrary<
 
 /** Defined values and ones the proto does not define (open enums accept any int32). */
 function enumArbitrary(numbers: readonly number[]): fc.Arbitrary<number> {
-  return fc.oneof(fc.constantFrom(...numbers), fc.integer({ min: -3, max: 12 }), fc.constantFrom(-(2 ** 31), 2 ** 31 - 1));
+  return fc.oneof(
+    fc.constantFrom(...numbers),
+    fc.integer({ min: -3, max: 12 }),
+    fc.constantFrom(-(2 ** 31), 2 ** 31 - 1),
+  );
 }
 
 function fieldArbitrary(field: DescField, values: HostileValues, depth: number): fc.Arbitrary<unknown> {

@@ -16,7 +16,11 @@ import type { BackupRequestSchema } from "../../gen/vmabackup/v1/backup_pb.js";
 import { createClient } from "../../src/client/grpc-client.js";
 
 export type RemoteCommand =
-  | { readonly mode: "backup"; readonly address: string; readonly request: MessageInitShape<typeof BackupRequestSchema> }
+  | {
+      readonly mode: "backup";
+      readonly address: string;
+      readonly request: MessageInitShape<typeof BackupRequestSchema>;
+    }
   | { readonly mode: "watch"; readonly address: string; readonly uuids: readonly string[]; readonly perJob: number };
 
 export interface RemoteEvent {
@@ -35,9 +39,16 @@ export interface RemoteClient {
 const SELF = fileURLToPath(import.meta.url);
 
 export function startRemoteClient(command: RemoteCommand): RemoteClient {
-  const child = spawn(process.execPath, ["--import", "tsx", SELF, JSON.stringify(command, (_key, value: unknown) =>
-    typeof value === "bigint" ? value.toString() : value,
-  )], { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(
+    process.execPath,
+    [
+      "--import",
+      "tsx",
+      SELF,
+      JSON.stringify(command, (_key, value: unknown) => (typeof value === "bigint" ? value.toString() : value)),
+    ],
+    { stdio: ["ignore", "pipe", "pipe"] },
+  );
   const events: RemoteEvent[] = [];
   const waiters = new Set<{ match: (event: RemoteEvent) => boolean; resolve: (event: RemoteEvent) => void }>();
   let stderr = "";

@@ -49,7 +49,12 @@ export interface SwapLoop {
  * `inside` to `name` and back, alternating with a symlink to the directory
  * `outside`. Resolves once the first swap is done.
  */
-export async function startSwapLoop(mode: "file" | "dir", name: string, inside: string, outside: string): Promise<SwapLoop> {
+export async function startSwapLoop(
+  mode: "file" | "dir",
+  name: string,
+  inside: string,
+  outside: string,
+): Promise<SwapLoop> {
   const child: ChildProcess = spawn(process.execPath, ["-e", SWAP_SCRIPT, mode, name, inside, outside], {
     stdio: ["ignore", "ignore", "pipe"],
   });
@@ -59,7 +64,13 @@ export async function startSwapLoop(mode: "file" | "dir", name: string, inside: 
   // Started is when `name` first exists (a process start takes tens of milliseconds).
   for (let tries = 0; ; tries++) {
     if (child.exitCode !== null) throw new Error(`swap loop died: ${stderr}`);
-    if (await lstat(name).then(() => true, () => false)) break;
+    if (
+      await lstat(name).then(
+        () => true,
+        () => false,
+      )
+    )
+      break;
     if (tries > 500) throw new Error("swap loop did not start");
     await new Promise((resolve) => setTimeout(resolve, 10));
   }

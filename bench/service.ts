@@ -1,5 +1,6 @@
-// Runs the real daemon as a child process for the benchmark and times
-// backups through its gRPC API, from the Backup call to the DONE status.
+// Runs the real daemon as a child process for the benchmark, as it ships
+// (bin/vmabackup.js running dist/), and times backups through its gRPC API,
+// from the Backup call to the DONE status.
 import { spawn, type ChildProcess } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import { createServer } from "node:net";
@@ -25,9 +26,7 @@ export async function startBenchService(dirs: {
   const child = spawn(
     process.execPath,
     [
-      "--import",
-      "tsx",
-      "src/cli/main.ts",
+      "bin/vmabackup.js",
       "serve",
       "--listen",
       address,

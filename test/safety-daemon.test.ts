@@ -12,7 +12,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { BackupService } from "../gen/vmabackup/v1/backup_pb.js";
 import { createClient } from "../src/client/grpc-client.js";
 import { canMount, unmount } from "./helpers/mounts.js";
-import { listeningAddress, runServe } from "./helpers/serve-process.js";
+import { listeningAddress, runServe, serveArgs } from "./helpers/serve-process.js";
 import type { ServeProcess } from "./helpers/serve-process.js";
 
 let rootDir: string;
@@ -31,17 +31,8 @@ afterEach(async () => {
   await rm(rootDir, { recursive: true, force: true });
 });
 
-function serveArgs(stateDir = path.join(rootDir, "state")): string[] {
-  return [
-    "--listen",
-    "127.0.0.1:0",
-    "--backup-dir",
-    path.join(rootDir, "backups"),
-    "--source-root",
-    path.join(rootDir, "images"),
-    "--state-dir",
-    stateDir,
-  ];
+function daemonArgs(stateDir = path.join(rootDir, "state")): string[] {
+  return serveArgs({ backupDir: path.join(rootDir, "backups"), sourceRoot: path.join(rootDir, "images"), stateDir });
 }
 
 function start(args: readonly string[], nodeArgs: readonly string[] = []): ServeProcess {
@@ -88,7 +79,7 @@ describe("signals", () => {
   it("SIGUSR1 does not open the inspector; the daemon logs it and keeps serving", async () => {
     const inspectorPort = await freePort();
     // Node opens its inspector on this port when SIGUSR1 arrives, unless the daemon stops it.
-    const serve = start(serveArgs(), [`--inspect-port=127.0.0.1:${inspectorPort}`]);
+    const serve = start(daemonArgs(), [`--inspect-port=127.0.0.1:${inspectorPort}`]);
     const address = await listeningAddress(serve);
 
     serve.child.kill("SIGUSR1");
@@ -104,7 +95,7 @@ describe("signals", () => {
   });
 
   it("SIGHUP is logged and ignored: the daemon keeps serving, then SIGTERM stops it cleanly", async () => {
-    const serve = start(serveArgs());
+    const serve = start(daemonArgs());
     const address = await listeningAddress(serve);
 
     serve.child.kill("SIGHUP");
@@ -144,7 +135,7 @@ describe("a state dir the daemon cannot use", () => {
       await execFileAsync("mount", ["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", stateDir]);
       mounted.push(stateDir);
     }
-    const line = await refusal(start(serveArgs(stateDir)));
+    const line = await refusal(start(daemonArgs(stateDir)));
     expect(line).toContain(stateDir);
     expect(line).toMatch(/writable/);
     expect(line).toMatch(/--state-dir/);
@@ -154,7 +145,7 @@ describe("a state dir the daemon cannot use", () => {
     const stateDir = path.join(rootDir, "state");
     await mkdir(stateDir);
     await writeFile(path.join(stateDir, "jobs.sqlite"), Buffer.alloc(8192, 0x41));
-    const line = await refusal(start(serveArgs(stateDir)));
+    const line = await refusal(start(daemonArgs(stateDir)));
     expect(line).toContain(stateDir);
     expect(line).toMatch(/not a valid|corrupt/);
     expect(line).toMatch(/--state-dir/);

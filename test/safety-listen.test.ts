@@ -10,7 +10,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { BackupService } from "../gen/vmabackup/v1/backup_pb.js";
 import { createClient } from "../src/client/grpc-client.js";
 import { isLoopbackAddress, listenPolicyViolation, resolveListenHost } from "../src/server/listen-policy.js";
-import { runServe } from "./helpers/serve-process.js";
+import { runServe, serveArgs } from "./helpers/serve-process.js";
 import type { ServeProcess } from "./helpers/serve-process.js";
 
 const FAKE_RESOLVER = ["--import", "./test/helpers/fake-resolver.mjs"];
@@ -30,16 +30,14 @@ afterEach(async () => {
 /** A serve child on `listen` whose resolver answers `hosts` (name -> addresses). */
 function serveWithHosts(listen: string, hosts: Record<string, string[]>): ServeProcess {
   const child = runServe(
-    [
-      "--listen",
+    serveArgs(
+      {
+        backupDir: path.join(rootDir, "backups"),
+        sourceRoot: path.join(rootDir, "images"),
+        stateDir: path.join(rootDir, "state"),
+      },
       listen,
-      "--backup-dir",
-      path.join(rootDir, "backups"),
-      "--source-root",
-      path.join(rootDir, "images"),
-      "--state-dir",
-      path.join(rootDir, "state"),
-    ],
+    ),
     { nodeArgs: FAKE_RESOLVER, env: { VMABACKUP_TEST_HOSTS: JSON.stringify(hosts) } },
   );
   children.push(child);

@@ -20,7 +20,7 @@ import { MAX_PATH_BYTES, MAX_HEADER_BLOB_BYTES } from "../src/engine/request-lim
 import { MAX_RECEIVE_MESSAGE_BYTES } from "../src/server/server-options.js";
 import { fieldHead, sendRawRequest } from "./helpers/raw-grpc.js";
 import type { RawOutcome } from "./helpers/raw-grpc.js";
-import { listeningAddress, runServe } from "./helpers/serve-process.js";
+import { listeningAddress, runServe, serveArgs } from "./helpers/serve-process.js";
 import type { ServeProcess } from "./helpers/serve-process.js";
 
 const MiB = 1024 * 1024;
@@ -43,16 +43,13 @@ const figures: string[] = [];
 
 beforeAll(async () => {
   rootDir = await mkdtemp(path.join(os.tmpdir(), "vmabackup-memory-"));
-  serve = runServe([
-    "--listen",
-    "127.0.0.1:0",
-    "--backup-dir",
-    path.join(rootDir, "backups"),
-    "--source-root",
-    path.join(rootDir, "images"),
-    "--state-dir",
-    path.join(rootDir, "state"),
-  ]);
+  serve = runServe(
+    serveArgs({
+      backupDir: path.join(rootDir, "backups"),
+      sourceRoot: path.join(rootDir, "images"),
+      stateDir: path.join(rootDir, "state"),
+    }),
+  );
   address = await listeningAddress(serve);
 });
 

@@ -15,7 +15,7 @@ import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import type { BackupStatus } from "../gen/vmabackup/v1/backup_pb.js";
 import { createClient } from "../src/client/grpc-client.js";
 import type { ClientOf } from "../src/client/grpc-client.js";
-import { listeningAddress, runServe } from "./helpers/serve-process.js";
+import { listeningAddress, runServe, serveArgs } from "./helpers/serve-process.js";
 import type { ServeProcess } from "./helpers/serve-process.js";
 
 const MiB = 1024 * 1024;
@@ -44,14 +44,7 @@ afterEach(async () => {
 /** Starts `vmabackup serve` on the test's directories and a free port. */
 function serve(): ServeProcess {
   const started = runServe([
-    "--listen",
-    "127.0.0.1:0",
-    "--backup-dir",
-    backupDir,
-    "--source-root",
-    sourceDir,
-    "--state-dir",
-    stateDir,
+    ...serveArgs({ backupDir, sourceRoot: sourceDir, stateDir }),
     "--progress-interval",
     "50ms",
   ]);

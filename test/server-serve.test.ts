@@ -8,7 +8,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import type { BackupStatus } from "../gen/vmabackup/v1/backup_pb.js";
 import { createClient } from "../src/client/grpc-client.js";
-import { runServe } from "./helpers/serve-process.js";
+import { runServe, serveArgs } from "./helpers/serve-process.js";
 import type { ServeProcess } from "./helpers/serve-process.js";
 
 const MiB = 1024 * 1024;
@@ -42,14 +42,7 @@ describe("vmabackup serve", () => {
       const sourceDir = path.join(rootDir, "var/images");
       const stateDir = path.join(rootDir, "var/state");
       running = runServe([
-        "--listen",
-        "127.0.0.1:0",
-        "--backup-dir",
-        backupDir,
-        "--source-root",
-        sourceDir,
-        "--state-dir",
-        stateDir,
+        ...serveArgs({ backupDir, sourceRoot: sourceDir, stateDir }),
         "--progress-interval",
         "100ms",
       ]);

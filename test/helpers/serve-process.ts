@@ -33,6 +33,27 @@ export interface ServeOptions {
   readonly env?: NodeJS.ProcessEnv;
 }
 
+/** Where a `serve` child keeps its archives, reads its sources and stores its state. */
+export interface ServeDirs {
+  readonly backupDir: string;
+  readonly sourceRoot: string;
+  readonly stateDir: string;
+}
+
+/** `--listen LISTEN --backup-dir ... --source-root ... --state-dir ...` for `runServe`. */
+export function serveArgs(dirs: ServeDirs, listen = "127.0.0.1:0"): string[] {
+  return [
+    "--listen",
+    listen,
+    "--backup-dir",
+    dirs.backupDir,
+    "--source-root",
+    dirs.sourceRoot,
+    "--state-dir",
+    dirs.stateDir,
+  ];
+}
+
 export function runServe(args: readonly string[], options: ServeOptions = {}): ServeProcess {
   const nodeArgs = options.nodeArgs ?? [];
   const child = spawn(process.execPath, [...nodeArgs, "bin/vmabackup.js", "serve", ...args], {

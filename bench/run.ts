@@ -1,6 +1,7 @@
 // `npm run bench`: backs up a disk image with the real daemon and, side by
 // side in the same run, copies it with qemu-img and cp; prints medians and
-// ratios. Size and repetitions: BENCH_SIZE_MIB (1024), BENCH_RUNS (7).
+// ratios; then the zero-detection micro-benchmark (bench/zero-bench.ts).
+// Size and repetitions: BENCH_SIZE_MIB (1024), BENCH_RUNS (7).
 import { execFileSync } from "node:child_process";
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -9,6 +10,7 @@ import { makeAlternatingImage } from "./make-image.js";
 import { startBenchService } from "./service.js";
 import { formatMiB, formatRate, formatSeconds, median } from "./stats.js";
 import { timeCommand } from "./time-command.js";
+import { benchZeroDetection } from "./zero-bench.js";
 import { benchVmaTools } from "./vma-tools.js";
 
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 1024);
@@ -119,6 +121,8 @@ async function main(): Promise<void> {
     await service.stop();
     await rm(root, { recursive: true, force: true });
   }
+  // In this process, after the daemon stopped, so it competes with nothing of ours.
+  await benchZeroDetection({ rounds: runs, bytesPerRun: 2 ** 30 });
 }
 
 await main();

@@ -126,65 +126,62 @@ describe("the message size limit", () => {
 });
 
 describe("resident memory of the daemon under large requests", () => {
-  it(
-    `stays bounded through ${OVERSIZED_BURST} concurrent 62 MiB requests and ${LARGE_BURST} just under the ` + `limit`,
-    async () => {
-      // Warm up: what one request of each kind allocates for good is part of the idle level.
-      await sendRawRequest(address, {
-        path: "/vmabackup.v1.BackupService/Backup",
-        head: fieldHead(4, 2 * MiB),
-        length: 2 * MiB + 4,
-        fill: 0x41,
-      });
-      const idle = await settledRss();
+  it(`stays bounded through ${OVERSIZED_BURST} concurrent 62 MiB requests and ${LARGE_BURST} just under the limit`, async () => {
+    // Warm up: what one request of each kind allocates for good is part of the idle level.
+    await sendRawRequest(address, {
+      path: "/vmabackup.v1.BackupService/Backup",
+      head: fieldHead(4, 2 * MiB),
+      length: 2 * MiB + 4,
+      fill: 0x41,
+    });
+    const idle = await settledRss();
 
-      // Far over the limit: refused from the length prefix, the rest never kept.
-      const oversized = await sampled(
-        Promise.all(
-          Array.from({ length: OVERSIZED_BURST }, () =>
-            sendRawRequest(address, {
-              path: "/vmabackup.v1.BackupService/Backup",
-              head: fieldHead(4, OVERSIZED_BYTES - 8),
-              length: OVERSIZED_BYTES,
-              fill: 0x42,
-            }),
-          ),
-        ),
-      );
-      const afterOversized = await settledRss();
-      expectCodes(oversized.result, grpc.status.RESOURCE_EXHAUSTED);
-
-      // Just under the limit, so read in full: a QueryBackup whose uuid is
-      // ~1.4 MiB (refused as INVALID_ARGUMENT after decoding).
-      // At most 8 are read at once (server-options.ts); the rest wait unread.
-      const uuidBytes = MAX_RECEIVE_MESSAGE_BYTES - 16;
-      const large = await sampled(
-        Promise.all(
-          Array.from({ length: LARGE_BURST }, () => {
-            const head = fieldHead(1, uuidBytes);
-            return sendRawRequest(address, {
-              path: "/vmabackup.v1.BackupService/QueryBackup",
-              head,
-              length: head.byteLength + uuidBytes,
-              fill: 0x78,
-            });
+    // Far over the limit: refused from the length prefix, the rest never kept.
+    const oversized = await sampled(
+      Promise.all(
+        Array.from({ length: OVERSIZED_BURST }, () =>
+          sendRawRequest(address, {
+            path: "/vmabackup.v1.BackupService/Backup",
+            head: fieldHead(4, OVERSIZED_BYTES - 8),
+            length: OVERSIZED_BYTES,
+            fill: 0x42,
           }),
         ),
-      );
-      const afterLarge = await settledRss();
-      expectCodes(large.result, grpc.status.INVALID_ARGUMENT);
+      ),
+    );
+    const afterOversized = await settledRss();
+    expectCodes(oversized.result, grpc.status.RESOURCE_EXHAUSTED);
 
-      figures.push(
-        `daemon RSS: idle ${mib(idle)}; ${OVERSIZED_BURST} x 62 MiB: highest ${mib(oversized.highest)}, after ` +
-          `${mib(afterOversized)}; ` +
-          `${LARGE_BURST} x ${mib(uuidBytes)}: highest ${mib(large.highest)}, after ${mib(afterLarge)}; peak (VmHWM) ` +
-          `${mib((await memory()).peak)}`,
-      );
-      expect(oversized.highest - idle).toBeLessThan(PEAK_TOLERANCE);
-      expect(large.highest - idle).toBeLessThan(PEAK_TOLERANCE);
-      expect(afterLarge - idle).toBeLessThan(SETTLED_TOLERANCE);
-    },
-  );
+    // Just under the limit, so read in full: a QueryBackup whose uuid is
+    // ~1.4 MiB (refused as INVALID_ARGUMENT after decoding).
+    // At most 8 are read at once (server-options.ts); the rest wait unread.
+    const uuidBytes = MAX_RECEIVE_MESSAGE_BYTES - 16;
+    const large = await sampled(
+      Promise.all(
+        Array.from({ length: LARGE_BURST }, () => {
+          const head = fieldHead(1, uuidBytes);
+          return sendRawRequest(address, {
+            path: "/vmabackup.v1.BackupService/QueryBackup",
+            head,
+            length: head.byteLength + uuidBytes,
+            fill: 0x78,
+          });
+        }),
+      ),
+    );
+    const afterLarge = await settledRss();
+    expectCodes(large.result, grpc.status.INVALID_ARGUMENT);
+
+    figures.push(
+      `daemon RSS: idle ${mib(idle)}; ${OVERSIZED_BURST} x 62 MiB: highest ${mib(oversized.highest)}, after ` +
+        `${mib(afterOversized)}; ` +
+        `${LARGE_BURST} x ${mib(uuidBytes)}: highest ${mib(large.highest)}, after ${mib(afterLarge)}; peak (VmHWM) ` +
+        `${mib((await memory()).peak)}`,
+    );
+    expect(oversized.highest - idle).toBeLessThan(PEAK_TOLERANCE);
+    expect(large.highest - idle).toBeLessThan(PEAK_TOLERANCE);
+    expect(afterLarge - idle).toBeLessThan(SETTLED_TOLERANCE);
+  });
 });
 
 function expectCodes(outcomes: readonly RawOutcome[], code: grpc.status): void {

@@ -28,7 +28,7 @@ const fixture = useEngineSandbox();
 describe("a two-device backup", () => {
   it("stores both devices exactly, counts zero blocks exactly and commits only at the end", async () => {
     const { sandbox, engine } = fixture;
-    // Spans several 4 MiB chunks; ends 12345 bytes into a cluster, inside a
+    // Spans several read chunks; ends 12345 bytes into a cluster, inside a
     // zero block (so only its in-device bytes count as zero).
     const sizeA = 9 * MiB + 12345;
     const lastBlockA = Math.floor((sizeA - 1) / 4096);

@@ -289,6 +289,7 @@ export function faultyDriver(hooks: { writeCluster?: (devId: number, clusterNum:
           hooks.writeCluster?.(devId, clusterNum);
           return target.writeCluster(devId, clusterNum, data, mask);
         },
+        released: () => target.released(),
         completeDevice: (devId) => target.completeDevice(devId),
         close: () => target.close(),
         abort: () => target.abort(),

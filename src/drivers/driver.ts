@@ -94,6 +94,13 @@ export interface BackupTarget {
    * target is ready for more (back-pressure), not necessarily when written.
    */
   writeCluster(devId: number, clusterNum: number, data: Uint8Array, storedMask: number): Promise<void>;
+  /**
+   * Resolves once the target no longer references the data of any cluster
+   * passed to writeCluster so far, so the caller may reuse that memory.
+   * Clusters still in a partly filled unit of the format (a VMA extent) are
+   * released only after later clusters, close() or abort() write it out.
+   */
+  released(): Promise<void>;
   /** All clusters of the device were written. */
   completeDevice(devId: number): Promise<void>;
   /** Flushes, fsyncs and moves the archive to its final name (never overwriting). */

@@ -63,6 +63,10 @@ class VmaTarget implements BackupTarget {
     return this.writer.writeCluster(devId, clusterNum, data, storedMask);
   }
 
+  released(): Promise<void> {
+    return this.writer.whenReleased();
+  }
+
   async completeDevice(devId: number): Promise<void> {
     this.writer.completeDevice(devId);
   }

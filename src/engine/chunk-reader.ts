@@ -1,10 +1,13 @@
 // Reads one device in large chunks, one chunk ahead: while the caller hands
-// chunk k to the archive, chunk k+1 is already being read. Every chunk is a
-// fresh buffer (the archive driver may keep references to it), a whole
-// number of clusters long, with the bytes past the device end zero-filled.
+// chunk k to the archive, chunk k+1 is already being read. A chunk of the
+// pool's size is read into a pooled buffer (the caller recycles it once the
+// archive released it); any other size (the device's last chunk, throttled
+// reads) into a fresh one. Chunks are a whole number of clusters long, with
+// the bytes past the device end zero-filled.
 import type { FileHandle } from "node:fs/promises";
 import { describeError, JobFailure } from "./job-failure.js";
 import { CLUSTER_SIZE } from "../vma/constants.js";
+import type { ReadBufferPool } from "./read-buffer-pool.js";
 
 export interface Chunk {
   /** Device offset of the first byte; a multiple of CLUSTER_SIZE. */
@@ -22,6 +25,8 @@ export interface ChunkReaderOptions {
   readonly size: number;
   /** Bytes to read next (a multiple of CLUSTER_SIZE); asked before each read. */
   readonly chunkSize: () => number;
+  /** Buffers for reads of exactly `pool.bufferSize` bytes; shared by the job's devices. */
+  readonly pool?: ReadBufferPool;
 }
 
 export class ChunkReader {
@@ -78,7 +83,21 @@ export class ChunkReader {
 
   private async read(offset: number, length: number): Promise<Chunk> {
     const clusters = Math.ceil(length / CLUSTER_SIZE);
-    const data = Buffer.allocUnsafe(clusters * CLUSTER_SIZE);
+    const { pool } = this.options;
+    const pooled = pool !== undefined && length === pool.bufferSize;
+    const data = pooled ? await pool.acquire() : Buffer.allocUnsafe(clusters * CLUSTER_SIZE);
+    try {
+      await this.fill(data, offset, length);
+    } catch (error) {
+      if (pooled) pool.giveBack(data);
+      throw error;
+    }
+    // allocUnsafe memory may hold old data: zero the tail of the last cluster.
+    if (length < data.length) data.fill(0, length);
+    return { offset, length, data };
+  }
+
+  private async fill(data: Buffer, offset: number, length: number): Promise<void> {
     let filled = 0;
     while (filled < length) {
       const position = offset + filled;
@@ -96,8 +115,5 @@ export class ChunkReader {
       }
       filled += bytesRead;
     }
-    // allocUnsafe memory may hold old data: zero the tail of the last cluster.
-    if (length < data.length) data.fill(0, length);
-    return { offset, length, data };
   }
 }

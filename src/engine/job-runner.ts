@@ -10,11 +10,12 @@ import type { Job, TerminalState } from "./job.js";
 import { describeError, JobFailure } from "./job-failure.js";
 import type { SourceDevice } from "./source-device.js";
 import type { SpeedLimiter } from "./speed-limiter.js";
-import { CLUSTER_SIZE } from "../vma/constants.js";
+import { CLUSTER_SIZE, WRITER_SLOTS_PER_EXTENT } from "../vma/constants.js";
+import { poolCapacity, ReadBufferPool } from "./read-buffer-pool.js";
 import { scanCluster } from "./zero-mask.js";
 
-/** Largest read: 64 clusters, big enough for few syscalls, small enough for little memory. */
-export const MAX_CHUNK_BYTES = 64 * CLUSTER_SIZE;
+/** Largest read: 32 clusters (2 MiB), the fastest of 256 KiB..4 MiB measured end to end with the buffer pool. */
+export const MAX_CHUNK_BYTES = 32 * CLUSTER_SIZE;
 
 export interface JobRun {
   readonly job: Job;
@@ -24,6 +25,17 @@ export interface JobRun {
   readonly limiter: SpeedLimiter;
   /** Called after each chunk's counters were added to the job. */
   readonly onProgress: () => void;
+}
+
+/**
+ * Clusters the VMA target keeps until more arrive: the extent being filled
+ * (queued extents are written without more input). The pool must hold more
+ * than this after its oldest buffer, or a read could wait for itself.
+ */
+const TARGET_HELD_CLUSTERS = WRITER_SLOTS_PER_EXTENT;
+
+function createPool(): ReadBufferPool {
+  return new ReadBufferPool(MAX_CHUNK_BYTES, poolCapacity(MAX_CHUNK_BYTES / CLUSTER_SIZE, TARGET_HELD_CLUSTERS));
 }
 
 export interface JobOutcome {
@@ -58,7 +70,7 @@ async function writeChunk(target: BackupTarget, devId: number, source: SourceDev
   return zeroBytes;
 }
 
-async function copyDevice(run: JobRun, index: number): Promise<void> {
+async function copyDevice(run: JobRun, index: number, pool: ReadBufferPool): Promise<void> {
   const { job, target, limiter } = run;
   const source = run.sources[index] as SourceDevice;
   const devId = index + 1;
@@ -67,6 +79,7 @@ async function copyDevice(run: JobRun, index: number): Promise<void> {
     handle: source.handle,
     size: source.size,
     chunkSize: () => limiter.chunkSize(MAX_CHUNK_BYTES, CLUSTER_SIZE),
+    pool,
   });
   try {
     for (;;) {
@@ -75,6 +88,10 @@ async function copyDevice(run: JobRun, index: number): Promise<void> {
       if (chunk === undefined) break;
       await limiter.acquire(chunk.length, job.signal);
       const zeroBytes = await writeChunk(target, devId, source, chunk);
+      // Every cluster of the chunk is with the target now: the buffer is
+      // reused once the target released them (their extent writes settled),
+      // never earlier. A chunk that failed half-way is never recycled.
+      pool.recycle(chunk.data, target.released());
       job.addProgress(index, chunk.length, zeroBytes);
       run.onProgress();
     }
@@ -93,7 +110,8 @@ async function copyDevice(run: JobRun, index: number): Promise<void> {
 export async function runJob(run: JobRun): Promise<JobOutcome> {
   const { job, target } = run;
   try {
-    for (let index = 0; index < run.sources.length; index++) await copyDevice(run, index);
+    const pool = createPool();
+    for (let index = 0; index < run.sources.length; index++) await copyDevice(run, index, pool);
     job.signal.throwIfAborted();
     try {
       await target.close();

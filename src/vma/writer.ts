@@ -34,6 +34,12 @@ export class VmaWriter {
   private extentsQueued = 0;
   /** Queued extents whose write has not completed yet. */
   private unwritten = 0;
+  /** Clusters passed to writeCluster so far. */
+  private clustersAccepted = 0;
+  /** Clusters whose extent write has settled: their memory is no longer referenced. */
+  private clustersReleased = 0;
+  /** Callers of whenReleased, in increasing `count` order. */
+  private releaseWaiters: Array<{ readonly count: number; readonly resolve: () => void }> = [];
   /** Settles when every queued write has; never rejects (failures land in `failure`). */
   private writes: Promise<void> = Promise.resolve();
   /** The first sink error (or the abort); every later call rethrows it. */
@@ -88,6 +94,7 @@ export class VmaWriter {
     device.recordCluster(clusterNum, storedMask);
     this.phase = "writing";
     this.extent.add(devId, clusterNum, data, storedMask);
+    this.clustersAccepted += 1;
     if (this.extent.slotCount >= WRITER_SLOTS_PER_EXTENT) {
       const previous = this.queueExtent();
       if (previous !== undefined) {
@@ -95,6 +102,18 @@ export class VmaWriter {
         this.throwIfFailed();
       }
     }
+  }
+
+  /**
+   * Resolves once no write references the data of any cluster passed so far
+   * (successful or failed: the sink call has settled), so the caller may
+   * reuse that memory. Clusters of the extent still being filled are released
+   * only when later clusters, finish() or abort() push it out.
+   */
+  whenReleased(): Promise<void> {
+    const count = this.clustersAccepted;
+    if (this.clustersReleased >= count) return Promise.resolve();
+    return new Promise((resolve) => this.releaseWaiters.push({ count, resolve }));
   }
 
   /** Declares a device done; throws naming the first cluster that was never written. */
@@ -122,6 +141,8 @@ export class VmaWriter {
     this.failure ??= new VmaUsageError("the archive was aborted");
     this.phase = "finished";
     await this.writes;
+    // Nothing is written any more, so the extent being filled holds no live reference either.
+    this.release(this.clustersAccepted - this.clustersReleased);
   }
 
   /**
@@ -129,6 +150,7 @@ export class VmaWriter {
    * previous write when one is still pending, so the caller can wait for it.
    */
   private queueExtent(): Promise<void> | undefined {
+    const clusters = this.extent.slotCount;
     const chunks = this.extent.take(this.uuid);
     if (!this.headerQueued) {
       chunks.unshift(this.encodeHeader());
@@ -138,18 +160,31 @@ export class VmaWriter {
     const pendingBefore = this.unwritten;
     this.unwritten += 1;
     this.extentsQueued += 1;
-    this.writes = previous.then(() => this.writeChunks(chunks));
+    this.writes = previous.then(() => this.writeChunks(chunks, clusters));
     return pendingBefore > 0 ? previous : undefined;
   }
 
-  private async writeChunks(chunks: readonly Uint8Array[]): Promise<void> {
+  private async writeChunks(chunks: readonly Uint8Array[], clusters: number): Promise<void> {
     try {
       if (this.failure === undefined) await this.sink.write(chunks);
     } catch (error) {
       this.failure ??= error;
     } finally {
       this.unwritten -= 1;
+      // Only now, with the sink call settled, may the clusters' memory be reused.
+      this.release(clusters);
     }
+  }
+
+  /** Extents are written in order, so releases are too: wake the waiters now covered. */
+  private release(clusters: number): void {
+    this.clustersReleased += clusters;
+    let woken = 0;
+    while (woken < this.releaseWaiters.length && this.releaseWaiters[woken]!.count <= this.clustersReleased) {
+      this.releaseWaiters[woken]!.resolve();
+      woken += 1;
+    }
+    if (woken > 0) this.releaseWaiters = this.releaseWaiters.slice(woken);
   }
 
   private encodeHeader(): Uint8Array {

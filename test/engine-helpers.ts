@@ -106,6 +106,43 @@ export interface EngineFixture {
   restartEngine(overrides?: Partial<BackupEngineOptions>): Promise<BackupEngine>;
 }
 
+export interface SandboxWithEngines {
+  /** This test's sandbox. */
+  readonly sandbox: Sandbox;
+  /** Shuts `engine` down after the test (shutdown is idempotent); returns it. */
+  adopt<T extends BackupEngine>(engine: T): T;
+}
+
+/**
+ * A fresh sandbox per test for tests that open engines themselves (several,
+ * or one after another on the same state dir); every engine they adopt is
+ * shut down after the test, then the sandbox is removed.
+ */
+export function useSandboxWithEngines(): SandboxWithEngines {
+  let sandbox: Sandbox | undefined;
+  let engines: BackupEngine[] = [];
+  beforeEach(async () => {
+    sandbox = await makeSandbox();
+    engines = [];
+  });
+  afterEach(async () => {
+    for (const engine of engines) await engine.shutdown();
+    await sandbox?.cleanup();
+    sandbox = undefined;
+  });
+  return {
+    get sandbox() {
+      if (sandbox === undefined)
+        throw new Error("useSandboxWithEngines: the sandbox is only there inside tests and hooks");
+      return sandbox;
+    },
+    adopt(engine) {
+      engines.push(engine);
+      return engine;
+    },
+  };
+}
+
 /**
  * Gives every test of the calling file or describe block a fresh sandbox
  * with an engine on it (makeEngine with `overrides`): registers a beforeEach

@@ -7,7 +7,7 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { parse as parseUuid } from "uuid";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { beforeEach, describe, expect, it } from "vitest";
 import {
   type BackupEngine,
   INTERRUPTED_MESSAGE,
@@ -26,32 +26,19 @@ import {
   expectEngineError,
   KiB,
   makeEngine,
-  makeSandbox,
+  useSandboxWithEngines,
   MiB,
   openEngine,
   waitForEnd,
   waitForTransfer,
   writeSource,
 } from "./engine-helpers.js";
-import type { Sandbox } from "./engine-helpers.js";
 
-let sandbox: Sandbox;
-/** Engines opened by a test, shut down afterwards (shutdown is idempotent). */
-let engines: BackupEngine[];
-
-beforeEach(async () => {
-  sandbox = await makeSandbox();
-  engines = [];
-});
-
-afterEach(async () => {
-  for (const engine of engines) await engine.shutdown();
-  await sandbox.cleanup();
-});
+const fixture = useSandboxWithEngines();
 
 async function open(): Promise<BackupEngine> {
-  const { engine } = await openEngine(sandbox);
-  engines.push(engine);
+  const { engine } = await openEngine(fixture.sandbox);
+  fixture.adopt(engine);
   return engine;
 }
 
@@ -96,7 +83,7 @@ function activeRecord(
 describe("history across engine instances", () => {
   it("keeps every job, its final status and the latest one after close and reopen", async () => {
     const source = await writeSource(
-      sandbox,
+      fixture.sandbox,
       "d.raw",
       blockPattern(256 * KiB, (block) => block % 2 === 0),
     );
@@ -125,17 +112,17 @@ describe("history across engine instances", () => {
 
   it("lets one engine at a time own a state dir, and frees it on shutdown", async () => {
     const first = await open();
-    await expect(openEngine(sandbox)).rejects.toBeInstanceOf(StateDirLockedError);
-    await expect(openEngine(sandbox)).rejects.toThrow(/another vmabackup server is using this state dir/);
+    await expect(openEngine(fixture.sandbox)).rejects.toBeInstanceOf(StateDirLockedError);
+    await expect(openEngine(fixture.sandbox)).rejects.toThrow(/another vmabackup server is using this state dir/);
     await first.shutdown();
     const second = await open();
     expect(second.query()).toBeUndefined();
   });
 
   it("creates a missing state dir on open and refuses a database of a newer schema untouched", async () => {
-    const stateDir = path.join(sandbox.root, "new", "state");
-    const { engine } = await openEngine(sandbox, { stateDir });
-    engines.push(engine);
+    const stateDir = path.join(fixture.sandbox.root, "new", "state");
+    const { engine } = await openEngine(fixture.sandbox, { stateDir });
+    fixture.adopt(engine);
     expect(engine.query()).toBeUndefined();
     await engine.shutdown();
     expect(await fs.readdir(stateDir)).toContain(JOB_STORE_FILE);
@@ -145,10 +132,10 @@ describe("history across engine instances", () => {
     raw.exec(`PRAGMA user_version = ${SCHEMA_VERSION + 5}`);
     raw.close();
     const before = await fs.readFile(file);
-    const opening = openEngine(sandbox, { stateDir });
+    const opening = openEngine(fixture.sandbox, { stateDir });
     await expect(opening).rejects.toBeInstanceOf(StoreVersionError);
     await expect(opening).rejects.toThrow(/newer than .*upgrade vmabackup/);
-    expect(() => makeEngine(sandbox, { stateDir })).toThrow(StoreVersionError);
+    expect(() => makeEngine(fixture.sandbox, { stateDir })).toThrow(StoreVersionError);
     expect((await fs.readFile(file)).equals(before)).toBe(true);
   });
 });
@@ -157,11 +144,11 @@ describe("writing to the store", () => {
   it("stores state changes before announcing them and progress at most once a second", async () => {
     const engine = await open();
     const source = await writeSource(
-      sandbox,
+      fixture.sandbox,
       "d.raw",
       blockPattern(3 * MiB, (block) => block % 2 === 0),
     );
-    const reader = JobStore.open(path.join(sandbox.state, JOB_STORE_FILE));
+    const reader = JobStore.open(path.join(fixture.sandbox.state, JOB_STORE_FILE));
     try {
       const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit: 2 * MiB }));
       expect(reader.get(status.uuid)).toMatchObject({ state: "active", revision: status.revision });
@@ -197,7 +184,7 @@ describe("writing to the store", () => {
 describe("recovery of jobs a dead process left active", () => {
   it("ends them in error with their partial file removed, keeps the rest, and the backup can run again", async () => {
     const source = await writeSource(
-      sandbox,
+      fixture.sandbox,
       "d.raw",
       blockPattern(512 * KiB, (block) => block % 3 === 0),
     );
@@ -206,7 +193,7 @@ describe("recovery of jobs a dead process left active", () => {
     await earlier.shutdown();
 
     // What kill -9 in the middle of a backup leaves: an ACTIVE record and a partial file.
-    const backupDir = await fs.realpath(sandbox.out);
+    const backupDir = await fs.realpath(fixture.sandbox.out);
     const backupFile = path.join(backupDir, "vm-100.vma");
     const partialPath = `${backupFile}.partial`;
     const uuid = "0b0e9a5e-3c1f-4d2a-9b7e-5f6a7b8c9d0e";
@@ -217,7 +204,7 @@ describe("recovery of jobs a dead process left active", () => {
       Buffer.from(parseUuid(uuid)),
     ]);
     await fs.writeFile(partialPath, Buffer.concat([start, Buffer.alloc(64 * KiB - start.length, 1)]));
-    const store = JobStore.open(path.join(sandbox.state, JOB_STORE_FILE));
+    const store = JobStore.open(path.join(fixture.sandbox.state, JOB_STORE_FILE));
     store.save(activeRecord(uuid, backupFile, partialPath, done.revision + 1, await fileIdentity(partialPath)));
     store.close();
 
@@ -256,20 +243,26 @@ describe("recovery of jobs a dead process left active", () => {
   });
 
   it("also recovers through the constructor, but never removes a file outside the backup dir", async () => {
-    const outside = path.join(sandbox.root, "precious.vma.partial");
+    const outside = path.join(fixture.sandbox.root, "precious.vma.partial");
     await fs.writeFile(outside, "not ours");
-    const missing = path.join(await fs.realpath(sandbox.out), "gone.vma.partial");
-    const store = JobStore.open(path.join(sandbox.state, JOB_STORE_FILE));
+    const missing = path.join(await fs.realpath(fixture.sandbox.out), "gone.vma.partial");
+    const store = JobStore.open(path.join(fixture.sandbox.state, JOB_STORE_FILE));
     const outsideUuid = "11111111-1111-4111-8111-111111111111";
     const missingUuid = "22222222-2222-4222-8222-222222222222";
     store.save(
-      activeRecord(outsideUuid, path.join(sandbox.root, "precious.vma"), outside, 1, await fileIdentity(outside)),
+      activeRecord(
+        outsideUuid,
+        path.join(fixture.sandbox.root, "precious.vma"),
+        outside,
+        1,
+        await fileIdentity(outside),
+      ),
     );
     store.save(activeRecord(missingUuid, missing.slice(0, -".partial".length), missing, 2));
     store.close();
 
-    const { engine, logs } = makeEngine(sandbox);
-    engines.push(engine);
+    const { engine, logs } = makeEngine(fixture.sandbox);
+    fixture.adopt(engine);
     expect(engine.query(outsideUuid)).toMatchObject({ state: "error", errorMessage: INTERRUPTED_MESSAGE });
     expect(engine.query(missingUuid)).toMatchObject({ state: "error", errorMessage: INTERRUPTED_MESSAGE });
     expect(await fs.readFile(outside, "utf8")).toBe("not ours");
@@ -283,7 +276,7 @@ describe("recovery of jobs a dead process left active", () => {
 
 describe("revisions", () => {
   it("never repeat across restarts, even after the job with the highest revision was deleted", async () => {
-    const source = await writeSource(sandbox, "d.raw", Buffer.alloc(64 * KiB, 3));
+    const source = await writeSource(fixture.sandbox, "d.raw", Buffer.alloc(64 * KiB, 3));
     const first = await open();
     const done = await runBackup(first, "a.vma", source);
     await first.delete(done.uuid, { deleteArchive: true });
@@ -303,7 +296,7 @@ describe("delete", () => {
   beforeEach(async () => {
     engine = await open();
     source = await writeSource(
-      sandbox,
+      fixture.sandbox,
       "d.raw",
       blockPattern(4 * MiB, (block) => block % 2 === 0),
     );
@@ -317,7 +310,7 @@ describe("delete", () => {
       "JOB_ACTIVE",
       "uuid",
     );
-    expect(await fs.readdir(sandbox.out)).toEqual(["test.vma.partial"]);
+    expect(await fs.readdir(fixture.sandbox.out)).toEqual(["test.vma.partial"]);
     expect(engine.query(active.uuid)?.state).toBe("active");
     await expectEngineError(
       () => engine.delete("33333333-3333-4333-8333-333333333333", { deleteArchive: false }),
@@ -338,7 +331,7 @@ describe("delete", () => {
     const removed = await runBackup(engine, "removed.vma", source);
     await engine.delete(kept.uuid, { deleteArchive: false });
     await engine.delete(removed.uuid, { deleteArchive: true });
-    expect(await fs.readdir(sandbox.out)).toEqual(["kept.vma"]);
+    expect(await fs.readdir(fixture.sandbox.out)).toEqual(["kept.vma"]);
     for (const uuid of [kept.uuid, removed.uuid]) {
       await expectEngineError(() => engine.query(uuid), "not-found", "JOB_NOT_FOUND");
       await expectEngineError(() => engine.watch(uuid), "not-found", "JOB_NOT_FOUND");
@@ -366,7 +359,7 @@ describe("delete", () => {
     const [cancelled] = await engine.cancel(cancelledStart.uuid);
     const later = await runBackup(engine, "same.vma", source);
     await engine.delete(cancelled?.uuid ?? "", { deleteArchive: true });
-    expect(await fs.readdir(sandbox.out)).toEqual(["same.vma"]);
+    expect(await fs.readdir(fixture.sandbox.out)).toEqual(["same.vma"]);
 
     // The archive was replaced by another file under the same name: refused, nothing deleted.
     await fs.rm(later.backupFile);
@@ -382,22 +375,22 @@ describe("delete", () => {
     expect(engine.query(later.uuid)).toEqual(later);
     // Without the archive the record can still go.
     await engine.delete(later.uuid, { deleteArchive: false });
-    expect(await fs.readdir(sandbox.out)).toEqual(["same.vma"]);
+    expect(await fs.readdir(fixture.sandbox.out)).toEqual(["same.vma"]);
   });
 
   it("refuses to remove a recorded archive outside the backup dir", async () => {
     // A record from a server that ran with another backup dir.
-    const otherDir = path.join(sandbox.root, "other");
+    const otherDir = path.join(fixture.sandbox.root, "other");
     await fs.mkdir(otherDir);
-    const { engine: other } = await openEngine(sandbox, {
+    const { engine: other } = await openEngine(fixture.sandbox, {
       backupDir: otherDir,
-      stateDir: path.join(sandbox.root, "s2"),
+      stateDir: path.join(fixture.sandbox.root, "s2"),
     });
-    engines.push(other);
+    fixture.adopt(other);
     const done = await runBackup(other, "x.vma", source);
     await other.shutdown();
-    const { engine: moved } = await openEngine(sandbox, { stateDir: path.join(sandbox.root, "s2") });
-    engines.push(moved);
+    const { engine: moved } = await openEngine(fixture.sandbox, { stateDir: path.join(fixture.sandbox.root, "s2") });
+    fixture.adopt(moved);
     await expectEngineError(
       () => moved.delete(done.uuid, { deleteArchive: true }),
       "permission-denied",
@@ -415,7 +408,7 @@ describe("delete", () => {
     expect(changed).toMatchObject({ speedLimit: 2 });
     expect(changed.revision).toBeGreaterThan(status.revision);
     // Stored at once: another reader of the database sees it.
-    const store = JobStore.open(path.join(sandbox.state, JOB_STORE_FILE));
+    const store = JobStore.open(path.join(fixture.sandbox.state, JOB_STORE_FILE));
     expect(store.get(status.uuid)).toMatchObject({ state: "active", revision: changed.revision });
     store.close();
     const [end] = await engine.cancel(status.uuid);

@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto";
 import { linkSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import type { BackupEngine } from "../src/engine/backup-engine.js";
 import { INTERRUPTED_MESSAGE, JOB_STORE_FILE } from "../src/engine/backup-engine.js";
@@ -20,7 +20,7 @@ import {
   backupSpec,
   blockPattern,
   KiB,
-  makeSandbox,
+  useSandboxWithEngines,
   MiB,
   openEngine,
   ownStateDir,
@@ -29,27 +29,15 @@ import {
   waitForTransfer,
   writeSource,
 } from "./engine-helpers.js";
-import type { Sandbox } from "./engine-helpers.js";
 import type { CapturedLog } from "./helpers/log-capture.js";
 import { canUseLoopDevices } from "./helpers/failing-disk.js";
 import { canMount, mountLoopFilesystem } from "./helpers/mounts.js";
 
-let sandbox: Sandbox;
-let engines: BackupEngine[];
+const fixture = useSandboxWithEngines();
 
-beforeEach(async () => {
-  sandbox = await makeSandbox();
-  engines = [];
-});
-
-afterEach(async () => {
-  for (const engine of engines) await engine.shutdown();
-  await sandbox.cleanup();
-});
-
-async function open(stateDir = sandbox.state): Promise<{ engine: BackupEngine; logs: CapturedLog }> {
-  const opened = await openEngine(sandbox, { stateDir });
-  engines.push(opened.engine);
+async function open(stateDir = fixture.sandbox.state): Promise<{ engine: BackupEngine; logs: CapturedLog }> {
+  const opened = await openEngine(fixture.sandbox, { stateDir });
+  fixture.adopt(opened.engine);
   return opened;
 }
 
@@ -65,7 +53,7 @@ function withStore<T>(stateDir: string, action: (store: JobStore) => T): T {
 /** Starts a slow backup of a fresh 2 MiB source into `backupFile` and waits until it wrote something. */
 async function startSlowJob(engine: BackupEngine, backupFile: string, name: string): Promise<JobStatus> {
   const source = await writeSource(
-    sandbox,
+    fixture.sandbox,
     `${name}.raw`,
     blockPattern(2 * MiB, (block) => block % 3 === 0),
   );
@@ -89,7 +77,7 @@ async function crashJob(
   until: "running" | "published",
 ): Promise<{ record: StoredJob; status: JobStatus }> {
   const status = await startSlowJob(engine, backupFile, `crash-${until}`);
-  const record = withStore(sandbox.state, (store) => store.get(status.uuid))!;
+  const record = withStore(fixture.sandbox.state, (store) => store.get(status.uuid))!;
   expect(record.state).toBe("active");
   const partialPath = `${status.backupFile}.partial`;
   if (until === "running") {
@@ -105,7 +93,7 @@ async function crashJob(
     linkSync(status.backupFile, partialPath);
   }
   // The store as the dead process left it: the job still active.
-  withStore(sandbox.state, (store) => store.save(record));
+  withStore(fixture.sandbox.state, (store) => store.save(record));
   return { record, status };
 }
 
@@ -113,10 +101,10 @@ describe("recovery removes only its own partial file", () => {
   it("removes the partial file the dead job created", async () => {
     const { engine } = await open();
     const { status } = await crashJob(engine, "mine.vma", "running");
-    expect(await fs.readdir(sandbox.out)).toEqual(["mine.vma.partial"]);
+    expect(await fs.readdir(fixture.sandbox.out)).toEqual(["mine.vma.partial"]);
     const { engine: restarted, logs } = await open();
     expect(restarted.query(status.uuid)).toMatchObject({ state: "error", errorMessage: INTERRUPTED_MESSAGE });
-    expect(await fs.readdir(sandbox.out)).toEqual([]);
+    expect(await fs.readdir(fixture.sandbox.out)).toEqual([]);
     expect(logs.lines.find((line) => line.msg === "removed the partial archive")).toMatchObject({ uuid: status.uuid });
   });
 
@@ -126,7 +114,7 @@ describe("recovery removes only its own partial file", () => {
     const { status: dead } = await crashJob(a, "shared.vma", "running");
     await fs.rm(`${dead.backupFile}.partial`);
     // Server C, with its own state dir and the same backup dir, now writes that name.
-    const { engine: c } = await open(ownStateDir(sandbox));
+    const { engine: c } = await open(ownStateDir(fixture.sandbox));
     const live = await startSlowJob(c, "shared.vma", "live");
     const partialPath = `${live.backupFile}.partial`;
     const before = await fs.stat(partialPath);
@@ -160,17 +148,17 @@ describe("recovery removes only its own partial file", () => {
     await handle.close();
     const { engine: restarted } = await open();
     expect(restarted.query(status.uuid)).toMatchObject({ state: "error", errorMessage: INTERRUPTED_MESSAGE });
-    expect(await fs.readdir(sandbox.out)).toEqual(["reused.vma.partial"]);
+    expect(await fs.readdir(fixture.sandbox.out)).toEqual(["reused.vma.partial"]);
   });
 });
 
 describe("a failed job's leftover partial file", () => {
   it("is removed later only while it is still the job's own", async (context) => {
     if (!(await canMount()) || !(await canUseLoopDevices())) context.skip(); // needs root and a loop device
-    const backupFs = await mountLoopFilesystem(sandbox.root, sandbox.out, 48 * MiB);
+    const backupFs = await mountLoopFilesystem(fixture.sandbox.root, fixture.sandbox.out, 48 * MiB);
     try {
       const { engine } = await open();
-      const source = await writeSource(sandbox, "big.raw", randomBytes(16 * MiB));
+      const source = await writeSource(fixture.sandbox, "big.raw", randomBytes(16 * MiB));
       const status = await engine.start(
         backupSpec({ backupFile: "ro.vma", devices: [{ name: "d", path: source }], speedLimit: 8 * MiB }),
       );
@@ -183,7 +171,7 @@ describe("a failed job's leftover partial file", () => {
       await fs.rm(partialPath);
       await fs.writeFile(partialPath, "another server's partial file");
       const small = await writeSource(
-        sandbox,
+        fixture.sandbox,
         "small.raw",
         blockPattern(256 * KiB, () => false),
       );
@@ -201,14 +189,14 @@ describe("recovery of a job that died after publishing its archive", () => {
   it("ends it DONE over gRPC, and DeleteBackup(delete_archive) removes the archive", async () => {
     const { engine } = await open();
     const { status } = await crashJob(engine, "published.vma", "published");
-    expect((await fs.readdir(sandbox.out)).sort()).toEqual(["published.vma", "published.vma.partial"]);
+    expect((await fs.readdir(fixture.sandbox.out)).sort()).toEqual(["published.vma", "published.vma.partial"]);
     const archive = await fs.readFile(status.backupFile);
 
     const server = await startServer({
       listen: "127.0.0.1:0",
-      backupDir: sandbox.out,
-      sourceRoots: [sandbox.src],
-      stateDir: sandbox.state,
+      backupDir: fixture.sandbox.out,
+      sourceRoots: [fixture.sandbox.src],
+      stateDir: fixture.sandbox.state,
       progressIntervalMs: 50,
       logger: (await import("pino")).pino({ level: "silent" }),
       shutdownGraceMs: 200,
@@ -222,10 +210,10 @@ describe("recovery of a job that died after publishing its archive", () => {
       // Every third 4 KiB block of the source is zero.
       expect(recovered.zeroBytes).toBe(BigInt(Math.ceil(512 / 3) * 4 * KiB));
       // The archive is untouched; the leftover partial name is gone.
-      expect(await fs.readdir(sandbox.out)).toEqual(["published.vma"]);
+      expect(await fs.readdir(fixture.sandbox.out)).toEqual(["published.vma"]);
       expect((await fs.readFile(status.backupFile)).equals(archive)).toBe(true);
       await client.deleteBackup({ uuid: status.uuid, deleteArchive: true });
-      expect(await fs.readdir(sandbox.out)).toEqual([]);
+      expect(await fs.readdir(fixture.sandbox.out)).toEqual([]);
     } finally {
       client.close();
       await server.shutdown("test finished");

@@ -47,6 +47,8 @@ export interface FreezeOptions {
 export interface FrozenDrive {
   /** The drive as the caller named it. */
   readonly drive: string;
+  /** What the copy-before-write job copies from: the BlockBackend name, or the node name. */
+  readonly device: string;
   /** The live node the overlay is backed by. */
   readonly liveNode: string;
   /** Guest-visible size in bytes. */
@@ -65,7 +67,13 @@ export type FleecingFailureKind =
   /** A fleecing job failed or ended by itself: the view of `drive` is no longer a point in time. */
   | "BLOCK_JOB_FAILED"
   /** An export disappeared without our teardown (someone removed it). */
-  | "EXPORT_GONE";
+  | "EXPORT_GONE"
+  /**
+   * A write to a frozen drive failed (BLOCK_IO_ERROR), most likely because the
+   * scratch overlay could not grow: with blockdev-backup QEMU fails the guest's
+   * write rather than the snapshot, so end the job and tear down at once.
+   */
+  | "GUEST_WRITE_FAILED";
 
 export interface FleecingFailure {
   readonly kind: FleecingFailureKind;
@@ -150,6 +158,7 @@ export async function freezeDrives(options: FreezeOptions): Promise<FleecingSess
       const names = fleecingNames(options.tag, options.scratchDir, index);
       return {
         drive: drive.drive,
+        device: drive.device,
         liveNode: drive.nodeName,
         size: drive.size,
         exportName: names.exportId,
@@ -360,6 +369,10 @@ class ActiveSession implements FleecingSession {
   /** Maps QEMU's events about our jobs and exports to failures, unless we are the ones removing them. */
   private watch(event: QmpEvent): void {
     if (this.tearingDown !== null) return;
+    if (event.event === "BLOCK_IO_ERROR") {
+      this.watchIoError(event);
+      return;
+    }
     const id =
       typeof event.data.device === "string"
         ? event.data.device
@@ -391,6 +404,19 @@ class ActiveSession implements FleecingSession {
       default:
         return;
     }
+  }
+
+  /** BLOCK_IO_ERROR names the device (BlockBackend, empty for a node) and the node where the error happened. */
+  private watchIoError(event: QmpEvent): void {
+    const { device, "node-name": nodeName, operation, nospace, reason } = event.data;
+    const drive = this.drives.find((candidate) => candidate.device === device || candidate.liveNode === nodeName);
+    if (drive === undefined || operation !== "write") return;
+    const why = nospace === true ? "no space left (is the scratch directory full?)" : String(reason ?? "I/O error");
+    this.fail({
+      kind: "GUEST_WRITE_FAILED",
+      drive: drive.drive,
+      message: `a guest write to ${drive.drive} failed during the backup: ${why}`,
+    });
   }
 
   private fail(failure: FleecingFailure): void {

@@ -309,7 +309,15 @@ async function openAndGreet(
     return { socket, lines, greeting: parseGreeting(first.value, socketPath) };
   } catch (error) {
     socket.destroy();
-    throw error;
+    if (error instanceof QemuSourceError) throw error;
+    // readline passes the socket's own error (ENOENT, ECONNREFUSED) through lines.next().
+    throw new QemuSourceError(
+      "QMP_UNREACHABLE",
+      `cannot connect to the QMP socket ${socketPath}: ${errorMessage(error)}`,
+      {
+        cause: error,
+      },
+    );
   } finally {
     clearTimeout(timer);
     // Keep later socket errors from becoming unhandled rejections of a settled race.

@@ -60,11 +60,13 @@ function resolveOne(drive: string, backends: readonly BlockInfo[], nodes: readon
 
 /** BlockBackends first, then node names QEMU did not generate itself (those start with '#'). */
 function knownNames(backends: readonly BlockInfo[], nodes: readonly NamedNode[]): string {
-  const backendNames = backends.flatMap((info) => (info.device ? [info.device] : []));
-  const nodeNames = nodes.flatMap((node) => {
-    const name = node["node-name"];
-    return name !== undefined && !name.startsWith("#") ? [name] : [];
-  });
+  const backendNames = backends.flatMap((info) => (info.device ? [info.device] : [])).sort();
+  const nodeNames = nodes
+    .flatMap((node) => {
+      const name = node["node-name"];
+      return name !== undefined && !name.startsWith("#") ? [name] : [];
+    })
+    .sort();
   const parts: string[] = [];
   if (backendNames.length > 0) parts.push(`drives ${backendNames.join(", ")}`);
   if (nodeNames.length > 0) parts.push(`nodes ${nodeNames.join(", ")}`);

@@ -68,14 +68,15 @@ export async function cleanupLeftovers(record: LeftoverRecord, options: CleanupO
   if (client !== undefined) {
     try {
       qemuReached = true;
-      const exports = await client.execute<{ id: string }[]>("query-block-exports");
+      const exports = await client.execute<{ id: string; type: string }[]>("query-block-exports");
       const jobs = await client.execute<{ id: string }[]>("query-jobs");
       const nodes = await client.execute<{ "node-name": string }[]>("query-named-block-nodes", { flat: true });
       removed.exports.push(...exports.map((info) => info.id).filter((id) => id.startsWith(prefix)));
       removed.jobs.push(...jobs.map((job) => job.id).filter((id) => id.startsWith(prefix)));
       removed.nodes.push(...nodes.map((node) => node["node-name"]).filter((name) => name.startsWith(prefix)));
-      const otherExports = exports.filter((info) => !info.id.startsWith(prefix)).length;
-      const stopNbdServer = otherExports === 0 && (await ourServerSocketExists(record.exportSocketPath));
+      // Other NBD exports would share the server (QEMU runs one); FUSE or vhost-user exports do not.
+      const otherNbdExports = exports.filter((info) => info.type === "nbd" && !info.id.startsWith(prefix)).length;
+      const stopNbdServer = otherNbdExports === 0 && (await ourServerSocketExists(record.exportSocketPath));
       problems.push(
         ...(await removeFleecingObjects(
           client,

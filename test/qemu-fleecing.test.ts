@@ -5,7 +5,7 @@
 
 import { spawn } from "node:child_process";
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -177,6 +177,23 @@ describe("freezeDrives on a qemu-storage-daemon", () => {
     // The server it started is gone: a new one can start.
     await onTestMonitor(qsd, "nbd-server-start", { addr: { type: "unix", data: { path: join(dir, "probe.sock") } } });
     await onTestMonitor(qsd, "nbd-server-stop");
+  });
+
+  it("never overwrites a scratch file it did not create, and undoes the overlay it had already attached", async () => {
+    const before = await blockState(qsd.testQmpSocket);
+    const foreign = join(scratchDir, "vmab-exist-scratch1.qcow2");
+    writeFileSync(foreign, "another job's overlay");
+    try {
+      const error = await refusal(freezeDrives(options("exist")));
+      expect(error.reason).toBe("SCRATCH_CREATE_FAILED");
+      expect(error.drive).toBe("live1");
+      expect(error.message).toContain("EEXIST");
+      expect(readFileSync(foreign, "utf8")).toBe("another job's overlay");
+      expect(readdirSync(scratchDir)).toEqual(["vmab-exist-scratch1.qcow2"]);
+      expect(await blockState(qsd.testQmpSocket)).toBe(before);
+    } finally {
+      rmSync(foreign);
+    }
   });
 
   it("reports a fleecing job that ends without teardown as BLOCK_JOB_FAILED naming the drive", async () => {

@@ -17,7 +17,7 @@ import { fleecingNames, MAX_FLEECING_DRIVES, tagPrefix, validateTag } from "./fl
 import { removeFiles, removeFleecingObjects } from "./fleecing-removal.js";
 import type { LeftoverRecord } from "./leftovers.js";
 import { QmpClient, type QmpEvent } from "./qmp-client.js";
-import { createScratchImage } from "./scratch-image.js";
+import { claimScratchFile, createScratchImage } from "./scratch-image.js";
 
 export interface FleecingTimeouts {
   /** Connecting to QMP, greeting and capabilities (default 5 s). */
@@ -170,6 +170,7 @@ export async function freezeDrives(options: FreezeOptions): Promise<FleecingSess
     });
 
     for (const drive of frozen) {
+      await claimScratchFile(drive.scratchFile, drive.drive);
       done.files.push(drive.scratchFile);
       await createScratchImage(drive.scratchFile, drive.size, timeouts.scratchCreateMs, drive.drive);
       await attachScratch(client, drive);

@@ -9,15 +9,16 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { QemuSourceError } from "../src/sources/qemu/errors.js";
 import {
+  cleanupLeftovers,
   type FleecingFailure,
   type FleecingSession,
   type FreezeOptions,
   freezeDrives,
-} from "../src/sources/qemu/fleecing.js";
-import { cleanupLeftovers, type LeftoverRecord } from "../src/sources/qemu/leftovers.js";
-import { QmpClient } from "../src/sources/qemu/qmp-client.js";
+  type LeftoverRecord,
+  QemuSourceError,
+  QmpClient,
+} from "../src/sources/qemu/index.js";
 import {
   blockState,
   DISK_SIZE,

@@ -306,6 +306,40 @@ describe("freezeDrives when QEMU dies mid-session", () => {
   });
 });
 
+describe("freezeDrives when QEMU stops answering mid-session", () => {
+  it("ends teardown within its timeouts, reports what is left, and cleanupLeftovers finishes the job later", async () => {
+    const hungDir = mkdtempSync(join(dir, "hung-"));
+    const hung = await startStorageDaemon(hungDir, makeDisks(hungDir, 1));
+    try {
+      const before = await blockState(hung.testQmpSocket);
+      const session = await freeze({
+        ...options("hung", ["live0"]),
+        qmpSocket: hung.qmpSocket,
+        timeouts: { commandMs: 300, teardownMs: 1_000 },
+      });
+      hung.child.kill("SIGSTOP");
+      const started = Date.now();
+      const result = await session.teardown();
+      const elapsed = Date.now() - started;
+      hung.child.kill("SIGCONT");
+      expect(elapsed).toBeLessThan(3_000);
+      expect(result.problems.length).toBeGreaterThan(0);
+      expect(result.problems[0]).toMatch(/did not answer/);
+      expect(result.problems.slice(1).every((problem) => /stopped answering/.test(problem))).toBe(true);
+      expect(readdirSync(scratchDir)).toEqual([]);
+      expect(await blockState(hung.testQmpSocket)).not.toBe(before);
+
+      const cleanup = await cleanupLeftovers(session.leftovers);
+      expect(cleanup.problems).toEqual([]);
+      expect(cleanup.removed.nodes).toEqual(["vmab-hung-scratch0"]);
+      expect(await blockState(hung.testQmpSocket)).toBe(before);
+    } finally {
+      hung.child.kill("SIGCONT");
+      await hung.stop();
+    }
+  });
+});
+
 describe("freezeDrives on a real qemu-system-x86_64 with Proxmox-style drives", () => {
   let vm: QemuProcess;
   let vmDisks: Buffer[];

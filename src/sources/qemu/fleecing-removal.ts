@@ -36,12 +36,19 @@ export async function removeFleecingObjects(
   timeoutMs: number,
 ): Promise<string[]> {
   const problems: string[] = [];
+  let unresponsive = false;
   const step = async (what: string, action: () => Promise<void>): Promise<void> => {
     if (client.closed) return; // QEMU is gone, and with it everything we put there
+    if (unresponsive) {
+      problems.push(`${what}: skipped, QEMU stopped answering`);
+      return;
+    }
     try {
       await action();
     } catch (error) {
       if (error instanceof QemuSourceError && error.reason === "QMP_CLOSED") return;
+      // A hung QEMU would make every later step wait its own timeout: give up on QMP at once.
+      if (error instanceof QemuSourceError && error.reason === "QMP_TIMEOUT") unresponsive = true;
       problems.push(`${what}: ${errorMessage(error)}`);
     }
   };

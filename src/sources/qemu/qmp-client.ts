@@ -198,7 +198,14 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
       return;
     }
     if (typeof message.event === "string") {
-      this.emit("event", toEvent(message));
+      try {
+        this.emit("event", toEvent(message));
+      } catch (error) {
+        // A listener's bug must not stop this reader: surface it as any listener error would.
+        process.nextTick(() => {
+          throw error;
+        });
+      }
       return;
     }
     const id = message.id;

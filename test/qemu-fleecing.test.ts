@@ -99,6 +99,7 @@ describe("freezeDrives on a qemu-storage-daemon", () => {
       ["live0", "live0", DISK_SIZE],
       ["live1", "live1", DISK_SIZE],
     ]);
+    expect(await session.scratchBytes("live0")).toBe(0);
     // The state check below can tell: fleecing changes what it compares.
     expect(await blockState(qsd.testQmpSocket)).not.toBe(before);
 

@@ -69,7 +69,11 @@ export interface FleecingSession {
   readonly drives: readonly FrozenDrive[];
   /** What cleanupLeftovers needs if the daemon dies before teardown (also computable beforehand: plannedLeftovers). */
   readonly leftovers: LeftoverRecord;
-  /** Allocated bytes of the drive's scratch overlay: what the guest overwrote since the freeze, plus qcow2 metadata. */
+  /**
+   * Bytes the drive's scratch overlay has grown by since the freeze (its
+   * allocated size on disk less that of the empty overlay): the old data of
+   * what the guest overwrote, plus the qcow2 tables that grow with it. 0 after teardown.
+   */
   scratchBytes(drive: string): Promise<number>;
   /** Calls `listener` for each failure (at once for one that already happened); returns an unsubscribe function. */
   onFailure(listener: (failure: FleecingFailure) => void): () => void;
@@ -83,6 +87,7 @@ export class ActiveSession implements FleecingSession {
   readonly leftovers: LeftoverRecord;
   private readonly client: QmpClient;
   private readonly timeouts: FleecingTimeouts;
+  private readonly emptyScratchBytes: ReadonlyMap<string, number>;
   private readonly failures: FleecingFailure[] = [];
   private readonly listeners = new Set<(failure: FleecingFailure) => void>();
   private tearingDown: Promise<TeardownResult> | null = null;
@@ -93,7 +98,9 @@ export class ActiveSession implements FleecingSession {
     drives: readonly FrozenDrive[],
     leftovers: LeftoverRecord,
     timeouts: FleecingTimeouts,
+    emptyScratchBytes: ReadonlyMap<string, number>,
   ) {
+    this.emptyScratchBytes = emptyScratchBytes;
     this.client = client;
     this.tag = tag;
     this.drives = drives;
@@ -114,12 +121,9 @@ export class ActiveSession implements FleecingSession {
     const frozen = this.drives.find((candidate) => candidate.drive === drive);
     if (frozen === undefined)
       throw new QemuSourceError("DRIVE_NOT_FOUND", `drive ${drive} is not part of this fleecing session`, { drive });
-    try {
-      const info = await stat(frozen.scratchFile);
-      return info.blocks * 512;
-    } catch {
-      return 0; // removed by teardown
-    }
+    if (this.tearingDown !== null) return 0;
+    const now = await allocatedBytes(frozen.scratchFile);
+    return Math.max(now - (this.emptyScratchBytes.get(drive) ?? 0), 0);
   }
 
   onFailure(listener: (failure: FleecingFailure) => void): () => void {
@@ -215,4 +219,13 @@ function describeJobError(event: QmpEvent): string {
     (part): part is string => typeof part === "string",
   );
   return parts.length > 0 ? `: ${parts.join(", ")}` : "";
+}
+
+/** Bytes a file occupies on disk (st_blocks counts 512-byte units whatever the block size); 0 when it is gone. */
+export async function allocatedBytes(path: string): Promise<number> {
+  try {
+    return (await stat(path)).blocks * 512;
+  } catch {
+    return 0;
+  }
 }

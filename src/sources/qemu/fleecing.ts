@@ -14,7 +14,13 @@ import { resolveDrives } from "./drive-resolver.js";
 import { errorMessage, isQmpFailure, QemuSourceError } from "./errors.js";
 import { fleecingNames, MAX_FLEECING_DRIVES, validateTag } from "./fleecing-names.js";
 import { removeFiles, removeFleecingObjects } from "./fleecing-removal.js";
-import { ActiveSession, type FleecingSession, type FleecingTimeouts, type FrozenDrive } from "./fleecing-session.js";
+import {
+  ActiveSession,
+  allocatedBytes,
+  type FleecingSession,
+  type FleecingTimeouts,
+  type FrozenDrive,
+} from "./fleecing-session.js";
 import type { LeftoverRecord } from "./leftovers.js";
 import { QmpClient } from "./qmp-client.js";
 import { claimScratchFile, createScratchImage } from "./scratch-image.js";
@@ -102,12 +108,14 @@ export async function freezeDrives(options: FreezeOptions): Promise<FleecingSess
       };
     });
 
+    const emptyScratchBytes = new Map<string, number>();
     for (const drive of frozen) {
       await claimScratchFile(drive.scratchFile, drive.drive);
       done.files.push(drive.scratchFile);
       await createScratchImage(drive.scratchFile, drive.size, timeouts.scratchCreateMs, drive.drive);
       await attachScratch(client, drive);
       done.nodes.push(drive.scratchNode);
+      emptyScratchBytes.set(drive.drive, await allocatedBytes(drive.scratchFile));
     }
 
     // One transaction: every drive's copy-before-write starts at the same instant.
@@ -138,7 +146,7 @@ export async function freezeDrives(options: FreezeOptions): Promise<FleecingSess
       );
       done.exports.push(drive.exportName);
     }
-    return new ActiveSession(client, options.tag, frozen, leftovers, timeouts);
+    return new ActiveSession(client, options.tag, frozen, leftovers, timeouts, emptyScratchBytes);
   } catch (error) {
     const objects = {
       exportIds: done.exports,

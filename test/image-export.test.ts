@@ -9,6 +9,7 @@ import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type LayerFile, resolveImageChain } from "../src/sources/image/image-chain.js";
 import type { ImageFormat } from "../src/sources/image/image-format.js";
+import { sweepLeftoverExports } from "../src/sources/image/leftover-exports.js";
 import { startImageExport } from "../src/sources/image/storage-daemon.js";
 import { SourceRefusal } from "../src/sources/source-refusal.js";
 
@@ -191,6 +192,27 @@ describe("image export", () => {
       await expect(startImageExport({ layers, workDir })).rejects.toThrow(/not in qcow2 format/);
       await expect(fs.access(workDir)).rejects.toThrow();
     } finally {
+      await top.handle.close();
+    }
+  });
+
+  it("stops the daemons a crashed server left behind, and no other process", async () => {
+    const imagesDir = await fs.mkdtemp(path.join(dir, "images-"));
+    const top = await openLayer("base.raw");
+    const workDir = path.join(imagesDir, "job-1");
+    await fs.mkdir(workDir, { mode: 0o700 });
+    const served = await startImageExport({ layers: [{ ...top, format: "raw", takesBacking: false }], workDir });
+    const uri = `nbd+unix:///${served.exportName}?socket=${served.socketPath}`;
+    const unrelated = path.join(imagesDir, "job-2");
+    await fs.mkdir(unrelated);
+    await fs.writeFile(path.join(unrelated, "qsd.pid"), `${process.pid}\n`);
+    try {
+      expect(run("nbdinfo", "--size", uri).trim()).toBe(String(4 * 1024 * 1024));
+      expect(await sweepLeftoverExports(imagesDir)).toBe(1);
+      expect(() => run("nbdinfo", "--size", uri)).toThrow();
+      expect(await fs.readdir(imagesDir)).toEqual([]);
+    } finally {
+      await served.stop();
       await top.handle.close();
     }
   });

@@ -48,7 +48,9 @@ export function parseNbdUri(uri: string): NbdAddress {
   if (url.hash !== "") throw bad(uri, "a fragment (#...) is not allowed");
   if (scheme === "nbd") {
     refuseQuery(uri, url, []);
-    const host = url.hostname.startsWith("[") ? url.hostname.slice(1, -1) : url.hostname;
+    // Host names are case-insensitive; non-special URL schemes keep their case, so fold it here.
+    const hostname = url.hostname.toLowerCase();
+    const host = hostname.startsWith("[") ? hostname.slice(1, -1) : hostname;
     if (host === "") throw bad(uri, "nbd:// needs a host, e.g. nbd://127.0.0.1:10809/export");
     const port = url.port === "" ? DEFAULT_NBD_PORT : Number(url.port);
     if (!Number.isInteger(port) || port < 1 || port > 65535) throw bad(uri, "the port must be 1..65535");

@@ -214,4 +214,50 @@ describe("NBD transmission faults", () => {
     );
     await failure(source.mapExtents(65_536, 4096), "NBD_PROTOCOL", /offset 65536.*unknown meta context/);
   });
+
+  it("maps NBD_STATE_HOLE alone as data, NBD_STATE_ZERO as zero, merges neighbours and clips the last extent", async () => {
+    const descriptors: [number, number][] = [
+      [4096, 1], // hole, not promised to read as zero
+      [4096, 0],
+      [8192, 3], // hole and zero
+      [4096, 2], // allocated zeros
+      [1 << 20, 0], // reaches past the request
+    ];
+    const source = await open(
+      await fake((request, socket) => {
+        const payload = Buffer.alloc(4 + 8 * descriptors.length);
+        payload.writeUInt32BE(ALLOCATION_CONTEXT_ID, 0);
+        descriptors.forEach(([length, flags], i) => {
+          payload.writeUInt32BE(length, 4 + 8 * i);
+          payload.writeUInt32BE(flags, 8 + 8 * i);
+        });
+        socket.write(structuredChunk(1, 5, request.cookie, payload));
+      }),
+    );
+    expect(await source.mapExtents(0, 32_768)).toEqual([
+      { offset: 0, length: 8192, zero: false },
+      { offset: 8192, length: 12_288, zero: true },
+      { offset: 20_480, length: 12_288, zero: false },
+    ]);
+  });
+
+  it("leaves no timer or socket behind after failures and close()", async () => {
+    const count = (): number =>
+      process.getActiveResourcesInfo().filter((kind) => kind === "Timeout" || kind === "PipeWrap").length;
+    const server = await fake(() => {});
+    const baseline = count();
+    const source = await openNbdSource(server.uri, TIMEOUTS);
+    const timedOut = failure(read(source, 0), "NBD_TIMEOUT", /400 ms/);
+    await timedOut;
+    const again = await openNbdSource(server.uri, TIMEOUTS);
+    const closed = [0, 4096, 8192].map((offset) => failure(read(again, offset), "NBD_CLOSED", /closed by the client/));
+    await Promise.all([source.close(), again.close()]);
+    await Promise.all(closed);
+    const healthy = await openNbdSource((await fake(answerCorrectly)).uri, TIMEOUTS);
+    const afterFake = count();
+    await read(healthy, 0);
+    await healthy.close();
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(count()).toBeLessThanOrEqual(Math.min(baseline, afterFake));
+  });
 });

@@ -72,6 +72,13 @@ async function nbdcopy(uri: string): Promise<Buffer> {
 
 const ZEROS = Buffer.alloc(MiB);
 
+/** nbdkit's pattern plugin: each 8-byte word holds its own offset, big-endian. */
+function expectPattern(bytes: Buffer): void {
+  for (let offset = 0; offset < bytes.length; offset += 8) {
+    if (bytes.readBigUInt64BE(offset) !== BigInt(offset)) throw new Error(`pattern differs at offset ${offset}`);
+  }
+}
+
 /** True when every byte is zero (compared a MiB at a time; per-byte callbacks are slow). */
 function allZero(bytes: Buffer): boolean {
   for (let at = 0; at < bytes.length; at += MiB) {
@@ -108,9 +115,7 @@ describe("NBD client against nbdkit", () => {
     expect(source.size).toBe(3 * MiB);
     expect(source.exportInfo.structuredReplies).toBe(true);
     const bytes = await readAll(source);
-    for (let offset = 0; offset < bytes.length; offset += 8) {
-      if (bytes.readBigUInt64BE(offset) !== BigInt(offset)) throw new Error(`pattern differs at ${offset}`);
-    }
+    expectPattern(bytes);
     expect(bytes.equals(await nbdcopy(server.uri()))).toBe(true);
     // An unaligned piece into the middle of a larger buffer, bytes around it untouched.
     const target = Buffer.alloc(300_000, 0xee);
@@ -130,6 +135,26 @@ describe("NBD client against nbdkit", () => {
       if (value !== ((source.size - 1001 + i) % 7) + 1) throw new Error(`byte ${i} of the tail is ${value}`);
     });
     await expectRejectsWith(source.read(Buffer.alloc(2), 0, 2, source.size - 1), "NBD_OUT_OF_RANGE", /offset 1049999/);
+  });
+
+  it("honours a minimum block size: unaligned reads and maps are widened to whole blocks", async () => {
+    const server = await nbdkit(
+      "--filter=blocksize-policy",
+      "pattern",
+      "size=1M",
+      "blocksize-minimum=4096",
+      "blocksize-maximum=65536",
+      "blocksize-error-policy=error",
+    );
+    const source = await open(server.uri());
+    expect(source.exportInfo.minBlockSize).toBe(4096);
+    expect(source.exportInfo.maxBlockSize).toBe(65_536);
+    const whole = await readAll(source);
+    expectPattern(whole);
+    const piece = Buffer.alloc(70_001);
+    await source.read(piece, 0, piece.length, 1234);
+    expect(piece.equals(whole.subarray(1234, 1234 + piece.length))).toBe(true);
+    expect(await source.mapExtents(100, 5000)).toEqual([{ offset: 100, length: 5000, zero: false }]);
   });
 
   it("maps and reads sparse-random exactly as nbdinfo and nbdcopy see it", async () => {

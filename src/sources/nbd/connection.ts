@@ -173,6 +173,18 @@ export class NbdConnection {
 
   /** Reads [offset, offset + length) into target; length at most the server's maximum block size. */
   read(target: Uint8Array, targetOffset: number, length: number, offset: number): Promise<void> {
+    if (length > this.info.maxBlockSize) {
+      const what = describe(CMD_READ, offset, length);
+      return Promise.reject(
+        new NbdError(
+          "NBD_OUT_OF_RANGE",
+          `${this.#label}: ${what}: above the server's maximum of ${this.info.maxBlockSize}`,
+          {
+            offset,
+          },
+        ),
+      );
+    }
     return this.#submit(CMD_READ, offset, length, target, targetOffset, length).then(() => undefined);
   }
 

@@ -146,7 +146,9 @@ function handshakeError(message: string): NbdError {
 /** The spec's constraints on NBD_INFO_BLOCK_SIZE: powers of two, min <= preferred, max a multiple of min. */
 function checkBlockSizes(min: number, preferred: number, max: number): [number, number, number] {
   const powerOfTwo = (n: number): boolean => n > 0 && (n & (n - 1)) === 0;
-  if (!powerOfTwo(min) || min > 64 * 1024 || !powerOfTwo(preferred) || preferred < min || max < min || max % min) {
+  // The maximum is a multiple of the minimum, or 0xffffffff for "no limit beyond the protocol's".
+  const maxOk = max >= min && (max % min === 0 || max === 0xffff_ffff);
+  if (!powerOfTwo(min) || min > 64 * 1024 || !powerOfTwo(preferred) || preferred < min || !maxOk) {
     throw handshakeError(`invalid NBD_INFO_BLOCK_SIZE min ${min} preferred ${preferred} max ${max}`);
   }
   return [min, preferred, max];

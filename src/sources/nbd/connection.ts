@@ -37,7 +37,7 @@ export interface NbdConnectionOptions {
   readonly handshakeTimeoutMs?: number;
   /** Time from sending a request to its last reply chunk. Default 30 s. */
   readonly requestTimeoutMs?: number;
-  /** Requests on the wire at once. Default 16. */
+  /** Requests on the wire at once. Default 32. */
   readonly maxInFlightRequests?: number;
   /** Read payload bytes on the wire at once (one request may exceed it alone). Default 64 MiB. */
   readonly maxInFlightBytes?: number;
@@ -49,7 +49,7 @@ export const DEFAULT_NBD_CONNECTION_OPTIONS: Required<NbdConnectionOptions> = {
   connectTimeoutMs: 10_000,
   handshakeTimeoutMs: 10_000,
   requestTimeoutMs: 30_000,
-  maxInFlightRequests: 16,
+  maxInFlightRequests: 32,
   maxInFlightBytes: 64 * 1024 * 1024,
   closeTimeoutMs: 2_000,
 };

@@ -10,13 +10,18 @@ import { STATE_ZERO } from "./protocol.js";
 import { formatNbdUri, type NbdAddress, parseNbdUri } from "./uri.js";
 
 export interface NbdSourceOptions extends NbdConnectionOptions {
-  /** Largest single read request; capped by the server's maximum block size. Default 32 MiB. */
+  /** Largest single read request; capped by the server's maximum block size. Default 512 KiB. */
   readonly maxRequestBytes?: number;
 }
 
 /** Block status asks for at most this much at once (not all servers take 4 GiB and more). */
 const MAX_BLOCK_STATUS_BYTES = 0x8000_0000;
-const DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024;
+/**
+ * Reads are split into requests of this size, many in flight: qemu-nbd 7.2 on
+ * a unix socket served 512 KiB..1 MiB requests 3-5x faster than 2 MiB and
+ * larger ones (nbdcopy with one connection showed the same).
+ */
+const DEFAULT_MAX_REQUEST_BYTES = 512 * 1024;
 
 export class NbdSource implements DiskSource {
   readonly kind = "nbd" as const;

@@ -11,7 +11,7 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { SourceExtent } from "../src/sources/disk-source.js";
 import { NbdError, type NbdSource, openNbdSource } from "../src/sources/nbd/index.js";
-import { type NbdServerProcess, startNbdkit, startQemuNbd } from "./helpers/nbd-servers.js";
+import { type NbdServerProcess, startNbdkit, startNbdkitTcp, startQemuNbd } from "./helpers/nbd-servers.js";
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -204,24 +204,45 @@ describe("NBD client against nbdkit", () => {
     expect(await source.mapExtents(4096, 1000)).toEqual([{ offset: 4096, length: 1000, zero: false }]);
   });
 
-  it("reports a server's EIO naming the offset, and the connection keeps working", async () => {
-    const flag = join(dir, "inject-eio");
-    await writeFile(flag, "");
-    const server = await nbdkit(
-      "--filter=error",
-      "memory",
-      "1M",
-      "error-pread=EIO",
-      "error-pread-rate=100%",
-      `error-pread-file=${flag}`,
-    );
-    const source = await open(server.uri());
-    await expectRejectsWith(source.read(Buffer.alloc(4096), 0, 4096, 65_536), "NBD_SERVER_ERROR", /offset 65536.*EIO/);
-    await unlink(flag);
-    const bytes = Buffer.alloc(4096, 1);
-    await source.read(bytes, 0, 4096, 65_536);
-    expect(allZero(bytes)).toBe(true);
+  it("reads over TCP, with the canonical URI as lock key", async () => {
+    const server = await startNbdkitTcp(["pattern", "size=1M"]);
+    servers.push(server);
+    const spelling = server.uri().slice(0, -1); // nbd://127.0.0.1:PORT, without the slash of an empty export name
+    const source = await open(spelling);
+    expect(source.location).toBe(spelling);
+    expect(source.lockKey).toBe(`${spelling}/`);
+    expectPattern(await readAll(source));
   });
+
+  it.each([
+    ["structured", []],
+    ["simple", ["--no-sr"]],
+  ])(
+    "reports a server's EIO in a %s reply naming the offset, and the connection keeps working",
+    async (_kind, flags) => {
+      const flag = join(dir, `inject-eio-${_kind}`);
+      await writeFile(flag, "");
+      const server = await nbdkit(
+        ...flags,
+        "--filter=error",
+        "memory",
+        "1M",
+        "error-pread=EIO",
+        "error-pread-rate=100%",
+        `error-pread-file=${flag}`,
+      );
+      const source = await open(server.uri());
+      await expectRejectsWith(
+        source.read(Buffer.alloc(4096), 0, 4096, 65_536),
+        "NBD_SERVER_ERROR",
+        /offset 65536.*EIO/,
+      );
+      await unlink(flag);
+      const bytes = Buffer.alloc(4096, 1);
+      await source.read(bytes, 0, 4096, 65_536);
+      expect(allZero(bytes)).toBe(true);
+    },
+  );
 
   it("times out a read the server delays, poisons the connection, and the server keeps serving", async () => {
     const server = await nbdkit("--filter=delay", "memory", "1M", "delay-read=5");

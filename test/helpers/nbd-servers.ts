@@ -1,23 +1,25 @@
 // Real NBD servers for tests: nbdkit and qemu-nbd on unix sockets in a temp
-// dir, started fresh, ready when they accept a connection, killed on stop().
+// dir (or nbdkit on TCP 127.0.0.1), started fresh, ready when they accept a
+// connection, killed on stop().
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { connect } from "node:net";
+import { type AddressInfo, connect, createServer } from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 
 export interface NbdServerProcess {
-  readonly socketPath: string;
-  /** nbd+unix URI of an export of this server. */
+  /** URI of an export of this server (nbd+unix:// or nbd://). */
   uri(exportName?: string): string;
   stop(): Promise<void>;
 }
 
 let serial = 0;
 
-function canConnect(socketPath: string): Promise<boolean> {
+type Endpoint = { readonly path: string } | { readonly host: string; readonly port: number };
+
+function canConnect(endpoint: Endpoint): Promise<boolean> {
   return new Promise((resolve) => {
-    const socket = connect({ path: socketPath });
+    const socket = connect(endpoint);
     socket.once("connect", () => {
       socket.destroy();
       resolve(true);
@@ -26,7 +28,7 @@ function canConnect(socketPath: string): Promise<boolean> {
   });
 }
 
-async function startServer(command: string, args: readonly string[], socketPath: string): Promise<NbdServerProcess> {
+async function startServer(command: string, args: readonly string[], endpoint: Endpoint): Promise<NbdServerProcess> {
   const child: ChildProcess = spawn(command, args, { stdio: ["ignore", "ignore", "pipe"] });
   let stderr = "";
   child.stderr?.on("data", (chunk: Buffer) => {
@@ -45,28 +47,49 @@ async function startServer(command: string, args: readonly string[], socketPath:
     clearTimeout(killer);
   };
   const deadline = Date.now() + 5000;
-  while (!(await canConnect(socketPath))) {
+  while (!(await canConnect(endpoint))) {
     if (!running || Date.now() > deadline) {
       await stop();
       throw new Error(`${command} ${args.join(" ")} did not start: ${stderr}`);
     }
     await sleep(20);
   }
-  return {
-    socketPath,
-    uri: (exportName = "") => `nbd+unix:///${encodeURIComponent(exportName)}?socket=${socketPath}`,
-    stop,
-  };
+  const uri =
+    "path" in endpoint
+      ? (exportName = "") => `nbd+unix:///${encodeURIComponent(exportName)}?socket=${endpoint.path}`
+      : (exportName = "") => `nbd://${endpoint.host}:${endpoint.port}/${encodeURIComponent(exportName)}`;
+  return { uri, stop };
+}
+
+/** A TCP port free a moment ago on 127.0.0.1 (nbdkit cannot report the one it picks). */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** nbdkit listening on TCP 127.0.0.1. */
+export async function startNbdkitTcp(args: readonly string[]): Promise<NbdServerProcess> {
+  const port = await freePort();
+  return startServer("nbdkit", ["-i", "127.0.0.1", "-p", String(port), "-f", "--exit-with-parent", ...args], {
+    host: "127.0.0.1",
+    port,
+  });
 }
 
 /** nbdkit in the foreground on a fresh socket in `dir`: startNbdkit(dir, ["memory", "1M"]). */
 export function startNbdkit(dir: string, args: readonly string[]): Promise<NbdServerProcess> {
   const socketPath = join(dir, `nbdkit-${process.pid}-${serial++}.sock`);
-  return startServer("nbdkit", ["-U", socketPath, "-f", "--exit-with-parent", ...args], socketPath);
+  return startServer("nbdkit", ["-U", socketPath, "-f", "--exit-with-parent", ...args], { path: socketPath });
 }
 
 /** qemu-nbd serving many clients on a fresh socket in `dir`: startQemuNbd(dir, ["-f", "raw", "-r", file]). */
 export function startQemuNbd(dir: string, args: readonly string[]): Promise<NbdServerProcess> {
   const socketPath = join(dir, `qemu-nbd-${process.pid}-${serial++}.sock`);
-  return startServer("qemu-nbd", ["-k", socketPath, "--persistent", "--shared=8", ...args], socketPath);
+  return startServer("qemu-nbd", ["-k", socketPath, "--persistent", "--shared=8", ...args], { path: socketPath });
 }

@@ -78,6 +78,12 @@ describe("NBD handshake faults", () => {
     expect(ms).toBeLessThan(1500);
   });
 
+  it("times out a server that greets and then ignores the options", async () => {
+    const server = await fake(answerCorrectly, "deaf");
+    const { ms } = await failure(openNbdSource(server.uri, TIMEOUTS), "NBD_TIMEOUT", /NBD_OPT_STRUCTURED_REPLY reply/);
+    expect(ms).toBeLessThan(1500);
+  });
+
   it("refuses an oldstyle server and one that hangs up", async () => {
     await failure(openNbdSource((await fake(answerCorrectly, "oldstyle")).uri, TIMEOUTS), "NBD_HANDSHAKE", /oldstyle/);
     await failure(openNbdSource((await fake(answerCorrectly, "hang-up")).uri, TIMEOUTS), "NBD_HANDSHAKE", /closed/);

@@ -14,8 +14,11 @@ export interface FakeRequest {
   readonly length: number;
 }
 
-/** What the server does after accepting: talk normally, stay silent, or greet as an oldstyle server. */
-export type FakeGreeting = "normal" | "silent" | "oldstyle" | "hang-up";
+/**
+ * What the server does after accepting: talk normally, stay silent, greet and
+ * then ignore every option, greet as an oldstyle server, or hang up.
+ */
+export type FakeGreeting = "normal" | "silent" | "deaf" | "oldstyle" | "hang-up";
 
 export interface FakeServerOptions {
   readonly size: number;
@@ -97,6 +100,7 @@ function serve(socket: Socket, options: FakeServerOptions, requests: FakeRequest
   hello.write("IHAVEOPT", 8, "latin1");
   hello.writeUInt16BE(3, 16); // fixed newstyle, no zeroes
   socket.write(hello);
+  if (greeting === "deaf") return;
 
   let pending = Buffer.alloc(0);
   let phase: "flags" | "options" | "transmission" = "flags";

@@ -1,7 +1,7 @@
 // NBD URIs: what is accepted, its canonical form, and what is refused with a reason.
 
 import { describe, expect, it } from "vitest";
-import { formatNbdUri, NbdError, parseNbdUri } from "../src/sources/nbd/index.js";
+import { formatNbdUri, NbdError, openNbdSource, parseNbdUri } from "../src/sources/nbd/index.js";
 
 describe("NBD URIs", () => {
   it("parses TCP URIs with and without a port, IPv6 hosts and encoded export names", () => {
@@ -72,5 +72,14 @@ describe("NBD URIs", () => {
     expect((error as NbdError).code).toBe("NBD_BAD_URI");
     expect((error as Error).message).toMatch(why);
     expect((error as Error).message).toContain(JSON.stringify(uri));
+  });
+
+  it("refuses options that are not positive integers before connecting", async () => {
+    const uri = "nbd+unix:///?socket=/nonexistent/nbd.sock";
+    await expect(openNbdSource(uri, { requestTimeoutMs: 0 })).rejects.toThrow(
+      /requestTimeoutMs must be a positive integer/,
+    );
+    await expect(openNbdSource(uri, { maxRequestBytes: 1.5 })).rejects.toThrow(/maxRequestBytes must be/);
+    await expect(openNbdSource(uri, { maxInFlightRequests: 4 })).rejects.toMatchObject({ code: "NBD_UNREACHABLE" });
   });
 });

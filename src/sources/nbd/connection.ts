@@ -126,6 +126,10 @@ export class NbdConnection {
   /** Connects and negotiates; rejects with an NbdError (unreachable, handshake, timeout, export not found). */
   static async open(address: NbdAddress, label: string, options: NbdConnectionOptions = {}): Promise<NbdConnection> {
     const settings = { ...DEFAULT_NBD_CONNECTION_OPTIONS, ...options };
+    for (const [name, value] of Object.entries(settings)) {
+      if (!(Number.isSafeInteger(value) && value > 0))
+        throw new RangeError(`NBD option ${name} must be a positive integer`);
+    }
     const socket = await openSocket(address, settings.connectTimeoutMs);
     const queue = new ByteQueue();
     socket.on("data", (chunk: Buffer) => queue.push(chunk));

@@ -145,6 +145,10 @@ export async function openNbdSource(target: string | NbdAddress, options: NbdSou
   const address = typeof target === "string" ? parseNbdUri(target) : target;
   const location = typeof target === "string" ? target : formatNbdUri(address);
   const lockKey = await lockKeyOf(address);
-  const connection = await Connection.open(address, location, options);
-  return new NbdSource(connection, location, lockKey, options.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES);
+  const { maxRequestBytes, ...connectionOptions } = options;
+  if (maxRequestBytes !== undefined && !(Number.isSafeInteger(maxRequestBytes) && maxRequestBytes > 0)) {
+    throw new RangeError("NBD option maxRequestBytes must be a positive integer");
+  }
+  const connection = await Connection.open(address, location, connectionOptions);
+  return new NbdSource(connection, location, lockKey, maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES);
 }

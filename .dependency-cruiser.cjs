@@ -93,13 +93,6 @@ module.exports = {
       to: { path: "node_modules/prom-client" },
     },
     {
-      name: "sources-below-engine",
-      comment: "Disk sources (files, images, NBD, running QEMU) are read by the engine; they never reach up to it or to the transport.",
-      severity: "error",
-      from: { path: "^src/sources/" },
-      to: { path: "^(src/(engine|server|cli|client|wire|metrics|drivers|store)/|gen/)" },
-    },
-    {
       name: "no-circular",
       severity: "error",
       from: {},

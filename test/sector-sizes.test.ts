@@ -37,7 +37,7 @@ describe("a backup of devices whose size is not a multiple of 512", () => {
     const devices = await Promise.all(
       sources.map(async (data, index) => ({
         name: `drive-scsi${index}`,
-        path: await writeSource(sandbox, `d${index}.raw`, data),
+        source: { kind: "path" as const, path: await writeSource(sandbox, `d${index}.raw`, data) },
       })),
     );
     const started = await engine.start(backupSpec({ devices }));

@@ -22,6 +22,7 @@ import {
   parseVma,
   useSandboxWithEngines,
   waitForEnd,
+  waitUntil,
   writeSource,
 } from "./engine-helpers.js";
 import { MemorySource } from "./helpers/memory-source.js";
@@ -205,6 +206,26 @@ describe("the engine's source seam", () => {
     expect(end.state).toBe("error");
     expect(end.errorMessage).toBe(`device n0: read error at offset ${2 * MiB}: connection reset by peer`);
     expect(failing.closed).toBe(1);
+    expect(log.released).toBe(1);
+  });
+
+  it("shows a live source's scratch bytes in the status while the job runs", async () => {
+    let written = 0;
+    // Throttled so that the job outlives a scratch poll (once a second).
+    const live = new MemorySource(Buffer.alloc(4 * MiB, 1), { scratchBytes: () => written });
+    const log: OpenerLog = { calls: [], released: 0 };
+    const engine = engineWith([live], log);
+    const status = await engine.start(
+      backupSpec({
+        devices: [{ name: "q0", source: { kind: "qemu", qmpSocket: "/run/test-qmp/1.qmp", drive: "drive-scsi0" } }],
+        speedLimit: 2 * MiB,
+      }),
+    );
+    expect(status.devices[0]?.scratchBytes).toBe(0);
+    written = 12_345;
+    await waitUntil(() => engine.query(status.uuid)?.devices[0]?.scratchBytes === 12_345, 4000);
+    expect(engine.query(status.uuid)?.state).toBe("active");
+    await engine.cancel(status.uuid);
     expect(log.released).toBe(1);
   });
 

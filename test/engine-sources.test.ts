@@ -229,7 +229,7 @@ describe("the engine's source seam", () => {
     expect(log.released).toBe(1);
   });
 
-  it("refuses image, nbd and qemu sources as not wired yet with the default openers", async () => {
+  it("opens nbd sources with the default openers: an export nobody serves is NBD_UNREACHABLE", async () => {
     const { engine } = makeEngine(fixture.sandbox, { nbdAllow: ["127.0.0.1"] });
     fixture.adopt(engine);
     const refused = await engine
@@ -237,8 +237,8 @@ describe("the engine's source seam", () => {
       .catch((error: unknown) => error);
     expect(refused).toMatchObject({
       kind: "failed-precondition",
-      reason: "SOURCE_KIND_NOT_WIRED",
-      field: "devices[0].nbd",
+      reason: "NBD_UNREACHABLE",
+      field: "devices[0].nbd.uri",
     });
   });
 });

@@ -26,7 +26,9 @@ function sha256(file: string): Promise<string> {
 
 async function openLayer(name: string): Promise<LayerFile> {
   const realPath = await fs.realpath(path.resolve(dir, name));
-  return { handle: await fs.open(realPath, "r"), realPath };
+  const handle = await fs.open(realPath, "r");
+  const stats = await handle.stat();
+  return { handle, realPath, lockKey: `file:${stats.dev}:${stats.ino}` };
 }
 
 /** Opens backing files only inside `dir`, as the confined source opener does. */
@@ -223,7 +225,8 @@ describe("image export", () => {
     const source = await openImageSource({
       path: path.join(dir, "top.qcow2"),
       format: "qcow2",
-      field: "devices[0].image",
+      field: "devices[0].image.path",
+      formatField: "devices[0].image.format",
       openFile: openInsideDir,
       workDir,
     });

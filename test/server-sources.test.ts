@@ -3,6 +3,7 @@
 // the server's settings decide which kinds and places are allowed
 // (PERMISSION_DENIED naming the setting), all before anything is created;
 // and a status tells each device's source kind and location.
+import * as fs from "node:fs/promises";
 import { readdir } from "node:fs/promises";
 import * as path from "node:path";
 import { status as GrpcStatus } from "@grpc/grpc-js";
@@ -86,17 +87,16 @@ describe("a server with the default settings", () => {
     );
   });
 
-  it("refuses an image source as not wired yet (until its opener is merged)", async () => {
-    // INTEGRATOR: once src/engine/source-openers.ts wires the image opener, this becomes a real backup.
+  it("refuses an image that is not in the format the client named, on the format's field", async () => {
+    const notQcow2 = path.join(server.sourceDir, "not-qcow2.img");
+    await fs.writeFile(notQcow2, Buffer.alloc(1024 * 1024, 7));
     const error = await expectRefusal(
-      backup(server, {
-        source: { case: "image", value: { path: path.join(server.sourceDir, "a.qcow2"), format: ImageFormat.QCOW2 } },
-      }),
-      GrpcStatus.FAILED_PRECONDITION,
-      "SOURCE_KIND_NOT_WIRED",
-      "devices[0].image",
+      backup(server, { source: { case: "image", value: { path: notQcow2, format: ImageFormat.QCOW2 } } }),
+      GrpcStatus.INVALID_ARGUMENT,
+      "IMAGE_FORMAT_MISMATCH",
+      "devices[0].image.format",
     );
-    expect(error.details).toContain("not wired yet");
+    expect(error.details).toContain("not in qcow2 format");
   });
 
   it.each([
@@ -215,12 +215,12 @@ describe("a server that allows some NBD targets and QMP sockets", () => {
     "nbd://127.0.0.1/e", // the default port
     "nbd://NBD.example:12345/e", // a bare host allows any port
     `nbd+unix:///e?socket=${NBD_SOCKET_DIR}/vm/a.sock`,
-  ])("lets %j through to the opener", async (uri) => {
+  ])("lets %j through to the opener (where nobody serves it)", async (uri) => {
     await expectRefusal(
       backup(server, { source: { case: "nbd", value: { uri } } }),
       GrpcStatus.FAILED_PRECONDITION,
-      "SOURCE_KIND_NOT_WIRED",
-      "devices[0].nbd",
+      "NBD_UNREACHABLE",
+      "devices[0].nbd.uri",
     );
   });
 
@@ -237,8 +237,8 @@ describe("a server that allows some NBD targets and QMP sockets", () => {
     await expectRefusal(
       backup(server, { source: { case: "qemu", value: { qmpSocket: `${QMP_ROOT}/100.qmp`, drive: "drive-scsi0" } } }),
       GrpcStatus.FAILED_PRECONDITION,
-      "SOURCE_KIND_NOT_WIRED",
-      "devices[0].qemu",
+      "QMP_UNREACHABLE",
+      "devices[0].qemu.qmp_socket",
     );
   });
 });

@@ -15,6 +15,7 @@
 // engine-state.ts (shared state and guards), request-dedup.ts,
 // start-pipeline.ts, run-lifecycle.ts, unsaved-ends.ts and
 // archive-deletion.ts.
+import { recoverSourceLeftovers } from "./source-openers.js";
 import { InvalidPageTokenError } from "../store/job-store.js";
 import { removeArchiveOf } from "./archive-deletion.js";
 import type { EngineState } from "./engine-state.js";
@@ -60,7 +61,10 @@ export class BackupEngine {
    */
   static async open(options: BackupEngineOptions): Promise<BackupEngine> {
     await prepareStateDir(options);
-    return new BackupEngine(options);
+    const engine = new BackupEngine(options);
+    // With the state dir locked: what a crashed server's sources left running.
+    await recoverSourceLeftovers(options.stateDir, options.logger);
+    return engine;
   }
 
   /**

@@ -115,6 +115,13 @@ async function copyDevice(run: JobRun, index: number, pool: ReadBufferPool): Pro
       job.addProgress(index, chunk.length, zeroBytes);
       run.onProgress();
     }
+    // A live source proves its point in time held for every read (after the
+    // last one, so that nothing read can have come after a failure).
+    try {
+      await source.confirm?.();
+    } catch (error) {
+      throw new JobFailure(`device ${name}: ${describeError(error)}`, { cause: error });
+    }
     try {
       await target.completeDevice(devId);
     } catch (error) {

@@ -188,16 +188,26 @@ class FileSource implements DiskSource {
   }
 }
 
+/** A file or block device opened read-only and checked like any source. */
+export interface ConfinedFile {
+  readonly handle: FileHandle;
+  readonly kind: "file" | "block-device";
+  /** Real path of the opened file. */
+  readonly realPath: string;
+  readonly size: number;
+  readonly lockKey: string;
+}
+
 /**
  * Opens `devicePath` and checks it: inside a source root (after resolving
  * symlinks and `..`), a regular file or block device, not empty. Throws
  * SourceRefusal naming `field`; nothing stays open on failure.
  */
-export async function openFileSource(
+export async function openConfinedFile(
   confinement: SourceConfinement,
   devicePath: string,
   field: string,
-): Promise<DiskSource> {
+): Promise<ConfinedFile> {
   const requested = confinement.requestedSource(devicePath);
   if (requested === undefined) throw sourceNotAllowed(devicePath, field);
 
@@ -221,10 +231,32 @@ export async function openFileSource(
     throw sourceError(error, devicePath, field);
   }
   try {
-    return new FileSource(handle, await inspect(handle, devicePath, field, confinement));
+    const inspected = await inspect(handle, devicePath, field, confinement);
+    return {
+      handle,
+      kind: inspected.kind,
+      realPath: inspected.location,
+      size: inspected.size,
+      lockKey: inspected.lockKey,
+    };
   } catch (error) {
     await handle.close().catch(() => undefined);
     if (error instanceof SourceRefusal) throw error;
     throw sourceError(error, devicePath, field);
   }
+}
+
+/** Opens a raw file or block device as a source (see openConfinedFile). */
+export async function openFileSource(
+  confinement: SourceConfinement,
+  devicePath: string,
+  field: string,
+): Promise<DiskSource> {
+  const file = await openConfinedFile(confinement, devicePath, field);
+  return new FileSource(file.handle, {
+    kind: file.kind,
+    location: file.realPath,
+    size: file.size,
+    lockKey: file.lockKey,
+  });
 }

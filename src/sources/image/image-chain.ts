@@ -14,6 +14,8 @@ export interface LayerFile {
   readonly handle: FileHandle;
   /** Real path of the opened file. */
   readonly realPath: string;
+  /** What two jobs must not read at once, as the file source keys it. */
+  readonly lockKey: string;
 }
 
 export interface ImageLayer extends LayerFile {
@@ -136,6 +138,8 @@ export async function resolveImageChain(
   format: ImageFormat,
   field: string,
   openBacking: OpenBackingFile,
+  /** The field of the format, named when the image is not in it; default `field`. */
+  formatField: string = field,
 ): Promise<ImageChain> {
   const layers: ImageLayer[] = [];
   const openedHere: LayerFile[] = [];
@@ -158,7 +162,8 @@ export async function resolveImageChain(
       try {
         info = await readImageInfo(layer.handle, layerFormat);
       } catch (error) {
-        throw describeInfoFailure(error, layer, layerFormat, field, layers.length === 0);
+        const isTop = layers.length === 0;
+        throw describeInfoFailure(error, layer, layerFormat, isTop ? formatField : field, isTop);
       }
       if (layers.length === 0) virtualSize = info.virtualSize;
       layers.push({ ...layer, format: layerFormat, takesBacking: FORMATS_WITH_BACKING.has(layerFormat) });

@@ -5,7 +5,7 @@
 import * as fs from "node:fs/promises";
 import type { DiskSource, SourceExtent } from "../disk-source.js";
 import { type NbdSource, type NbdSourceOptions, openNbdSource } from "../nbd/index.js";
-import { type ImageChain, type LayerFile, type OpenBackingFile, resolveImageChain } from "./image-chain.js";
+import { type ImageChain, type OpenBackingFile, resolveImageChain } from "./image-chain.js";
 import type { ImageFormat } from "./image-format.js";
 import { type ImageExport, startImageExport } from "./storage-daemon.js";
 
@@ -13,8 +13,9 @@ export interface ImageSourceOptions {
   /** The image as the client named it. */
   readonly path: string;
   readonly format: ImageFormat;
-  /** The request field of the image, e.g. "devices[0].image". */
+  /** The request fields of the image's path and format, e.g. "devices[0].image.path". */
   readonly field: string;
+  readonly formatField: string;
   /** Opens the image and each backing file with the confinement of any source; throws SourceRefusal. */
   readonly openFile: OpenBackingFile;
   /** A fresh private (0700) directory for the daemon's socket; removed on close. */
@@ -61,12 +62,6 @@ async function closeAll(chain: ImageChain, served: ImageExport | undefined, read
   await Promise.allSettled(chain.layers.map((layer) => layer.handle.close()));
 }
 
-/** st_dev:st_ino, as the file source keys files: a path and an image of one file collide. */
-async function fileLockKey(top: LayerFile): Promise<string> {
-  const stats = await top.handle.stat({ bigint: true });
-  return `file:${stats.dev}:${stats.ino}`;
-}
-
 /**
  * Opens the image, checks its chain, starts its daemon and connects. Throws
  * SourceRefusal for what the client must fix, Error for the rest; nothing
@@ -76,7 +71,7 @@ export async function openImageSource(options: ImageSourceOptions): Promise<Disk
   const top = await options.openFile(options.path, options.field);
   let chain: ImageChain;
   try {
-    chain = await resolveImageChain(top, options.format, options.field, options.openFile);
+    chain = await resolveImageChain(top, options.format, options.field, options.openFile, options.formatField);
   } catch (error) {
     await top.handle.close().catch(() => undefined);
     throw error;
@@ -84,7 +79,8 @@ export async function openImageSource(options: ImageSourceOptions): Promise<Disk
   let served: ImageExport | undefined;
   let reader: NbdSource | undefined;
   try {
-    const lockKey = await fileLockKey(top);
+    // Keyed as the file source keys the file: a path and an image of one file collide.
+    const lockKey = top.lockKey;
     served = await startImageExport({ layers: chain.layers, workDir: options.workDir });
     const address = { transport: "unix", socketPath: served.socketPath, exportName: served.exportName } as const;
     reader = await openNbdSource(address, options.nbd);

@@ -18,6 +18,13 @@ module.exports = {
       to: { path: "^(src/(engine|server|cli|store)/|gen/)" },
     },
     {
+      name: "stores-are-storage",
+      comment: "src/stores keeps bytes (local dir, S3, compression); it knows no format, engine or gRPC.",
+      severity: "error",
+      from: { path: "^src/stores/" },
+      to: { path: "^(src/(?!stores/)|gen/)" },
+    },
+    {
       name: "engine-below-transport",
       comment: "The engine speaks plain types; it never imports the server, the CLI or gen/.",
       severity: "error",

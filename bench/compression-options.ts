@@ -26,7 +26,10 @@ function zlibScript(factory: string): string {
 }
 
 const contenders: Contender[] = [
-  { name: "zlib zstd -3, 0 workers", command: zlibScript("z.createZstdCompress({params:{[z.constants.ZSTD_c_compressionLevel]:3}})") },
+  {
+    name: "zlib zstd -3, 0 workers",
+    command: zlibScript("z.createZstdCompress({params:{[z.constants.ZSTD_c_compressionLevel]:3}})"),
+  },
   {
     name: "zlib zstd -3, 2 workers",
     command: zlibScript(
@@ -49,7 +52,10 @@ function timeShell(command: string, out: string): Promise<{ seconds: number; pea
   return new Promise((resolve, reject) => {
     const start = process.hrtime.bigint();
     // GNU time reports the peak RSS of the command's process tree (largest process), in KiB.
-    const child = spawn("/usr/bin/time", ["-f", "RSS %M", "sh", "-c", command], { env: { ...process.env, IN: archive, OUT: out }, stdio: ["ignore", "ignore", "pipe"] });
+    const child = spawn("/usr/bin/time", ["-f", "RSS %M", "sh", "-c", command], {
+      env: { ...process.env, IN: archive, OUT: out },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
     let stderr = "";
     child.stderr.on("data", (chunk: Buffer) => {
       stderr += chunk.toString();
@@ -71,12 +77,21 @@ for (const contender of contenders) {
   const seconds: number[] = [];
   let peak = 0;
   let outBytes = 0;
-  for (let run = 0; run < runs; run += 1) {
+  let failure: string | undefined;
+  for (let run = 0; run < runs && failure === undefined; run += 1) {
     await rm(out, { force: true });
-    const result = await timeShell(contender.command, out);
+    const result = await timeShell(contender.command, out).catch((error: Error) => {
+      failure = /Error \[?\w*\]?:? ?.*$/m.exec(error.message)?.[0] ?? error.message.split("\n")[0];
+      return undefined;
+    });
+    if (result === undefined) break;
     seconds.push(result.seconds);
     peak = Math.max(peak, result.peakKiB);
     outBytes = (await stat(out)).size;
+  }
+  if (failure !== undefined) {
+    console.log(`${contender.name.padEnd(26)} failed: ${failure}`);
+    continue;
   }
   const wall = median(seconds);
   console.log(

@@ -3,7 +3,7 @@
 import { parse as parseUuid } from "uuid";
 import { checkHeaderPlan, VmaLimitError } from "../vma/encode-limits.js";
 import { VmaWriter } from "../vma/writer.js";
-import { ArchiveFile, type ArchiveFileOptions } from "./archive-file.js";
+import { ArchiveFile, type ArchiveFileOptions } from "../stores/local/archive-file.js";
 import {
   ArchiveLimitError,
   type ArchivePlan,

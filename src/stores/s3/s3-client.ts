@@ -9,7 +9,7 @@ import { defaultProvider } from "@aws-sdk/credential-provider-node";
 export interface S3ClientOptions {
   /** e.g. http://127.0.0.1:9000; unset for AWS itself. */
   readonly endpoint?: string;
-  /** Default "us-east-1" (what S3-compatible servers expect when they ignore regions). */
+  /** Default AWS_REGION, else "us-east-1" (what S3-compatible servers expect when they ignore regions). */
   readonly region?: string;
   /** Buckets in the path (http://host/bucket/key), as Ceph RGW and MinIO usually need. */
   readonly forcePathStyle?: boolean;
@@ -35,7 +35,7 @@ export function createS3Client(options: S3ClientOptions): S3Client {
       : fromIni({ filepath: options.credentialsFile, ...profile });
   return new S3Client({
     ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }),
-    region: options.region ?? DEFAULT_REGION,
+    region: options.region ?? process.env.AWS_REGION ?? DEFAULT_REGION,
     forcePathStyle: options.forcePathStyle ?? false,
     credentials,
     maxAttempts: options.maxAttempts ?? DEFAULT_ATTEMPTS,

@@ -179,7 +179,7 @@ class S3Store implements ArchiveStore {
 
   async read(key: string): Promise<Readable> {
     checkKey(key);
-    return readObject(this.client, this.bucket, this.prefix + key);
+    return (await readObject(this.client, this.bucket, this.prefix + key)).body;
   }
 
   private refKey(ref: ArchiveRef): string {
@@ -214,13 +214,17 @@ class S3Store implements ArchiveStore {
   }
 }
 
-/** The object's bytes, streamed; ArchiveMissingError when there is none. */
-export async function readObject(client: S3Client, bucket: string, key: string): Promise<Readable> {
+/** The object's bytes, streamed, and its size; ArchiveMissingError when there is none. */
+export async function readObject(
+  client: S3Client,
+  bucket: string,
+  key: string,
+): Promise<{ body: Readable; size: number | undefined }> {
   try {
     const output = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
     const body = output.Body;
     if (!(body instanceof Readable)) throw new Error(`${formatS3Url(bucket, key)}: the response has no body stream`);
-    return body;
+    return { body, size: output.ContentLength };
   } catch (error) {
     if (httpStatusOf(error) === 404 || errorName(error) === "NoSuchKey") {
       throw new ArchiveMissingError(formatS3Url(bucket, key));

@@ -2,7 +2,9 @@
 // zlib zstd with and without worker threads, the zstd program (as vzdump
 // pipes through it), gzip via zlib and via the gzip/pigz programs. Each
 // contender is a child process reading ARCHIVE and writing the compressed
-// bytes to a file; prints wall time, MB/s, ratio and peak RSS.
+// bytes to a file; prints wall time, MB/s, CPU seconds (user + system, of
+// the whole process tree: on a busy shared machine the steadier figure),
+// ratio and peak RSS.
 // Usage: node --import tsx bench/compression-options.ts ARCHIVE [RUNS]
 import { spawn, spawnSync } from "node:child_process";
 import { rm, stat } from "node:fs/promises";
@@ -48,11 +50,11 @@ if (spawnSync("sh", ["-c", "command -v pigz"]).status === 0) {
 }
 
 /** Runs `command`: wall seconds and peak RSS. */
-function timeShell(command: string, out: string): Promise<{ seconds: number; peakKiB: number }> {
+function timeShell(command: string, out: string): Promise<{ seconds: number; cpuSeconds: number; peakKiB: number }> {
   return new Promise((resolve, reject) => {
     const start = process.hrtime.bigint();
     // GNU time reports the peak RSS of the command's process tree (largest process), in KiB.
-    const child = spawn("/usr/bin/time", ["-f", "RSS %M", "sh", "-c", command], {
+    const child = spawn("/usr/bin/time", ["-f", "RSS %M CPU %U %S", "sh", "-c", command], {
       env: { ...process.env, IN: archive, OUT: out },
       stdio: ["ignore", "ignore", "pipe"],
     });
@@ -65,7 +67,9 @@ function timeShell(command: string, out: string): Promise<{ seconds: number; pea
       if (code !== 0) return reject(new Error(`${command} exited ${code}: ${stderr}`));
       const seconds = Number(process.hrtime.bigint() - start) / 1e9;
       const reported = [...stderr.matchAll(/RSS (\d+)/g)].map((match) => Number(match[1]));
-      resolve({ seconds, peakKiB: Math.max(0, ...reported) });
+      const cpu = /CPU ([\d.]+) ([\d.]+)/.exec(stderr);
+      const cpuSeconds = cpu === null ? Number.NaN : Number(cpu[1]) + Number(cpu[2]);
+      resolve({ seconds, cpuSeconds, peakKiB: Math.max(0, ...reported) });
     });
   });
 }
@@ -75,6 +79,7 @@ const out = `${archive}.bench-out`;
 console.log(`input ${(inputBytes / 2 ** 20).toFixed(0)} MiB, ${runs} runs each, medians`);
 for (const contender of contenders) {
   const seconds: number[] = [];
+  const cpuSeconds: number[] = [];
   let peak = 0;
   let outBytes = 0;
   let failure: string | undefined;
@@ -86,6 +91,7 @@ for (const contender of contenders) {
     });
     if (result === undefined) break;
     seconds.push(result.seconds);
+    cpuSeconds.push(result.cpuSeconds);
     peak = Math.max(peak, result.peakKiB);
     outBytes = (await stat(out)).size;
   }
@@ -95,7 +101,7 @@ for (const contender of contenders) {
   }
   const wall = median(seconds);
   console.log(
-    `${contender.name.padEnd(26)} ${formatSeconds(wall)}  ${formatRate(inputBytes, wall)}  ratio ${(outBytes / inputBytes).toFixed(3)}  peak RSS ${(peak / 1024).toFixed(0)} MiB`,
+    `${contender.name.padEnd(26)} ${formatSeconds(wall)}  ${formatRate(inputBytes, wall)}  CPU ${median(cpuSeconds).toFixed(1)} s  ratio ${(outBytes / inputBytes).toFixed(3)}  peak RSS ${(peak / 1024).toFixed(0)} MiB`,
   );
 }
 await rm(out, { force: true });

@@ -60,6 +60,13 @@ module.exports = {
       to: { path: "^src/(?!wire/)" },
     },
     {
+      name: "sources-below-engine",
+      comment: "Disk sources (files, NBD, QEMU) are read by the engine; they never reach up into it or the transport.",
+      severity: "error",
+      from: { path: "^src/sources/" },
+      to: { path: "^(src/(engine|server|cli|client|wire|metrics|drivers|store)/|gen/)" },
+    },
+    {
       name: "store-is-standalone",
       severity: "error",
       from: { path: "^src/store/" },

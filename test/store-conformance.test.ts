@@ -382,6 +382,19 @@ describe("S3 store under faults (a proxy in front of s3rver)", () => {
     expect(await uploadGone(s3Client, upload.pending)).toBe(true);
   });
 
+  it("a zstd-compressed upload whose parts keep failing ends in a clean error and leaves nothing", async () => {
+    const { store, prefix } = await storeBehind(() => "error-500");
+    const upload = compressUpload(await store.create("broken.vma.zst"), { compression: "zstd" });
+    const written = (async () => {
+      for (let round = 0; round < 4; round += 1) await upload.write([randomBytes(MIB)]);
+      return upload.commit();
+    })();
+    await expect(written).rejects.toMatchObject({ $metadata: { httpStatusCode: 500 } });
+    await upload.abort();
+    expect(await objectKeys(s3Client, s3.bucket, `${prefix}/`)).toEqual([]);
+    expect(await uploadGone(s3Client, upload.pending)).toBe(true);
+  });
+
   it("holds the parts in flight to its byte budget (back-pressure to the writer)", async () => {
     const { store, proxy: counted } = await storeBehind(() => "pass", 2 * PART_SIZE);
     const upload = await store.create("bounded.vma");

@@ -84,7 +84,7 @@ class VmaTarget implements BackupTarget {
 }
 
 /** The format layer names its limits VmaLimitError; the driver contract calls them ArchiveLimitError. */
-function withArchiveLimitErrors<T>(action: () => T): T {
+export function withArchiveLimitErrors<T>(action: () => T): T {
   try {
     return action();
   } catch (error) {

@@ -42,8 +42,9 @@ export interface ArchiveUpload {
   write(chunks: readonly Uint8Array[]): Promise<void>;
   /**
    * Makes the object durable, then visible under its name, never replacing
-   * an existing one (ArchiveExistsError). Resolves with the committed
-   * reference. On failure nothing is visible; call abort() to clean up.
+   * an existing one (ArchiveExistsError). Call it once every write() has
+   * resolved. Resolves with the committed reference. On failure nothing is
+   * visible; call abort() to clean up.
    */
   commit(): Promise<ArchiveRef>;
   /** Stops writing and removes what was written. Safe to call more than once; a no-op after commit. */

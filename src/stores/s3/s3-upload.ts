@@ -139,7 +139,10 @@ export class S3Upload implements ArchiveUpload {
 
   private async append(chunks: readonly Uint8Array[]): Promise<void> {
     this.throwIfFailed();
-    if (this.state !== "open") throw new Error(`cannot write to ${this.location}: the upload was ${this.state}`);
+    // Writes queued before commit() still land; none after the end.
+    if (this.state === "aborted" || this.state === "committed") {
+      throw new Error(`cannot write to ${this.location}: the upload was ${this.state}`);
+    }
     for (const chunk of chunks) {
       let offset = 0;
       while (offset < chunk.byteLength) {

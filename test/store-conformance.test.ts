@@ -402,6 +402,9 @@ describe("S3 store under faults (a proxy in front of s3rver)", () => {
     const ref = await upload.commit();
     expect(counted.partRequests).toHaveLength(8);
     expect(counted.maxConcurrentParts()).toBeLessThanOrEqual(2);
+    // Every part carried a CRC32 of exactly the bytes sent, for the server to check.
+    expect(counted.partChecksums).toHaveLength(8);
+    for (const part of counted.partChecksums) expect(part.header).toBe(part.body);
     await store.remove(ref);
   });
 

@@ -18,6 +18,7 @@ import {
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { crc32 } from "node:zlib";
 import { S3Client } from "@aws-sdk/client-s3";
 import S3rver from "s3rver";
 
@@ -134,6 +135,8 @@ export interface FaultProxy {
   readonly endpoint: string;
   /** Part uploads seen so far, in arrival order, with what was done to them. */
   readonly partRequests: Array<{ partNumber: number; fault: PartFault }>;
+  /** Of each part upload passed on: its x-amz-checksum-crc32 header and the CRC32 of the body sent. */
+  readonly partChecksums: Array<{ partNumber: number; header: string | undefined; body: string }>;
   /** Most part uploads forwarded at the same time. */
   maxConcurrentParts(): number;
   close(): Promise<void>;
@@ -146,6 +149,7 @@ export async function startFaultProxy(
 ): Promise<FaultProxy> {
   const attempts = new Map<number, number>();
   const partRequests: FaultProxy["partRequests"] = [];
+  const partChecksums: FaultProxy["partChecksums"] = [];
   let concurrentParts = 0;
   let maxConcurrentParts = 0;
   const proxy = await listen((incoming, outgoing) => {
@@ -171,10 +175,24 @@ export async function startFaultProxy(
     }
     concurrentParts += 1;
     maxConcurrentParts = Math.max(maxConcurrentParts, concurrentParts);
+    let crc = 0;
+    incoming.on("data", (chunk: Buffer) => {
+      crc = crc32(chunk, crc);
+    });
+    incoming.once("end", () => {
+      const header = incoming.headers["x-amz-checksum-crc32"];
+      const body = Buffer.alloc(4);
+      body.writeUInt32BE(crc >>> 0);
+      partChecksums.push({
+        partNumber,
+        header: Array.isArray(header) ? header[0] : header,
+        body: body.toString("base64"),
+      });
+    });
     outgoing.once("close", () => {
       concurrentParts -= 1;
     });
     forward(target, incoming, outgoing);
   });
-  return { ...proxy, partRequests, maxConcurrentParts: () => maxConcurrentParts };
+  return { ...proxy, partRequests, partChecksums, maxConcurrentParts: () => maxConcurrentParts };
 }

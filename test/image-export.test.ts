@@ -9,6 +9,7 @@ import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type LayerFile, resolveImageChain } from "../src/sources/image/image-chain.js";
 import type { ImageFormat } from "../src/sources/image/image-format.js";
+import { openImageSource } from "../src/sources/image/image-source.js";
 import { sweepLeftoverExports } from "../src/sources/image/leftover-exports.js";
 import { startImageExport } from "../src/sources/image/storage-daemon.js";
 import { SourceRefusal } from "../src/sources/source-refusal.js";
@@ -215,5 +216,35 @@ describe("image export", () => {
       await served.stop();
       await top.handle.close();
     }
+  });
+
+  it("reads the guest-visible disk through our NBD client, zero extents mapped", async () => {
+    const workDir = await fs.mkdtemp(path.join(dir, "qsd-"));
+    const source = await openImageSource({
+      path: path.join(dir, "top.qcow2"),
+      format: "qcow2",
+      field: "devices[0].image",
+      openFile: openInsideDir,
+      workDir,
+    });
+    try {
+      expect(source.kind).toBe("image");
+      expect(source.location).toBe(`${path.join(dir, "top.qcow2")} (qcow2)`);
+      const data = Buffer.alloc(source.size);
+      await source.read(data, 0, data.length, 0);
+      const expected = await fs.readFile(path.join(dir, "top.qcow2.converted"));
+      expect(data.equals(expected)).toBe(true);
+      const extents = await source.mapExtents?.(0, source.size);
+      // The 64 KiB written as zeroes and the unwritten 1.5..3 MiB read as zero without reading.
+      expect(extents?.[0]).toEqual({ offset: 0, length: 64 * 1024, zero: true });
+      expect(
+        extents?.some(
+          (extent) => extent.zero && extent.offset <= 1.5 * 2 ** 20 && extent.offset + extent.length >= 3 * 2 ** 20,
+        ),
+      ).toBe(true);
+    } finally {
+      await source.close();
+    }
+    await expect(fs.access(workDir)).rejects.toThrow();
   });
 });

@@ -49,6 +49,12 @@ export interface DiskSource {
    * (what the scratch overlay holds), for status.
    */
   scratchBytes?(): Promise<number>;
+  /**
+   * Called once after the device's last read, before the archive is
+   * committed: rejects when what was read cannot be trusted (a live
+   * source's point in time was lost while it was read).
+   */
+  confirm?(): Promise<void>;
   /** Releases everything the source holds; never throws. Safe to call twice. */
   close(): Promise<void>;
 }

@@ -77,6 +77,12 @@ export interface FleecingSession {
   scratchBytes(drive: string): Promise<number>;
   /** Calls `listener` for each failure (at once for one that already happened); returns an unsubscribe function. */
   onFailure(listener: (failure: FleecingFailure) => void): () => void;
+  /**
+   * Rejects when the freeze is broken: a failure seen, or one of our block
+   * jobs no longer running. Any event QEMU sent before this call's reply has
+   * been handled when it resolves.
+   */
+  confirmIntact(): Promise<void>;
   /** Removes everything freezeDrives created; best effort, never throws, same promise on every call. */
   teardown(): Promise<TeardownResult>;
 }
@@ -130,6 +136,23 @@ export class ActiveSession implements FleecingSession {
     this.listeners.add(listener);
     for (const failure of this.failures) listener(failure);
     return () => this.listeners.delete(listener);
+  }
+
+  async confirmIntact(): Promise<void> {
+    const jobs = await this.client.execute<{ device: string; status?: string }[]>("query-block-jobs");
+    const failure = this.failures[0];
+    if (failure !== undefined) throw new QemuSourceError("FLEECING_FAILED", failure.message, { drive: failure.drive });
+    for (const drive of this.drives) {
+      const job = jobs.find((candidate) => candidate.device === drive.jobId);
+      if (job === undefined || (job.status !== undefined && job.status !== "running" && job.status !== "ready")) {
+        const state = job === undefined ? "is gone" : `is ${job.status}`;
+        throw new QemuSourceError(
+          "FLEECING_FAILED",
+          `the copy-before-write job of ${drive.drive} ${state}: its view is no longer a point in time`,
+          { drive: drive.drive },
+        );
+      }
+    }
   }
 
   teardown(): Promise<TeardownResult> {

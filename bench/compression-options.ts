@@ -5,9 +5,12 @@
 // bytes to a file; prints wall time, MB/s, CPU seconds (user + system, of
 // the whole process tree: on a busy shared machine the steadier figure),
 // ratio and peak RSS.
-// Usage: node --import tsx bench/compression-options.ts ARCHIVE [RUNS]
+// Usage: npm run bench:compression [-- ARCHIVE [RUNS]] (default: a 1 GiB mixed VMA, 3 runs)
 import { spawn, spawnSync } from "node:child_process";
-import { rm, stat } from "node:fs/promises";
+import { mkdtemp, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { makeMixedVma } from "./make-mixed-vma.js";
 import { formatRate, formatSeconds, median } from "./stats.js";
 
 interface Contender {
@@ -16,9 +19,17 @@ interface Contender {
   readonly command: string;
 }
 
-const archive = process.argv[2];
 const runs = Number(process.argv[3] ?? 3);
-if (archive === undefined) throw new Error("usage: compression-options.ts ARCHIVE [RUNS]");
+/** The archive to compress: the argument, or a mixed VMA of BENCH_SIZE_MIB (1024) made in a temp dir. */
+async function inputArchive(): Promise<{ archive: string; cleanUp(): Promise<void> }> {
+  const given = process.argv[2];
+  if (given !== undefined) return { archive: given, cleanUp: async () => {} };
+  const root = await mkdtemp(join(tmpdir(), "vmabackup-compression-"));
+  const archive = join(root, "mixed.vma");
+  await makeMixedVma(archive, Number(process.env.BENCH_SIZE_MIB ?? 1024) * 2 ** 20);
+  return { archive, cleanUp: () => rm(root, { recursive: true, force: true }) };
+}
+const { archive, cleanUp } = await inputArchive();
 
 const NODE = process.execPath;
 /** A node one-liner piping IN through a zlib stream into OUT, then printing its peak RSS (KiB) on stderr. */
@@ -105,3 +116,4 @@ for (const contender of contenders) {
   );
 }
 await rm(out, { force: true });
+await cleanUp();

@@ -28,8 +28,12 @@ function loadCorpus(): Buffer {
   return Buffer.concat(parts).subarray(0, CORPUS_BYTES);
 }
 
-/** Writes a VMA of one device of `sizeBytes` (a multiple of 64 KiB) to `path`. */
-export async function makeMixedVma(path: string, sizeBytes: number): Promise<void> {
+/**
+ * Writes a VMA of about `archiveBytes` to `path`: one device half as big
+ * again (its third of zeros is not stored), in whole clusters.
+ */
+export async function makeMixedVma(path: string, archiveBytes: number): Promise<void> {
+  const sizeBytes = Math.ceil((archiveBytes * 1.5) / CLUSTER_SIZE) * CLUSTER_SIZE;
   const corpus = loadCorpus();
   const file = await open(path, "wx");
   let position = 0;
@@ -59,5 +63,5 @@ export async function makeMixedVma(path: string, sizeBytes: number): Promise<voi
 }
 
 if (process.argv[2] !== undefined) {
-  await makeMixedVma(process.argv[2], Number(process.argv[3] ?? 1024) * 2 ** 20 * 1.5);
+  await makeMixedVma(process.argv[2], Number(process.argv[3] ?? 1024) * 2 ** 20);
 }

@@ -53,7 +53,7 @@ const archive = join(root, "mixed.vma");
 console.log(
   `archive: ${sizeMiB} MiB of mixed content (1/3 random, 1/3 system libraries, 1/3 zeros); ${runs} runs each`,
 );
-await makeMixedVma(archive, sizeMiB * 2 ** 20 * 1.5);
+await makeMixedVma(archive, sizeMiB * 2 ** 20);
 const archiveBytes = (await stat(archive)).size;
 const s3rver = new S3rver({
   address: "127.0.0.1",

@@ -5,7 +5,7 @@
 // the local store's confinement and failed-flush rule.
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, readdir, realpath, rm, symlink, writeFile } from "node:fs/promises";
+import { link, mkdir, mkdtemp, readdir, realpath, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { buffer as readAll } from "node:stream/consumers";
@@ -472,6 +472,26 @@ describe("local store specifics", () => {
     expect(await readdir(directory)).toEqual([]);
   });
 
+  it("a job that died between publishing and unlinking its partial name: committed, and only the partial name goes", async () => {
+    const fixture = await localFixture();
+    const upload = await fixture.store.create("half.vma");
+    await upload.write([pattern(5000)]);
+    const ref = await upload.commit();
+    // The partial name linked to the published file again, as a crash after link() leaves it.
+    await link(`${String(ref.path)}`, `${String(ref.path)}.partial`);
+    expect(await fixture.store.findCommitted(upload.pending)).toEqual(ref);
+    expect(await fixture.store.listLeftovers([upload.pending])).toEqual([upload.pending]);
+    expect(await fixture.store.discardLeftover(upload.pending)).toBe("removed");
+    expect(await fixture.names()).toEqual(["half.vma"]);
+    expect((await readBack(fixture.store, "half.vma")).equals(pattern(5000))).toBe(true);
+  });
+
+  it("refuses a key whose directory does not exist, leaving nothing", async () => {
+    const fixture = await localFixture();
+    await expect(fixture.store.create("no/such/dir/x.vma")).rejects.toMatchObject({ code: "ENOENT" });
+    expect(await fixture.names()).toEqual([]);
+  });
+
   it("leaves a partial file that is not the one the job created", async () => {
     const fixture = await localFixture();
     const dead = await fixture.store.create("swapped.vma");
@@ -481,6 +501,29 @@ describe("local store specifics", () => {
     await expect(fixture.store.discardLeftover(recorded)).rejects.toMatchObject({ why: "not-the-archive" });
     expect(await fixture.store.listLeftovers([recorded])).toEqual([]);
     expect(await fixture.names()).toEqual(["swapped.vma.partial"]);
+  });
+});
+
+describe("compression stage failures", () => {
+  it("a missing zstd program fails the upload with a message, and abort leaves nothing", async () => {
+    const fixture = await localFixture();
+    const emptyBin = join(localRoot, "empty-bin");
+    await mkdir(emptyBin, { recursive: true });
+    const path = process.env.PATH;
+    process.env.PATH = emptyBin;
+    let upload: ReturnType<typeof compressUpload>;
+    try {
+      upload = compressUpload(await fixture.store.create("nozstd.vma.zst"), { compression: "zstd" });
+    } finally {
+      process.env.PATH = path;
+    }
+    const written = (async () => {
+      await upload.write([pattern(MIB)]);
+      return upload.commit();
+    })();
+    await expect(written).rejects.toThrow(/zstd/);
+    await upload.abort();
+    expect(await fixture.names()).toEqual([]);
   });
 });
 

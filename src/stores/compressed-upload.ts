@@ -8,6 +8,7 @@
 import { type ChildProcessByStdio, spawn } from "node:child_process";
 import { availableParallelism } from "node:os";
 import type { Readable, Writable } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
 import { constants, createGzip, createZstdCompress } from "node:zlib";
 import type { ArchiveRef, ArchiveUpload } from "./archive-store.js";
 
@@ -15,6 +16,9 @@ export type Compression = "none" | "zstd" | "gzip";
 
 /** What each compression appends to the archive's name (`.vma` + this). */
 export const COMPRESSION_SUFFIX: Readonly<Record<Compression, string>> = { none: "", zstd: ".zst", gzip: ".gz" };
+
+/** How long a failed write waits for the compressor to say why it ended. */
+const CAUSE_WAIT_MS = 2000;
 
 /** vzdump's levels: zstd's default 3; gzip's default 6. */
 export const DEFAULT_LEVEL: Readonly<Record<Exclude<Compression, "none">, number>> = { zstd: 3, gzip: 6 };
@@ -135,11 +139,12 @@ class CompressedUpload implements ArchiveUpload {
         }),
       );
     }
-    // Rejected when the compressor broke; the stored failure says why.
-    await Promise.all(taken).catch((error: unknown) => {
-      this.fail(error);
-      this.throwIfFailed();
-    });
+    try {
+      await Promise.all(taken);
+    } catch (error) {
+      // A broken pipe says little: the compressor's own end says why (could not start, crashed).
+      this.fail(await this.causeOf(error));
+    }
     this.throwIfFailed();
   }
 
@@ -162,18 +167,36 @@ class CompressedUpload implements ArchiveUpload {
 
   /** Moves the compressor's output into the upload, one chunk at a time (the store's back-pressure). */
   private async pump(): Promise<void> {
+    let storeError: unknown;
     try {
       for await (const chunk of this.compressor.output as AsyncIterable<Buffer>) {
         this.throwIfFailed();
-        await this.upload.write([chunk]);
+        await this.upload.write([chunk]).catch((error: unknown) => {
+          storeError = error;
+          throw error;
+        });
       }
       if (!this.ended) throw new Error("the compressor stopped before the archive ended");
     } catch (error) {
-      this.fail(error);
+      // The store's own error says why; a compressor that ended early says why itself.
+      const cause = error === storeError ? error : await this.causeOf(error);
+      this.fail(cause);
       // Unblocks writers waiting on a compressor nobody reads any more.
       this.compressor.stop();
-      throw error;
+      throw cause;
     }
+  }
+
+  /** Why the compressor failed, when it says so soon; otherwise `error` itself. */
+  private async causeOf(error: unknown): Promise<unknown> {
+    const settled = await Promise.race([
+      this.compressor.finished.then(
+        () => undefined,
+        (reason: unknown) => reason,
+      ),
+      sleep(CAUSE_WAIT_MS, undefined, { ref: false }),
+    ]);
+    return settled ?? error;
   }
 
   private fail(error: unknown): void {

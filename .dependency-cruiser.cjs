@@ -25,6 +25,13 @@ module.exports = {
       to: { path: "^(src/(?!stores/)|gen/)" },
     },
     {
+      name: "sources-below-engine",
+      comment: "src/sources reads disks; the engine, the transport and the stores build on it, never the reverse.",
+      severity: "error",
+      from: { path: "^src/sources/" },
+      to: { path: "^(src/(engine|server|cli|client|wire|metrics|drivers|store|stores)/|gen/)" },
+    },
+    {
       name: "engine-below-transport",
       comment: "The engine speaks plain types; it never imports the server, the CLI or gen/.",
       severity: "error",
@@ -58,13 +65,6 @@ module.exports = {
       severity: "error",
       from: { path: "^src/wire/" },
       to: { path: "^src/(?!wire/)" },
-    },
-    {
-      name: "sources-below-engine",
-      comment: "Disk sources (files, NBD, QEMU) are read by the engine; they never reach up into it or the transport.",
-      severity: "error",
-      from: { path: "^src/sources/" },
-      to: { path: "^(src/(engine|server|cli|client|wire|metrics|drivers|store)/|gen/)" },
     },
     {
       name: "store-is-standalone",

@@ -11,14 +11,29 @@ import { fileURLToPath } from "node:url";
 import fc from "fast-check";
 import { parse as parseUuid } from "uuid";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BackupState, BackupStatusSchema, type BackupStatus } from "../gen/vmabackup/v1/backup_pb.js";
+import {
+  BackupState,
+  BackupStatusSchema,
+  DeviceStatusSchema,
+  ImageFormat,
+  SourceKind,
+  type BackupStatus,
+  type DeviceStatus,
+} from "../gen/vmabackup/v1/backup_pb.js";
 import { listBackups } from "../src/cli/client-list.js";
 import { formatBarLine } from "../src/cli/client-progress.js";
 import { escapeControls } from "../src/cli/escape-controls.js";
 import { formatStatusJson } from "../src/cli/format-json.js";
 import { formatBytes, formatDuration, formatPercent } from "../src/cli/format-size.js";
 import { formatStatusLine, formatStatusSummary } from "../src/cli/format-status.js";
-import { parseConfigArgument, parseDeviceArgument } from "../src/cli/parse-named-path.js";
+import { parseConfigArgument } from "../src/cli/parse-named-path.js";
+import {
+  devicesInOrder,
+  parseDeviceArgument,
+  parseImageArgument,
+  parseNbdArgument,
+  parseQemuArgument,
+} from "../src/cli/parse-device-source.js";
 import { ArgumentSyntaxError } from "../src/cli/parse-error.js";
 import { parseServerAddress } from "../src/cli/parse-server-address.js";
 import { parseSize } from "../src/cli/parse-size.js";
@@ -75,17 +90,60 @@ describe("parseSize", () => {
 
 describe("parseDeviceArgument and parseConfigArgument", () => {
   it("makes a relative device path absolute against the given directory", () => {
-    expect(parseDeviceArgument("drive-scsi0=disks/a.raw", "/srv")).toEqual({
+    expect(parseDeviceArgument("drive-scsi0=disks/a.raw", "/srv").device).toEqual({
       name: "drive-scsi0",
       path: "/srv/disks/a.raw",
     });
-    expect(parseDeviceArgument("d=/abs/b.raw", "/srv")).toEqual({ name: "d", path: "/abs/b.raw" });
+    expect(parseDeviceArgument("d=/abs/b.raw", "/srv").device).toEqual({ name: "d", path: "/abs/b.raw" });
     // Only the first "=" separates: paths may contain more.
-    expect(parseDeviceArgument("d=/x/a=b.raw", "/srv")).toEqual({ name: "d", path: "/x/a=b.raw" });
+    expect(parseDeviceArgument("d=/x/a=b.raw", "/srv").device).toEqual({ name: "d", path: "/x/a=b.raw" });
   });
 
   it.each(["disk.raw", "=disk.raw", "drive-scsi0=", ""])("refuses the device %j", (text) => {
     expect(() => parseDeviceArgument(text, "/srv")).toThrow(ArgumentSyntaxError);
+  });
+
+  it("parses --image NAME=PATH:FORMAT at the last colon, with the format checked here", () => {
+    expect(parseImageArgument("d=vm:1/disk.qcow2:qcow2", "/srv").device).toEqual({
+      name: "d",
+      source: { case: "image", value: { path: "/srv/vm:1/disk.qcow2", format: ImageFormat.QCOW2 } },
+    });
+    expect(parseImageArgument("d=/i/a.vmdk:VMDK", "/srv").device).toMatchObject({
+      source: { value: { format: ImageFormat.VMDK } },
+    });
+    expect(() => parseImageArgument("d=/i/a.img:qcow3", "/srv")).toThrow(
+      /unknown image format "qcow3"; expected one of raw, qcow2, vmdk, vdi, vhdx, qed/,
+    );
+  });
+
+  it.each(["d=/i/a.qcow2", "d=/i/a.qcow2:", "d=:qcow2", "=/a:raw", "d"])("refuses the image %j", (text) => {
+    expect(() => parseImageArgument(text, "/srv")).toThrow(ArgumentSyntaxError);
+  });
+
+  it("parses --nbd NAME=URI, the URI whole", () => {
+    expect(parseNbdArgument("d=nbd+unix:///e?socket=/run/a=b.sock").device).toEqual({
+      name: "d",
+      source: { case: "nbd", value: { uri: "nbd+unix:///e?socket=/run/a=b.sock" } },
+    });
+    expect(() => parseNbdArgument("d=http://host/e")).toThrow(/starts nbd:\/\/ or nbd\+unix:\/\//);
+    expect(() => parseNbdArgument("nbd://host/e")).toThrow(ArgumentSyntaxError);
+  });
+
+  it("parses --qemu NAME=QMP_SOCKET:DRIVE at the last colon", () => {
+    expect(parseQemuArgument("d=run/q:1.qmp:drive-scsi0", "/srv").device).toEqual({
+      name: "d",
+      source: { case: "qemu", value: { qmpSocket: "/srv/run/q:1.qmp", drive: "drive-scsi0" } },
+    });
+    expect(() => parseQemuArgument("d=/run/q.qmp", "/srv")).toThrow(ArgumentSyntaxError);
+    expect(() => parseQemuArgument("d=/run/q.qmp:", "/srv")).toThrow(ArgumentSyntaxError);
+  });
+
+  it("keeps devices in command-line order across the four options", () => {
+    const a = parseImageArgument("a=/i/a.qcow2:qcow2", "/");
+    const b = parseDeviceArgument("b=/i/b.raw", "/");
+    const c = parseQemuArgument("c=/q.qmp:drive-c", "/");
+    const d = parseNbdArgument("d=nbd://h/e");
+    expect(devicesInOrder([b], [a], [d], [c]).map((device) => device.name)).toEqual(["a", "b", "c", "d"]);
   });
 
   it("names a config by its base name unless a name is given", () => {
@@ -228,6 +286,27 @@ describe("status formatting", () => {
     expect(summary).not.toContain("eta");
     expect(summary).toContain("started   2025-01-02T03:04:05.000Z");
     expect(summary).toMatch(/\n {4}2 {2}drive-scsi1 +100\.0% {2}1\.0 GiB of 1\.0 GiB {2}zero 50\.0%$/);
+  });
+
+  it("shows where each device is read from, and a qemu source's scratch bytes", () => {
+    const [first, second] = done.devices as [DeviceStatus, DeviceStatus];
+    const sourced = create(BackupStatusSchema, {
+      ...done,
+      devices: [
+        create(DeviceStatusSchema, { ...first, sourceKind: SourceKind.PATH, source: "/images/a.raw" }),
+        create(DeviceStatusSchema, {
+          ...second,
+          sourceKind: SourceKind.QEMU,
+          source: "/run/qemu-server/101.qmp:drive-scsi1",
+          scratchBytes: BigInt(3 * MiB),
+        }),
+      ],
+    });
+    const summary = formatStatusSummary(sourced, new Date());
+    expect(summary).toMatch(/ {4}1 {2}drive-scsi0 .* {2}from path \/images\/a\.raw\n/);
+    expect(summary).toMatch(
+      / {4}2 {2}drive-scsi1 .* {2}from qemu \/run\/qemu-server\/101\.qmp:drive-scsi1 {2}scratch 3\.0 MiB$/,
+    );
   });
 
   it("summarises an active job with the server's rate, its ETA and the request id", () => {
@@ -539,7 +618,7 @@ describe("vmabackup backup | status | watch | cancel against a real server", () 
     expect(speed.code).toBe(2);
     expect(speed.stderr).toContain(`argument '12Q' is invalid. unknown unit "Q"`);
     expect(missing.code).toBe(2);
-    expect(missing.stderr).toContain("required option '--device <name=path>' not specified");
+    expect(missing.stderr).toContain("give at least one device: --device, --image, --nbd or --qemu");
     expect(badServer.code).toBe(2);
     expect(badServer.stderr).toContain("expected HOST:PORT");
     expect(await readdir(server.backupDir)).not.toContain("x.vma");

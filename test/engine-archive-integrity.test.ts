@@ -43,7 +43,7 @@ describe("a background flush that fails", () => {
       blockPattern(4 * MiB, () => false),
     );
     const status = await fixture.engine.start(
-      backupSpec({ backupFile: "flushed.vma", devices: [{ name: "d", path: source }] }),
+      backupSpec({ backupFile: "flushed.vma", devices: [{ name: "d", source: { kind: "path", path: source } }] }),
     );
     const end = await waitForEnd(fixture.engine, status.uuid);
     expect(flush.calls()).toBeGreaterThanOrEqual(1);
@@ -64,7 +64,11 @@ describe("a backup dir renamed mid-job", () => {
       blockPattern(2 * MiB, (block) => block % 2 === 0),
     );
     const status = await engine.start(
-      backupSpec({ backupFile: "renamed.vma", devices: [{ name: "d", path: source }], speedLimit: MiB }),
+      backupSpec({
+        backupFile: "renamed.vma",
+        devices: [{ name: "d", source: { kind: "path", path: source } }],
+        speedLimit: MiB,
+      }),
     );
     await waitForTransfer(engine, status.uuid);
     const moved = path.join(sandbox.root, "out-moved");
@@ -90,7 +94,11 @@ describe("a backup dir renamed mid-job", () => {
       blockPattern(2 * MiB, (block) => block % 2 === 0),
     );
     const status = await engine.start(
-      backupSpec({ backupFile: "vm100/a.vma", devices: [{ name: "d", path: source }], speedLimit: MiB }),
+      backupSpec({
+        backupFile: "vm100/a.vma",
+        devices: [{ name: "d", source: { kind: "path", path: source } }],
+        speedLimit: MiB,
+      }),
     );
     await waitForTransfer(engine, status.uuid);
     await fs.rename(path.join(sandbox.out, "vm100"), path.join(sandbox.out, "vm100-old"));

@@ -25,6 +25,11 @@ import {
 
 const fixture = useEngineSandbox();
 
+/** The source fields of a device status read from `path`. */
+function fromPath(path: string): { sourceKind: "path"; source: string; scratchBytes: number } {
+  return { sourceKind: "path", source: path, scratchBytes: 0 };
+}
+
 describe("a two-device backup", () => {
   it("stores both devices exactly, counts zero blocks exactly and commits only at the end", async () => {
     const { sandbox, engine } = fixture;
@@ -48,8 +53,8 @@ describe("a two-device backup", () => {
       backupSpec({
         backupFile: "vm-100.vma",
         devices: [
-          { name: "drive-scsi0", path: pathA },
-          { name: "drive-virtio1", path: pathB },
+          { name: "drive-scsi0", source: { kind: "path", path: pathA } },
+          { name: "drive-virtio1", source: { kind: "path", path: pathB } },
         ],
         configs: [{ name: "qemu-server.conf", data: config }],
         speedLimit: 16 * MiB,
@@ -80,8 +85,8 @@ describe("a two-device backup", () => {
     expect(zeroA % 4096).not.toBe(0); // the last partial block is zero and counted in part
     expect(end).toMatchObject({ transferredBytes: sizeA + sizeB, zeroBytes: zeroA + zeroB });
     expect(end.devices).toEqual([
-      { name: "drive-scsi0", devId: 1, size: sizeA, transferredBytes: sizeA, zeroBytes: zeroA },
-      { name: "drive-virtio1", devId: 2, size: sizeB, transferredBytes: sizeB, zeroBytes: zeroB },
+      { name: "drive-scsi0", devId: 1, size: sizeA, transferredBytes: sizeA, zeroBytes: zeroA, ...fromPath(pathA) },
+      { name: "drive-virtio1", devId: 2, size: sizeB, transferredBytes: sizeB, zeroBytes: zeroB, ...fromPath(pathB) },
     ]);
 
     const archive = await parseVma(end.backupFile);
@@ -104,7 +109,9 @@ describe("a two-device backup", () => {
     const { sandbox, engine } = fixture;
     const size = 3 * CLUSTER + 4096 + 100;
     const source = await writeSource(sandbox, "zero.raw", Buffer.alloc(size));
-    const status = await engine.start(backupSpec({ devices: [{ name: "zero", path: source }] }));
+    const status = await engine.start(
+      backupSpec({ devices: [{ name: "zero", source: { kind: "path", path: source } }] }),
+    );
     const end = await waitForEnd(engine, status.uuid);
     expect(end).toMatchObject({ state: "done", transferredBytes: size, zeroBytes: size });
     const archive = await parseVma(end.backupFile);
@@ -126,7 +133,13 @@ describe("a two-device backup", () => {
       blockPattern(2 * MiB, (block) => block % 3 === 0),
     );
     const startBackup = (backupFile: string, source: string): Promise<JobStatus> =>
-      engine.start(backupSpec({ backupFile, devices: [{ name: "d", path: source }], speedLimit: 8 * MiB }));
+      engine.start(
+        backupSpec({
+          backupFile,
+          devices: [{ name: "d", source: { kind: "path", path: source } }],
+          speedLimit: 8 * MiB,
+        }),
+      );
     const jobs = [await startBackup("1.vma", first), await startBackup("2.vma", second)];
     // About a quarter of a second each: both run at once.
     expect(engine.query(jobs[0]?.uuid)?.state).toBe("active");
@@ -147,7 +160,9 @@ describe("a two-device backup", () => {
       "d.raw",
       blockPattern(256 * KiB, (block) => block < 10),
     );
-    const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit: 0 }));
+    const status = await engine.start(
+      backupSpec({ devices: [{ name: "d", source: { kind: "path", path: source } }], speedLimit: 0 }),
+    );
     await waitForEnd(engine, status.uuid);
     const started = logs.lines.find((line) => line.msg === "backup started");
     const finished = logs.lines.find((line) => line.msg === "backup finished");
@@ -199,8 +214,8 @@ describe("a target that fails", () => {
     const spec = backupSpec({
       backupFile: "full.vma",
       devices: [
-        { name: "drive-scsi0", path: a },
-        { name: "drive-scsi1", path: b },
+        { name: "drive-scsi0", source: { kind: "path", path: a } },
+        { name: "drive-scsi1", source: { kind: "path", path: b } },
       ],
     });
     try {
@@ -227,7 +242,7 @@ describe("a target that fails", () => {
     const source = await writeSource(sandbox, "d.raw", Buffer.alloc(64 * KiB, 1));
     // The partial name is a directory: the exclusive create fails.
     await fs.mkdir(path.join(sandbox.out, "x.vma.partial"));
-    const spec = backupSpec({ backupFile: "x.vma", devices: [{ name: "d", path: source }] });
+    const spec = backupSpec({ backupFile: "x.vma", devices: [{ name: "d", source: { kind: "path", path: source } }] });
     await expect(engine.start(spec)).rejects.toMatchObject({ kind: "already-exists", reason: "BACKUP_FILE_EXISTS" });
     await fs.rmdir(path.join(sandbox.out, "x.vma.partial"));
     const status = await engine.start(spec);

@@ -87,8 +87,8 @@ describe("read buffer reuse", () => {
         backupSpec({
           backupFile: "reuse.vma",
           devices: [
-            { name: "drive-scsi0", path: pathA },
-            { name: "drive-scsi1", path: pathB },
+            { name: "drive-scsi0", source: { kind: "path", path: pathA } },
+            { name: "drive-scsi1", source: { kind: "path", path: pathB } },
           ],
         }),
       );

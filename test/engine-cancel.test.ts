@@ -30,7 +30,11 @@ beforeEach(async () => {
 
 function throttled(backupFile: string, devicePath: string, speedLimit = 1): Promise<JobStatus> {
   return fixture.engine.start(
-    backupSpec({ backupFile, devices: [{ name: "drive-scsi0", path: devicePath }], speedLimit }),
+    backupSpec({
+      backupFile,
+      devices: [{ name: "drive-scsi0", source: { kind: "path", path: devicePath } }],
+      speedLimit,
+    }),
   );
 }
 

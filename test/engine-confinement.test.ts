@@ -7,7 +7,7 @@ import * as net from "node:net";
 import * as path from "node:path";
 import { beforeEach, describe, expect, it } from "vitest";
 import { PathPolicy } from "../src/engine/path-policy.js";
-import { openSource } from "../src/engine/source-device.js";
+import { openFileSource } from "../src/sources/file/file-source.js";
 import {
   backupSpec,
   expectEngineError,
@@ -30,7 +30,10 @@ beforeEach(async () => {
 });
 
 function backupOf(devicePath: string, backupFile = "a.vma"): () => Promise<unknown> {
-  return () => fixture.engine.start(backupSpec({ backupFile, devices: [{ name: "drive-scsi0", path: devicePath }] }));
+  return () =>
+    fixture.engine.start(
+      backupSpec({ backupFile, devices: [{ name: "drive-scsi0", source: { kind: "path", path: devicePath } }] }),
+    );
 }
 
 describe("source confinement", () => {
@@ -78,7 +81,9 @@ describe("source confinement", () => {
     const data = Buffer.alloc(100 * KiB, 3);
     await writeSource(sandbox, "real.raw", data);
     await fs.symlink("real.raw", path.join(sandbox.src, "alias.raw"));
-    const status = (await engine.start(backupSpec({ devices: [{ name: "drive-scsi0", path: "alias.raw" }] }))) as {
+    const status = (await engine.start(
+      backupSpec({ devices: [{ name: "drive-scsi0", source: { kind: "path", path: "alias.raw" } }] }),
+    )) as {
       uuid: string;
     };
     const end = await waitForEnd(engine, status.uuid);
@@ -96,7 +101,10 @@ describe("source confinement", () => {
     try {
       for (const [index, devicePath] of [path.join(linkedRoot, "d.raw"), path.join(sandbox.src, "d.raw")].entries()) {
         const status = await linked.start(
-          backupSpec({ backupFile: `r${index}.vma`, devices: [{ name: "d", path: devicePath }] }),
+          backupSpec({
+            backupFile: `r${index}.vma`,
+            devices: [{ name: "d", source: { kind: "path", path: devicePath } }],
+          }),
         );
         expect((await waitForEnd(linked, status.uuid)).state).toBe("done");
       }
@@ -140,7 +148,7 @@ describe("source types", () => {
     const withDev = makeEngine(sandbox, { sourceRoots: [sandbox.src, "/dev"], stateDir: ownStateDir(sandbox) }).engine;
     try {
       const error = await expectEngineError(
-        () => withDev.start(backupSpec({ devices: [{ name: "zero", path: "/dev/zero" }] })),
+        () => withDev.start(backupSpec({ devices: [{ name: "zero", source: { kind: "path", path: "/dev/zero" } }] })),
         "failed-precondition",
         "SOURCE_TYPE_UNSUPPORTED",
         "devices[0].path",
@@ -172,17 +180,17 @@ describe("source types", () => {
     const { sandbox } = fixture;
     const secret = await writeSource(sandbox, "secret.raw", Buffer.alloc(4 * KiB, 1));
     await fs.chmod(secret, 0o000);
-    let outcome: { kind?: string; reason?: string; field?: string };
+    let outcome: { code?: string; reason?: string; field?: string };
     if (process.getuid?.() === 0) {
       // root reads anything: check the open as an unprivileged user in a child process.
       await fs.chmod(sandbox.root, 0o755);
       await fs.chmod(sandbox.src, 0o755);
       const script = `
         import { PathPolicy } from ${JSON.stringify(path.resolve("src/engine/path-policy.ts"))};
-        import { openSource } from ${JSON.stringify(path.resolve("src/engine/source-device.ts"))};
+        import { openFileSource } from ${JSON.stringify(path.resolve("src/sources/file/file-source.ts"))};
         const policy = new PathPolicy(${JSON.stringify(sandbox.out)}, [${JSON.stringify(sandbox.src)}]);
-        try { await openSource(policy, { name: "a", path: ${JSON.stringify(secret)} }, 0); console.log("{}"); }
-        catch (e) { console.log(JSON.stringify({ kind: e.kind, reason: e.reason, field: e.field })); }`;
+        try { await openFileSource(policy, ${JSON.stringify(secret)}, "devices[0].path"); console.log("{}"); }
+        catch (e) { console.log(JSON.stringify({ code: e.code, reason: e.reason, field: e.field })); }`;
       const child = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
         uid: 65534,
         gid: 65534,
@@ -192,16 +200,16 @@ describe("source types", () => {
       outcome = JSON.parse(child.stdout) as typeof outcome;
     } else {
       const policy = new PathPolicy(sandbox.out, [sandbox.src]);
-      outcome = await openSource(policy, { name: "a", path: secret }, 0).then(
+      outcome = await openFileSource(policy, secret, "devices[0].path").then(
         () => ({}),
-        (error: { kind: string; reason: string; field: string }) => ({
-          kind: error.kind,
+        (error: { code: string; reason: string; field: string }) => ({
+          code: error.code,
           reason: error.reason,
           field: error.field,
         }),
       );
     }
-    expect(outcome).toEqual({ kind: "failed-precondition", reason: "SOURCE_UNREADABLE", field: "devices[0].path" });
+    expect(outcome).toEqual({ code: "failed-precondition", reason: "SOURCE_UNREADABLE", field: "devices[0].path" });
   });
 
   it("reads a block device, sized from sysfs", async (context) => {
@@ -217,7 +225,9 @@ describe("source types", () => {
     }
     const withDev = makeEngine(sandbox, { sourceRoots: [sandbox.src, "/dev"], stateDir: ownStateDir(sandbox) }).engine;
     try {
-      const status = await withDev.start(backupSpec({ devices: [{ name: "loop", path: loop }] }));
+      const status = await withDev.start(
+        backupSpec({ devices: [{ name: "loop", source: { kind: "path", path: loop } }] }),
+      );
       expect(status.totalBytes).toBe(MiB + 512 * KiB);
       const end = await waitForEnd(withDev, status.uuid);
       expect(end.state).toBe("done");
@@ -263,7 +273,9 @@ describe("archive confinement", () => {
     await fs.symlink(sandbox.out, linkedOut);
     const linked = makeEngine(sandbox, { backupDir: linkedOut, stateDir: ownStateDir(sandbox) }).engine;
     try {
-      const status = await linked.start(backupSpec({ backupFile: "a.vma", devices: [{ name: "d", path: disk() }] }));
+      const status = await linked.start(
+        backupSpec({ backupFile: "a.vma", devices: [{ name: "d", source: { kind: "path", path: disk() } }] }),
+      );
       expect(status.backupFile).toBe(path.join(await fs.realpath(sandbox.out), "a.vma"));
       expect((await waitForEnd(linked, status.uuid)).state).toBe("done");
       expect(await fs.readdir(sandbox.out)).toEqual(["a.vma"]);

@@ -278,7 +278,11 @@ export async function startJob(
     blockPattern(size, (block) => block % 2 === 0),
   );
   return fixture.engine.start(
-    backupSpec({ backupFile: `${name}.vma`, devices: [{ name: "d", path: source }], speedLimit }),
+    backupSpec({
+      backupFile: `${name}.vma`,
+      devices: [{ name: "d", source: { kind: "path", path: source } }],
+      speedLimit,
+    }),
   );
 }
 

@@ -36,7 +36,7 @@ async function runBackup(backupFile: string, requestId?: string): Promise<JobSta
   const status = await engine.start(
     backupSpec({
       backupFile,
-      devices: [{ name: "d", path: source }],
+      devices: [{ name: "d", source: { kind: "path", path: source } }],
       ...(requestId === undefined ? {} : { requestId }),
     }),
   );
@@ -61,7 +61,7 @@ describe("list", () => {
       // New jobs (started, some still running) must not shift the pages to come.
       const own = await writeSource(sandbox, `new-${pages}.raw`, Buffer.alloc(4 * KiB, 2));
       const started = await engine.start(
-        backupSpec({ backupFile: `new-${pages}.vma`, devices: [{ name: "d", path: own }] }),
+        backupSpec({ backupFile: `new-${pages}.vma`, devices: [{ name: "d", source: { kind: "path", path: own } }] }),
       );
       added.push(started.uuid);
       if (pages % 2 === 0) await waitForEnd(engine, started.uuid);
@@ -107,10 +107,18 @@ describe("list", () => {
       blockPattern(8 * MiB, (block) => block % 2 === 0),
     );
     const running = await engine.start(
-      backupSpec({ backupFile: "running.vma", devices: [{ name: "d", path: big }], speedLimit: 4 * MiB }),
+      backupSpec({
+        backupFile: "running.vma",
+        devices: [{ name: "d", source: { kind: "path", path: big } }],
+        speedLimit: 4 * MiB,
+      }),
     );
     const cancelledStart = await engine.start(
-      backupSpec({ backupFile: "cancelled.vma", devices: [{ name: "d", path: source }], speedLimit: 1 }),
+      backupSpec({
+        backupFile: "cancelled.vma",
+        devices: [{ name: "d", source: { kind: "path", path: source } }],
+        speedLimit: 1,
+      }),
     );
     const [cancelled] = await engine.cancel(cancelledStart.uuid);
 
@@ -170,7 +178,7 @@ describe("request ids", () => {
     );
     const spec = backupSpec({
       backupFile: "vm.vma",
-      devices: [{ name: "d", path: big }],
+      devices: [{ name: "d", source: { kind: "path", path: big } }],
       speedLimit: 1,
       requestId: "retry-1",
     });
@@ -198,7 +206,7 @@ describe("request ids", () => {
     const { sandbox, engine } = fixture;
     const spec = backupSpec({
       backupFile: "race.vma",
-      devices: [{ name: "d", path: source }],
+      devices: [{ name: "d", source: { kind: "path", path: source } }],
       speedLimit: 1,
       requestId: "race",
     });
@@ -213,7 +221,7 @@ describe("request ids", () => {
     const other = await writeSource(sandbox, "other.raw", Buffer.alloc(4 * KiB, 2));
     const spec = backupSpec({
       backupFile: "vm.vma",
-      devices: [{ name: "d", path: source }],
+      devices: [{ name: "d", source: { kind: "path", path: source } }],
       configs: [{ name: "qemu-server.conf", data: Buffer.from("memory: 512\n") }],
       speedLimit: 1,
       requestId: "every-field",
@@ -228,12 +236,12 @@ describe("request ids", () => {
     expect((await engine.start(rebuilt)).uuid).toBe(first.uuid);
     const changes: Array<Partial<typeof spec>> = [
       { backupFile: "other.vma" },
-      { devices: [{ name: "e", path: source }] },
-      { devices: [{ name: "d", path: other }] },
+      { devices: [{ name: "e", source: { kind: "path", path: source } }] },
+      { devices: [{ name: "d", source: { kind: "path", path: other } }] },
       {
         devices: [
-          { name: "d", path: source },
-          { name: "e", path: other },
+          { name: "d", source: { kind: "path", path: source } },
+          { name: "e", source: { kind: "path", path: other } },
         ],
       },
       { configs: [] },
@@ -259,7 +267,11 @@ describe("request ids", () => {
     expect(
       (
         await engine.start(
-          backupSpec({ backupFile: "day-1.vma", devices: [{ name: "d", path: source }], requestId: "nightly" }),
+          backupSpec({
+            backupFile: "day-1.vma",
+            devices: [{ name: "d", source: { kind: "path", path: source } }],
+            requestId: "nightly",
+          }),
         )
       ).uuid,
     ).toBe(first.uuid);
@@ -272,14 +284,22 @@ describe("request ids", () => {
     expect(
       (
         await engine.start(
-          backupSpec({ backupFile: "day-2.vma", devices: [{ name: "d", path: source }], requestId: "nightly" }),
+          backupSpec({
+            backupFile: "day-2.vma",
+            devices: [{ name: "d", source: { kind: "path", path: source } }],
+            requestId: "nightly",
+          }),
         )
       ).uuid,
     ).toBe(second.uuid);
     await expectEngineError(
       () =>
         engine.start(
-          backupSpec({ backupFile: "day-1.vma", devices: [{ name: "d", path: source }], requestId: "nightly" }),
+          backupSpec({
+            backupFile: "day-1.vma",
+            devices: [{ name: "d", source: { kind: "path", path: source } }],
+            requestId: "nightly",
+          }),
         ),
       "already-exists",
       "REQUEST_ID_REUSED",
@@ -292,13 +312,21 @@ describe("request ids", () => {
     const first = await runBackup("kept.vma", "durable");
     const engine = await fixture.restartEngine();
     const again = await engine.start(
-      backupSpec({ backupFile: "kept.vma", devices: [{ name: "d", path: source }], requestId: "durable" }),
+      backupSpec({
+        backupFile: "kept.vma",
+        devices: [{ name: "d", source: { kind: "path", path: source } }],
+        requestId: "durable",
+      }),
     );
     expect(again).toEqual(first);
     await expectEngineError(
       () =>
         engine.start(
-          backupSpec({ backupFile: "moved.vma", devices: [{ name: "d", path: source }], requestId: "durable" }),
+          backupSpec({
+            backupFile: "moved.vma",
+            devices: [{ name: "d", source: { kind: "path", path: source } }],
+            requestId: "durable",
+          }),
         ),
       "already-exists",
       "REQUEST_ID_REUSED",
@@ -309,7 +337,13 @@ describe("request ids", () => {
     const { engine } = fixture;
     await expectEngineError(
       () =>
-        engine.start(backupSpec({ backupFile: "bad.txt", devices: [{ name: "d", path: source }], requestId: "once" })),
+        engine.start(
+          backupSpec({
+            backupFile: "bad.txt",
+            devices: [{ name: "d", source: { kind: "path", path: source } }],
+            requestId: "once",
+          }),
+        ),
       "invalid-argument",
       "BACKUP_FILE_BAD_SUFFIX",
     );
@@ -317,14 +351,20 @@ describe("request ids", () => {
     expect(started.state).toBe("done");
 
     await expectEngineError(
-      () => engine.start(backupSpec({ devices: [{ name: "d", path: source }], requestId: "r".repeat(129) })),
+      () =>
+        engine.start(
+          backupSpec({ devices: [{ name: "d", source: { kind: "path", path: source } }], requestId: "r".repeat(129) }),
+        ),
       "invalid-argument",
       "REQUEST_ID_INVALID",
       "request_id",
     );
     // 43 characters, 129 bytes.
     await expectEngineError(
-      () => engine.start(backupSpec({ devices: [{ name: "d", path: source }], requestId: "€".repeat(43) })),
+      () =>
+        engine.start(
+          backupSpec({ devices: [{ name: "d", source: { kind: "path", path: source } }], requestId: "€".repeat(43) }),
+        ),
       "invalid-argument",
       "REQUEST_ID_INVALID",
       "request_id",

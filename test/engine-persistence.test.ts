@@ -43,7 +43,9 @@ async function open(): Promise<BackupEngine> {
 }
 
 async function runBackup(engine: BackupEngine, backupFile: string, source: string, speedLimit = 0): Promise<JobStatus> {
-  const status = await engine.start(backupSpec({ backupFile, devices: [{ name: "d", path: source }], speedLimit }));
+  const status = await engine.start(
+    backupSpec({ backupFile, devices: [{ name: "d", source: { kind: "path", path: source } }], speedLimit }),
+  );
   return waitForEnd(engine, status.uuid);
 }
 
@@ -72,7 +74,18 @@ function activeRecord(
     zeroBytes: 0,
     startTime: new Date(Date.now() - 60_000),
     speedLimit: 1000,
-    devices: [{ name: "drive-scsi0", devId: 1, size: 4 * MiB, transferredBytes: MiB, zeroBytes: 0 }],
+    devices: [
+      {
+        name: "drive-scsi0",
+        devId: 1,
+        size: 4 * MiB,
+        transferredBytes: MiB,
+        zeroBytes: 0,
+        sourceKind: "path",
+        source: "/src/d.raw",
+        scratchBytes: 0,
+      },
+    ],
     rate: 0,
     revision,
     updateTime: new Date(Date.now() - 1000),
@@ -90,7 +103,11 @@ describe("history across engine instances", () => {
     const first = await open();
     const done = await runBackup(first, "one.vma", source);
     const slow = await first.start(
-      backupSpec({ backupFile: "two.vma", devices: [{ name: "d", path: source }], speedLimit: 1 }),
+      backupSpec({
+        backupFile: "two.vma",
+        devices: [{ name: "d", source: { kind: "path", path: source } }],
+        speedLimit: 1,
+      }),
     );
     const [cancelled] = await first.cancel(slow.uuid);
     await first.shutdown();
@@ -150,7 +167,9 @@ describe("writing to the store", () => {
     );
     const reader = JobStore.open(path.join(fixture.sandbox.state, JOB_STORE_FILE));
     try {
-      const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit: 2 * MiB }));
+      const status = await engine.start(
+        backupSpec({ devices: [{ name: "d", source: { kind: "path", path: source } }], speedLimit: 2 * MiB }),
+      );
       expect(reader.get(status.uuid)).toMatchObject({ state: "active", revision: status.revision });
 
       const storedProgress = new Map<number, number>(); // revision -> transferred bytes
@@ -283,7 +302,9 @@ describe("revisions", () => {
     await first.shutdown();
 
     const second = await open();
-    const started = await second.start(backupSpec({ backupFile: "b.vma", devices: [{ name: "d", path: source }] }));
+    const started = await second.start(
+      backupSpec({ backupFile: "b.vma", devices: [{ name: "d", source: { kind: "path", path: source } }] }),
+    );
     expect(started.revision).toBeGreaterThan(done.revision);
     await waitForEnd(second, started.uuid);
   });
@@ -303,7 +324,9 @@ describe("delete", () => {
   });
 
   it("refuses an active job, an unknown one and a malformed uuid", async () => {
-    const active = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit: 1 }));
+    const active = await engine.start(
+      backupSpec({ devices: [{ name: "d", source: { kind: "path", path: source } }], speedLimit: 1 }),
+    );
     await expectEngineError(
       () => engine.delete(active.uuid, { deleteArchive: true }),
       "failed-precondition",
@@ -354,7 +377,11 @@ describe("delete", () => {
   it("never removes a file the job did not write", async () => {
     // A failed job's archive name now holds another job's archive.
     const cancelledStart = await engine.start(
-      backupSpec({ backupFile: "same.vma", devices: [{ name: "d", path: source }], speedLimit: 1 }),
+      backupSpec({
+        backupFile: "same.vma",
+        devices: [{ name: "d", source: { kind: "path", path: source } }],
+        speedLimit: 1,
+      }),
     );
     const [cancelled] = await engine.cancel(cancelledStart.uuid);
     const later = await runBackup(engine, "same.vma", source);
@@ -402,7 +429,9 @@ describe("delete", () => {
   });
 
   it("stores a speed change, refuses one for a finished job and survives a restart with it", async () => {
-    const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit: 1 }));
+    const status = await engine.start(
+      backupSpec({ devices: [{ name: "d", source: { kind: "path", path: source } }], speedLimit: 1 }),
+    );
     await waitForTransfer(engine, status.uuid);
     const changed = engine.setSpeedLimit(status.uuid, 2);
     expect(changed).toMatchObject({ speedLimit: 2 });

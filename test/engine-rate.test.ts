@@ -116,7 +116,9 @@ describe("rate and ETA of a running job", () => {
       "d.raw",
       blockPattern(total, (block) => block % 2 === 0),
     );
-    const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit: 4 * MiB }));
+    const status = await engine.start(
+      backupSpec({ devices: [{ name: "d", source: { kind: "path", path: source } }], speedLimit: 4 * MiB }),
+    );
     expect(status.rate).toBe(0);
     expect(status.etaMs).toBeUndefined();
 
@@ -160,7 +162,7 @@ describe("rate and ETA of a running job", () => {
       "d.raw",
       blockPattern(16 * MiB, (block) => block % 4 === 0),
     );
-    const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }] }));
+    const status = await engine.start(backupSpec({ devices: [{ name: "d", source: { kind: "path", path: source } }] }));
     const seen: JobStatus[] = [];
     for await (const update of engine.watch(status.uuid)) seen.push(update);
     const end = seen.at(-1) as JobStatus;

@@ -58,7 +58,7 @@ async function startSlowJob(engine: BackupEngine, backupFile: string, name: stri
     blockPattern(2 * MiB, (block) => block % 3 === 0),
   );
   const status = await engine.start(
-    backupSpec({ backupFile, devices: [{ name: "d", path: source }], speedLimit: 512 * KiB }),
+    backupSpec({ backupFile, devices: [{ name: "d", source: { kind: "path", path: source } }], speedLimit: 512 * KiB }),
   );
   await waitForTransfer(engine, status.uuid, 256 * KiB);
   return status;
@@ -160,7 +160,11 @@ describe("a failed job's leftover partial file", () => {
       const { engine } = await open();
       const source = await writeSource(fixture.sandbox, "big.raw", randomBytes(16 * MiB));
       const status = await engine.start(
-        backupSpec({ backupFile: "ro.vma", devices: [{ name: "d", path: source }], speedLimit: 8 * MiB }),
+        backupSpec({
+          backupFile: "ro.vma",
+          devices: [{ name: "d", source: { kind: "path", path: source } }],
+          speedLimit: 8 * MiB,
+        }),
       );
       await waitForTransfer(engine, status.uuid, 256 * KiB);
       await backupFs.failReadOnly();
@@ -175,7 +179,9 @@ describe("a failed job's leftover partial file", () => {
         "small.raw",
         blockPattern(256 * KiB, () => false),
       );
-      const next = await engine.start(backupSpec({ backupFile: "next.vma", devices: [{ name: "d", path: small }] }));
+      const next = await engine.start(
+        backupSpec({ backupFile: "next.vma", devices: [{ name: "d", source: { kind: "path", path: small } }] }),
+      );
       expect((await waitForEnd(engine, next.uuid)).state).toBe("done");
       expect(await fs.readFile(partialPath, "utf8")).toBe("another server's partial file");
       await engine.shutdown();

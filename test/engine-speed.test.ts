@@ -134,7 +134,9 @@ describe("a throttled job", () => {
       blockPattern(32 * MiB, (block) => block % 4 === 0),
     );
     const started = performance.now();
-    const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit }));
+    const status = await engine.start(
+      backupSpec({ devices: [{ name: "d", source: { kind: "path", path: source } }], speedLimit }),
+    );
     const sampler = sample(status.uuid);
     const end = await waitForEnd(engine, status.uuid);
     const elapsed = performance.now() - started;
@@ -159,7 +161,9 @@ describe("a throttled job", () => {
       "d.raw",
       blockPattern(64 * MiB, (block) => block % 2 === 0),
     );
-    const status = await engine.start(backupSpec({ devices: [{ name: "d", path: source }], speedLimit: 2 * MiB }));
+    const status = await engine.start(
+      backupSpec({ devices: [{ name: "d", source: { kind: "path", path: source } }], speedLimit: 2 * MiB }),
+    );
     const sampler = sample(status.uuid);
     await sleep(1000);
     const changedAt = performance.now();

@@ -22,11 +22,17 @@ afterEach(async () => {
 });
 
 function devices(count: number): DeviceSpec[] {
-  return Array.from({ length: count }, (_, index) => ({ name: `drive-scsi${index}`, path: disk }));
+  return Array.from({ length: count }, (_, index) => ({
+    name: `drive-scsi${index}`,
+    source: { kind: "path", path: disk },
+  }));
 }
 
 function start(partial: Parameters<typeof backupSpec>[0]): () => Promise<unknown> {
-  return () => fixture.engine.start(backupSpec({ devices: [{ name: "drive-scsi0", path: disk }], ...partial }));
+  return () =>
+    fixture.engine.start(
+      backupSpec({ devices: [{ name: "drive-scsi0", source: { kind: "path", path: disk } }], ...partial }),
+    );
 }
 
 describe("request shape", () => {
@@ -54,8 +60,8 @@ describe("request shape", () => {
     await expectEngineError(
       start({
         devices: [
-          { name: "ok", path: disk },
-          { name, path: disk },
+          { name: "ok", source: { kind: "path", path: disk } },
+          { name, source: { kind: "path", path: disk } },
         ],
       }),
       "invalid-argument",
@@ -66,7 +72,7 @@ describe("request shape", () => {
 
   it("refuses the reserved name vmstate", async () => {
     await expectEngineError(
-      start({ devices: [{ name: "vmstate", path: disk }] }),
+      start({ devices: [{ name: "vmstate", source: { kind: "path", path: disk } }] }),
       "invalid-argument",
       "DEVICE_NAME_RESERVED",
       "devices[0].name",
@@ -75,14 +81,14 @@ describe("request shape", () => {
 
   it("counts the name limit in UTF-8 bytes, not characters", async () => {
     await expectEngineError(
-      start({ devices: [{ name: "d".repeat(128), path: disk }] }),
+      start({ devices: [{ name: "d".repeat(128), source: { kind: "path", path: disk } }] }),
       "invalid-argument",
       "DEVICE_NAME_TOO_LONG",
       "devices[0].name",
     );
     // 43 characters, 129 bytes.
     await expectEngineError(
-      start({ devices: [{ name: "€".repeat(43), path: disk }] }),
+      start({ devices: [{ name: "€".repeat(43), source: { kind: "path", path: disk } }] }),
       "invalid-argument",
       "DEVICE_NAME_TOO_LONG",
       "devices[0].name",
@@ -91,7 +97,7 @@ describe("request shape", () => {
 
   it("accepts a name of exactly 127 bytes", async () => {
     const { engine } = fixture;
-    const status = await start({ devices: [{ name: `${"€".repeat(42)}d`, path: disk }] })();
+    const status = await start({ devices: [{ name: `${"€".repeat(42)}d`, source: { kind: "path", path: disk } }] })();
     const end = await waitForEnd(engine, (status as { uuid: string }).uuid);
     expect(end.state).toBe("done");
     await fs.rm(end.backupFile);
@@ -101,8 +107,8 @@ describe("request shape", () => {
     await expectEngineError(
       start({
         devices: [
-          { name: "a", path: disk },
-          { name: "a", path: disk },
+          { name: "a", source: { kind: "path", path: disk } },
+          { name: "a", source: { kind: "path", path: disk } },
         ],
       }),
       "invalid-argument",
@@ -116,7 +122,7 @@ describe("request shape", () => {
     ["NUL", "disk\0.raw"],
   ])("refuses a device path that is %s", async (_what, devicePath) => {
     await expectEngineError(
-      start({ devices: [{ name: "a", path: devicePath }] }),
+      start({ devices: [{ name: "a", source: { kind: "path", path: devicePath } }] }),
       "invalid-argument",
       "DEVICE_PATH_INVALID",
       "devices[0].path",
@@ -214,7 +220,7 @@ describe("sources", () => {
   it("reports a missing source as not found", async () => {
     const { sandbox } = fixture;
     await expectEngineError(
-      start({ devices: [{ name: "a", path: path.join(sandbox.src, "missing.raw") }] }),
+      start({ devices: [{ name: "a", source: { kind: "path", path: path.join(sandbox.src, "missing.raw") } }] }),
       "not-found",
       "SOURCE_NOT_FOUND",
       "devices[0].path",
@@ -224,7 +230,7 @@ describe("sources", () => {
   it("refuses a source path longer than the filesystem allows", async () => {
     const { sandbox } = fixture;
     await expectEngineError(
-      start({ devices: [{ name: "a", path: path.join(sandbox.src, "x".repeat(300)) }] }),
+      start({ devices: [{ name: "a", source: { kind: "path", path: path.join(sandbox.src, "x".repeat(300)) } }] }),
       "invalid-argument",
       "SOURCE_PATH_TOO_LONG",
       "devices[0].path",
@@ -237,8 +243,8 @@ describe("sources", () => {
     await expectEngineError(
       start({
         devices: [
-          { name: "a", path: disk },
-          { name: "b", path: empty },
+          { name: "a", source: { kind: "path", path: disk } },
+          { name: "b", source: { kind: "path", path: empty } },
         ],
       }),
       "failed-precondition",
@@ -254,8 +260,8 @@ describe("sources", () => {
     await expectEngineError(
       start({
         devices: [
-          { name: "a", path: disk },
-          { name: "b", path: link },
+          { name: "a", source: { kind: "path", path: disk } },
+          { name: "b", source: { kind: "path", path: link } },
         ],
       }),
       "invalid-argument",
@@ -330,7 +336,10 @@ describe("the archive", () => {
     const { sandbox, engine } = fixture;
     await fs.mkdir(path.join(sandbox.out, "vm100"));
     const status = await engine.start(
-      backupSpec({ backupFile: path.join(sandbox.out, "vm100", "a.vma"), devices: [{ name: "a", path: disk }] }),
+      backupSpec({
+        backupFile: path.join(sandbox.out, "vm100", "a.vma"),
+        devices: [{ name: "a", source: { kind: "path", path: disk } }],
+      }),
     );
     expect(status.backupFile).toBe(path.join(await fs.realpath(sandbox.out), "vm100", "a.vma"));
     expect((await waitForEnd(engine, status.uuid)).state).toBe("done");

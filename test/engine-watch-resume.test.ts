@@ -281,7 +281,9 @@ describe("a watcher that never reads", () => {
 
     const timeBackup = async (name: string, watchers: (uuid: string) => StatusSubscription[]) => {
       const started = performance.now();
-      const status = await engine.start(backupSpec({ backupFile: name, devices: [{ name: "d", path: image }] }));
+      const status = await engine.start(
+        backupSpec({ backupFile: name, devices: [{ name: "d", source: { kind: "path", path: image } }] }),
+      );
       const subscriptions = watchers(status.uuid);
       let maxBacklog = 0;
       const timer = setInterval(() => {

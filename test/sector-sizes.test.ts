@@ -37,7 +37,7 @@ describe("a backup of devices whose size is not a multiple of 512", () => {
     const devices = await Promise.all(
       sources.map(async (data, index) => ({
         name: `drive-scsi${index}`,
-        path: await writeSource(sandbox, `d${index}.raw`, data),
+        source: { kind: "path" as const, path: await writeSource(sandbox, `d${index}.raw`, data) },
       })),
     );
     const started = await engine.start(backupSpec({ devices }));
@@ -88,7 +88,9 @@ describe("the status of such a backup over the API", () => {
 
     const status = await cli(["status", uuid, "--server", server.address]);
     expect(status.code).toBe(0);
-    expect(status.stdout).toMatch(/ drive-scsi0 .*padded with 511 zero bytes to 1024 bytes$/m);
+    expect(status.stdout).toMatch(
+      / drive-scsi0 .*padded with 511 zero bytes to 1024 bytes {2}from path \/.*\/odd\.raw$/m,
+    );
     expect(status.stdout).not.toMatch(/drive-scsi1 .*padded/);
   });
 });

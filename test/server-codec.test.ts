@@ -49,7 +49,7 @@ describe("toBackupSpec", () => {
     expect(spec).toEqual({
       backupFile: "vm-100.vma",
       format: "vma",
-      devices: [{ name: "drive-scsi0", path: "/images/a.raw" }],
+      devices: [{ name: "drive-scsi0", source: { kind: "path", path: "/images/a.raw" } }],
       configs: [{ name: "qemu-server.conf", data }],
       speedLimit: 52_428_800,
     });
@@ -103,7 +103,18 @@ describe("toBackupStatus", () => {
     startTime: start,
     endTime: new Date(start.getTime() + 1500),
     speedLimit: 1_000_000,
-    devices: [{ name: "drive-scsi0", devId: 1, size: 2 ** 40 + 5, transferredBytes: 65536, zeroBytes: 4096 }],
+    devices: [
+      {
+        name: "drive-scsi0",
+        devId: 1,
+        size: 2 ** 40 + 5,
+        transferredBytes: 65536,
+        zeroBytes: 4096,
+        sourceKind: "path",
+        source: "/src/d.raw",
+        scratchBytes: 0,
+      },
+    ],
     rate: 0,
     revision: 2 ** 40 + 1,
     updateTime: new Date(start.getTime() + 1500),

@@ -45,9 +45,17 @@ describe("vmabackup serve", () => {
         ...serveArgs({ backupDir, sourceRoot: sourceDir, stateDir }),
         "--progress-interval",
         "100ms",
+        "--nbd-allow",
+        "/run/vmabackup-nbd/../nbd",
+        "--nbd-allow",
+        "127.0.0.1:10809",
+        "--qmp-root",
+        "/run/qemu-server",
       ]);
       const listening = await running.waitForLog((line) => line.msg === "listening");
       expect(listening.address).toMatch(/^127\.0\.0\.1:\d+$/);
+      // The source settings reach the server, socket directories made absolute and normal.
+      expect(listening).toMatchObject({ nbdAllow: ["/run/nbd", "127.0.0.1:10809"], qmpRoots: ["/run/qemu-server"] });
       expect(await readdir(`${rootDir}/var`)).toEqual(["backups", "images", "state"]);
 
       const client = createClient(BackupService, listening.address as string);
@@ -103,6 +111,8 @@ describe("vmabackup serve", () => {
       [["--progress-interval", "-5s"], /--progress-interval/],
       [["--listen", "nowhere"], /--listen/],
       [["--log-level", "loud"], /--log-level/],
+      [["--nbd-allow", "host:99999"], /--nbd-allow: expected a socket directory .* or HOST\[:PORT\]/],
+      [["--nbd-allow", "a host"], /--nbd-allow/],
     ];
     // In parallel: each child spends most of its life compiling TypeScript.
     const children = cases.map(([args]) =>

@@ -181,7 +181,11 @@ describe.skipIf(!mountsAllowed)("a full state dir at the end of a job (engine sh
       blockPattern(2 * MiB, () => false),
     );
     const started = await current.start(
-      backupSpec({ backupFile: "vm.vma", devices: [{ name: "d", path: source }], speedLimit: MiB }),
+      backupSpec({
+        backupFile: "vm.vma",
+        devices: [{ name: "d", source: { kind: "path", path: source } }],
+        speedLimit: MiB,
+      }),
     );
     await waitForTransfer(current, started.uuid);
     const filler = await fillUp(sandbox.state);

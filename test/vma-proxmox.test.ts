@@ -75,7 +75,7 @@ describe.skipIf(!existsSync(VMA))("Proxmox's vma on archives of odd-sized device
     const devices = await Promise.all(
       sources.map(async (data, index) => ({
         name: `drive-scsi${index}`,
-        path: await writeSource(sandbox, `d${index}.raw`, data),
+        source: { kind: "path" as const, path: await writeSource(sandbox, `d${index}.raw`, data) },
       })),
     );
     const end = await waitForEnd(engine, (await engine.start(backupSpec({ devices }))).uuid);
@@ -98,7 +98,10 @@ describe.skipIf(!existsSync(VMA))("Proxmox's vma on archives of odd-sized device
     async () => {
       const { sandbox, engine } = fixture;
       const source = randomBytes(513);
-      const device = { name: "drive-scsi0", path: await writeSource(sandbox, "tiny.raw", source) };
+      const device = {
+        name: "drive-scsi0",
+        source: { kind: "path" as const, path: await writeSource(sandbox, "tiny.raw", source) },
+      };
       const end = await waitForEnd(engine, (await engine.start(backupSpec({ devices: [device] }))).uuid);
       expect(end.state).toBe("done");
 

@@ -79,7 +79,10 @@ describe("round trip through the engine and the reader", () => {
           const started = await engine.start(
             backupSpec({
               backupFile: `run${run}.vma`,
-              devices: sources.map((source, index) => ({ name: source.name, path: paths[index]! })),
+              devices: sources.map((source, index) => ({
+                name: source.name,
+                source: { kind: "path" as const, path: paths[index]! },
+              })),
               configs: configFiles,
             }),
           );

@@ -15,12 +15,24 @@ import { untilInterrupted, watchBackups } from "./client-watch.js";
 import { escapeControls } from "./escape-controls.js";
 import { formatJsonDocument, formatStatusJson } from "./format-json.js";
 import { formatStatusLine, formatStatusSummary } from "./format-status.js";
-import { parseConfigArgument, parseDeviceArgument, type NamedPath } from "./parse-named-path.js";
+import {
+  devicesInOrder,
+  parseDeviceArgument,
+  parseImageArgument,
+  parseNbdArgument,
+  parseQemuArgument,
+  type DeviceArgument,
+} from "./parse-device-source.js";
+import { parseConfigArgument, type NamedPath } from "./parse-named-path.js";
+import { EXIT_USAGE } from "./exit-codes.js";
 import { parseSize } from "./parse-size.js";
 
 interface BackupOptions extends ConnectionOptions {
   readonly file: string;
-  readonly device: readonly NamedPath[];
+  readonly device?: readonly DeviceArgument[];
+  readonly image?: readonly DeviceArgument[];
+  readonly nbd?: readonly DeviceArgument[];
+  readonly qemu?: readonly DeviceArgument[];
   readonly config?: readonly NamedPath[];
   readonly speed?: number;
   readonly watch?: boolean;
@@ -42,10 +54,28 @@ function registerBackupCommand(program: Command): void {
     .addOption(
       new Option(
         "--device <name=path>",
-        "disk image to back up, as NAME=PATH; a relative PATH is taken from the current directory (repeat for more)",
-      )
-        .argParser(collecting(parseDeviceArgument))
-        .makeOptionMandatory(),
+        "raw disk file or block device to back up, as NAME=PATH; a relative PATH is taken from the current " +
+          "directory (repeat for more)",
+      ).argParser(collecting(parseDeviceArgument)),
+    )
+    .addOption(
+      new Option(
+        "--image <name=path:format>",
+        "disk image read through QEMU, as NAME=PATH:FORMAT with FORMAT one of raw, qcow2, vmdk, vdi, vhdx, qed " +
+          "(repeat for more)",
+      ).argParser(collecting(parseImageArgument)),
+    )
+    .addOption(
+      new Option(
+        "--nbd <name=uri>",
+        "NBD export to back up, as NAME=URI (nbd+unix:///EXPORT?socket=PATH or nbd://HOST[:PORT]/EXPORT; repeat for more)",
+      ).argParser(collecting(parseNbdArgument)),
+    )
+    .addOption(
+      new Option(
+        "--qemu <name=qmp_socket:drive>",
+        "drive of a running QEMU, read at one point in time, as NAME=QMP_SOCKET:DRIVE (repeat for more)",
+      ).argParser(collecting(parseQemuArgument)),
     )
     .addOption(
       new Option("--config <[name=]path>", "config file to store in the archive (repeat for more)").argParser(
@@ -58,13 +88,18 @@ function registerBackupCommand(program: Command): void {
       ),
     )
     .option("--watch", "follow the job until it ends; exit 0 on DONE, 1 otherwise");
-  addConnectionOptions(command).action((options: BackupOptions) =>
-    runClientCommand(options, async (client) => {
+  addConnectionOptions(command).action((options: BackupOptions) => {
+    // In command-line order across the four options: dev_ids follow it.
+    const devices = devicesInOrder(options.device, options.image, options.nbd, options.qemu);
+    if (devices.length === 0) {
+      command.error("error: give at least one device: --device, --image, --nbd or --qemu", { exitCode: EXIT_USAGE });
+    }
+    return runClientCommand(options, async (client) => {
       const configs = await readConfigFiles(options.config ?? []);
       const response = await client.backup(
         {
           backupFile: options.file,
-          devices: options.device.map(({ name, path }) => ({ name, path })),
+          devices,
           configs,
           speedLimit: BigInt(options.speed ?? 0),
         },
@@ -73,8 +108,8 @@ function registerBackupCommand(program: Command): void {
       const status = requireStatus(response.status, "Backup");
       process.stdout.write(options.json ? `${formatStatusJson(status)}\n` : `${escapeControls(status.uuid)}\n`);
       return options.watch ? watchFromCommandLine(client, status.uuid, options) : EXIT_OK;
-    }),
-  );
+    });
+  });
 }
 
 function registerStatusCommand(program: Command): void {

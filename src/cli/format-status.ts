@@ -4,7 +4,7 @@
 // status.eta, measured over the last few seconds), not guessed here. Text
 // from the status is shown with its control characters escaped.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { BackupState, type BackupStatus, type DeviceStatus } from "../../gen/vmabackup/v1/backup_pb.js";
+import { BackupState, SourceKind, type BackupStatus, type DeviceStatus } from "../../gen/vmabackup/v1/backup_pb.js";
 import { averageRate, elapsedMs, etaMs, stateName } from "./client-status.js";
 import { escapeControls } from "./escape-controls.js";
 import { formatBytes, formatDuration, formatPercent, formatRate } from "./format-size.js";
@@ -73,6 +73,14 @@ function formatPadding(device: DeviceStatus): string {
   return `  padded with ${padding} zero byte${padding === 1n ? "" : "s"} to ${device.archiveSize} bytes`;
 }
 
+/** Where the device is read from (servers before source kinds send none), and a qemu source's scratch use. */
+function formatSource(device: DeviceStatus): string {
+  if (device.sourceKind === SourceKind.UNSPECIFIED && device.source === "") return "";
+  const kind = SourceKind[device.sourceKind]?.toLowerCase() ?? String(device.sourceKind);
+  const scratch = device.sourceKind === SourceKind.QEMU ? `  scratch ${formatBytes(device.scratchBytes)}` : "";
+  return `  from ${kind} ${escapeControls(device.source)}${scratch}`;
+}
+
 /** The summary `vmabackup status` prints: one labelled field per line, then the devices. */
 export function formatStatusSummary(status: BackupStatus, now: Date): string {
   const rows: Array<[string, string]> = [
@@ -108,7 +116,8 @@ export function formatStatusSummary(status: BackupStatus, now: Date): string {
         `${formatPercent(device.transferredBytes, device.size).padStart(6)}  ` +
         `${formatBytes(device.transferredBytes)} of ${formatBytes(device.size)}  ` +
         `zero ${formatPercent(device.zeroBytes, device.transferredBytes)}` +
-        formatPadding(device),
+        formatPadding(device) +
+        formatSource(device),
     );
   }
   return lines.join("\n");

@@ -1,24 +1,11 @@
-// Parses the NAME=PATH arguments of `vmabackup backup`: --device and --config.
-import { basename, resolve } from "node:path";
+// Parses the --config NAME=PATH arguments of `vmabackup backup` (devices: parse-device-source.ts).
+import { basename } from "node:path";
 import { ArgumentSyntaxError } from "./parse-error.js";
 
 /** A name inside the archive and the file it comes from. */
 export interface NamedPath {
   readonly name: string;
   readonly path: string;
-}
-
-/**
- * Parses `--device NAME=PATH`. The path is made absolute against `cwd`
- * because the server, not this process, opens it; the server then checks it
- * against its source roots. The name is split off at the first "=".
- */
-export function parseDeviceArgument(text: string, cwd: string = process.cwd()): NamedPath {
-  const separator = text.indexOf("=");
-  if (separator <= 0 || separator === text.length - 1) {
-    throw new ArgumentSyntaxError("expected NAME=PATH (e.g. drive-scsi0=./disk.raw)");
-  }
-  return { name: text.slice(0, separator), path: resolve(cwd, text.slice(separator + 1)) };
 }
 
 /**

@@ -42,6 +42,9 @@ interface ServeFlags {
   readonly listen: string;
   readonly backupDir: string;
   readonly sourceRoot?: string[];
+  readonly nbdAllow?: string[];
+  readonly qmpRoot?: string[];
+  readonly scratchDir?: string;
   readonly stateDir: string;
   readonly progressInterval: string;
   readonly logLevel: string;
@@ -69,6 +72,12 @@ interface ServeSettings {
   readonly backupDir: string;
   readonly sourceRoots: string[];
   readonly stateDir: string;
+  /** --nbd-allow: unix-socket directories (absolute) and host[:port] entries. */
+  readonly nbdAllow: string[];
+  /** --qmp-root: directories of allowed QMP sockets. */
+  readonly qmpRoots: string[];
+  /** --scratch-dir, absolute; default under the state dir. */
+  readonly scratchDir?: string;
   readonly progressIntervalMs: number;
   readonly logLevel: string;
   readonly security: SecuritySettings;
@@ -97,6 +106,21 @@ function parseDuration(flag: string, text: string): number {
     throw new FlagError(`${flag}: expected a duration such as 200ms or 1s, got "${text}"`);
   }
   return value;
+}
+
+/** HOST or HOST:PORT of --nbd-allow, with an optional bracketed IPv6 host. */
+const NBD_HOST_PATTERN = /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]/]+)(:\d{1,5})?$/;
+
+/** An --nbd-allow entry: a socket directory (made absolute) or HOST[:PORT]. */
+function parseNbdAllow(text: string): string {
+  if (text.startsWith("/") || text.startsWith(".")) return path.resolve(text);
+  const match = NBD_HOST_PATTERN.exec(text);
+  if (match === null || Number((match[2] ?? ":0").slice(1)) > 65535) {
+    throw new FlagError(
+      `--nbd-allow: expected a socket directory (e.g. /run/vmabackup/nbd) or HOST[:PORT] (e.g. 127.0.0.1:10809), got "${text}"`,
+    );
+  }
+  return text;
 }
 
 function parseLogLevel(text: string): string {
@@ -180,6 +204,9 @@ function settingsFrom(flags: ServeFlags): ServeSettings {
     backupDir: path.resolve(flags.backupDir),
     sourceRoots: roots.map((root) => path.resolve(root)),
     stateDir: path.resolve(flags.stateDir),
+    nbdAllow: (flags.nbdAllow ?? []).map(parseNbdAllow),
+    qmpRoots: (flags.qmpRoot ?? []).map((root) => path.resolve(root)),
+    ...(flags.scratchDir === undefined ? {} : { scratchDir: path.resolve(flags.scratchDir) }),
     progressIntervalMs: parseDuration("--progress-interval", flags.progressInterval),
     logLevel: parseLogLevel(flags.logLevel),
     security: parseSecurity(flags),
@@ -280,6 +307,18 @@ export function registerServeCommand(program: Command): void {
       collect,
     )
     .option("--state-dir <dir>", "where the daemon keeps its own state", DEFAULT_STATE_DIR)
+    .option(
+      "--nbd-allow <dir|host[:port]>",
+      "allow nbd sources on unix sockets in this directory or on this TCP host (any port unless given); " +
+        "repeatable (default: nbd sources are refused)",
+      collect,
+    )
+    .option(
+      "--qmp-root <dir>",
+      "allow qemu sources whose QMP socket lies in this directory; repeatable (default: qemu sources are refused)",
+      collect,
+    )
+    .option("--scratch-dir <dir>", "where qemu sources keep their scratch overlays (default: STATE_DIR/scratch)")
     .option(
       "--progress-interval <duration>",
       "minimum time between two progress updates to a watcher",

@@ -19,7 +19,9 @@ import { REASON } from "./reasons.js";
 import type { RevisionCounter } from "./revision-counter.js";
 import type { SpeedLimiter } from "./speed-limiter.js";
 import type { StatusHub } from "./status-hub.js";
+import type { SourceOpeners } from "./source-opener.js";
 import type { JobStatus } from "./types.js";
+import type { SourceSettings } from "./validate-sources.js";
 import { storeRefusal } from "./store-refusal.js";
 
 /** What the wiring builds and hands to the state. */
@@ -36,6 +38,8 @@ export type EngineParts = Pick<
   | "jobContext"
   | "registry"
   | "hub"
+  | "openers"
+  | "sourceSettings"
 >;
 
 export class EngineState {
@@ -50,6 +54,10 @@ export class EngineState {
   readonly jobContext: JobContext;
   readonly registry: JobRegistry;
   readonly hub: StatusHub;
+  /** Who opens each kind of source (source-openers.ts). */
+  readonly openers: SourceOpeners;
+  /** Which source kinds and places the server's settings allow. */
+  readonly sourceSettings: SourceSettings;
   /**
    * Partial archives a failed job could not remove (its filesystem went
    * read-only, say); retried before every new job, and only while the file
@@ -82,6 +90,8 @@ export class EngineState {
     this.jobContext = parts.jobContext;
     this.registry = parts.registry;
     this.hub = parts.hub;
+    this.openers = parts.openers;
+    this.sourceSettings = parts.sourceSettings;
   }
 
   /** No new jobs once shutdown began. */

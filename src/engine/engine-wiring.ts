@@ -16,6 +16,9 @@ import { JobRegistry } from "./job-registry.js";
 import { PathPolicy } from "./path-policy.js";
 import { recoverInterruptedJobs } from "./recover-jobs.js";
 import { RevisionCounter } from "./revision-counter.js";
+import { createSourceOpeners } from "./source-openers.js";
+import type { SourceOpenerContext } from "./source-openers.js";
+import type { SourceOpeners } from "./source-opener.js";
 import { StatusHub } from "./status-hub.js";
 import type { EngineOptions } from "./types.js";
 import { retryUnsaved } from "./unsaved-ends.js";
@@ -30,7 +33,15 @@ export interface BackupEngineOptions extends EngineOptions {
   readonly now?: () => number;
   /** Backoff of storing job ends the store refused (default STORE_RETRY_DELAYS). */
   readonly storeRetryDelayMs?: RetryDelays;
+  /**
+   * Who opens each kind of source (default createSourceOpeners, see
+   * source-openers.ts); tests put their own in.
+   */
+  readonly sourceOpeners?: (context: SourceOpenerContext) => SourceOpeners;
 }
+
+/** The scratch directory of qemu sources when the options name none. */
+export const SCRATCH_DIR_NAME = "scratch";
 
 /** The job database's file name inside the state dir. */
 export const JOB_STORE_FILE = "jobs.sqlite";
@@ -94,6 +105,15 @@ export function wireEngine(options: BackupEngineOptions): EngineState {
       jobContext,
       registry,
       hub,
+      openers: (options.sourceOpeners ?? createSourceOpeners)({
+        confinement: policy,
+        stateDir: options.stateDir,
+        scratchDir: options.scratchDir ?? path.join(options.stateDir, SCRATCH_DIR_NAME),
+        nbdAllow: options.nbdAllow ?? [],
+        qmpRoots: options.qmpRoots ?? [],
+        logger,
+      }),
+      sourceSettings: { nbdAllow: options.nbdAllow ?? [], qmpRoots: options.qmpRoots ?? [], confinement: policy },
     });
   } catch (error) {
     store.close();

@@ -15,11 +15,14 @@ export { parseUuid } from "./job-uuid.js";
 export { checkPageSize } from "./list-query.js";
 export { RevisionFilter } from "./revision-filter.js";
 export { archiveDeviceSize, SECTOR_SIZE } from "./archive-size.js";
-export { JOB_STATES, TERMINAL_STATES } from "./types.js";
+export { DEVICE_SOURCE_KINDS, IMAGE_FORMATS, JOB_STATES, TERMINAL_STATES } from "./types.js";
+export type { ImageFormat } from "./types.js";
 export type {
   BackupSpec,
   ConfigSpec,
   DeleteOptions,
+  DeviceSource,
+  DeviceSourceKind,
   DeviceSpec,
   DeviceStatus,
   EngineOptions,

@@ -4,8 +4,8 @@
 // are not stored: a stored status shows rate 0 and no ETA.
 import type { StoredJob } from "../store/job-store.js";
 import type { ArchiveIdentity, FileIdentity } from "./job.js";
-import type { DeviceStatus, JobState, JobStatus } from "./types.js";
-import { JOB_STATES } from "./types.js";
+import type { DeviceSource, DeviceSourceKind, DeviceStatus, JobState, JobStatus } from "./types.js";
+import { DEVICE_SOURCE_KINDS, JOB_STATES } from "./types.js";
 
 /** Bumped only if the record's shape changes incompatibly. */
 const RECORD_VERSION = 1;
@@ -24,6 +24,12 @@ export interface JobExtras {
   readonly archive?: ArchiveIdentity;
   /** The canonical form of the request, for a job started with a request id. */
   readonly requestFingerprint?: string;
+  /**
+   * Each device's source as requested, in request order: what a restarted
+   * server needs to clean up after a job it did not end (a qemu source's
+   * QMP socket and drive). Missing in records written before source kinds.
+   */
+  readonly sources?: readonly DeviceSource[];
 }
 
 /**
@@ -44,6 +50,7 @@ interface JobRecord {
   readonly partialFile?: FileIdentity;
   readonly archive?: ArchiveIdentity;
   readonly requestFingerprint?: string;
+  readonly sources?: readonly DeviceSource[];
 }
 
 /** A stored job, decoded. */
@@ -77,6 +84,7 @@ export function toStoredJob(status: JobStatus, extras: JobExtras): StoredJob {
     ...(extras.partialFile === undefined ? {} : { partialFile: extras.partialFile }),
     ...(extras.archive === undefined ? {} : { archive: extras.archive }),
     ...(extras.requestFingerprint === undefined ? {} : { requestFingerprint: extras.requestFingerprint }),
+    ...(extras.sources === undefined ? {} : { sources: extras.sources }),
   };
   return {
     uuid: status.uuid,
@@ -141,7 +149,41 @@ function readDevice(uuid: string, value: unknown, index: number): DeviceStatus {
     size: fields.count("size"),
     transferredBytes: fields.count("transferredBytes"),
     zeroBytes: fields.count("zeroBytes"),
+    // Records written before source kinds: every device was a path.
+    sourceKind: readSourceKind(fields),
+    source: fields.optionalString("source") ?? "",
+    scratchBytes: fields.optionalCount("scratchBytes") ?? 0,
   });
+}
+
+function readSourceKind(fields: FieldReader): DeviceSourceKind {
+  const kind = fields.optionalString("sourceKind") ?? "path";
+  if (!(DEVICE_SOURCE_KINDS as readonly string[]).includes(kind)) throw fields.bad("sourceKind");
+  return kind as DeviceSourceKind;
+}
+
+function readSource(uuid: string, value: unknown, index: number): DeviceSource {
+  if (!isObject(value)) throw new MalformedRecordError(uuid, `sources[${index}]`);
+  const fields = new FieldReader(uuid, value, `sources[${index}].`);
+  const kind = fields.string("kind");
+  switch (kind) {
+    case "path":
+      return { kind, path: fields.string("path") };
+    case "image":
+      return { kind, path: fields.string("path"), format: fields.string("format") };
+    case "nbd":
+      return { kind, uri: fields.string("uri") };
+    case "qemu":
+      return { kind, qmpSocket: fields.string("qmpSocket"), drive: fields.string("drive") };
+    default:
+      throw fields.bad("kind");
+  }
+}
+
+function readSources(uuid: string, value: unknown): DeviceSource[] | undefined {
+  if (value === undefined) return undefined;
+  if (!Array.isArray(value)) throw new MalformedRecordError(uuid, "sources");
+  return value.map((source: unknown, index) => readSource(uuid, source, index));
 }
 
 function readStatus(uuid: string, value: unknown): JobStatus {
@@ -200,6 +242,7 @@ export function fromStoredJob(stored: StoredJob): JobEntry {
   const requestFingerprint = fields.optionalString("requestFingerprint");
   const partialFile = readPartialFile(stored.uuid, record.partialFile);
   const archive = readArchive(stored.uuid, record.archive);
+  const sources = readSources(stored.uuid, record.sources);
   return {
     status: readStatus(stored.uuid, record.status),
     extras: {
@@ -207,6 +250,7 @@ export function fromStoredJob(stored: StoredJob): JobEntry {
       ...(partialFile === undefined ? {} : { partialFile }),
       ...(archive === undefined ? {} : { archive }),
       ...(requestFingerprint === undefined ? {} : { requestFingerprint }),
+      ...(sources === undefined ? {} : { sources }),
     },
   };
 }

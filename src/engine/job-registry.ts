@@ -195,5 +195,6 @@ function extrasOf(job: Job): JobExtras {
     partialFile: job.partialFile,
     ...(job.archive === undefined ? {} : { archive: job.archive }),
     ...(job.requestFingerprint === undefined ? {} : { requestFingerprint: job.requestFingerprint }),
+    sources: job.sources,
   };
 }

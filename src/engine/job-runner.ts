@@ -8,7 +8,7 @@ import { ChunkReader } from "./chunk-reader.js";
 import type { Chunk } from "./chunk-reader.js";
 import type { Job, TerminalState } from "./job.js";
 import { describeError, JobFailure } from "./job-failure.js";
-import type { SourceDevice } from "./source-device.js";
+import type { DiskSource } from "../sources/disk-source.js";
 import type { SpeedLimiter } from "./speed-limiter.js";
 import { CLUSTER_SIZE, WRITER_SLOTS_PER_EXTENT } from "../vma/constants.js";
 import { poolCapacity, ReadBufferPool } from "./read-buffer-pool.js";
@@ -21,7 +21,9 @@ export interface JobRun {
   readonly job: Job;
   readonly target: BackupTarget;
   /** In request order; device i was registered as dev_id i + 1. */
-  readonly sources: readonly SourceDevice[];
+  readonly sources: readonly DiskSource[];
+  /** Device names, in the same order. */
+  readonly names: readonly string[];
   readonly limiter: SpeedLimiter;
   /** Called after each chunk's counters were added to the job. */
   readonly onProgress: () => void;
@@ -53,18 +55,34 @@ function writeFailure(device: string, offset: number, error: unknown): JobFailur
   });
 }
 
-/** Hands every cluster of `chunk` to the target; returns the chunk's zero bytes. */
-async function writeChunk(target: BackupTarget, devId: number, source: SourceDevice, chunk: Chunk): Promise<number> {
+/** One cluster that reads as zero, handed for clusters the source maps as zero (never written to). */
+const ZERO_CLUSTER = Buffer.alloc(CLUSTER_SIZE);
+
+/**
+ * Hands every cluster of `chunk` to the target; returns the chunk's zero
+ * bytes. Clusters not read (mapped as zero) go as all-zero clusters (mask 0).
+ */
+async function writeChunk(target: BackupTarget, devId: number, name: string, chunk: Chunk): Promise<number> {
   let zeroBytes = 0;
-  for (let start = 0; start < chunk.length; start += CLUSTER_SIZE) {
-    const scan = scanCluster(chunk.data, start, Math.min(CLUSTER_SIZE, chunk.length - start));
-    zeroBytes += scan.zeroBytes;
+  for (let start = 0, cluster = 0; start < chunk.length; start += CLUSTER_SIZE, cluster++) {
+    const deviceBytes = Math.min(CLUSTER_SIZE, chunk.length - start);
+    let data: Uint8Array;
+    let mask: number;
+    if (chunk.data === undefined || chunk.zeroClusters?.[cluster] === true) {
+      data = ZERO_CLUSTER;
+      mask = 0;
+      zeroBytes += deviceBytes;
+    } else {
+      const scan = scanCluster(chunk.data, start, deviceBytes);
+      zeroBytes += scan.zeroBytes;
+      data = chunk.data.subarray(start, start + CLUSTER_SIZE);
+      mask = scan.mask;
+    }
     const offset = chunk.offset + start;
     try {
-      const data = chunk.data.subarray(start, start + CLUSTER_SIZE);
-      await target.writeCluster(devId, offset / CLUSTER_SIZE, data, scan.mask);
+      await target.writeCluster(devId, offset / CLUSTER_SIZE, data, mask);
     } catch (error) {
-      throw writeFailure(source.name, offset, error);
+      throw writeFailure(name, offset, error);
     }
   }
   return zeroBytes;
@@ -72,12 +90,12 @@ async function writeChunk(target: BackupTarget, devId: number, source: SourceDev
 
 async function copyDevice(run: JobRun, index: number, pool: ReadBufferPool): Promise<void> {
   const { job, target, limiter } = run;
-  const source = run.sources[index] as SourceDevice;
+  const source = run.sources[index] as DiskSource;
+  const name = run.names[index] as string;
   const devId = index + 1;
   const reader = new ChunkReader({
-    name: source.name,
-    handle: source.handle,
-    size: source.size,
+    name,
+    source,
     chunkSize: () => limiter.chunkSize(MAX_CHUNK_BYTES, CLUSTER_SIZE),
     pool,
   });
@@ -86,22 +104,24 @@ async function copyDevice(run: JobRun, index: number, pool: ReadBufferPool): Pro
       job.signal.throwIfAborted();
       const chunk = await reader.next();
       if (chunk === undefined) break;
-      await limiter.acquire(chunk.length, job.signal);
-      const zeroBytes = await writeChunk(target, devId, source, chunk);
+      // The speed limit counts bytes read from the source only: clusters
+      // the source maps as zero cost nothing, however many there are.
+      if (chunk.bytesRead > 0) await limiter.acquire(chunk.bytesRead, job.signal);
+      const zeroBytes = await writeChunk(target, devId, name, chunk);
       // Every cluster of the chunk is with the target now: the buffer is
       // reused once the target released them (their extent writes settled),
       // never earlier. A chunk that failed half-way is never recycled.
-      pool.recycle(chunk.data, target.released());
+      if (chunk.data !== undefined) pool.recycle(chunk.data, target.released());
       job.addProgress(index, chunk.length, zeroBytes);
       run.onProgress();
     }
     try {
       await target.completeDevice(devId);
     } catch (error) {
-      throw writeFailure(source.name, source.size, error);
+      throw writeFailure(name, source.size, error);
     }
   } finally {
-    // The descriptor is closed after the job: no read may still be running then.
+    // The source is closed after the job: no read may still be running then.
     await reader.settle();
   }
 }
@@ -117,8 +137,8 @@ export async function runJob(run: JobRun): Promise<JobOutcome> {
       await target.close();
     } catch (error) {
       // The final flush belongs to the last device's last clusters.
-      const last = run.sources[run.sources.length - 1] as SourceDevice;
-      throw writeFailure(last.name, last.size, error);
+      const last = run.sources.length - 1;
+      throw writeFailure(run.names[last] as string, (run.sources[last] as DiskSource).size, error);
     }
     return { state: "done", errorMessage: "" };
   } catch (error) {

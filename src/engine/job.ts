@@ -9,7 +9,7 @@
 // nobody looked at in between share one, and a job moving a chunk a
 // millisecond does not burn a revision per chunk.
 import { RateMeter } from "./rate-meter.js";
-import type { DeviceStatus, JobState, JobStatus } from "./types.js";
+import type { DeviceSource, DeviceSourceKind, DeviceStatus, JobState, JobStatus } from "./types.js";
 
 /** The clocks and counters a job draws from (shared by the engine's jobs). */
 export interface JobContext {
@@ -35,7 +35,18 @@ export interface JobInit {
   /** The canonical form of the request (see request-fingerprint.ts), kept with its request id. */
   readonly requestFingerprint?: string;
   /** In request order; dev_ids are 1..N in this order. */
-  readonly devices: ReadonlyArray<{ readonly name: string; readonly size: number }>;
+  readonly devices: ReadonlyArray<JobDevice>;
+  /** Each device's source as requested, in request order (kept in the job's record). */
+  readonly sources: readonly DeviceSource[];
+}
+
+/** A device of a job as its status shows it. */
+export interface JobDevice {
+  readonly name: string;
+  readonly size: number;
+  readonly sourceKind: DeviceSourceKind;
+  /** Where it is read from (see sourceLocation). */
+  readonly source: string;
 }
 
 /** Who a file is, whatever its name: device, inode and birth time in ns ("0": unknown), as decimal strings. */
@@ -58,6 +69,9 @@ interface DeviceCounters {
   readonly size: number;
   transferredBytes: number;
   zeroBytes: number;
+  readonly sourceKind: DeviceSourceKind;
+  readonly source: string;
+  scratchBytes: number;
 }
 
 export type TerminalState = Exclude<JobState, "active">;
@@ -73,6 +87,7 @@ export class Job {
   readonly format: string;
   readonly requestId: string | undefined;
   readonly requestFingerprint: string | undefined;
+  readonly sources: readonly DeviceSource[];
   readonly startTime: Date;
   readonly totalBytes: number;
   private readonly context: JobContext;
@@ -104,6 +119,7 @@ export class Job {
     this.format = init.format;
     this.requestId = init.requestId;
     this.requestFingerprint = init.requestFingerprint;
+    this.sources = init.sources;
     this.speed = init.speedLimit;
     this.context = context;
     this.changedAt = context.now();
@@ -115,6 +131,9 @@ export class Job {
       size: device.size,
       transferredBytes: 0,
       zeroBytes: 0,
+      sourceKind: device.sourceKind,
+      source: device.source,
+      scratchBytes: 0,
     }));
     this.totalBytes = this.devices.reduce((sum, device) => sum + device.size, 0);
     this.finished = new Promise((resolve) => {
@@ -170,6 +189,15 @@ export class Job {
     this.transferredBytes += transferredBytes;
     this.zeroBytes += zeroBytes;
     this.meter.record(this.transferredBytes);
+    this.changed();
+  }
+
+  /** Sets what the guest wrote meanwhile to device `deviceIndex`'s scratch overlay (qemu sources). */
+  setScratchBytes(deviceIndex: number, scratchBytes: number): void {
+    const device = this.devices[deviceIndex];
+    if (device === undefined) throw new RangeError(`no device ${deviceIndex} in job ${this.uuid}`);
+    if (device.scratchBytes === scratchBytes) return;
+    device.scratchBytes = scratchBytes;
     this.changed();
   }
 

@@ -1,7 +1,7 @@
 // Where a job may read and write. Every decision is made on real paths
 // (symlinks and `..` resolved): the roots are resolved once at startup, a
 // source is judged by the path of the file actually opened (see
-// source-device.ts) and the archive by the real path of its directory.
+// src/sources/file/file-source.ts) and the archive by the real path of its directory.
 // A lexical check comes first so that a path plainly outside the allowed
 // directories is refused without touching it.
 import { realpathSync } from "node:fs";
@@ -12,6 +12,7 @@ import { pathDestination } from "./path-destination.js";
 import { quote } from "./quote.js";
 import { REASON } from "./reasons.js";
 import { errnoOf } from "./errno.js";
+import type { SourceConfinement } from "../sources/source-confinement.js";
 
 /** An allowed directory, as configured (made absolute) and as resolved. */
 interface Root {
@@ -35,7 +36,7 @@ function resolveRoot(directory: string, what: string): Root {
   }
 }
 
-export class PathPolicy {
+export class PathPolicy implements SourceConfinement {
   private readonly backupRoot: Root;
   private readonly sourceRoots: readonly Root[];
 
@@ -52,17 +53,16 @@ export class PathPolicy {
 
   /**
    * The absolute path a device path names: relative paths resolve under the
-   * first source root. Throws PATH_NOT_ALLOWED when it is plainly (before
-   * resolving symlinks) outside every source root.
+   * first source root. Undefined when it is plainly (before resolving
+   * symlinks) outside every source root.
    */
-  requestedSourcePath(devicePath: string, field: string): string {
+  requestedSource(devicePath: string): string | undefined {
     const base = this.sourceRoots[0]?.configured;
     const requested = base === undefined ? path.resolve(devicePath) : path.resolve(base, devicePath);
     const inside = this.sourceRoots.some(
       (root) => isInside(root.configured, requested) || isInside(root.real, requested),
     );
-    if (!inside) throw this.sourceNotAllowed(devicePath, field);
-    return requested;
+    return inside ? requested : undefined;
   }
 
   /** True when a real (resolved) path lies inside a source root. */
@@ -77,15 +77,6 @@ export class PathPolicy {
    */
   async leadsOutsideSourceRoots(requested: string): Promise<boolean> {
     return !this.isSourceAllowed(await pathDestination(requested));
-  }
-
-  sourceNotAllowed(devicePath: string, field: string): EngineError {
-    return new EngineError(
-      "permission-denied",
-      REASON.PATH_NOT_ALLOWED,
-      `${field}: ${quote(devicePath)} is outside the allowed source directories`,
-      field,
-    );
   }
 
   /**

@@ -1,6 +1,7 @@
 // Stable machine-readable reasons of EngineError, one per refusal. Clients
 // may act on them (and a later issue sends them as google.rpc.ErrorInfo), so
 // a reason is never renamed or reused for another case.
+import { SOURCE_REASON } from "../sources/source-refusal.js";
 
 export const REASON = {
   // Request shape (invalid-argument).
@@ -27,7 +28,6 @@ export const REASON = {
   BACKUP_FILE_INVALID: "BACKUP_FILE_INVALID",
   /** backup_file's last component leaves no room for the temporary ".partial" suffix within 255 bytes. */
   BACKUP_FILE_NAME_TOO_LONG: "BACKUP_FILE_NAME_TOO_LONG",
-  SOURCE_PATH_TOO_LONG: "SOURCE_PATH_TOO_LONG",
   BACKUP_FILE_BAD_SUFFIX: "BACKUP_FILE_BAD_SUFFIX",
   SPEED_LIMIT_INVALID: "SPEED_LIMIT_INVALID",
   UUID_INVALID: "UUID_INVALID",
@@ -53,15 +53,34 @@ export const REASON = {
    */
   AFTER_REVISION_OUT_OF_RANGE: "AFTER_REVISION_OUT_OF_RANGE",
 
-  // Sources.
-  SOURCE_NOT_FOUND: "SOURCE_NOT_FOUND",
-  SOURCE_UNREADABLE: "SOURCE_UNREADABLE",
-  SOURCE_EMPTY: "SOURCE_EMPTY",
-  SOURCE_TYPE_UNSUPPORTED: "SOURCE_TYPE_UNSUPPORTED",
-  SOURCE_OPEN_FAILED: "SOURCE_OPEN_FAILED",
+  /** A device gives more than one of path, image, nbd and qemu. */
+  DEVICE_SOURCE_AMBIGUOUS: "DEVICE_SOURCE_AMBIGUOUS",
+  /** An image source without a format (the server never probes it). */
+  IMAGE_FORMAT_MISSING: "IMAGE_FORMAT_MISSING",
+  /** An image source whose format is not one of raw, qcow2, vmdk, vdi, vhdx, qed. */
+  IMAGE_FORMAT_UNKNOWN: "IMAGE_FORMAT_UNKNOWN",
+  /** An nbd source whose URI does not parse, or is not nbd:// or nbd+unix:// with what that needs. */
+  NBD_URI_INVALID: "NBD_URI_INVALID",
+  /** A qemu source whose qmp_socket is empty or not an absolute path. */
+  QMP_SOCKET_INVALID: "QMP_SOCKET_INVALID",
+  /** A qemu source whose drive is empty or holds NUL. */
+  DRIVE_NAME_INVALID: "DRIVE_NAME_INVALID",
 
-  // Confinement (permission-denied).
-  PATH_NOT_ALLOWED: "PATH_NOT_ALLOWED",
+  // Sources: SOURCE_NOT_FOUND, SOURCE_UNREADABLE, SOURCE_EMPTY,
+  // SOURCE_TYPE_UNSUPPORTED, SOURCE_OPEN_FAILED, SOURCE_PATH_TOO_LONG,
+  // PATH_NOT_ALLOWED (confinement, permission-denied), SOURCE_KIND_NOT_WIRED:
+  // see src/sources/source-refusal.ts.
+  ...SOURCE_REASON,
+
+  // Source kinds the server's settings do not allow (permission-denied).
+  /** nbd sources are off: the server has no --nbd-allow. */
+  NBD_SOURCES_DISABLED: "NBD_SOURCES_DISABLED",
+  /** The NBD URI's socket or host is not one --nbd-allow names. */
+  NBD_TARGET_NOT_ALLOWED: "NBD_TARGET_NOT_ALLOWED",
+  /** qemu sources are off: the server has no --qmp-root. */
+  QEMU_SOURCES_DISABLED: "QEMU_SOURCES_DISABLED",
+  /** The QMP socket lies outside every --qmp-root directory. */
+  QMP_SOCKET_NOT_ALLOWED: "QMP_SOCKET_NOT_ALLOWED",
 
   // The archive.
   BACKUP_FILE_EXISTS: "BACKUP_FILE_EXISTS",

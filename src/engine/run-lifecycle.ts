@@ -9,8 +9,8 @@ import { describeError } from "./job-failure.js";
 import { runJob } from "./job-runner.js";
 import type { JobOutcome } from "./job-runner.js";
 import { archiveIdentity } from "./owned-files.js";
-import { closeSources } from "./source-device.js";
-import type { SourceDevice } from "./source-device.js";
+import type { JobSources } from "./job-sources.js";
+import { watchScratch } from "./scratch-watch.js";
 import type { SpeedLimiter } from "./speed-limiter.js";
 import type { JobStatus } from "./types.js";
 
@@ -19,17 +19,19 @@ export async function runToEnd(
   state: EngineState,
   job: Job,
   target: BackupTarget,
-  sources: readonly SourceDevice[],
+  sources: JobSources,
   limiter: SpeedLimiter,
 ): Promise<void> {
   const { logger, registry, hub } = state;
   const snapshot = (): JobStatus => job.snapshot();
   let outcome: JobOutcome;
+  const scratch = watchScratch(job, sources.sources, () => hub.publishProgress(job.uuid, snapshot));
   try {
     outcome = await runJob({
       job,
       target,
-      sources,
+      sources: sources.sources,
+      names: job.snapshot().devices.map((device) => device.name),
       limiter,
       onProgress: () => {
         saveProgress(state, job);
@@ -41,7 +43,8 @@ export async function runToEnd(
   }
   // Everything is released before the terminal status goes out, so that a
   // watcher may start the next backup of the same devices right away.
-  await closeSources(sources);
+  scratch.stop();
+  await sources.close();
   state.locks.release(job.uuid);
   state.limiters.delete(job.uuid);
   if (outcome.state === "done") await recordArchive(state, job);

@@ -15,13 +15,15 @@ import { quote } from "./quote.js";
 import { REASON } from "./reasons.js";
 import type { RequestIdentity } from "./request-dedup.js";
 import { runToEnd } from "./run-lifecycle.js";
-import { closeSources, openSource } from "./source-device.js";
-import type { SourceDevice } from "./source-device.js";
+import type { DiskSource } from "../sources/disk-source.js";
+import { sourceField, sourceLocation } from "./device-source.js";
+import { openJobSources } from "./job-sources.js";
+import type { JobSources } from "./job-sources.js";
 import { SpeedLimiter } from "./speed-limiter.js";
 import { targetOpenError } from "./target-open-error.js";
-import type { BackupSpec, JobStatus } from "./types.js";
+import type { BackupSpec, DeviceSpec, JobStatus } from "./types.js";
 import { flushUnsavedOrRefuse } from "./unsaved-ends.js";
-import { validateRequest } from "./validate-request.js";
+import { checkSourcesAllowed, validateRequest } from "./validate-request.js";
 
 /** Validates, creates, stores and launches a job; resolves with its first (ACTIVE) status. */
 export async function startJob(
@@ -31,12 +33,14 @@ export async function startJob(
 ): Promise<JobStatus> {
   retryLeftoverPartials(state);
   const driver = validateRequest(spec, state.drivers);
+  checkSourcesAllowed(spec, state.sourceSettings);
   // A store that cannot take the ends of earlier jobs cannot record this
   // one: refused before any source or archive is opened.
   flushUnsavedOrRefuse(state, "cannot record a new job");
   const backupFile = await state.policy.resolveBackupFile(spec.backupFile);
-  const sources = await openSources(state, spec);
   const uuid = uuidv4();
+  const opened = await openJobSources(state.openers, spec, uuid);
+  const { sources } = opened;
   let locked = false;
   try {
     checkDistinctSources(spec, sources);
@@ -45,11 +49,10 @@ export async function startJob(
     state.locks.acquire({
       owner: uuid,
       archivePath: backupFile,
-      devices: sources.map((source, index) => ({
-        key: source.lockKey,
-        field: `devices[${index}].path`,
-        path: spec.devices[index]?.path ?? source.path,
-      })),
+      devices: sources.map((source, index) => {
+        const requested = (spec.devices[index] as DeviceSpec).source;
+        return { key: source.lockKey, field: sourceField(requested, index), path: sourceLocation(requested) };
+      }),
     });
     locked = true;
     const target = await openTarget(state, driver, backupFile, uuid);
@@ -66,7 +69,16 @@ export async function startJob(
           format: driver.format,
           speedLimit: spec.speedLimit,
           ...request,
-          devices: sources.map((source) => ({ name: source.name, size: source.size })),
+          devices: sources.map((source, index) => {
+            const device = spec.devices[index] as DeviceSpec;
+            return {
+              name: device.name,
+              size: source.size,
+              sourceKind: device.source.kind,
+              source: sourceLocation(device.source),
+            };
+          }),
+          sources: spec.devices.map((device) => device.source),
         },
         state.jobContext,
       );
@@ -79,11 +91,11 @@ export async function startJob(
       });
       throw error;
     }
-    launch(state, job, target, sources);
+    launch(state, job, target, opened);
     return job.snapshot();
   } catch (error) {
     if (locked) state.locks.release(uuid);
-    await closeSources(sources);
+    await opened.close();
     throw error;
   }
 }
@@ -102,30 +114,18 @@ function retryLeftoverPartials(state: EngineState): void {
   }
 }
 
-/** Opens every source in request order; on failure closes those already open. */
-async function openSources(state: EngineState, spec: BackupSpec): Promise<SourceDevice[]> {
-  const sources: SourceDevice[] = [];
-  try {
-    for (const [index, device] of spec.devices.entries()) {
-      sources.push(await openSource(state.policy, device, index));
-    }
-    return sources;
-  } catch (error) {
-    await closeSources(sources);
-    throw error;
-  }
-}
-
-function checkDistinctSources(spec: BackupSpec, sources: readonly SourceDevice[]): void {
+function checkDistinctSources(spec: BackupSpec, sources: readonly DiskSource[]): void {
   const seen = new Map<string, number>();
   sources.forEach((source, index) => {
     const earlier = seen.get(source.lockKey);
     if (earlier !== undefined) {
-      const field = `devices[${index}].path`;
+      const requested = (spec.devices[index] as DeviceSpec).source;
+      const field = sourceField(requested, index);
+      const earlierField = sourceField((spec.devices[earlier] as DeviceSpec).source, earlier);
       throw new EngineError(
         "invalid-argument",
         REASON.DEVICE_SOURCE_DUPLICATE,
-        `${field}: ${quote(spec.devices[index]?.path ?? "")} is the same source as devices[${earlier}].path`,
+        `${field}: ${quote(sourceLocation(requested))} is the same source as ${earlierField}`,
         field,
       );
     }
@@ -134,11 +134,14 @@ function checkDistinctSources(spec: BackupSpec, sources: readonly SourceDevice[]
 }
 
 /** Asks the driver whether its format can hold this archive. */
-function checkPlan(driver: BackupDriver, spec: BackupSpec, sources: readonly SourceDevice[]): void {
+function checkPlan(driver: BackupDriver, spec: BackupSpec, sources: readonly DiskSource[]): void {
   try {
     driver.checkPlan({
       configs: spec.configs.map((config) => ({ name: config.name, size: config.data.byteLength })),
-      devices: sources.map((source) => ({ name: source.name, size: archiveDeviceSize(source.size) })),
+      devices: sources.map((source, index) => ({
+        name: (spec.devices[index] as DeviceSpec).name,
+        size: archiveDeviceSize(source.size),
+      })),
     });
   } catch (error) {
     if (error instanceof ArchiveLimitError) {
@@ -170,26 +173,32 @@ async function openTarget(
  * Configs first, then the devices as dev_ids 1..N in request order, each
  * with its size rounded up to 512 (the reader pads the tail with zeros).
  */
-function registerContents(target: BackupTarget, spec: BackupSpec, sources: readonly SourceDevice[]): void {
+function registerContents(target: BackupTarget, spec: BackupSpec, sources: readonly DiskSource[]): void {
   for (const config of spec.configs) target.registerConfig(config.name, config.data);
   sources.forEach((source, index) => {
-    const devId = target.registerDevice(source.name, archiveDeviceSize(source.size));
+    const name = (spec.devices[index] as DeviceSpec).name;
+    const devId = target.registerDevice(name, archiveDeviceSize(source.size));
     if (devId !== index + 1) {
-      throw new Error(`driver gave device ${source.name} dev_id ${devId}, expected ${index + 1}`);
+      throw new Error(`driver gave device ${name} dev_id ${devId}, expected ${index + 1}`);
     }
   });
 }
 
 /** Announces the job and runs it to its end in the background; shutdown waits for the run. */
-function launch(state: EngineState, job: Job, target: BackupTarget, sources: readonly SourceDevice[]): void {
+function launch(state: EngineState, job: Job, target: BackupTarget, sources: JobSources): void {
   const limiter = new SpeedLimiter(job.speedLimit);
   state.limiters.set(job.uuid, limiter);
-  state.hub.publishState(job.snapshot());
+  const first = job.snapshot();
+  state.hub.publishState(first);
   state.logger.info(
     {
       uuid: job.uuid,
       backupFile: job.backupFile,
-      devices: sources.map((source) => ({ name: source.name, path: source.path, size: source.size })),
+      devices: sources.sources.map((source, index) => ({
+        name: first.devices[index]?.name,
+        path: source.location,
+        size: source.size,
+      })),
       totalBytes: job.totalBytes,
       speedLimit: job.speedLimit,
       ...(job.requestId === undefined ? {} : { requestId: job.requestId }),

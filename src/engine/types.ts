@@ -7,9 +7,28 @@ export const JOB_STATES: readonly JobState[] = ["active", "done", "error", "canc
 
 export const TERMINAL_STATES: ReadonlySet<JobState> = new Set(["done", "error", "cancelled"]);
 
+/** Image formats an image source may name; the client names it, the server never probes. */
+export const IMAGE_FORMATS = ["raw", "qcow2", "vmdk", "vdi", "vhdx", "qed"] as const;
+export type ImageFormat = (typeof IMAGE_FORMATS)[number];
+
+/** Where a device is read from. */
+export type DeviceSource =
+  /** A raw file or block device under a source root. */
+  | { readonly kind: "path"; readonly path: string }
+  /** A disk image under a source root, read through a private qemu-storage-daemon; `format` is checked by validation. */
+  | { readonly kind: "image"; readonly path: string; readonly format: string }
+  /** An NBD export another program serves, e.g. "nbd+unix:///export?socket=/run/x.sock". */
+  | { readonly kind: "nbd"; readonly uri: string }
+  /** A drive of a running QEMU, read at the job's point in time. */
+  | { readonly kind: "qemu"; readonly qmpSocket: string; readonly drive: string };
+
+export type DeviceSourceKind = DeviceSource["kind"];
+
+export const DEVICE_SOURCE_KINDS: readonly DeviceSourceKind[] = ["path", "image", "nbd", "qemu"];
+
 export interface DeviceSpec {
   readonly name: string;
-  readonly path: string;
+  readonly source: DeviceSource;
 }
 
 export interface ConfigSpec {
@@ -41,6 +60,12 @@ export interface DeviceStatus {
   readonly size: number;
   readonly transferredBytes: number;
   readonly zeroBytes: number;
+  /** What the device is read from. */
+  readonly sourceKind: DeviceSourceKind;
+  /** Where, as the request gave it (see sourceLocation). */
+  readonly source: string;
+  /** qemu sources: bytes the guest wrote since the point in time; 0 otherwise. */
+  readonly scratchBytes: number;
 }
 
 /** An immutable snapshot of a job. */
@@ -83,6 +108,16 @@ export interface EngineOptions {
   readonly progressIntervalMs: number;
   /** Where the job database lives: `${stateDir}/jobs.sqlite`. */
   readonly stateDir: string;
+  /**
+   * Where nbd sources may connect: unix-socket directories (absolute paths)
+   * and TCP "host" or "host:port" patterns. Empty or undefined: nbd sources
+   * are refused.
+   */
+  readonly nbdAllow?: readonly string[];
+  /** Directories QMP sockets of qemu sources may lie in. Empty or undefined: qemu sources are refused. */
+  readonly qmpRoots?: readonly string[];
+  /** Where qemu sources keep their scratch overlays (default `${stateDir}/scratch`). */
+  readonly scratchDir?: string;
 }
 
 export interface ListQuery {

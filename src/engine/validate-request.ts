@@ -7,6 +7,8 @@ import { EngineError } from "./errors.js";
 import { quote } from "./quote.js";
 import { REASON } from "./reasons.js";
 import type { BackupSpec } from "./types.js";
+import { checkSourceAllowed, checkSourceSyntax } from "./validate-sources.js";
+import type { SourceSettings } from "./validate-sources.js";
 
 // API limits, documented in the proto. They match what a VMA archive can
 // hold (dev_ids 1..254, 256 config slots, 65535-byte blobs); limits that
@@ -142,11 +144,7 @@ function checkDevices(spec: BackupSpec, violations: Violations): void {
     });
   }
   for (const [index, device] of spec.devices.entries()) {
-    violations.check(() => {
-      const pathField = `devices[${index}].path`;
-      if (device.path === "") throw invalid(REASON.DEVICE_PATH_INVALID, pathField, "must not be empty");
-      if (device.path.includes("\0")) throw invalid(REASON.DEVICE_PATH_INVALID, pathField, "contains NUL");
-    });
+    violations.check(() => checkSourceSyntax(device.source, index));
   }
 }
 
@@ -257,4 +255,12 @@ export function validateRequest(spec: BackupSpec, drivers: readonly BackupDriver
   violations.check(() => checkRequestId(spec.requestId));
   violations.throwIfAny();
   return driver!;
+}
+
+/**
+ * Throws permission-denied for the first device whose source kind or place
+ * the server's settings do not allow; call after validateRequest.
+ */
+export function checkSourcesAllowed(spec: BackupSpec, settings: SourceSettings): void {
+  for (const [index, device] of spec.devices.entries()) checkSourceAllowed(device.source, index, settings);
 }

@@ -29,6 +29,12 @@ export interface ServerOptions {
   readonly sourceRoots: readonly string[];
   /** Where the server keeps its own state (the job database); created when missing. */
   readonly stateDir: string;
+  /** Where nbd sources may connect (socket directories, "host[:port]"); none when empty or not given. */
+  readonly nbdAllow?: readonly string[];
+  /** Directories of the QMP sockets qemu sources may use; none when empty or not given. */
+  readonly qmpRoots?: readonly string[];
+  /** Scratch overlays of qemu sources (default `${stateDir}/scratch`). */
+  readonly scratchDir?: string;
   /** Minimum time between two progress updates of one job to a watcher. */
   readonly progressIntervalMs: number;
   readonly logger: Logger;
@@ -145,6 +151,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     backupDir: options.backupDir,
     sourceRoots: options.sourceRoots,
     stateDir: options.stateDir,
+    ...(options.nbdAllow === undefined ? {} : { nbdAllow: options.nbdAllow }),
+    ...(options.qmpRoots === undefined ? {} : { qmpRoots: options.qmpRoots }),
+    ...(options.scratchDir === undefined ? {} : { scratchDir: options.scratchDir }),
     progressIntervalMs: options.progressIntervalMs,
     drivers: options.drivers ?? [vmaDriver],
     logger: options.logger.child({ component: "engine" }),
@@ -208,6 +217,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       backupDir: options.backupDir,
       sourceRoots: options.sourceRoots,
       stateDir: options.stateDir,
+      nbdAllow: options.nbdAllow ?? [],
+      qmpRoots: options.qmpRoots ?? [],
       progressIntervalMs: options.progressIntervalMs,
       ...(metricsEndpoint === undefined ? {} : { metricsAddress: metricsEndpoint.address }),
     },

@@ -9,6 +9,7 @@ import type { BackupRequest, BackupStatus, ListBackupsRequest } from "../../gen/
 import { archiveDeviceSize, checkPageSize, EngineError, parseUuid, REASON } from "../engine/index.js";
 import type { BackupSpec, JobState, JobStatus, ListQuery } from "../engine/index.js";
 import { REQUEST_REASON } from "./request-reasons.js";
+import { toDeviceSource, toProtoSourceKind } from "./source-codec.js";
 
 const STATE_TO_PROTO: Readonly<Record<JobState, BackupState>> = {
   active: BackupState.ACTIVE,
@@ -60,7 +61,7 @@ export function toBackupSpec(request: BackupRequest): BackupSpec {
   return {
     backupFile: request.backupFile,
     format,
-    devices: request.devices.map((device) => ({ name: device.name, path: device.path })),
+    devices: request.devices.map((device, index) => ({ name: device.name, source: toDeviceSource(device, index) })),
     configs: request.configs.map((config) => ({ name: config.name, data: config.data })),
     speedLimit: toSpeedLimit(request.speedLimit),
     // proto3 has no "unset" for strings: empty means the client sent none.
@@ -134,6 +135,9 @@ export function toBackupStatus(status: JobStatus): BackupStatus {
         transferredBytes: BigInt(device.transferredBytes),
         zeroBytes: BigInt(device.zeroBytes),
         archiveSize: BigInt(archiveDeviceSize(device.size)),
+        sourceKind: toProtoSourceKind(device.sourceKind),
+        source: device.source,
+        scratchBytes: BigInt(device.scratchBytes),
       }),
     ),
     rate: BigInt(wholeNonNegative(status.rate)),

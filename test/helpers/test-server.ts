@@ -35,6 +35,10 @@ export interface TestServerOptions {
   readonly credentials?: grpc.ServerCredentials;
   readonly interceptors?: readonly grpc.ServerInterceptor[];
   readonly maxReceiveMessageBytes?: number;
+  /** The server's --nbd-allow entries (none by default). */
+  readonly nbdAllow?: readonly string[];
+  /** The server's --qmp-root directories (none by default). */
+  readonly qmpRoots?: readonly string[];
   /** Credentials of the `client` the helper creates (default plaintext). */
   readonly clientCredentials?: grpc.ChannelCredentials;
   readonly clientChannelOptions?: grpc.ChannelOptions;
@@ -96,6 +100,8 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
       ...(options.maxReceiveMessageBytes === undefined
         ? {}
         : { maxReceiveMessageBytes: options.maxReceiveMessageBytes }),
+      ...(options.nbdAllow === undefined ? {} : { nbdAllow: options.nbdAllow }),
+      ...(options.qmpRoots === undefined ? {} : { qmpRoots: options.qmpRoots }),
     });
   } catch (error) {
     await rm(rootDir, { recursive: true, force: true });

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file vmabackup/v1/backup.proto.
  */
 export const file_vmabackup_v1_backup: GenFile = /*@__PURE__*/
-  fileDesc("Chl2bWFiYWNrdXAvdjEvYmFja3VwLnByb3RvEgx2bWFiYWNrdXAudjEiJAoGRGV2aWNlEgwKBG5hbWUYASABKAkSDAoEcGF0aBgCIAEoCSIoCgpDb25maWdGaWxlEgwKBG5hbWUYASABKAkSDAoEZGF0YRgCIAEoDCLLAQoNQmFja3VwUmVxdWVzdBITCgtiYWNrdXBfZmlsZRgBIAEoCRIqCgZmb3JtYXQYAiABKA4yGi52bWFiYWNrdXAudjEuQmFja3VwRm9ybWF0EiUKB2RldmljZXMYAyADKAsyFC52bWFiYWNrdXAudjEuRGV2aWNlEikKB2NvbmZpZ3MYBCADKAsyGC52bWFiYWNrdXAudjEuQ29uZmlnRmlsZRITCgtzcGVlZF9saW1pdBgFIAEoBBISCgpyZXF1ZXN0X2lkGAYgASgJIjwKDkJhY2t1cFJlc3BvbnNlEioKBnN0YXR1cxgBIAEoCzIaLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0dXMiIgoSUXVlcnlCYWNrdXBSZXF1ZXN0EgwKBHV1aWQYASABKAkiQQoTUXVlcnlCYWNrdXBSZXNwb25zZRIqCgZzdGF0dXMYASABKAsyGi52bWFiYWNrdXAudjEuQmFja3VwU3RhdHVzIiMKE0NhbmNlbEJhY2t1cFJlcXVlc3QSDAoEdXVpZBgBIAEoCSJEChRDYW5jZWxCYWNrdXBSZXNwb25zZRIsCghzdGF0dXNlcxgBIAMoCzIaLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0dXMiOgoSV2F0Y2hCYWNrdXBSZXF1ZXN0EgwKBHV1aWQYASABKAkSFgoOYWZ0ZXJfcmV2aXNpb24YAiABKAQiZgoSTGlzdEJhY2t1cHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEikKBnN0YXRlcxgDIAMoDjIZLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0ZSJcChNMaXN0QmFja3Vwc1Jlc3BvbnNlEiwKCHN0YXR1c2VzGAEgAygLMhoudm1hYmFja3VwLnYxLkJhY2t1cFN0YXR1cxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOgoVU2V0QmFja3VwU3BlZWRSZXF1ZXN0EgwKBHV1aWQYASABKAkSEwoLc3BlZWRfbGltaXQYAiABKAQiRAoWU2V0QmFja3VwU3BlZWRSZXNwb25zZRIqCgZzdGF0dXMYASABKAsyGi52bWFiYWNrdXAudjEuQmFja3VwU3RhdHVzIjsKE0RlbGV0ZUJhY2t1cFJlcXVlc3QSDAoEdXVpZBgBIAEoCRIWCg5kZWxldGVfYXJjaGl2ZRgCIAEoCCIWChREZWxldGVCYWNrdXBSZXNwb25zZSJBChNXYXRjaEJhY2t1cFJlc3BvbnNlEioKBnN0YXR1cxgBIAEoCzIaLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0dXMifwoMRGV2aWNlU3RhdHVzEgwKBG5hbWUYASABKAkSDgoGZGV2X2lkGAIgASgNEgwKBHNpemUYAyABKAQSGQoRdHJhbnNmZXJyZWRfYnl0ZXMYBCABKAQSEgoKemVyb19ieXRlcxgFIAEoBBIUCgxhcmNoaXZlX3NpemUYBiABKAQijwQKDEJhY2t1cFN0YXR1cxIMCgR1dWlkGAEgASgJEigKBXN0YXRlGAIgASgOMhkudm1hYmFja3VwLnYxLkJhY2t1cFN0YXRlEhUKDWVycm9yX21lc3NhZ2UYAyABKAkSEwoLYmFja3VwX2ZpbGUYBCABKAkSKgoGZm9ybWF0GAUgASgOMhoudm1hYmFja3VwLnYxLkJhY2t1cEZvcm1hdBITCgt0b3RhbF9ieXRlcxgGIAEoBBIZChF0cmFuc2ZlcnJlZF9ieXRlcxgHIAEoBBISCgp6ZXJvX2J5dGVzGAggASgEEi4KCnN0YXJ0X3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzcGVlZF9saW1pdBgLIAEoBBIrCgdkZXZpY2VzGAwgAygLMhoudm1hYmFja3VwLnYxLkRldmljZVN0YXR1cxIMCgRyYXRlGA0gASgEEiYKA2V0YRgOIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIQCghyZXZpc2lvbhgPIAEoBBIvCgt1cGRhdGVfdGltZRgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcmVxdWVzdF9pZBgRIAEoCSpECgxCYWNrdXBGb3JtYXQSHQoZQkFDS1VQX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhUKEUJBQ0tVUF9GT1JNQVRfVk1BEAEqjwEKC0JhY2t1cFN0YXRlEhwKGEJBQ0tVUF9TVEFURV9VTlNQRUNJRklFRBAAEhcKE0JBQ0tVUF9TVEFURV9BQ1RJVkUQARIVChFCQUNLVVBfU1RBVEVfRE9ORRACEhYKEkJBQ0tVUF9TVEFURV9FUlJPUhADEhoKFkJBQ0tVUF9TVEFURV9DQU5DRUxMRUQQBDLdBAoNQmFja3VwU2VydmljZRJDCgZCYWNrdXASGy52bWFiYWNrdXAudjEuQmFja3VwUmVxdWVzdBocLnZtYWJhY2t1cC52MS5CYWNrdXBSZXNwb25zZRJSCgtRdWVyeUJhY2t1cBIgLnZtYWJhY2t1cC52MS5RdWVyeUJhY2t1cFJlcXVlc3QaIS52bWFiYWNrdXAudjEuUXVlcnlCYWNrdXBSZXNwb25zZRJVCgxDYW5jZWxCYWNrdXASIS52bWFiYWNrdXAudjEuQ2FuY2VsQmFja3VwUmVxdWVzdBoiLnZtYWJhY2t1cC52MS5DYW5jZWxCYWNrdXBSZXNwb25zZRJUCgtXYXRjaEJhY2t1cBIgLnZtYWJhY2t1cC52MS5XYXRjaEJhY2t1cFJlcXVlc3QaIS52bWFiYWNrdXAudjEuV2F0Y2hCYWNrdXBSZXNwb25zZTABElIKC0xpc3RCYWNrdXBzEiAudm1hYmFja3VwLnYxLkxpc3RCYWNrdXBzUmVxdWVzdBohLnZtYWJhY2t1cC52MS5MaXN0QmFja3Vwc1Jlc3BvbnNlElsKDlNldEJhY2t1cFNwZWVkEiMudm1hYmFja3VwLnYxLlNldEJhY2t1cFNwZWVkUmVxdWVzdBokLnZtYWJhY2t1cC52MS5TZXRCYWNrdXBTcGVlZFJlc3BvbnNlElUKDERlbGV0ZUJhY2t1cBIhLnZtYWJhY2t1cC52MS5EZWxldGVCYWNrdXBSZXF1ZXN0GiIudm1hYmFja3VwLnYxLkRlbGV0ZUJhY2t1cFJlc3BvbnNlQnAKEGNvbS52bWFiYWNrdXAudjFCC0JhY2t1cFByb3RvUAFaKXZtYWJhY2t1cC9nZW4vZ28vdm1hYmFja3VwL3YxO3ZtYWJhY2t1cHYxogIDVlhYqgIMVm1hYmFja3VwLlYxygIMVm1hYmFja3VwXFYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Chl2bWFiYWNrdXAvdjEvYmFja3VwLnByb3RvEgx2bWFiYWNrdXAudjEirAEKBkRldmljZRIMCgRuYW1lGAEgASgJEgwKBHBhdGgYAiABKAkSKgoFaW1hZ2UYAyABKAsyGS52bWFiYWNrdXAudjEuSW1hZ2VTb3VyY2VIABImCgNuYmQYBCABKAsyFy52bWFiYWNrdXAudjEuTmJkU291cmNlSAASKAoEcWVtdRgFIAEoCzIYLnZtYWJhY2t1cC52MS5RZW11U291cmNlSABCCAoGc291cmNlIkYKC0ltYWdlU291cmNlEgwKBHBhdGgYASABKAkSKQoGZm9ybWF0GAIgASgOMhkudm1hYmFja3VwLnYxLkltYWdlRm9ybWF0IhgKCU5iZFNvdXJjZRILCgN1cmkYASABKAkiLwoKUWVtdVNvdXJjZRISCgpxbXBfc29ja2V0GAEgASgJEg0KBWRyaXZlGAIgASgJIigKCkNvbmZpZ0ZpbGUSDAoEbmFtZRgBIAEoCRIMCgRkYXRhGAIgASgMIssBCg1CYWNrdXBSZXF1ZXN0EhMKC2JhY2t1cF9maWxlGAEgASgJEioKBmZvcm1hdBgCIAEoDjIaLnZtYWJhY2t1cC52MS5CYWNrdXBGb3JtYXQSJQoHZGV2aWNlcxgDIAMoCzIULnZtYWJhY2t1cC52MS5EZXZpY2USKQoHY29uZmlncxgEIAMoCzIYLnZtYWJhY2t1cC52MS5Db25maWdGaWxlEhMKC3NwZWVkX2xpbWl0GAUgASgEEhIKCnJlcXVlc3RfaWQYBiABKAkiPAoOQmFja3VwUmVzcG9uc2USKgoGc3RhdHVzGAEgASgLMhoudm1hYmFja3VwLnYxLkJhY2t1cFN0YXR1cyIiChJRdWVyeUJhY2t1cFJlcXVlc3QSDAoEdXVpZBgBIAEoCSJBChNRdWVyeUJhY2t1cFJlc3BvbnNlEioKBnN0YXR1cxgBIAEoCzIaLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0dXMiIwoTQ2FuY2VsQmFja3VwUmVxdWVzdBIMCgR1dWlkGAEgASgJIkQKFENhbmNlbEJhY2t1cFJlc3BvbnNlEiwKCHN0YXR1c2VzGAEgAygLMhoudm1hYmFja3VwLnYxLkJhY2t1cFN0YXR1cyI6ChJXYXRjaEJhY2t1cFJlcXVlc3QSDAoEdXVpZBgBIAEoCRIWCg5hZnRlcl9yZXZpc2lvbhgCIAEoBCJmChJMaXN0QmFja3Vwc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSKQoGc3RhdGVzGAMgAygOMhkudm1hYmFja3VwLnYxLkJhY2t1cFN0YXRlIlwKE0xpc3RCYWNrdXBzUmVzcG9uc2USLAoIc3RhdHVzZXMYASADKAsyGi52bWFiYWNrdXAudjEuQmFja3VwU3RhdHVzEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI6ChVTZXRCYWNrdXBTcGVlZFJlcXVlc3QSDAoEdXVpZBgBIAEoCRITCgtzcGVlZF9saW1pdBgCIAEoBCJEChZTZXRCYWNrdXBTcGVlZFJlc3BvbnNlEioKBnN0YXR1cxgBIAEoCzIaLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0dXMiOwoTRGVsZXRlQmFja3VwUmVxdWVzdBIMCgR1dWlkGAEgASgJEhYKDmRlbGV0ZV9hcmNoaXZlGAIgASgIIhYKFERlbGV0ZUJhY2t1cFJlc3BvbnNlIkEKE1dhdGNoQmFja3VwUmVzcG9uc2USKgoGc3RhdHVzGAEgASgLMhoudm1hYmFja3VwLnYxLkJhY2t1cFN0YXR1cyLVAQoMRGV2aWNlU3RhdHVzEgwKBG5hbWUYASABKAkSDgoGZGV2X2lkGAIgASgNEgwKBHNpemUYAyABKAQSGQoRdHJhbnNmZXJyZWRfYnl0ZXMYBCABKAQSEgoKemVyb19ieXRlcxgFIAEoBBIUCgxhcmNoaXZlX3NpemUYBiABKAQSLQoLc291cmNlX2tpbmQYByABKA4yGC52bWFiYWNrdXAudjEuU291cmNlS2luZBIOCgZzb3VyY2UYCCABKAkSFQoNc2NyYXRjaF9ieXRlcxgJIAEoBCKPBAoMQmFja3VwU3RhdHVzEgwKBHV1aWQYASABKAkSKAoFc3RhdGUYAiABKA4yGS52bWFiYWNrdXAudjEuQmFja3VwU3RhdGUSFQoNZXJyb3JfbWVzc2FnZRgDIAEoCRITCgtiYWNrdXBfZmlsZRgEIAEoCRIqCgZmb3JtYXQYBSABKA4yGi52bWFiYWNrdXAudjEuQmFja3VwRm9ybWF0EhMKC3RvdGFsX2J5dGVzGAYgASgEEhkKEXRyYW5zZmVycmVkX2J5dGVzGAcgASgEEhIKCnplcm9fYnl0ZXMYCCABKAQSLgoKc3RhcnRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3NwZWVkX2xpbWl0GAsgASgEEisKB2RldmljZXMYDCADKAsyGi52bWFiYWNrdXAudjEuRGV2aWNlU3RhdHVzEgwKBHJhdGUYDSABKAQSJgoDZXRhGA4gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCHJldmlzaW9uGA8gASgEEi8KC3VwZGF0ZV90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpyZXF1ZXN0X2lkGBEgASgJKkQKDEJhY2t1cEZvcm1hdBIdChlCQUNLVVBfRk9STUFUX1VOU1BFQ0lGSUVEEAASFQoRQkFDS1VQX0ZPUk1BVF9WTUEQASqPAQoLQmFja3VwU3RhdGUSHAoYQkFDS1VQX1NUQVRFX1VOU1BFQ0lGSUVEEAASFwoTQkFDS1VQX1NUQVRFX0FDVElWRRABEhUKEUJBQ0tVUF9TVEFURV9ET05FEAISFgoSQkFDS1VQX1NUQVRFX0VSUk9SEAMSGgoWQkFDS1VQX1NUQVRFX0NBTkNFTExFRBAEKrMBCgtJbWFnZUZvcm1hdBIcChhJTUFHRV9GT1JNQVRfVU5TUEVDSUZJRUQQABIUChBJTUFHRV9GT1JNQVRfUkFXEAESFgoSSU1BR0VfRk9STUFUX1FDT1cyEAISFQoRSU1BR0VfRk9STUFUX1ZNREsQAxIUChBJTUFHRV9GT1JNQVRfVkRJEAQSFQoRSU1BR0VfRk9STUFUX1ZIRFgQBRIUChBJTUFHRV9GT1JNQVRfUUVEEAYqgQEKClNvdXJjZUtpbmQSGwoXU09VUkNFX0tJTkRfVU5TUEVDSUZJRUQQABIUChBTT1VSQ0VfS0lORF9QQVRIEAESFQoRU09VUkNFX0tJTkRfSU1BR0UQAhITCg9TT1VSQ0VfS0lORF9OQkQQAxIUChBTT1VSQ0VfS0lORF9RRU1VEAQy3QQKDUJhY2t1cFNlcnZpY2USQwoGQmFja3VwEhsudm1hYmFja3VwLnYxLkJhY2t1cFJlcXVlc3QaHC52bWFiYWNrdXAudjEuQmFja3VwUmVzcG9uc2USUgoLUXVlcnlCYWNrdXASIC52bWFiYWNrdXAudjEuUXVlcnlCYWNrdXBSZXF1ZXN0GiEudm1hYmFja3VwLnYxLlF1ZXJ5QmFja3VwUmVzcG9uc2USVQoMQ2FuY2VsQmFja3VwEiEudm1hYmFja3VwLnYxLkNhbmNlbEJhY2t1cFJlcXVlc3QaIi52bWFiYWNrdXAudjEuQ2FuY2VsQmFja3VwUmVzcG9uc2USVAoLV2F0Y2hCYWNrdXASIC52bWFiYWNrdXAudjEuV2F0Y2hCYWNrdXBSZXF1ZXN0GiEudm1hYmFja3VwLnYxLldhdGNoQmFja3VwUmVzcG9uc2UwARJSCgtMaXN0QmFja3VwcxIgLnZtYWJhY2t1cC52MS5MaXN0QmFja3Vwc1JlcXVlc3QaIS52bWFiYWNrdXAudjEuTGlzdEJhY2t1cHNSZXNwb25zZRJbCg5TZXRCYWNrdXBTcGVlZBIjLnZtYWJhY2t1cC52MS5TZXRCYWNrdXBTcGVlZFJlcXVlc3QaJC52bWFiYWNrdXAudjEuU2V0QmFja3VwU3BlZWRSZXNwb25zZRJVCgxEZWxldGVCYWNrdXASIS52bWFiYWNrdXAudjEuRGVsZXRlQmFja3VwUmVxdWVzdBoiLnZtYWJhY2t1cC52MS5EZWxldGVCYWNrdXBSZXNwb25zZUJwChBjb20udm1hYmFja3VwLnYxQgtCYWNrdXBQcm90b1ABWil2bWFiYWNrdXAvZ2VuL2dvL3ZtYWJhY2t1cC92MTt2bWFiYWNrdXB2MaICA1ZYWKoCDFZtYWJhY2t1cC5WMcoCDFZtYWJhY2t1cFxWMWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Device is one disk image to back up.
@@ -35,11 +35,48 @@ export type Device = Message<"vmabackup.v1.Device"> & {
 
   /**
    * Path of the source: a regular file or a block device inside one of the
-   * server's source roots.
+   * server's source roots, read byte for byte, e.g. "/var/lib/vz/images/100/vm-100-disk-0.raw"
+   * or "/dev/vg0/vm-100-disk-0". Exactly one of path, image, nbd and qemu is
+   * given.
    *
    * @generated from field: string path = 2;
    */
   path: string;
+
+  /**
+   * The other kinds of sources; none of them when path is given.
+   *
+   * @generated from oneof vmabackup.v1.Device.source
+   */
+  source: {
+    /**
+     * A disk image file read through a private qemu-storage-daemon: the
+     * guest-visible disk, not the container file.
+     *
+     * @generated from field: vmabackup.v1.ImageSource image = 3;
+     */
+    value: ImageSource;
+    case: "image";
+  } | {
+    /**
+     * A disk another program exports over NBD (libvirt pull mode, qemu-nbd,
+     * nbdkit).
+     *
+     * @generated from field: vmabackup.v1.NbdSource nbd = 4;
+     */
+    value: NbdSource;
+    case: "nbd";
+  } | {
+    /**
+     * A drive of a running QEMU, read at one point in time (image fleecing):
+     * every qemu device of one job on the same QEMU is frozen at the same
+     * instant.
+     *
+     * @generated from field: vmabackup.v1.QemuSource qemu = 5;
+     */
+    value: QemuSource;
+    case: "qemu";
+  } | { case: undefined; value?: undefined };
 };
 
 /**
@@ -48,6 +85,91 @@ export type Device = Message<"vmabackup.v1.Device"> & {
  */
 export const DeviceSchema: GenMessage<Device> = /*@__PURE__*/
   messageDesc(file_vmabackup_v1_backup, 0);
+
+/**
+ * ImageSource is a disk image file, e.g.
+ * { path: "/var/lib/libvirt/images/web.qcow2", format: IMAGE_FORMAT_QCOW2 }.
+ *
+ * @generated from message vmabackup.v1.ImageSource
+ */
+export type ImageSource = Message<"vmabackup.v1.ImageSource"> & {
+  /**
+   * Path of the image file inside one of the server's source roots (a
+   * relative path resolves under the first one).
+   *
+   * @generated from field: string path = 1;
+   */
+  path: string;
+
+  /**
+   * Format of the image; required.
+   *
+   * @generated from field: vmabackup.v1.ImageFormat format = 2;
+   */
+  format: ImageFormat;
+};
+
+/**
+ * Describes the message vmabackup.v1.ImageSource.
+ * Use `create(ImageSourceSchema)` to create a new message.
+ */
+export const ImageSourceSchema: GenMessage<ImageSource> = /*@__PURE__*/
+  messageDesc(file_vmabackup_v1_backup, 1);
+
+/**
+ * NbdSource is an NBD export, e.g.
+ * { uri: "nbd+unix:///drive0?socket=/run/vm100/nbd.sock" } or
+ * { uri: "nbd://127.0.0.1:10809/drive0" }.
+ *
+ * @generated from message vmabackup.v1.NbdSource
+ */
+export type NbdSource = Message<"vmabackup.v1.NbdSource"> & {
+  /**
+   * NBD URI (nbd://, nbd+unix://). The server reads only the unix-socket
+   * directories and hosts its --nbd-allow setting names (none by default).
+   *
+   * @generated from field: string uri = 1;
+   */
+  uri: string;
+};
+
+/**
+ * Describes the message vmabackup.v1.NbdSource.
+ * Use `create(NbdSourceSchema)` to create a new message.
+ */
+export const NbdSourceSchema: GenMessage<NbdSource> = /*@__PURE__*/
+  messageDesc(file_vmabackup_v1_backup, 2);
+
+/**
+ * QemuSource is a drive of a running QEMU, e.g.
+ * { qmp_socket: "/run/qemu-server/100.qmp", drive: "drive-scsi0" }.
+ *
+ * @generated from message vmabackup.v1.QemuSource
+ */
+export type QemuSource = Message<"vmabackup.v1.QemuSource"> & {
+  /**
+   * Absolute path of the QEMU's QMP unix socket, inside one of the
+   * server's --qmp-root directories (none by default).
+   *
+   * @generated from field: string qmp_socket = 1;
+   */
+  qmpSocket: string;
+
+  /**
+   * The drive: its BlockBackend name (Proxmox "drive-scsi0") or node name
+   * (libvirt "libvirt-1-format").
+   *
+   * @generated from field: string drive = 2;
+   */
+  drive: string;
+};
+
+/**
+ * Describes the message vmabackup.v1.QemuSource.
+ * Use `create(QemuSourceSchema)` to create a new message.
+ */
+export const QemuSourceSchema: GenMessage<QemuSource> = /*@__PURE__*/
+  messageDesc(file_vmabackup_v1_backup, 3);
 
 /**
  * ConfigFile is a small file stored verbatim in the archive, such as the
@@ -79,7 +201,7 @@ export type ConfigFile = Message<"vmabackup.v1.ConfigFile"> & {
  * Use `create(ConfigFileSchema)` to create a new message.
  */
 export const ConfigFileSchema: GenMessage<ConfigFile> = /*@__PURE__*/
-  messageDesc(file_vmabackup_v1_backup, 1);
+  messageDesc(file_vmabackup_v1_backup, 4);
 
 /**
  * BackupRequest describes one backup job.
@@ -143,7 +265,7 @@ export type BackupRequest = Message<"vmabackup.v1.BackupRequest"> & {
  * Use `create(BackupRequestSchema)` to create a new message.
  */
 export const BackupRequestSchema: GenMessage<BackupRequest> = /*@__PURE__*/
-  messageDesc(file_vmabackup_v1_backup, 2);
+  messageDesc(file_vmabackup_v1_backup, 5);
 
 /**
  * BackupResponse answers Backup.
@@ -164,7 +286,7 @@ export type BackupResponse = Message<"vmabackup.v1.BackupResponse"> & {
  * Use `create(BackupResponseSchema)` to create a new message.
  */
 export const BackupResponseSchema: GenMessage<BackupResponse> = /*@__PURE__*/
-  messageDesc(file_vmabackup_v1_backup, 3);
+  messageDesc(file_vmabackup_v1_backup, 6);
 
 /**
  * QueryBackupRequest selects a job.
@@ -185,7 +307,7 @@ export type QueryBackupRequest = Message<"vmabackup.v1.QueryBackupRequest"> & {
  * Use `create(QueryBackupRequestSchema)` to create a new message.
  */
 export const QueryBackupRequestSchema: GenMessage<QueryBackupRequest> = /*@__PURE__*/
-  messageDesc(file_vmabackup_v1_backup, 4);
+  messageDesc(file_vmabackup_v1_backup, 7);
 
 /**
  * QueryBackupResponse answers QueryBackup.
@@ -206,7 +328,7 @@ export type QueryBackupResponse = Message<"vmabackup.v1.QueryBackupResponse"> & 
  * Use `create(QueryBackupResponseSchema)` to create a new message.
  */
 export const QueryBackupResponseSchema: GenMessage<QueryBackupResponse> = /*@__PURE__*/
-  messageDesc(file_vmabackup_v1_backup, 5);
+  messageDesc(file_vmabackup_v1_backup, 8);
 
 /**
  * CancelBackupRequest selects the jobs to cancel.
@@ -227,7 +349,7 @@ export type CancelBackupRequest = Message<"vmabackup.v1.CancelBackupRequest"> & 
  * Use `create(CancelBackupRequestSchema)` to create a new message.
  */
 export const CancelBackupRequestSchema: GenMessage<CancelBackupRequest> = /*@__PURE__*/
-  messageDesc(file_vmabackup_v1_backup, 6);
+  messageDesc(file_vmabackup_v1_backup, 9);
 
 /**
  * CancelBackupResponse answers CancelBackup.
@@ -248,7 +370,7 @@ export type CancelBackupResponse = Message<"vmabackup.v1.CancelBackupResponse"> 
  * Use `create(CancelBackupResponseSchema)` to create a new message.
  */
 export const CancelBackupResponseSchema: GenMessage<CancelBackupResponse> = /*@__PURE__*/
-  messageDesc(file_vmabackup_v1_backup, 7);
+  messageDesc(file_vmabackup_v1_backup, 10);
 
 /**
  * WatchBackupRequest selects the jobs to follow.
@@ -277,7 +399,7 @@ export type WatchBackupRequest = Message<"vmabackup.v1.WatchBackupRequest"> & {
  * Use `create(WatchBackupRequestSchema)` to create a new message.
  */
 export const WatchBackupRequestSchema: GenMessage<WatchBackupRequest> = /*@__PURE__*/
-  messageDesc(file_vmabackup_v1_backup, 8);
+  messageDesc(file_vmabackup_v1_backup, 11);
 
 /**
  * ListBackupsRequest selects a page of jobs.
@@ -313,7 +435,7 @@ export type ListBackupsRequest = Message<"vmabackup.v1.ListBackupsRequest"> & {
  * Use `create(ListBackupsRequestSchema)` to create a new message.
  */
 export const ListBackupsRequestSchema: GenMessage<ListBackupsRequest> = /*@__PURE__*/
-  messageDesc(file_vmabackup_v1_backup, 9);
+  messageDesc(file_vmabackup_v1_backup, 12);
 
 /**
  * ListBackupsResponse is one page of jobs, newest first.
@@ -341,7 +463,7 @@ export type ListBackupsResponse = Message<"vmabackup.v1.ListBackupsResponse"> & 
  * Use `create(ListBackupsResponseSchema)` to create a new message.
  */
 export const ListBackupsResponseSchema: GenMessage<ListBackupsResponse> = /*@__PURE__*/
-  messageDesc(file_vmabackup_v1_backup, 10);
+  messageDesc(file_vmabackup_v1_backup, 13);
 
 /**
  * SetBackupSpeedRequest changes a running job's speed limit.
@@ -369,7 +491,7 @@ export type SetBackupSpeedRequest = Message<"vmabackup.v1.SetBackupSpeedRequest"
  * Use `create(SetBackupSpeedRequestSchema)` to create a new message.
  */
 export const SetBackupSpeedRequestSchema: GenMessage<SetBackupSpeedRequest> = /*@__PURE__*/
-  messageDesc(file_vmabackup_v1_backup, 11);
+  messageDesc(file_vmabackup_v1_backup, 14);
 
 /**
  * SetBackupSpeedResponse answers SetBackupSpeed.
@@ -390,7 +512,7 @@ export type SetBackupSpeedResponse = Message<"vmabackup.v1.SetBackupSpeedRespons
  * Use `create(SetBackupSpeedResponseSchema)` to create a new message.
  */
 export const SetBackupSpeedResponseSchema: GenMessage<SetBackupSpeedResponse> = /*@__PURE__*/
-  messageDesc(file_vmabackup_v1_backup, 12);
+  messageDesc(file_vmabackup_v1_backup, 15);
 
 /**
  * DeleteBackupRequest selects a finished job to forget.
@@ -418,7 +540,7 @@ export type DeleteBackupRequest = Message<"vmabackup.v1.DeleteBackupRequest"> & 
  * Use `create(DeleteBackupRequestSchema)` to create a new message.
  */
 export const DeleteBackupRequestSchema: GenMessage<DeleteBackupRequest> = /*@__PURE__*/
-  messageDesc(file_vmabackup_v1_backup, 13);
+  messageDesc(file_vmabackup_v1_backup, 16);
 
 /**
  * DeleteBackupResponse answers DeleteBackup.
@@ -433,7 +555,7 @@ export type DeleteBackupResponse = Message<"vmabackup.v1.DeleteBackupResponse"> 
  * Use `create(DeleteBackupResponseSchema)` to create a new message.
  */
 export const DeleteBackupResponseSchema: GenMessage<DeleteBackupResponse> = /*@__PURE__*/
-  messageDesc(file_vmabackup_v1_backup, 14);
+  messageDesc(file_vmabackup_v1_backup, 17);
 
 /**
  * WatchBackupResponse is one status update.
@@ -454,7 +576,7 @@ export type WatchBackupResponse = Message<"vmabackup.v1.WatchBackupResponse"> & 
  * Use `create(WatchBackupResponseSchema)` to create a new message.
  */
 export const WatchBackupResponseSchema: GenMessage<WatchBackupResponse> = /*@__PURE__*/
-  messageDesc(file_vmabackup_v1_backup, 15);
+  messageDesc(file_vmabackup_v1_backup, 18);
 
 /**
  * DeviceStatus is the progress of one device within a job.
@@ -508,6 +630,29 @@ export type DeviceStatus = Message<"vmabackup.v1.DeviceStatus"> & {
    * @generated from field: uint64 archive_size = 6;
    */
   archiveSize: bigint;
+
+  /**
+   * What the device is read from.
+   *
+   * @generated from field: vmabackup.v1.SourceKind source_kind = 7;
+   */
+  sourceKind: SourceKind;
+
+  /**
+   * Where it is read from, as the request gave it: the path, the image path,
+   * the NBD URI, or "QMP_SOCKET:DRIVE" for a qemu source.
+   *
+   * @generated from field: string source = 8;
+   */
+  source: string;
+
+  /**
+   * qemu sources only: bytes the guest has written since the job's point
+   * in time (what the scratch overlay holds); 0 for other kinds.
+   *
+   * @generated from field: uint64 scratch_bytes = 9;
+   */
+  scratchBytes: bigint;
 };
 
 /**
@@ -515,7 +660,7 @@ export type DeviceStatus = Message<"vmabackup.v1.DeviceStatus"> & {
  * Use `create(DeviceStatusSchema)` to create a new message.
  */
 export const DeviceStatusSchema: GenMessage<DeviceStatus> = /*@__PURE__*/
-  messageDesc(file_vmabackup_v1_backup, 16);
+  messageDesc(file_vmabackup_v1_backup, 19);
 
 /**
  * BackupStatus is everything the server knows about a job.
@@ -651,7 +796,7 @@ export type BackupStatus = Message<"vmabackup.v1.BackupStatus"> & {
  * Use `create(BackupStatusSchema)` to create a new message.
  */
 export const BackupStatusSchema: GenMessage<BackupStatus> = /*@__PURE__*/
-  messageDesc(file_vmabackup_v1_backup, 17);
+  messageDesc(file_vmabackup_v1_backup, 20);
 
 /**
  * BackupFormat is the archive format a job writes.
@@ -727,6 +872,98 @@ export enum BackupState {
  */
 export const BackupStateSchema: GenEnum<BackupState> = /*@__PURE__*/
   enumDesc(file_vmabackup_v1_backup, 1);
+
+/**
+ * ImageFormat names the format of an image source. The server never probes
+ * the format (a raw guest disk may begin with a qcow2 header): the client
+ * names it.
+ *
+ * @generated from enum vmabackup.v1.ImageFormat
+ */
+export enum ImageFormat {
+  /**
+   * Not given: refused (IMAGE_FORMAT_MISSING).
+   *
+   * @generated from enum value: IMAGE_FORMAT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: IMAGE_FORMAT_RAW = 1;
+   */
+  RAW = 1,
+
+  /**
+   * @generated from enum value: IMAGE_FORMAT_QCOW2 = 2;
+   */
+  QCOW2 = 2,
+
+  /**
+   * @generated from enum value: IMAGE_FORMAT_VMDK = 3;
+   */
+  VMDK = 3,
+
+  /**
+   * @generated from enum value: IMAGE_FORMAT_VDI = 4;
+   */
+  VDI = 4,
+
+  /**
+   * @generated from enum value: IMAGE_FORMAT_VHDX = 5;
+   */
+  VHDX = 5,
+
+  /**
+   * @generated from enum value: IMAGE_FORMAT_QED = 6;
+   */
+  QED = 6,
+}
+
+/**
+ * Describes the enum vmabackup.v1.ImageFormat.
+ */
+export const ImageFormatSchema: GenEnum<ImageFormat> = /*@__PURE__*/
+  enumDesc(file_vmabackup_v1_backup, 2);
+
+/**
+ * SourceKind tells what a device is read from.
+ *
+ * @generated from enum vmabackup.v1.SourceKind
+ */
+export enum SourceKind {
+  /**
+   * @generated from enum value: SOURCE_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A raw file or block device (Device.path).
+   *
+   * @generated from enum value: SOURCE_KIND_PATH = 1;
+   */
+  PATH = 1,
+
+  /**
+   * @generated from enum value: SOURCE_KIND_IMAGE = 2;
+   */
+  IMAGE = 2,
+
+  /**
+   * @generated from enum value: SOURCE_KIND_NBD = 3;
+   */
+  NBD = 3,
+
+  /**
+   * @generated from enum value: SOURCE_KIND_QEMU = 4;
+   */
+  QEMU = 4,
+}
+
+/**
+ * Describes the enum vmabackup.v1.SourceKind.
+ */
+export const SourceKindSchema: GenEnum<SourceKind> = /*@__PURE__*/
+  enumDesc(file_vmabackup_v1_backup, 3);
 
 /**
  * BackupService starts, inspects, cancels and follows backup jobs.

@@ -3,7 +3,7 @@
 // on the device's field; the server settings that allow the URI are checked
 // by the engine before this runs.
 import type { DiskSource } from "../disk-source.js";
-import { SourceRefusal, type SourceRefusalCode } from "../source-refusal.js";
+import { SOURCE_REASON, SourceRefusal, type SourceRefusalCode } from "../source-refusal.js";
 import { NbdError, type NbdErrorCode } from "./errors.js";
 import { type NbdSourceOptions, openNbdSource } from "./nbd-source.js";
 
@@ -25,7 +25,12 @@ export async function openNbdDevice(uri: string, field: string, options?: NbdSou
   }
   if (source.size === 0) {
     await source.close();
-    throw new SourceRefusal("failed-precondition", "SOURCE_EMPTY", `${field}: the export ${uri} is empty`, field);
+    throw new SourceRefusal(
+      "failed-precondition",
+      SOURCE_REASON.SOURCE_EMPTY,
+      `${field}: the export ${uri} is empty`,
+      field,
+    );
   }
   return source;
 }

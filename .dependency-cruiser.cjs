@@ -18,11 +18,18 @@ module.exports = {
       to: { path: "^(src/(engine|server|cli|store)/|gen/)" },
     },
     {
+      name: "stores-are-storage",
+      comment: "src/stores keeps bytes (local dir, S3, compression); it knows no format, engine or gRPC.",
+      severity: "error",
+      from: { path: "^src/stores/" },
+      to: { path: "^(src/(?!stores/)|gen/)" },
+    },
+    {
       name: "sources-below-engine",
       comment: "src/sources reads disks; the engine, the transport and the stores build on it, never the reverse.",
       severity: "error",
       from: { path: "^src/sources/" },
-      to: { path: "^(src/(engine|server|cli|client|wire|metrics|drivers|store)/|gen/)" },
+      to: { path: "^(src/(engine|server|cli|client|wire|metrics|drivers|store|stores)/|gen/)" },
     },
     {
       name: "engine-below-transport",

@@ -5,7 +5,7 @@
 // writes complete slowly, must come back byte-identical.
 import { parse as parseUuid } from "uuid";
 import { describe, expect, it } from "vitest";
-import { ArchiveFile } from "../src/drivers/archive-file.js";
+import { ArchiveFile } from "../src/stores/local/archive-file.js";
 import type { BackupDriver, BackupTarget } from "../src/drivers/driver.js";
 import { vmaDriver } from "../src/drivers/vma-driver.js";
 import { VmaWriter } from "../src/vma/writer.js";

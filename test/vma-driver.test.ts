@@ -3,7 +3,7 @@ import { link, lstat, mkdir, mkdtemp, readFile, readdir, rename, rm, symlink, wr
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { ArchiveFile, publishWithoutOverwrite } from "../src/drivers/archive-file.js";
+import { ArchiveFile, publishWithoutOverwrite } from "../src/stores/local/archive-file.js";
 import { ArchiveLimitError, ArchiveOutsideError, type BackupTarget } from "../src/drivers/driver.js";
 import { vmaDriver } from "../src/drivers/vma-driver.js";
 import { CLUSTER_SIZE } from "../src/vma/constants.js";

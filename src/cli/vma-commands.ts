@@ -6,25 +6,44 @@
 // which escapes control characters; JSON and `config` output stay exact.
 import type { Command } from "commander";
 import { ExtractUsageError, extractArchive, imageFileName } from "../vma/extract-archive.js";
-import { openArchive, UnsupportedCompressionError, type OpenedArchive } from "../vma/open-archive.js";
+import { UnsupportedCompressionError, type OpenedArchive } from "../vma/open-archive.js";
+import { openArchiveSource, type S3CommandOptions } from "./open-archive-source.js";
 import type { VmaHeader, VmaProblem } from "../vma/reader-types.js";
 import { verifyArchive, verifyArchiveHeader, type ArchiveVerdict } from "../vma/verify-archive.js";
 import { escapeControls } from "./escape-controls.js";
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE } from "./exit-codes.js";
 import { createProgressBar } from "./progress-bar.js";
 
-const ARCHIVE_HELP = "archive: .vma, .vma.gz or .vma.zst (detected by content), or - for stdin";
+const ARCHIVE_HELP = "archive: .vma, .vma.gz or .vma.zst (detected by content), s3://BUCKET/KEY, or - for stdin";
 const PROGRESS_INTERVAL_MS = 250;
 
 /** A request the archive cannot satisfy, e.g. a config name it does not have. */
 class ArchiveRequestError extends Error {}
+
+/** The `vma` command's --s3-* options, read before any subcommand runs. */
+let s3Options: S3CommandOptions = {};
+
+function openArchive(source: string): Promise<OpenedArchive> {
+  return openArchiveSource(source, s3Options);
+}
 
 export function registerVmaCommands(program: Command): void {
   const vma = program
     .command("vma")
     .description("inspect, verify and extract VMA archives (like Proxmox's vma tool)")
     // Usage errors exit 2 like every other failure of the command line; help exits 0.
-    .exitOverride((error) => process.exit(error.exitCode === 0 ? EXIT_OK : EXIT_USAGE));
+    .exitOverride((error) => process.exit(error.exitCode === 0 ? EXIT_OK : EXIT_USAGE))
+    .option(
+      "--s3-endpoint <url>",
+      "S3 endpoint for s3:// archives (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, AWS)",
+    )
+    .option("--s3-region <region>", "S3 region (default: AWS_REGION, else us-east-1)")
+    .option("--s3-credentials <file>", "AWS shared-credentials file (default: the standard AWS chain)")
+    .option("--s3-profile <name>", "profile in the credentials file (default: AWS_PROFILE, else default)")
+    .option("--s3-path-style", "bucket in the path (on by default with --s3-endpoint)")
+    .hook("preAction", (command) => {
+      s3Options = command.opts<S3CommandOptions>();
+    });
 
   vma
     .command("list")

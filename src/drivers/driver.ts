@@ -1,6 +1,10 @@
 // The contract between the job engine and an archive format. The engine
 // reads devices and finds zero blocks; a driver only lays clusters out in its
 // format. Drivers know nothing about jobs, policies or gRPC.
+import type { FileIdentity } from "../stores/local/local-errors.js";
+
+// Thrown by open() when the archive's directory resolves outside `confineTo`.
+export { ArchiveOutsideError, type FileIdentity } from "../stores/local/local-errors.js";
 
 /** What a job will put in the archive, for checking format limits up front. */
 export interface ArchivePlan {
@@ -34,16 +38,6 @@ export interface OpenTargetOptions {
   readonly confineTo: string;
 }
 
-/** Thrown by open() when the archive's directory resolves outside `confineTo`. */
-export class ArchiveOutsideError extends Error {
-  readonly code = "EXDEV_CONFINEMENT";
-
-  constructor(directory: string, confineTo: string) {
-    super(`${directory} resolves outside ${confineTo}`);
-    this.name = "ArchiveOutsideError";
-  }
-}
-
 export interface BackupDriver {
   /** Format name, e.g. "vma". */
   readonly format: string;
@@ -56,17 +50,6 @@ export interface BackupDriver {
    * without following symlinks. Fails with the fs error (EEXIST, ...) as is.
    */
   open(options: OpenTargetOptions): Promise<BackupTarget>;
-}
-
-/**
- * A file as the filesystem knows it, whatever its name (decimal strings:
- * inode numbers can exceed 2^53). Inode numbers are reused; the birth time
- * (ns, "0" where the filesystem keeps none) tells a new file from the old.
- */
-export interface FileIdentity {
-  readonly dev: string;
-  readonly ino: string;
-  readonly born: string;
 }
 
 /**

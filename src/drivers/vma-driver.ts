@@ -3,7 +3,7 @@
 import { parse as parseUuid } from "uuid";
 import { checkHeaderPlan, VmaLimitError } from "../vma/encode-limits.js";
 import { VmaWriter } from "../vma/writer.js";
-import { ArchiveFile, type ArchiveFileOptions } from "./archive-file.js";
+import { ArchiveFile, type ArchiveFileOptions } from "../stores/local/archive-file.js";
 import {
   ArchiveLimitError,
   type ArchivePlan,
@@ -84,7 +84,7 @@ class VmaTarget implements BackupTarget {
 }
 
 /** The format layer names its limits VmaLimitError; the driver contract calls them ArchiveLimitError. */
-function withArchiveLimitErrors<T>(action: () => T): T {
+export function withArchiveLimitErrors<T>(action: () => T): T {
   try {
     return action();
   } catch (error) {

@@ -1,12 +1,12 @@
 // Opens an archive file or stream and hands out its decompressed bytes. The
 // compression is told by the first bytes, never by the file name: gzip
-// (1f 8b) through node:zlib, zstd (28 b5 2f fd, or a skippable frame first)
-// through fzstd, which streams in pure JS since Node 20's zlib has no zstd.
-// Anything else is passed through as is (the reader then checks the magic).
+// (1f 8b) and zstd (28 b5 2f fd, or a skippable frame first) both through
+// node:zlib (Node 24 has zstd; it needs half the CPU time of the pure-JS
+// fzstd used before, and less memory). Anything else is passed through as
+// is (the reader then checks the magic).
 import { open } from "node:fs/promises";
 import { Readable } from "node:stream";
-import { createGunzip } from "node:zlib";
-import { Decompress } from "fzstd";
+import { createGunzip, createZstdDecompress } from "node:zlib";
 
 export type ArchiveCompression = "none" | "gzip" | "zstd";
 
@@ -42,7 +42,7 @@ export class UnsupportedCompressionError extends Error {
 
 /** Big reads keep the per-chunk overhead negligible next to the copy from the page cache. */
 export const ARCHIVE_READ_CHUNK = 4 * 1024 * 1024;
-const GUNZIP_CHUNK = 1024 * 1024;
+const INFLATE_CHUNK = 1024 * 1024;
 const MAGIC_BYTES = 4;
 
 /** Opens `path`, or stdin when `path` is "-". */
@@ -93,7 +93,7 @@ export async function openArchiveStream(input: Readable, inputSize: number | und
     }
   }
 
-  const chunks = compression === "gzip" ? gunzip(raw()) : compression === "zstd" ? unzstd(raw()) : raw();
+  const chunks = compression === "none" ? raw() : inflate(compression, raw());
   return { compression, chunks, inputSize, inputBytesRead: () => bytesRead };
 }
 
@@ -113,9 +113,16 @@ function detectCompression(first: Buffer): ArchiveCompression {
   return "none";
 }
 
-async function* gunzip(raw: AsyncGenerator<Buffer>): AsyncGenerator<Buffer, void, undefined> {
+/** Decompresses `raw` through a zlib stream; damaged data becomes CompressedDataError. */
+async function* inflate(
+  compression: "gzip" | "zstd",
+  raw: AsyncGenerator<Buffer>,
+): AsyncGenerator<Buffer, void, undefined> {
   const source = Readable.from(raw, { objectMode: false });
-  const inflater = createGunzip({ chunkSize: GUNZIP_CHUNK });
+  const inflater =
+    compression === "gzip"
+      ? createGunzip({ chunkSize: INFLATE_CHUNK })
+      : createZstdDecompress({ chunkSize: INFLATE_CHUNK });
   source.on("error", (error) => inflater.destroy(error));
   source.pipe(inflater);
   let produced = 0;
@@ -125,42 +132,15 @@ async function* gunzip(raw: AsyncGenerator<Buffer>): AsyncGenerator<Buffer, void
       yield chunk;
     }
   } catch (error) {
-    throw isZlibError(error) ? new CompressedDataError("gzip", produced, error) : error;
+    throw isZlibError(error) ? new CompressedDataError(compression, produced, error) : error;
   } finally {
     inflater.destroy();
     source.destroy();
   }
 }
 
+/** zlib's own codes (Z_BUF_ERROR for a cut-short stream) and zstd's (ZSTD_error_*). */
 function isZlibError(error: unknown): boolean {
   const code = (error as { code?: unknown } | null)?.code;
-  return typeof code === "string" && code.startsWith("Z_");
-}
-
-async function* unzstd(raw: AsyncGenerator<Buffer>): AsyncGenerator<Buffer, void, undefined> {
-  const output: Uint8Array[] = [];
-  const decompressor = new Decompress((chunk) => {
-    if (chunk.length > 0) output.push(chunk);
-  });
-  let produced = 0;
-  const push = (chunk: Uint8Array, final: boolean): void => {
-    try {
-      decompressor.push(chunk, final);
-    } catch (error) {
-      throw new CompressedDataError("zstd", produced, error);
-    }
-  };
-  function* drain(): Generator<Buffer> {
-    for (const chunk of output.splice(0)) {
-      produced += chunk.length;
-      yield Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-    }
-  }
-  for await (const chunk of raw) {
-    push(chunk, false);
-    yield* drain();
-  }
-  // The final push reports a frame cut short.
-  push(new Uint8Array(0), true);
-  yield* drain();
+  return typeof code === "string" && (code.startsWith("Z_") || code.startsWith("ZSTD_"));
 }

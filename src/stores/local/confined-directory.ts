@@ -5,7 +5,7 @@
 // that was opened and checked, wherever it has moved since.
 import { constants, type FileHandle, open, readlink } from "node:fs/promises";
 import { sep } from "node:path";
-import { ArchiveOutsideError } from "./driver.js";
+import { ArchiveOutsideError } from "./local-errors.js";
 
 /** What Linux appends to the link of a descriptor whose directory was removed. */
 const DELETED_SUFFIX = " (deleted)";

@@ -12,6 +12,7 @@ import { formatMiB, formatRate, formatSeconds, median } from "./stats.js";
 import { timeCommand } from "./time-command.js";
 import { benchZeroDetection } from "./zero-bench.js";
 import { benchVmaTools } from "./vma-tools.js";
+import { benchSparseImage } from "./sparse-image.js";
 
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 1024);
 const runs = Number(process.env.BENCH_RUNS ?? 7);
@@ -117,6 +118,10 @@ async function main(): Promise<void> {
       runs,
       backupSeconds: median(times.vmabackup),
     });
+
+    if (process.env.BENCH_SPARSE !== "0") {
+      await benchSparseImage({ service, sourceRoot, backupDir, workDir: root, runs: Math.min(runs, 5) });
+    }
   } finally {
     await service.stop();
     await rm(root, { recursive: true, force: true });

@@ -7,13 +7,14 @@ import { open } from "node:fs/promises";
 import { Readable } from "node:stream";
 import { createGunzip } from "node:zlib";
 import { Decompress } from "fzstd";
+import { FileChunkSource, type RecyclableChunks } from "./file-chunk-source.js";
 
 export type ArchiveCompression = "none" | "gzip" | "zstd";
 
 export interface OpenedArchive {
   readonly compression: ArchiveCompression;
   /** The archive's bytes after decompression, in order. Iterate once. */
-  readonly chunks: AsyncIterable<Buffer>;
+  readonly chunks: AsyncIterable<Buffer> | RecyclableChunks;
   /** Size of the input in bytes when it is a regular file, for progress. */
   readonly inputSize: number | undefined;
   /** Input bytes (compressed, as stored) consumed so far. */
@@ -50,16 +51,32 @@ export async function openArchive(path: string): Promise<OpenedArchive> {
   if (path === "-") return openArchiveStream(process.stdin, undefined);
   // Open first so that a missing file fails here, with its fs error.
   const handle = await open(path, "r");
+  let compression: ArchiveCompression;
   let size: number | undefined;
   try {
     const stat = await handle.stat();
-    size = stat.isFile() ? stat.size : undefined;
+    if (!stat.isFile()) {
+      const stream = handle.createReadStream({ highWaterMark: ARCHIVE_READ_CHUNK, autoClose: true });
+      return openArchiveStream(stream, undefined);
+    }
+    size = stat.size;
+    const magic = Buffer.alloc(MAGIC_BYTES);
+    const { bytesRead } = await handle.read(magic, 0, MAGIC_BYTES, 0);
+    compression = detectCompression(magic.subarray(0, bytesRead));
   } catch (error) {
     await handle.close();
     throw error;
   }
-  const stream = handle.createReadStream({ highWaterMark: ARCHIVE_READ_CHUNK, autoClose: true });
-  return openArchiveStream(stream, size);
+  // A regular file is read into reused buffers (see file-chunk-source.ts).
+  const source = new FileChunkSource(handle, ARCHIVE_READ_CHUNK);
+  const inputBytesRead = (): number => source.position;
+  if (compression === "none") return { compression, chunks: source, inputSize: size, inputBytesRead };
+  // Decompressors may hold on to their input: its chunks are never recycled.
+  const raw = (async function* (): AsyncGenerator<Buffer, void, undefined> {
+    yield* source;
+  })();
+  const chunks = compression === "gzip" ? gunzip(raw) : unzstd(raw);
+  return { compression, chunks, inputSize: size, inputBytesRead };
 }
 
 /** Detects the compression of `input` from its first bytes and decompresses it. */

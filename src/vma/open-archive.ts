@@ -3,10 +3,9 @@
 // (1f 8b) through node:zlib, zstd (28 b5 2f fd, or a skippable frame first)
 // through fzstd, which streams in pure JS since Node 20's zlib has no zstd.
 // Anything else is passed through as is (the reader then checks the magic).
+// The decompressors are loaded only for compressed input (start-up time).
 import { open } from "node:fs/promises";
-import { Readable } from "node:stream";
-import { createGunzip } from "node:zlib";
-import { Decompress } from "fzstd";
+import type { Readable } from "node:stream";
 import { FileChunkSource, type RecyclableChunks } from "./file-chunk-source.js";
 
 export type ArchiveCompression = "none" | "gzip" | "zstd";
@@ -131,6 +130,7 @@ function detectCompression(first: Buffer): ArchiveCompression {
 }
 
 async function* gunzip(raw: AsyncGenerator<Buffer>): AsyncGenerator<Buffer, void, undefined> {
+  const [{ Readable }, { createGunzip }] = await Promise.all([import("node:stream"), import("node:zlib")]);
   const source = Readable.from(raw, { objectMode: false });
   const inflater = createGunzip({ chunkSize: GUNZIP_CHUNK });
   source.on("error", (error) => inflater.destroy(error));
@@ -155,6 +155,7 @@ function isZlibError(error: unknown): boolean {
 }
 
 async function* unzstd(raw: AsyncGenerator<Buffer>): AsyncGenerator<Buffer, void, undefined> {
+  const { Decompress } = await import("fzstd");
   const output: Uint8Array[] = [];
   const decompressor = new Decompress((chunk) => {
     if (chunk.length > 0) output.push(chunk);

@@ -55,6 +55,8 @@ export async function benchWatchers(options: WatchersBenchOptions): Promise<Watc
     sourceRoot: images,
     stateDir: state,
     extraArgs: ["--progress-interval", "1h"],
+    // E.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile the daemon.
+    nodeOptions: process.env.BENCH_DAEMON_NODE_OPTIONS?.split(" ").filter(Boolean) ?? [],
   });
   const clients = Array.from({ length: CLIENT_PROCESSES }, () => startClient());
   const results: WatchersLevel[] = [];

@@ -7,6 +7,9 @@ import { createServer } from "node:net";
 import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import { createClient, type ServiceClient } from "../src/client/grpc-client.js";
 
+/** V8 flags the daemon ships with (npm start, contrib/systemd/vmabackup.service). */
+export const DAEMON_NODE_OPTIONS: readonly string[] = ["--max-semi-space-size=1"];
+
 export interface BenchService {
   readonly client: ServiceClient<typeof BackupService.method>;
   /** Seconds from the Backup call until the job reports DONE. */
@@ -26,7 +29,7 @@ export async function startBenchService(dirs: {
   stateDir: string;
   /** More `serve` arguments, e.g. ["--progress-interval", "1h"]. */
   extraArgs?: readonly string[];
-  /** Node options for the daemon, e.g. ["--max-semi-space-size=1"]. */
+  /** Node options for the daemon (default DAEMON_NODE_OPTIONS), e.g. ["--cpu-prof"]. */
   nodeOptions?: readonly string[];
 }): Promise<BenchService> {
   const port = await freePort();
@@ -34,7 +37,7 @@ export async function startBenchService(dirs: {
   const child = spawn(
     process.execPath,
     [
-      ...(dirs.nodeOptions ?? []),
+      ...(dirs.nodeOptions ?? DAEMON_NODE_OPTIONS),
       "bin/vmabackup.js",
       "serve",
       "--listen",

@@ -11,7 +11,7 @@ import { mkdir, mkdtemp, open, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { ClientCommand, ClientReply } from "./watch-clients.js";
-import { startBenchService } from "./service.js";
+import { DAEMON_NODE_OPTIONS, startBenchService } from "./service.js";
 import { formatMiB } from "./stats.js";
 
 const MiB = 2 ** 20;
@@ -56,7 +56,7 @@ export async function benchWatchers(options: WatchersBenchOptions): Promise<Watc
     stateDir: state,
     extraArgs: ["--progress-interval", "1h"],
     // E.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile the daemon.
-    nodeOptions: process.env.BENCH_DAEMON_NODE_OPTIONS?.split(" ").filter(Boolean) ?? [],
+    nodeOptions: [...DAEMON_NODE_OPTIONS, ...(process.env.BENCH_DAEMON_NODE_OPTIONS?.split(" ").filter(Boolean) ?? [])],
   });
   const clients = Array.from({ length: CLIENT_PROCESSES }, () => startClient());
   const results: WatchersLevel[] = [];

@@ -26,6 +26,28 @@ export type ClientReply =
 interface WatchStream {
   /** When the status with each speed limit arrived (process.hrtime.bigint). */
   readonly receipts: Map<number, bigint>;
+  /** Data not decoded yet, with its arrival time: decoding waits, so it delays no arrival being timed. */
+  arrivals: Array<{ readonly at: bigint; readonly chunk: Buffer }>;
+  /** Bytes of an incomplete gRPC frame. */
+  pending: Buffer;
+}
+
+/** Decodes a stream's arrivals into receipts; returns true when a whole message was decoded. */
+function decodeArrivals(watch: WatchStream): boolean {
+  let decoded = false;
+  for (const { at, chunk } of watch.arrivals.splice(0)) {
+    watch.pending = watch.pending.length === 0 ? chunk : Buffer.concat([watch.pending, chunk]);
+    while (watch.pending.length >= GRPC_FRAME_HEADER) {
+      const length = watch.pending.readUInt32BE(1);
+      if (watch.pending.length < GRPC_FRAME_HEADER + length) break;
+      const body = watch.pending.subarray(GRPC_FRAME_HEADER, GRPC_FRAME_HEADER + length);
+      watch.pending = watch.pending.subarray(GRPC_FRAME_HEADER + length);
+      const { status } = fromBinary(WatchBackupResponseSchema, body);
+      if (status !== undefined) watch.receipts.set(Number(status.speedLimit), at);
+      decoded = true;
+    }
+  }
+  return decoded;
 }
 
 const sessions: ClientHttp2Session[] = [];
@@ -46,7 +68,7 @@ function session(address: string): ClientHttp2Session {
 /** Opens one WatchBackup stream; resolves once its first status arrived. */
 function openStream(address: string, uuid: string): Promise<void> {
   return new Promise((resolve, reject) => {
-    const watch: WatchStream = { receipts: new Map() };
+    const watch: WatchStream = { receipts: new Map(), arrivals: [], pending: Buffer.alloc(0) };
     const request = session(address).request({
       ":method": "POST",
       ":path": methodPath(BackupService.method.watchBackup),
@@ -58,23 +80,13 @@ function openStream(address: string, uuid: string): Promise<void> {
     frame.writeUInt32BE(message.length, 1);
     frame.set(message, GRPC_FRAME_HEADER);
     request.end(frame);
-    let pending: Buffer = Buffer.alloc(0);
     let first = true;
     request.on("data", (chunk: Buffer) => {
-      const received = process.hrtime.bigint();
-      pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
-      while (pending.length >= GRPC_FRAME_HEADER) {
-        const length = pending.readUInt32BE(1);
-        if (pending.length < GRPC_FRAME_HEADER + length) break;
-        const body = pending.subarray(GRPC_FRAME_HEADER, GRPC_FRAME_HEADER + length);
-        pending = pending.subarray(GRPC_FRAME_HEADER + length);
-        const { status } = fromBinary(WatchBackupResponseSchema, body);
-        if (status !== undefined) watch.receipts.set(Number(status.speedLimit), received);
-        if (first) {
-          first = false;
-          streams.push(watch);
-          resolve();
-        }
+      watch.arrivals.push({ at: process.hrtime.bigint(), chunk });
+      if (first && decodeArrivals(watch)) {
+        first = false;
+        streams.push(watch);
+        resolve();
       }
     });
     request.on("error", reject);
@@ -85,8 +97,15 @@ function openStream(address: string, uuid: string): Promise<void> {
 }
 
 async function receipts(speedLimit: number, timeoutMs: number): Promise<ClientReply> {
-  const deadline = Date.now() + timeoutMs;
-  while (streams.some((watch) => !watch.receipts.has(speedLimit)) && Date.now() < deadline) {
+  const started = Date.now();
+  for (;;) {
+    const waiting = streams.filter((watch) => !watch.receipts.has(speedLimit));
+    if (waiting.length === 0 || Date.now() > started + timeoutMs) break;
+    // Decode once every waiting stream has data (one message each per change),
+    // or after a second (a frame split over chunks), never amid the arrivals.
+    if (waiting.every((watch) => watch.arrivals.length > 0) || Date.now() > started + 1000) {
+      for (const watch of waiting) decodeArrivals(watch);
+    }
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
   const nanoseconds: number[] = [];

@@ -542,25 +542,25 @@ describe("createProgressBar", () => {
     return { stream: stream as unknown as NodeJS.WriteStream, output: () => written };
   }
 
-  it("draws label, bar, percent and bytes on a terminal", () => {
+  it("draws label, bar, percent and bytes on a terminal", async () => {
     const terminal = fakeTerminal(true);
-    const bar = createProgressBar({ label: "extract", total: 4 * 1024 * 1024, stream: terminal.stream });
+    const bar = await createProgressBar({ label: "extract", total: 4 * 1024 * 1024, stream: terminal.stream });
     bar.update(2 * 1024 * 1024);
     bar.stop();
     expect(terminal.output()).toMatch(/extract \[[░█]+\]\s+0\.0%\s+0 B \/ 4\.0 MiB/);
     expect(terminal.output()).toMatch(/extract \[█+░+\]\s+50\.0%\s+2\.0 MiB \/ 4\.0 MiB/);
   });
 
-  it("shows bytes only when the total is unknown, and nothing when not a terminal", () => {
+  it("shows bytes only when the total is unknown, and nothing when not a terminal", async () => {
     const terminal = fakeTerminal(true);
-    const bar = createProgressBar({ label: "verify", total: undefined, stream: terminal.stream });
+    const bar = await createProgressBar({ label: "verify", total: undefined, stream: terminal.stream });
     bar.update(3 * 1024);
     bar.stop();
     expect(terminal.output()).toMatch(/verify 3\.0 KiB\s/);
     expect(terminal.output()).not.toContain("%");
 
     const pipe = fakeTerminal(false);
-    const silent = createProgressBar({ label: "verify", total: 100, stream: pipe.stream });
+    const silent = await createProgressBar({ label: "verify", total: 100, stream: pipe.stream });
     silent.update(50);
     silent.stop();
     expect(pipe.output()).toBe("");

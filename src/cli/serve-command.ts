@@ -12,7 +12,7 @@ import ms from "ms";
 import { pino } from "pino";
 import type { Logger } from "pino";
 import type * as grpc from "@grpc/grpc-js";
-import { DaemonMetrics } from "../metrics/daemon-metrics.js";
+import type { DaemonMetrics } from "../metrics/daemon-metrics.js";
 import { createAuthInterceptor, readTokenFile, TokenFileError } from "../server/auth.js";
 import { startServer } from "../server/server.js";
 import {
@@ -196,7 +196,7 @@ async function metricsAddress(listen: string, insecure: boolean): Promise<string
   return joinHostPort(addresses[0] as string, listenPort(listen));
 }
 
-function settingsFrom(flags: ServeFlags): ServeSettings {
+function settingsFrom(flags: ServeFlags, Metrics: typeof DaemonMetrics | undefined): ServeSettings {
   const roots = flags.sourceRoot ?? [DEFAULT_SOURCE_ROOT];
   const listen = parseListen(flags.listen);
   return {
@@ -210,12 +210,12 @@ function settingsFrom(flags: ServeFlags): ServeSettings {
     progressIntervalMs: parseDuration("--progress-interval", flags.progressInterval),
     logLevel: parseLogLevel(flags.logLevel),
     security: parseSecurity(flags),
-    ...(flags.metricsListen === undefined
+    ...(flags.metricsListen === undefined || Metrics === undefined
       ? {}
       : {
           metrics: {
             listen: parseListen(flags.metricsListen, "--metrics-listen", "127.0.0.1:9464"),
-            metrics: new DaemonMetrics(),
+            metrics: new Metrics(),
           },
         }),
   };
@@ -341,7 +341,10 @@ export function registerServeCommand(program: Command): void {
       let settings: ServeSettings;
       let addresses: string[];
       try {
-        settings = settingsFrom(flags);
+        // prom-client and node:http load only with --metrics-listen (daemon memory).
+        const Metrics =
+          flags.metricsListen === undefined ? undefined : (await import("../metrics/daemon-metrics.js")).DaemonMetrics;
+        settings = settingsFrom(flags, Metrics);
         addresses = await listenAddresses(settings);
         if (settings.metrics !== undefined) {
           const listen = await metricsAddress(settings.metrics.listen, settings.security.insecure);

@@ -136,8 +136,8 @@ async function copyDevice(run: JobRun, index: number, pool: ReadBufferPool): Pro
 /** Runs the job to its end and reports how it ended. Never rejects. */
 export async function runJob(run: JobRun): Promise<JobOutcome> {
   const { job, target } = run;
+  const pool = createPool();
   try {
-    const pool = createPool();
     for (let index = 0; index < run.sources.length; index++) await copyDevice(run, index, pool);
     job.signal.throwIfAborted();
     try {
@@ -164,5 +164,8 @@ export async function runJob(run: JobRun): Promise<JobOutcome> {
       unexpected: error,
       ...cleanup,
     };
+  } finally {
+    // Closed or aborted: the target holds no buffer any more; the next job reuses them.
+    void pool.dispose();
   }
 }

@@ -75,12 +75,13 @@ export class DiskImageWriter {
     }
   }
 
-  /** Writes everything queued so far; runs go out in parallel. */
-  flush(): Promise<void> {
+  /** Writes everything queued so far; runs go out in parallel, and all settle before it returns. */
+  async flush(): Promise<void> {
     this.endRun();
     const runs = this.queued;
     this.queued = [];
-    return Promise.all(runs.map((run) => writeAll(this.handle, run.buffers, run.position))).then(() => undefined);
+    const writes = await Promise.allSettled(runs.map((run) => writeAll(this.handle, run.buffers, run.position)));
+    for (const write of writes) if (write.status === "rejected") throw write.reason;
   }
 
   /** Writes zeros over clusters that were never written (for a fully allocated image). */

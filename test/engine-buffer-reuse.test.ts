@@ -57,6 +57,7 @@ function slowWriteDriver(delayMs: number): BackupDriver {
         registerConfig: (name, data) => writer.addConfig(name, data),
         registerDevice: (name, size) => writer.addDevice(name, size),
         writeCluster: (devId, clusterNum, data, mask) => writer.writeCluster(devId, clusterNum, data, mask),
+        writeZeroClusters: (devId, first, count) => writer.writeZeroClusters(devId, first, count),
         released: () => writer.whenReleased(),
         completeDevice: async (devId) => writer.completeDevice(devId),
         close: async () => {

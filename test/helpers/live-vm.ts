@@ -37,7 +37,10 @@ export async function extractDisks(archive: string, dir: string): Promise<Map<st
   });
   const disks = new Map<string, Buffer>();
   for (const file of result.files) {
-    const name = path.basename(file).replace(/^disk-/, "").replace(/\.raw$/, "");
+    const name = path
+      .basename(file)
+      .replace(/^disk-/, "")
+      .replace(/\.raw$/, "");
     disks.set(name, await readFile(file));
   }
   return disks;

@@ -1,0 +1,158 @@
+// Whatever way a qemu-source job ends, QEMU is left as it was (block jobs,
+// nodes, exports) and the server's state dir holds no scratch overlay and no
+// journal record: DONE, ERROR (the fleecing job cancelled from outside),
+// CANCELLED, a server shut down mid-job (SIGTERM to `vmabackup serve`), and
+// a server killed mid-job (SIGKILL) and started again on its state dir.
+import { mkdir, mkdtemp, readdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
+import { createClient } from "../src/client/grpc-client.js";
+import { QmpClient } from "../src/sources/qemu/qmp-client.js";
+import { followJob, MiB, qemuDevice, sourceLeftovers } from "./helpers/live-vm.js";
+import { blockState, makeDisks, type QemuProcess, startStorageDaemon } from "./helpers/qemu-guest.js";
+import { listeningAddress, runServe, type ServeProcess, serveArgs } from "./helpers/serve-process.js";
+import { type BackupClient, startTestServer, type TestServer } from "./helpers/test-server.js";
+
+let qemuDir: string;
+let qsd: QemuProcess;
+/** blockState of the daemon before any job. */
+let untouched: string;
+
+beforeAll(async () => {
+  qemuDir = await mkdtemp(join(tmpdir(), "vmab-live-teardown-"));
+  qsd = await startStorageDaemon(qemuDir, makeDisks(qemuDir, 2));
+  untouched = await blockState(qsd.testQmpSocket);
+});
+
+afterAll(async () => {
+  await qsd?.stop();
+  if (qemuDir !== undefined) await rm(qemuDir, { recursive: true, force: true });
+});
+
+const devices = (): ReturnType<typeof qemuDevice>[] => [
+  qemuDevice("drive-scsi0", qsd.qmpSocket, "live0"),
+  qemuDevice("drive-scsi1", qsd.qmpSocket, "live1"),
+];
+
+/** Starts a throttled backup of both drives (8 MiB at 2 MiB/s) and waits until it has read some. */
+async function startRunningJob(client: BackupClient, backupFile: string): Promise<string> {
+  const response = await client.backup({ backupFile, devices: devices(), speedLimit: BigInt(2 * MiB) });
+  const uuid = response.status?.uuid ?? "";
+  for await (const message of client.watchBackup({ uuid })) {
+    expect(message.status?.state, message.status?.errorMessage).toBe(BackupState.ACTIVE);
+    if ((message.status?.transferredBytes ?? 0n) > 0n) break;
+  }
+  // The freeze is in place: the state check below can tell the difference.
+  expect(await blockState(qsd.testQmpSocket)).not.toBe(untouched);
+  return uuid;
+}
+
+async function expectAsBefore(stateDir: string): Promise<void> {
+  expect(await blockState(qsd.testQmpSocket)).toBe(untouched);
+  expect(await sourceLeftovers(stateDir)).toEqual({ scratch: [], journal: [] });
+}
+
+describe("jobs of an in-process server", () => {
+  let server: TestServer;
+
+  beforeAll(async () => {
+    server = await startTestServer({ qmpRoots: [qemuDir] });
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it("DONE: everything is removed before the job reads DONE", async () => {
+    const response = await server.client.backup({ backupFile: "done.vma", devices: devices() });
+    const last = (await followJob(server.client, response.status?.uuid ?? "")).at(-1);
+    expect(last?.state, last?.errorMessage).toBe(BackupState.DONE);
+    await expectAsBefore(server.stateDir);
+  });
+
+  it("ERROR: the fleecing job cancelled from outside fails the job naming the device, never DONE", async () => {
+    const uuid = await startRunningJob(server.client, "broken.vma");
+    const statuses = followJob(server.client, uuid);
+    const monitor = await QmpClient.connect(qsd.testQmpSocket);
+    try {
+      const jobs = await monitor.execute<{ device: string }[]>("query-block-jobs");
+      expect(jobs).toHaveLength(2);
+      await monitor.execute("block-job-cancel", { device: jobs[0]?.device, force: true });
+    } finally {
+      monitor.close();
+    }
+    const last = (await statuses).at(-1);
+    expect(last?.state).toBe(BackupState.ERROR);
+    // Either drive's job ending breaks the one point in time: the read of either device fails.
+    expect(last?.errorMessage).toMatch(/^device drive-scsi[01]: .*BLOCK_JOB_CANCELLED/);
+    expect(await readdir(server.backupDir)).not.toContain("broken.vma");
+    await expectAsBefore(server.stateDir);
+  });
+
+  it("CANCELLED: CancelBackup mid-job", async () => {
+    const uuid = await startRunningJob(server.client, "cancelled.vma");
+    const statuses = followJob(server.client, uuid);
+    await server.client.cancelBackup({ uuid });
+    expect((await statuses).at(-1)?.state).toBe(BackupState.CANCELLED);
+    await expectAsBefore(server.stateDir);
+  });
+});
+
+describe("jobs of a `vmabackup serve` process", () => {
+  let rootDir: string;
+  let stateDir: string;
+  const processes: ServeProcess[] = [];
+  const clients: BackupClient[] = [];
+
+  beforeAll(async () => {
+    rootDir = await mkdtemp(join(tmpdir(), "vmab-live-serve-"));
+    stateDir = join(rootDir, "state");
+    await Promise.all(["backups", "sources", "state"].map((name) => mkdir(join(rootDir, name))));
+  });
+
+  afterAll(async () => {
+    for (const client of clients) client.close();
+    await Promise.all(processes.map((serve) => serve.kill()));
+    await rm(rootDir, { recursive: true, force: true });
+  });
+
+  async function serve(): Promise<{ process: ServeProcess; client: BackupClient }> {
+    const started = runServe([
+      ...serveArgs({ backupDir: join(rootDir, "backups"), sourceRoot: join(rootDir, "sources"), stateDir }),
+      "--qmp-root",
+      qemuDir,
+      "--progress-interval",
+      "50ms",
+    ]);
+    processes.push(started);
+    const client = createClient(BackupService, await listeningAddress(started));
+    clients.push(client);
+    return { process: started, client };
+  }
+
+  it("SIGTERM mid-job: the server undoes the freeze before it exits", async () => {
+    const { process, client } = await serve();
+    await startRunningJob(client, "sigterm.vma");
+    process.child.kill("SIGTERM");
+    expect((await process.exited).code).toBe(0);
+    await expectAsBefore(stateDir);
+  });
+
+  it("SIGKILL mid-job: the freeze stays until a server starts on the state dir and undoes it", async () => {
+    const first = await serve();
+    await startRunningJob(first.client, "sigkill.vma");
+    first.process.child.kill("SIGKILL");
+    await first.process.exited;
+    // Nobody cleaned up after the dead process.
+    expect(await blockState(qsd.testQmpSocket)).not.toBe(untouched);
+    expect((await sourceLeftovers(stateDir)).journal).toHaveLength(1);
+
+    const second = await serve();
+    await second.process.waitForLog((line) => line.msg === "undid a freeze a crashed server left in QEMU");
+    await expectAsBefore(stateDir);
+    second.process.child.kill("SIGTERM");
+    expect((await second.process.exited).code).toBe(0);
+  });
+});

@@ -86,7 +86,9 @@ describe("a live qemu-storage-daemon backed up through the server", () => {
     for (const [index, file] of qsd.drivePaths.entries()) {
       const live = readFileSync(file);
       for (const offset of offsets) {
-        expect(live.subarray(offset, offset + chunk).equals(pattern(rounds - 1, index)), `${file}@${offset}`).toBe(true);
+        expect(live.subarray(offset, offset + chunk).equals(pattern(rounds - 1, index)), `${file}@${offset}`).toBe(
+          true,
+        );
       }
     }
     expect(await blockState(qsd.testQmpSocket)).toBe(before);
@@ -160,6 +162,38 @@ describe("bad qemu sources, refused before anything is created", () => {
     );
     expect(error.details).toContain("--qmp-root");
     await expectNothingCreated(qsd, before, archives);
+  });
+});
+
+describe("a second job on a QEMU whose monitor a running job holds", () => {
+  it("is refused at once with QMP_SOCKET_IN_USE naming that job, which goes on to DONE", async () => {
+    const before = await blockState(qsd.testQmpSocket);
+    const first = await server.client.backup({
+      backupFile: "holder.vma",
+      devices: [qemuDevice("drive-scsi0", qsd.qmpSocket, "live0")],
+      speedLimit: BigInt(2 * MiB),
+    });
+    const uuid = first.status?.uuid ?? "";
+    const statuses = followJob(server.client, uuid);
+    const archives = await readdir(server.backupDir);
+    const asked = Date.now();
+    const error = await expectRefusal(
+      server.client.backup({
+        backupFile: "second.vma",
+        devices: [qemuDevice("drive-scsi1", qsd.qmpSocket, "live1")],
+      }),
+      GrpcStatus.FAILED_PRECONDITION,
+      "QMP_SOCKET_IN_USE",
+      "devices[0].qemu.qmp_socket",
+    );
+    // Not after waiting for a greeting the held monitor never sends.
+    expect(Date.now() - asked).toBeLessThan(2_000);
+    expect(error.details).toContain(uuid);
+    expect(await readdir(server.backupDir)).toEqual(archives);
+    const last = (await statuses).at(-1);
+    expect(last?.state, last?.errorMessage).toBe(BackupState.DONE);
+    expect(await blockState(qsd.testQmpSocket)).toBe(before);
+    expect(await sourceLeftovers(server.stateDir)).toEqual({ scratch: [], journal: [] });
   });
 });
 

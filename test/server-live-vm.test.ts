@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { status as GrpcStatus } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BackupState, SourceKind } from "../gen/vmabackup/v1/backup_pb.js";
+import { QmpClient } from "../src/sources/qemu/qmp-client.js";
 import { extractDisks, followJob, KiB, MiB, qemuDevice, sourceLeftovers } from "./helpers/live-vm.js";
 import {
   blockState,
@@ -118,6 +119,23 @@ describe("a real q35 VM backed up through the server", () => {
     });
     expect(await blockState(vm.testQmpSocket)).toBe(before);
     expect(await sourceLeftovers(server.stateDir)).toEqual({ scratch: [], journal: [] });
+
+    // The same drive by its BlockBackend name and its node name: refused on the second naming.
+    const monitor = await QmpClient.connect(vm.testQmpSocket);
+    const backends = await monitor.execute<{ device: string; inserted?: { "node-name": string } }[]>("query-block");
+    monitor.close();
+    const nodeName = backends.find((backend) => backend.device === "drive-scsi1")?.inserted?.["node-name"] ?? "";
+    const twice = await expectRefusal(
+      server.client.backup({
+        backupFile: "twice.vma",
+        devices: [devices[0]!, devices[1]!, qemuDevice("again", vm.qmpSocket, nodeName)],
+      }),
+      GrpcStatus.INVALID_ARGUMENT,
+      "INVALID_OPTIONS",
+      "devices[2].qemu.drive",
+    );
+    expect(twice.details).toContain(`drive ${nodeName} is the QEMU node ${nodeName}, as is drive drive-scsi1`);
+    expect(await blockState(vm.testQmpSocket)).toBe(before);
     await vm.stop();
   });
 });
@@ -145,6 +163,26 @@ describe("bad qemu sources, refused before anything is created", () => {
       "devices[1].qemu.drive",
     );
     expect(error.details).toContain("drive-virtio7");
+    await expectNothingCreated(qsd, before, archives);
+  });
+
+  it("a drive named twice: INVALID_OPTIONS on the second naming", async () => {
+    const archives = await readdir(server.backupDir);
+    const before = await blockState(qsd.testQmpSocket);
+    const error = await expectRefusal(
+      server.client.backup({
+        backupFile: "twice.vma",
+        devices: [
+          qemuDevice("drive-scsi0", qsd.qmpSocket, "live0"),
+          qemuDevice("drive-scsi1", qsd.qmpSocket, "live1"),
+          qemuDevice("drive-scsi2", qsd.qmpSocket, "live0"),
+        ],
+      }),
+      GrpcStatus.INVALID_ARGUMENT,
+      "INVALID_OPTIONS",
+      "devices[2].qemu.drive",
+    );
+    expect(error.details).toContain("drive live0 is named twice");
     await expectNothingCreated(qsd, before, archives);
   });
 

@@ -45,9 +45,10 @@ const REFUSAL_CODES: Partial<Record<QemuSourceError["reason"], SourceRefusalCode
 function refusal(error: unknown, options: QemuSourcesOptions): unknown {
   if (!(error instanceof QemuSourceError)) return error;
   const first = options.drives[0];
-  const byDrive = options.drives.find((request) => request.drive === error.drive);
+  // A drive named twice is at fault where it is named the second time.
+  const byDrive = options.drives.findLast((request) => request.drive === error.drive);
   const field =
-    error.reason === "DRIVE_NOT_FOUND"
+    error.reason === "DRIVE_NOT_FOUND" || (error.reason === "INVALID_OPTIONS" && byDrive !== undefined)
       ? (byDrive?.driveField ?? first?.driveField ?? "devices")
       : (first?.socketField ?? "devices");
   const code = REFUSAL_CODES[error.reason] ?? "failed-precondition";

@@ -76,7 +76,7 @@ describe("a live qemu-storage-daemon backed up through the server", () => {
     expect(last?.state, last?.errorMessage).toBe(BackupState.DONE);
     const running = seen.filter((status) => status.state === BackupState.ACTIVE);
     expect(running.some((status) => status.devices.some((device) => device.scratchBytes > 0n))).toBe(true);
-    expect(last?.devices.map((device) => [device.name, device.sourceKind, device.source])).toEqual([
+    expect(running[0]?.devices.map((device) => [device.name, device.sourceKind, device.source])).toEqual([
       ["drive-scsi0", SourceKind.QEMU, `${qsd.qmpSocket}:live0`],
       ["drive-scsi1", SourceKind.QEMU, `${qsd.qmpSocket}:live1`],
     ]);
@@ -275,6 +275,7 @@ describe("a QEMU that dies in the middle of a job", () => {
       "devices[0].qemu.qmp_socket",
     );
     expect(await readdir(server.backupDir)).toEqual(archives);
+    expect(await sourceLeftovers(server.stateDir)).toEqual({ scratch: [], journal: [] });
     await dying.stop();
   });
 });

@@ -132,9 +132,12 @@ describe("jobs of a `vmabackup serve` process", () => {
     return { process: started, client };
   }
 
+  /** The job the SIGTERM test's shutdown cancelled; the SIGKILL test's restarted server reads it back. */
+  let cancelledByShutdown = "";
+
   it("SIGTERM mid-job: the server undoes the freeze before it exits", async () => {
     const { process, client } = await serve();
-    await startRunningJob(client, "sigterm.vma");
+    cancelledByShutdown = await startRunningJob(client, "sigterm.vma");
     process.child.kill("SIGTERM");
     expect((await process.exited).code).toBe(0);
     await expectAsBefore(stateDir);
@@ -142,7 +145,7 @@ describe("jobs of a `vmabackup serve` process", () => {
 
   it("SIGKILL mid-job: the freeze stays until a server starts on the state dir and undoes it", async () => {
     const first = await serve();
-    await startRunningJob(first.client, "sigkill.vma");
+    const killed = await startRunningJob(first.client, "sigkill.vma");
     first.process.child.kill("SIGKILL");
     await first.process.exited;
     // Nobody cleaned up after the dead process.
@@ -152,6 +155,12 @@ describe("jobs of a `vmabackup serve` process", () => {
     const second = await serve();
     await second.process.waitForLog((line) => line.msg === "undid a freeze a crashed server left in QEMU");
     await expectAsBefore(stateDir);
+    const listed = await second.client.listBackups({});
+    expect(listed.statuses.map((status) => [status.uuid, status.state, status.errorMessage])).toEqual([
+      [killed, BackupState.ERROR, "interrupted: server restarted"],
+      [cancelledByShutdown, BackupState.CANCELLED, "cancelled: the server is shutting down"],
+    ]);
+    expect(await readdir(join(rootDir, "backups"))).toEqual([]);
     second.process.child.kill("SIGTERM");
     expect((await second.process.exited).code).toBe(0);
   });

@@ -36,22 +36,30 @@ const devices = (): ReturnType<typeof qemuDevice>[] => [
   qemuDevice("drive-scsi1", qsd.qmpSocket, "live1"),
 ];
 
+/** Where a server keeps what its qemu sources leave behind while a job runs. */
+interface SourceDirs {
+  readonly stateDir: string;
+  readonly scratchDir?: string;
+}
+
 /** Starts a throttled backup of both drives (8 MiB at 2 MiB/s) and waits until it has read some. */
-async function startRunningJob(client: BackupClient, backupFile: string): Promise<string> {
+async function startRunningJob(client: BackupClient, backupFile: string, dirs: SourceDirs): Promise<string> {
   const response = await client.backup({ backupFile, devices: devices(), speedLimit: BigInt(2 * MiB) });
   const uuid = response.status?.uuid ?? "";
   for await (const message of client.watchBackup({ uuid })) {
     expect(message.status?.state, message.status?.errorMessage).toBe(BackupState.ACTIVE);
     if ((message.status?.transferredBytes ?? 0n) > 0n) break;
   }
-  // The freeze is in place: the state check below can tell the difference.
+  // The freeze is in place, with its files where the checks after the end look.
   expect(await blockState(qsd.testQmpSocket)).not.toBe(untouched);
+  const during = await sourceLeftovers(dirs.stateDir, dirs.scratchDir);
+  expect([during.scratch.length, during.journal.length]).toEqual([2, 1]);
   return uuid;
 }
 
-async function expectAsBefore(stateDir: string): Promise<void> {
+async function expectAsBefore(dirs: SourceDirs): Promise<void> {
   expect(await blockState(qsd.testQmpSocket)).toBe(untouched);
-  expect(await sourceLeftovers(stateDir)).toEqual({ scratch: [], journal: [] });
+  expect(await sourceLeftovers(dirs.stateDir, dirs.scratchDir)).toEqual({ scratch: [], journal: [] });
 }
 
 describe("jobs of an in-process server", () => {
@@ -69,11 +77,11 @@ describe("jobs of an in-process server", () => {
     const response = await server.client.backup({ backupFile: "done.vma", devices: devices() });
     const last = (await followJob(server.client, response.status?.uuid ?? "")).at(-1);
     expect(last?.state, last?.errorMessage).toBe(BackupState.DONE);
-    await expectAsBefore(server.stateDir);
+    await expectAsBefore(server);
   });
 
   it("ERROR: the fleecing job cancelled from outside fails the job naming the device, never DONE", async () => {
-    const uuid = await startRunningJob(server.client, "broken.vma");
+    const uuid = await startRunningJob(server.client, "broken.vma", server);
     const statuses = followJob(server.client, uuid);
     const monitor = await QmpClient.connect(qsd.testQmpSocket);
     try {
@@ -88,27 +96,30 @@ describe("jobs of an in-process server", () => {
     // Either drive's job ending breaks the one point in time: the read of either device fails.
     expect(last?.errorMessage).toMatch(/^device drive-scsi[01]: .*BLOCK_JOB_CANCELLED/);
     expect(await readdir(server.backupDir)).not.toContain("broken.vma");
-    await expectAsBefore(server.stateDir);
+    await expectAsBefore(server);
   });
 
   it("CANCELLED: CancelBackup mid-job", async () => {
-    const uuid = await startRunningJob(server.client, "cancelled.vma");
+    const uuid = await startRunningJob(server.client, "cancelled.vma", server);
     const statuses = followJob(server.client, uuid);
     await server.client.cancelBackup({ uuid });
     expect((await statuses).at(-1)?.state).toBe(BackupState.CANCELLED);
-    await expectAsBefore(server.stateDir);
+    await expectAsBefore(server);
   });
 });
 
 describe("jobs of a `vmabackup serve` process", () => {
   let rootDir: string;
   let stateDir: string;
+  /** A --scratch-dir outside the state dir. */
+  let dirs: SourceDirs;
   const processes: ServeProcess[] = [];
   const clients: BackupClient[] = [];
 
   beforeAll(async () => {
     rootDir = await mkdtemp(join(tmpdir(), "vmab-live-serve-"));
     stateDir = join(rootDir, "state");
+    dirs = { stateDir, scratchDir: join(rootDir, "scratch-elsewhere") };
     await Promise.all(["backups", "sources", "state"].map((name) => mkdir(join(rootDir, name))));
   });
 
@@ -123,6 +134,8 @@ describe("jobs of a `vmabackup serve` process", () => {
       ...serveArgs({ backupDir: join(rootDir, "backups"), sourceRoot: join(rootDir, "sources"), stateDir }),
       "--qmp-root",
       qemuDir,
+      "--scratch-dir",
+      dirs.scratchDir ?? "",
       "--progress-interval",
       "50ms",
     ]);
@@ -137,24 +150,25 @@ describe("jobs of a `vmabackup serve` process", () => {
 
   it("SIGTERM mid-job: the server undoes the freeze before it exits", async () => {
     const { process, client } = await serve();
-    cancelledByShutdown = await startRunningJob(client, "sigterm.vma");
+    cancelledByShutdown = await startRunningJob(client, "sigterm.vma", dirs);
     process.child.kill("SIGTERM");
     expect((await process.exited).code).toBe(0);
-    await expectAsBefore(stateDir);
+    await expectAsBefore(dirs);
   });
 
   it("SIGKILL mid-job: the freeze stays until a server starts on the state dir and undoes it", async () => {
     const first = await serve();
-    const killed = await startRunningJob(first.client, "sigkill.vma");
+    const killed = await startRunningJob(first.client, "sigkill.vma", dirs);
     first.process.child.kill("SIGKILL");
     await first.process.exited;
     // Nobody cleaned up after the dead process.
     expect(await blockState(qsd.testQmpSocket)).not.toBe(untouched);
-    expect((await sourceLeftovers(stateDir)).journal).toHaveLength(1);
+    const left = await sourceLeftovers(stateDir, dirs.scratchDir);
+    expect([left.scratch.length, left.journal.length]).toEqual([2, 1]);
 
     const second = await serve();
     await second.process.waitForLog((line) => line.msg === "undid a freeze a crashed server left in QEMU");
-    await expectAsBefore(stateDir);
+    await expectAsBefore(dirs);
     const listed = await second.client.listBackups({});
     expect(listed.statuses.map((status) => [status.uuid, status.state, status.errorMessage])).toEqual([
       [killed, BackupState.ERROR, "interrupted: server restarted"],

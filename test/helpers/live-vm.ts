@@ -54,10 +54,13 @@ export async function filesIn(dir: string): Promise<string[]> {
   });
 }
 
-/** Scratch overlays and journal records a server left in its state dir (none after any end). */
-export async function sourceLeftovers(stateDir: string): Promise<{ scratch: string[]; journal: string[] }> {
+/** Scratch overlays (in the default --scratch-dir unless given) and journal records of a server's qemu sources. */
+export async function sourceLeftovers(
+  stateDir: string,
+  scratchDir = path.join(stateDir, "scratch"),
+): Promise<{ scratch: string[]; journal: string[] }> {
   return {
-    scratch: await filesIn(path.join(stateDir, "scratch")),
+    scratch: await filesIn(scratchDir),
     journal: await filesIn(path.join(stateDir, "fleecing")),
   };
 }

@@ -133,10 +133,18 @@ function openQemuDrives(context: SourceOpenerContext): SourceOpener<"qemu"> {
     );
     monitors.claim(request.jobId, claims);
     const byPosition = new Map<number, DiskSource>();
-    const frozen: { tag: string; release: () => Promise<void> }[] = [];
+    const frozen: { tag: string; qmpSocket: string; release: () => Promise<readonly string[]> }[] = [];
     const release = async (): Promise<void> => {
       for (const freeze of frozen) {
-        await freeze.release();
+        const problems = await freeze.release();
+        if (problems.length > 0) {
+          // Kept: the next start of the server undoes what is left (recoverSourceLeftovers).
+          context.logger.warn(
+            { jobId: request.jobId, qmpSocket: freeze.qmpSocket, tag: freeze.tag, problems },
+            "could not fully undo a freeze in QEMU; the next server start retries",
+          );
+          continue;
+        }
         await journal.remove(freeze.tag).catch(() => undefined);
       }
       monitors.release(request.jobId);
@@ -169,7 +177,7 @@ function openQemuDrives(context: SourceOpenerContext): SourceOpener<"qemu"> {
           await journal.remove(tag).catch(() => undefined);
           throw error;
         }
-        frozen.push({ tag, release: () => opened.release() });
+        frozen.push({ tag, qmpSocket, release: () => opened.release() });
         devices.forEach((device, position) => {
           byPosition.set(device.index, opened.sources[position] as DiskSource);
         });

@@ -32,8 +32,11 @@ export interface QemuSourcesOptions extends Omit<FreezeOptions, "drives"> {
 export interface OpenedQemuSources {
   /** In the order of `drives`. */
   readonly sources: readonly DiskSource[];
-  /** Tears the freeze down (after the sources were closed); never throws. */
-  release(): Promise<void>;
+  /**
+   * Tears the freeze down (after the sources were closed); never throws.
+   * Resolves with what could not be undone (empty when QEMU is as before).
+   */
+  release(): Promise<readonly string[]>;
 }
 
 const REFUSAL_CODES: Partial<Record<QemuSourceError["reason"], SourceRefusalCode>> = {
@@ -133,9 +136,7 @@ export async function openQemuSources(options: QemuSourcesOptions): Promise<Open
     }
     return {
       sources,
-      release: async () => {
-        await session.teardown();
-      },
+      release: async () => (await session.teardown()).problems,
     };
   } catch (error) {
     await Promise.allSettled(readers.map((reader) => reader.close()));

@@ -82,4 +82,6 @@ it("keeps an unfinished teardown journaled until the next server start undoes it
   const done = (await followJob(second.client, again.status?.uuid ?? "")).at(-1);
   expect(done?.state, done?.errorMessage).toBe(BackupState.DONE);
   expect(await blockState(qsd.testQmpSocket)).toBe(untouched);
-}, 60_000);
+  // ~15 s: the teardown waits out QMP's 10 s command timeout; up to 30 s more when a read was in
+  // flight at the SIGSTOP (the job ends only when that NBD request times out).
+}, 90_000);

@@ -827,5 +827,22 @@ describe("VmaWriter", () => {
       expect(Buffer.compare(bulk.bytes(), one.bytes())).toBe(0);
       await expectUsageError(() => byBulk.writeZeroClusters(1, 0, 1), /after finish/);
     });
+
+    it("releases zero clusters without waiting for their batch to be written", async () => {
+      const sink = new MemorySink();
+      const vma = writer(sink);
+      vma.addDevice("drive-scsi0", 10 * 58 * CLUSTER_SIZE);
+      const zero = new Uint8Array(CLUSTER_SIZE);
+      // The first extent carries the archive header and is written; the next ones are gathered.
+      for (let clusterNum = 0; clusterNum < 4 * 58; clusterNum++) await vma.writeCluster(1, clusterNum, zero, 0);
+      const writesBefore = sink.calls.length;
+      const released = await Promise.race([
+        vma.whenReleased().then(() => "released"),
+        new Promise((resolve) => setTimeout(() => resolve("waiting"), 1000)),
+      ]);
+      expect(released).toBe("released");
+      expect(sink.calls.length).toBe(writesBefore);
+      await vma.abort();
+    });
   });
 });

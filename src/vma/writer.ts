@@ -46,7 +46,6 @@ export class VmaWriter {
   /** Header-only extents not handed to the sink yet, and their clusters. */
   private batch: Uint8Array[] = [];
   private batchBytes = 0;
-  private batchClusters = 0;
   private batchExtents = 0;
   /** Clusters passed to writeCluster so far. */
   private clustersAccepted = 0;
@@ -197,7 +196,7 @@ export class VmaWriter {
    */
   private queueExtent(): Promise<void> | undefined {
     const batched = this.takeBatch();
-    const clusters = this.extent.slotCount + batched.clusters;
+    const clusters = this.extent.slotCount;
     const chunks = [...batched.chunks, ...this.extent.take(this.uuid)];
     this.extentsQueued += batched.extents;
     if (!this.headerQueued) {
@@ -213,34 +212,37 @@ export class VmaWriter {
   }
 
   /**
-   * Keeps a header-only extent for a later write (it references no cluster
-   * memory); writes the gathered ones once they fill a batch. Extents stay in
-   * order: the next queued extent is written after them, in the same write.
+   * Keeps a header-only extent for a later write; writes the gathered ones
+   * once they fill a batch. Extents stay in order: the next queued extent is
+   * written after them, in the same write. Their clusters reference no
+   * memory, so they count as released as soon as every earlier write has
+   * settled (releases stay in order), not when the batch is written: a
+   * caller waiting for its buffers must never wait for a batch to fill.
    */
   private batchExtent(): void {
-    this.batchClusters += this.extent.slotCount;
+    const clusters = this.extent.slotCount;
     this.batchExtents += 1;
     for (const chunk of this.extent.take(this.uuid)) {
       this.batch.push(chunk);
       this.batchBytes += chunk.byteLength;
     }
+    this.writes = this.writes.then(() => this.release(clusters));
     if (this.batchBytes >= HEADER_ONLY_BATCH_BYTES) this.writeBatch();
   }
 
   /** Hands the gathered header-only extents to the sink, after every earlier write. */
   private writeBatch(): void {
-    const { chunks, clusters, extents } = this.takeBatch();
+    const { chunks, extents } = this.takeBatch();
     if (extents === 0) return;
     this.unwritten += 1;
     this.extentsQueued += extents;
-    this.writes = this.writes.then(() => this.writeChunks(chunks, clusters));
+    this.writes = this.writes.then(() => this.writeChunks(chunks, 0));
   }
 
-  private takeBatch(): { chunks: Uint8Array[]; clusters: number; extents: number } {
-    const taken = { chunks: this.batch, clusters: this.batchClusters, extents: this.batchExtents };
+  private takeBatch(): { chunks: Uint8Array[]; extents: number } {
+    const taken = { chunks: this.batch, extents: this.batchExtents };
     this.batch = [];
     this.batchBytes = 0;
-    this.batchClusters = 0;
     this.batchExtents = 0;
     return taken;
   }

@@ -8,6 +8,7 @@
 // sees (a watcher, a query, the store) carries a revision, changes that
 // nobody looked at in between share one, and a job moving a chunk a
 // millisecond does not burn a revision per chunk.
+import type { ArchiveRef } from "../stores/archive-store.js";
 import { RateMeter } from "./rate-meter.js";
 import type { DeviceSource, DeviceSourceKind, DeviceStatus, JobState, JobStatus } from "./types.js";
 
@@ -25,10 +26,10 @@ export interface JobInit {
   readonly uuid: string;
   /** Final archive path. */
   readonly backupFile: string;
-  /** Where the archive is written until it is complete (removed after a crash). */
-  readonly partialPath: string;
-  /** The file created at partialPath: recovery removes or adopts only that file. */
-  readonly partialFile: FileIdentity;
+  /** The name of the store the archive is written to (a server's target, e.g. "local"). */
+  readonly target: string;
+  /** The store's reference of the archive being written: recovery removes or adopts only that object. */
+  readonly pending: ArchiveRef;
   readonly format: string;
   readonly speedLimit: number;
   readonly requestId?: string;
@@ -56,7 +57,7 @@ export interface FileIdentity {
   readonly born: string;
 }
 
-/** Who a finished archive is (so that deleting a job never removes another file). */
+/** Who a finished archive was before stores (device, inode, size); old records hold it. */
 export interface ArchiveIdentity {
   readonly dev: string;
   readonly ino: string;
@@ -82,8 +83,8 @@ const RATE_REFRESH_MS = 100;
 export class Job {
   readonly uuid: string;
   readonly backupFile: string;
-  readonly partialPath: string;
-  readonly partialFile: FileIdentity;
+  readonly target: string;
+  readonly pending: ArchiveRef;
   readonly format: string;
   readonly requestId: string | undefined;
   readonly requestFingerprint: string | undefined;
@@ -99,7 +100,7 @@ export class Job {
   private zeroBytes = 0;
   private readonly devices: DeviceCounters[];
   private readonly meter: RateMeter;
-  private archiveIdentity: ArchiveIdentity | undefined;
+  private committed: ArchiveRef | undefined;
   private readonly stopController = new AbortController();
   private stopReason = "";
   /** Something changed since the last snapshot: the next one takes a new revision. */
@@ -114,8 +115,8 @@ export class Job {
   constructor(init: JobInit, context: JobContext) {
     this.uuid = init.uuid;
     this.backupFile = init.backupFile;
-    this.partialPath = init.partialPath;
-    this.partialFile = init.partialFile;
+    this.target = init.target;
+    this.pending = init.pending;
     this.format = init.format;
     this.requestId = init.requestId;
     this.requestFingerprint = init.requestFingerprint;
@@ -153,9 +154,9 @@ export class Job {
     return this.speed;
   }
 
-  /** The finished archive's identity, once recorded. */
-  get archive(): ArchiveIdentity | undefined {
-    return this.archiveIdentity;
+  /** The store's reference of the committed archive, once recorded. */
+  get archive(): ArchiveRef | undefined {
+    return this.committed;
   }
 
   /** Aborts when the job is asked to stop; the pipeline checks it between chunks and in waits. */
@@ -201,9 +202,9 @@ export class Job {
     this.changed();
   }
 
-  /** Records who the committed archive is; call before finish("done"). */
-  recordArchive(identity: ArchiveIdentity): void {
-    this.archiveIdentity = identity;
+  /** Records which object the committed archive is; call before finish("done"). */
+  recordArchive(ref: ArchiveRef): void {
+    this.committed = ref;
   }
 
   /**

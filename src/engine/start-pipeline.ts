@@ -3,14 +3,18 @@
 // devices and archive path, open the target, register configs and
 // devices, store the job, then launch its run in the background. Each
 // step undoes what the earlier ones took when a later one fails.
+import * as path from "node:path";
 import { v4 as uuidv4 } from "uuid";
 import { ArchiveLimitError } from "../drivers/driver.js";
 import type { BackupDriver, BackupTarget } from "../drivers/driver.js";
+import { ArchiveKeptError, type ArchiveStore, type ArchiveUpload } from "../stores/archive-store.js";
+import { type Compression, compressUpload } from "../stores/compressed-upload.js";
+import { DEFAULT_TARGET } from "../stores/store-targets.js";
+import { CommittedTarget } from "./committed-target.js";
 import { archiveDeviceSize } from "./archive-size.js";
 import { EngineError } from "./errors.js";
 import type { EngineState } from "./engine-state.js";
 import { Job } from "./job.js";
-import { FileKeptError, removePartialFileSync } from "./owned-files.js";
 import { quote } from "./quote.js";
 import { REASON } from "./reasons.js";
 import type { RequestIdentity } from "./request-dedup.js";
@@ -31,7 +35,7 @@ export async function startJob(
   spec: BackupSpec,
   request: RequestIdentity | undefined,
 ): Promise<JobStatus> {
-  retryLeftoverPartials(state);
+  await retryLeftoverPartials(state);
   const driver = validateRequest(spec, state.drivers);
   checkSourcesAllowed(spec, state.sourceSettings);
   // A store that cannot take the ends of earlier jobs cannot record this
@@ -55,7 +59,8 @@ export async function startJob(
       }),
     });
     locked = true;
-    const target = await openTarget(state, driver, backupFile, uuid);
+    const targetName = DEFAULT_TARGET;
+    const target = await openTarget(state, driver, { targetName, backupFile, uuid, compression: "none" });
     let job: Job;
     try {
       state.ensureOpen();
@@ -64,8 +69,8 @@ export async function startJob(
         {
           uuid,
           backupFile,
-          partialPath: target.partialPath,
-          partialFile: target.partialFile,
+          target: targetName,
+          pending: target.pending,
           format: driver.format,
           speedLimit: spec.speedLimit,
           ...request,
@@ -101,14 +106,20 @@ export async function startJob(
 }
 
 /** Partial archives earlier jobs could not remove: tried again before each new job. */
-function retryLeftoverPartials(state: EngineState): void {
-  for (const [partialPath, owner] of state.leftoverPartials) {
+async function retryLeftoverPartials(state: EngineState): Promise<void> {
+  for (const [uuid, leftover] of state.leftoverPartials) {
+    const store = state.stores.get(leftover.target);
+    if (store === undefined) {
+      state.leftoverPartials.delete(uuid);
+      continue;
+    }
     try {
-      removePartialFileSync(state.policy.backupDir, partialPath, owner);
-      state.leftoverPartials.delete(partialPath);
-      state.logger.info({ partialPath }, "removed a partial archive left by a failed job");
+      await store.discardLeftover(leftover.pending);
+      state.leftoverPartials.delete(uuid);
+      state.logger.info({ uuid, target: leftover.target }, "removed a partial archive left by a failed job");
     } catch (error) {
-      if (error instanceof FileKeptError) state.leftoverPartials.delete(partialPath);
+      // Someone else's object now has its name: not ours to remove, ever.
+      if (error instanceof ArchiveKeptError) state.leftoverPartials.delete(uuid);
       // Otherwise (still read-only, say) try again before the next job.
     }
   }
@@ -156,16 +167,30 @@ function checkPlan(driver: BackupDriver, spec: BackupSpec, sources: readonly Dis
   }
 }
 
-async function openTarget(
-  state: EngineState,
-  driver: BackupDriver,
-  backupFile: string,
-  uuid: string,
-): Promise<BackupTarget> {
+interface TargetChoice {
+  /** The store's name (a server target). */
+  readonly targetName: string;
+  /** The resolved archive path inside the backup dir; its relative part is the store's key. */
+  readonly backupFile: string;
+  readonly uuid: string;
+  readonly compression: Compression;
+}
+
+/** Creates the archive in the chosen store, through the compression stage, and the format's target on it. */
+async function openTarget(state: EngineState, driver: BackupDriver, choice: TargetChoice): Promise<CommittedTarget> {
+  const { backupFile } = choice;
+  const store = state.stores.get(choice.targetName) as ArchiveStore;
+  let upload: ArchiveUpload;
   try {
-    return await driver.open({ path: backupFile, uuid, confineTo: state.policy.backupDir });
+    upload = await store.create(path.relative(state.policy.backupDir, backupFile));
   } catch (error) {
     throw targetOpenError(error, backupFile);
+  }
+  try {
+    return new CommittedTarget(driver.openUpload(compressUpload(upload, { compression: choice.compression }), choice));
+  } catch (error) {
+    await upload.abort();
+    throw error;
   }
 }
 
@@ -185,7 +210,7 @@ function registerContents(target: BackupTarget, spec: BackupSpec, sources: reado
 }
 
 /** Announces the job and runs it to its end in the background; shutdown waits for the run. */
-function launch(state: EngineState, job: Job, target: BackupTarget, sources: JobSources): void {
+function launch(state: EngineState, job: Job, target: CommittedTarget, sources: JobSources): void {
   const limiter = new SpeedLimiter(job.speedLimit);
   state.limiters.set(job.uuid, limiter);
   const first = job.snapshot();

@@ -95,7 +95,8 @@ export function wireEngine(options: BackupEngineOptions): EngineState {
     const jobContext = { now, monotonic, nextRevision: () => revisions.next() };
     const registry = new JobRegistry(store, monotonic);
     const stores =
-      options.openStores?.(policy.backupDir) ?? createStores({ backupDir: policy.backupDir, targets: [], s3: {} });
+      options.openStores?.(policy.backupDir) ??
+      createStores({ backupDir: policy.backupDir, targets: options.targets ?? [], s3: options.s3 ?? {} });
     recoverInterruptedJobs({
       store,
       backupDir: policy.backupDir,

@@ -95,6 +95,8 @@ export function toStoredJob(status: JobStatus, extras: JobExtras): StoredJob {
       revision: status.revision,
       updateTime: status.updateTime.getTime(),
       ...(status.requestId === undefined ? {} : { requestId: status.requestId }),
+      ...(status.writtenBytes === undefined ? {} : { writtenBytes: status.writtenBytes }),
+      ...(status.archiveLocation === undefined ? {} : { archiveLocation: status.archiveLocation }),
     },
     ...(extras.target === undefined ? {} : { target: extras.target }),
     ...(extras.pending === undefined ? {} : { pendingRef: extras.pending }),
@@ -213,6 +215,8 @@ function readStatus(uuid: string, value: unknown): JobStatus {
   if (!Array.isArray(devices)) throw fields.bad("devices");
   const endTime = fields.optionalCount("endTime");
   const requestId = fields.optionalString("requestId");
+  const writtenBytes = fields.optionalCount("writtenBytes");
+  const archiveLocation = fields.optionalString("archiveLocation");
   const status: JobStatus = {
     uuid: fields.string("uuid"),
     state: state as JobState,
@@ -230,6 +234,8 @@ function readStatus(uuid: string, value: unknown): JobStatus {
     revision: fields.count("revision"),
     updateTime: new Date(fields.count("updateTime")),
     ...(requestId === undefined ? {} : { requestId }),
+    ...(writtenBytes === undefined ? {} : { writtenBytes }),
+    ...(archiveLocation === undefined ? {} : { archiveLocation }),
   };
   if (status.uuid !== uuid) throw fields.bad("uuid");
   return Object.freeze(status);

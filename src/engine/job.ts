@@ -30,6 +30,8 @@ export interface JobInit {
   readonly target: string;
   /** The store's reference of the archive being written: recovery removes or adopts only that object. */
   readonly pending: ArchiveRef;
+  /** Where the archive will be, for people: a path or s3://bucket/key. */
+  readonly archiveLocation: string;
   readonly format: string;
   readonly speedLimit: number;
   readonly requestId?: string;
@@ -85,6 +87,7 @@ export class Job {
   readonly backupFile: string;
   readonly target: string;
   readonly pending: ArchiveRef;
+  readonly archiveLocation: string;
   readonly format: string;
   readonly requestId: string | undefined;
   readonly requestFingerprint: string | undefined;
@@ -101,6 +104,8 @@ export class Job {
   private readonly devices: DeviceCounters[];
   private readonly meter: RateMeter;
   private committed: ArchiveRef | undefined;
+  /** The archive bytes stored so far, while the target is open; then the final count. */
+  private writtenBytes: () => number = () => 0;
   private readonly stopController = new AbortController();
   private stopReason = "";
   /** Something changed since the last snapshot: the next one takes a new revision. */
@@ -117,6 +122,7 @@ export class Job {
     this.backupFile = init.backupFile;
     this.target = init.target;
     this.pending = init.pending;
+    this.archiveLocation = init.archiveLocation;
     this.format = init.format;
     this.requestId = init.requestId;
     this.requestFingerprint = init.requestFingerprint;
@@ -202,6 +208,11 @@ export class Job {
     this.changed();
   }
 
+  /** Where the written (stored) byte count comes from while the archive is written. */
+  countWrittenBytes(source: () => number): void {
+    this.writtenBytes = source;
+  }
+
   /** Records which object the committed archive is; call before finish("done"). */
   recordArchive(ref: ArchiveRef): void {
     this.committed = ref;
@@ -215,6 +226,9 @@ export class Job {
     if (this.currentState !== "active") return false;
     this.currentState = state;
     this.errorMessage = errorMessage;
+    // The target is done with: keep its last count.
+    const written = this.writtenBytes();
+    this.writtenBytes = () => written;
     this.changed();
     this.endTime = new Date(this.changedAt);
     return true;
@@ -277,6 +291,8 @@ export class Job {
       revision: this.revision,
       updateTime: new Date(this.changedAt),
       ...(this.requestId === undefined ? {} : { requestId: this.requestId }),
+      writtenBytes: this.writtenBytes(),
+      archiveLocation: this.archiveLocation,
     };
     return Object.freeze(status);
   }

@@ -3,11 +3,16 @@
 // devices and archive path, open the target, register configs and
 // devices, store the job, then launch its run in the background. Each
 // step undoes what the earlier ones took when a later one fails.
-import * as path from "node:path";
 import { v4 as uuidv4 } from "uuid";
 import { ArchiveLimitError } from "../drivers/driver.js";
 import type { BackupDriver, BackupTarget } from "../drivers/driver.js";
-import { ArchiveKeptError, type ArchiveStore, type ArchiveUpload } from "../stores/archive-store.js";
+import {
+  ArchiveKeptError,
+  ArchiveKeyError,
+  type ArchiveStore,
+  type ArchiveUpload,
+  checkKey,
+} from "../stores/archive-store.js";
 import { type Compression, compressUpload } from "../stores/compressed-upload.js";
 import { DEFAULT_TARGET } from "../stores/store-targets.js";
 import { CommittedTarget } from "./committed-target.js";
@@ -27,21 +32,26 @@ import { SpeedLimiter } from "./speed-limiter.js";
 import { targetOpenError } from "./target-open-error.js";
 import type { BackupSpec, DeviceSpec, JobStatus } from "./types.js";
 import { flushUnsavedOrRefuse } from "./unsaved-ends.js";
-import { checkSourcesAllowed, validateRequest } from "./validate-request.js";
+import { checkSourcesAllowed, requestedCompression, validateRequest, withVzdumpName } from "./validate-request.js";
+import { archiveKey } from "./recovery-routes.js";
 
 /** Validates, creates, stores and launches a job; resolves with its first (ACTIVE) status. */
 export async function startJob(
   state: EngineState,
-  spec: BackupSpec,
+  requested: BackupSpec,
   request: RequestIdentity | undefined,
 ): Promise<JobStatus> {
   await retryLeftoverPartials(state);
+  const spec = withVzdumpName(requested, new Date(state.now()));
   const driver = validateRequest(spec, state.drivers);
+  const targetName = spec.target ?? DEFAULT_TARGET;
+  const store = chooseStore(state, targetName);
   checkSourcesAllowed(spec, state.sourceSettings);
   // A store that cannot take the ends of earlier jobs cannot record this
   // one: refused before any source or archive is opened.
   flushUnsavedOrRefuse(state, "cannot record a new job");
-  const backupFile = await state.policy.resolveBackupFile(spec.backupFile);
+  const backupFile =
+    targetName === DEFAULT_TARGET ? await state.policy.resolveBackupFile(spec.backupFile) : objectKey(spec.backupFile);
   const uuid = uuidv4();
   const opened = await openJobSources(state.openers, spec, uuid);
   const { sources } = opened;
@@ -52,15 +62,15 @@ export async function startJob(
     state.ensureOpen();
     state.locks.acquire({
       owner: uuid,
-      archivePath: backupFile,
+      archivePath: targetName === DEFAULT_TARGET ? backupFile : store.location(backupFile),
       devices: sources.map((source, index) => {
         const requested = (spec.devices[index] as DeviceSpec).source;
         return { key: source.lockKey, field: sourceField(requested, index), path: sourceLocation(requested) };
       }),
     });
     locked = true;
-    const targetName = DEFAULT_TARGET;
-    const target = await openTarget(state, driver, { targetName, backupFile, uuid, compression: "none" });
+    const key = archiveKey(state.policy.backupDir, targetName, backupFile);
+    const target = await openTarget(store, driver, { key, backupFile, uuid, compression: requestedCompression(spec) });
     let job: Job;
     try {
       state.ensureOpen();
@@ -71,6 +81,7 @@ export async function startJob(
           backupFile,
           target: targetName,
           pending: target.pending,
+          archiveLocation: target.location,
           format: driver.format,
           speedLimit: spec.speedLimit,
           ...request,
@@ -89,6 +100,7 @@ export async function startJob(
       );
       // Stored before it is announced: from here on a crash leaves a
       // record that recovery finishes (and whose partial file it removes).
+      job.countWrittenBytes(() => target.bytesWritten);
       state.registry.add(job);
     } catch (error) {
       await target.abort().catch((abortError: unknown) => {
@@ -167,22 +179,52 @@ function checkPlan(driver: BackupDriver, spec: BackupSpec, sources: readonly Dis
   }
 }
 
+/** The store the request names; invalid-argument TARGET_UNKNOWN naming the ones there are. */
+function chooseStore(state: EngineState, targetName: string): ArchiveStore {
+  const store = state.stores.get(targetName);
+  if (store !== undefined) return store;
+  const known = [...state.stores.keys()].map(quote).join(", ");
+  throw new EngineError(
+    "invalid-argument",
+    REASON.TARGET_UNKNOWN,
+    `target: this server has no target ${quote(targetName)}; its targets are ${known}`,
+    "target",
+  );
+}
+
+/** An object store's key as the request gives it: a relative name without "." or ".." parts. */
+function objectKey(backupFile: string): string {
+  try {
+    checkKey(backupFile);
+  } catch (error) {
+    if (error instanceof ArchiveKeyError) {
+      throw new EngineError(
+        "invalid-argument",
+        REASON.BACKUP_FILE_INVALID,
+        `backup_file: ${error.message}`,
+        "backup_file",
+      );
+    }
+    throw error;
+  }
+  return backupFile;
+}
+
 interface TargetChoice {
-  /** The store's name (a server target). */
-  readonly targetName: string;
-  /** The resolved archive path inside the backup dir; its relative part is the store's key. */
+  /** The store's key of the archive. */
+  readonly key: string;
+  /** The archive as the job's status names it, for error messages. */
   readonly backupFile: string;
   readonly uuid: string;
   readonly compression: Compression;
 }
 
 /** Creates the archive in the chosen store, through the compression stage, and the format's target on it. */
-async function openTarget(state: EngineState, driver: BackupDriver, choice: TargetChoice): Promise<CommittedTarget> {
+async function openTarget(store: ArchiveStore, driver: BackupDriver, choice: TargetChoice): Promise<CommittedTarget> {
   const { backupFile } = choice;
-  const store = state.stores.get(choice.targetName) as ArchiveStore;
   let upload: ArchiveUpload;
   try {
-    upload = await store.create(path.relative(state.policy.backupDir, backupFile));
+    upload = await store.create(choice.key);
   } catch (error) {
     throw targetOpenError(error, backupFile);
   }

@@ -3,7 +3,9 @@
 // (interrupted), its multipart upload is aborted (ListParts: NoSuchUpload)
 // and no object has the archive's name. The same for a compressed archive
 // in the backup dir: the restart removes its partial file.
+import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { promisify } from "node:util";
 import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -14,7 +16,7 @@ import { type ClientOf, createClient } from "../src/client/grpc-client.js";
 import { INTERRUPTED_MESSAGE, JOB_STORE_FILE } from "../src/engine/backup-engine.js";
 import { JobStore } from "../src/store/job-store.js";
 import { startS3Server, type TestS3Server, testS3Client } from "./helpers/s3-server.js";
-import { listeningAddress, runServe, type ServeProcess, serveArgs } from "./helpers/serve-process.js";
+import { listeningAddress, PROJECT_ROOT, runServe, type ServeProcess, serveArgs } from "./helpers/serve-process.js";
 
 const MiB = 1024 * 1024;
 
@@ -137,5 +139,37 @@ describe("kill -9 mid-upload, then restart", () => {
     expect(status.state).toBe(BackupState.ERROR);
     expect(status.errorMessage).toBe(INTERRUPTED_MESSAGE);
     expect(await readdir(backupDir)).toEqual([]);
+  });
+});
+
+describe("the CLI client", () => {
+  it("backs up to a target with vzdump's name from --vmid and --compression; status shows location and written bytes", async () => {
+    const server = serve();
+    const address = await listeningAddress(server);
+    const cli = (args: string[]) =>
+      promisify(execFile)(process.execPath, ["bin/vmabackup.js", ...args, "--server", address], { cwd: PROJECT_ROOT });
+    const disk = `d=${path.join(sourceDir, "disk.raw")}`;
+    const started = await cli([
+      "backup",
+      "--vmid",
+      "100",
+      "--compression",
+      "gzip",
+      "--target",
+      "offsite",
+      "--device",
+      disk,
+      "--watch",
+    ]);
+    const uuid = started.stdout.split("\n")[0]?.trim() ?? "";
+    const status = (await cli(["status", uuid])).stdout;
+    expect(status).toMatch(/state\s+DONE/);
+    expect(status).toMatch(
+      new RegExp(
+        `location\\s+s3://${s3.bucket}/fleet/vzdump-qemu-100-\\d{4}_\\d{2}_\\d{2}-\\d{2}_\\d{2}_\\d{2}\\.vma\\.gz`,
+      ),
+    );
+    expect(status).toMatch(/written\s+\S+ \S*B stored/);
+    await expect(cli(["backup", "--device", disk])).rejects.toMatchObject({ code: 2 });
   });
 });

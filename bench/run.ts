@@ -1,21 +1,70 @@
-// `npm run bench`: backs up a disk image with the real daemon and, side by
-// side in the same run, copies it with qemu-img and cp; prints medians and
-// ratios; then the zero-detection micro-benchmark (bench/zero-bench.ts).
-// Size and repetitions: BENCH_SIZE_MIB (1024), BENCH_RUNS (7).
+// `npm run bench`: every figure of issue 12 with its baseline, in one run.
+// First the machine; then backups of a disk image by the real daemon side by
+// side with qemu-img and cp (medians and ratios) and the daemon's peak RSS;
+// the peak RSS again for a large image; the archive tools (vma verify and
+// extract, start-up included); the watchers curve (bench/watchers.ts); the
+// zero-detection micro-benchmark (bench/zero-bench.ts); and a summary
+// against the targets.
+// Knobs: BENCH_SIZE_MIB (1024), BENCH_RUNS (7), BENCH_LARGE_MIB (8192; 0
+// skips the large image, which takes a minute or two to write and back up),
+// BENCH_WATCHERS ("100,1000,5000,10000"), BENCH_WATCH_ROUNDS (20).
 import { execFileSync } from "node:child_process";
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { cpus, loadavg, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { makeAlternatingImage } from "./make-image.js";
 import { startBenchService } from "./service.js";
 import { formatMiB, formatRate, formatSeconds, median } from "./stats.js";
 import { timeCommand } from "./time-command.js";
-import { benchZeroDetection } from "./zero-bench.js";
 import { benchVmaTools } from "./vma-tools.js";
+import { benchSparseImage } from "./sparse-image.js";
+import { benchWatchers } from "./watchers.js";
+import { benchZeroDetection } from "./zero-bench.js";
 
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 1024);
 const runs = Number(process.env.BENCH_RUNS ?? 7);
+const largeMiB = Number(process.env.BENCH_LARGE_MIB ?? 8192);
+const watcherLevels = (process.env.BENCH_WATCHERS ?? "100,1000,5000,10000").split(",").map(Number);
+const watchRounds = Number(process.env.BENCH_WATCH_ROUNDS ?? 20);
 const sizeBytes = sizeMiB * 2 ** 20;
+
+/** One line per figure of the summary: what was measured, against its target. */
+const summary: string[] = [];
+
+function printMachine(): void {
+  const cores = cpus();
+  const load = loadavg()
+    .map((value) => value.toFixed(2))
+    .join(", ");
+  console.log(
+    `machine: ${cores.length} cores, ${cores[0]?.model ?? "unknown CPU"}, ${formatMiB(totalmem())} memory; ` +
+      `load average at start ${load}; Node ${process.version}`,
+  );
+}
+
+/** Peak RSS of a fresh daemon over one backup of a `mib` MiB image (same pattern). */
+async function largeImagePeakRss(root: string, mib: number): Promise<number> {
+  const dir = join(root, "large");
+  await Promise.all(["images", "backups", "state"].map((name) => mkdir(join(dir, name), { recursive: true })));
+  const image = join(dir, "images", "large.raw");
+  await makeAlternatingImage(image, mib * 2 ** 20);
+  const service = await startBenchService({
+    backupDir: join(dir, "backups"),
+    sourceRoot: join(dir, "images"),
+    stateDir: join(dir, "state"),
+  });
+  try {
+    const seconds = await service.timeBackup(image, join(dir, "backups", "large.vma"));
+    const peak = await service.peakRss();
+    console.log(
+      `\nlarge image: ${mib} MiB backed up in ${formatSeconds(seconds)} (one run); daemon peak RSS ${formatMiB(peak)}`,
+    );
+    return peak;
+  } finally {
+    await service.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
 
 function requireTool(name: string, debianPackage: string): void {
   try {
@@ -26,6 +75,7 @@ function requireTool(name: string, debianPackage: string): void {
 }
 
 async function main(): Promise<void> {
+  printMachine();
   requireTool("qemu-img", "qemu-utils");
   const root = await mkdtemp(join(tmpdir(), "vmabackup-bench-"));
   const sourceRoot = join(root, "images");
@@ -110,19 +160,61 @@ async function main(): Promise<void> {
       );
     }
     console.log(`  vmabackup daemon peak RSS: ${formatMiB(peakRss)}`);
+    const backup = median(times.vmabackup);
+    summary.push(
+      `backup ${sizeMiB} MiB vs qemu-img convert -S 4k + sync  ${(backup / median(times.qemuImgSync)).toFixed(2)}x` +
+        `  (target <= 1.0x; ${formatSeconds(backup)} vs ${formatSeconds(median(times.qemuImgSync))})`,
+      `backup ${sizeMiB} MiB vs qemu-img convert -S 4k         ${(backup / base).toFixed(2)}x` +
+        `  (target <= 1.5x; ${formatSeconds(backup)} vs ${formatSeconds(base)})`,
+      `daemon peak RSS, ${sizeMiB} MiB image                  ${formatMiB(peakRss)}  (target < 100 MiB)`,
+    );
 
-    await benchVmaTools({
+    const tools = await benchVmaTools({
       archive: join(backupDir, `bench-${runs - 1}.vma`),
       workDir: root,
       runs,
-      backupSeconds: median(times.vmabackup),
+      backupSeconds: backup,
     });
+    summary.push(
+      `vma verify incl. start-up                      ${formatRate(tools.archiveBytes, tools.verifySeconds)}` +
+        `  (target >= 1500 MB/s)`,
+      `vma extract --sparse incl. start-up            ${formatRate(tools.archiveBytes, tools.sparseExtractSeconds)}` +
+        `  (target >= 1000 MB/s)`,
+    );
+
+    if (process.env.BENCH_SPARSE !== "0") {
+      const sparse = await benchSparseImage({ service, sourceRoot, backupDir, workDir: root, runs: Math.min(runs, 5) });
+      summary.push(`sparse qcow2 image source vs qemu-img convert  ${sparse.ratio.toFixed(2)}x  (target <= 1.5x)`);
+    }
   } finally {
     await service.stop();
+  }
+  try {
+    if (largeMiB > 0) {
+      const peak = await largeImagePeakRss(root, largeMiB);
+      summary.push(`daemon peak RSS, ${largeMiB} MiB image                  ${formatMiB(peak)}  (target < 100 MiB)`);
+    }
+  } finally {
     await rm(root, { recursive: true, force: true });
   }
-  // In this process, after the daemon stopped, so it competes with nothing of ours.
+
+  const watchers = await benchWatchers({ levels: watcherLevels, rounds: watchRounds });
+  const most = watchers.at(-1);
+  const thousand = watchers.find((level) => level.watchers === 1000);
+  if (most !== undefined) {
+    summary.push(
+      `daemon RSS with ${most.watchers} idle watchers          ${formatMiB(most.rss)}  (target < 400 MiB at 10000)`,
+    );
+  }
+  if (thousand !== undefined) {
+    summary.push(`status change to 1000 watchers, p99          ${thousand.p99Ms.toFixed(1)} ms  (target < 50 ms)`);
+  }
+
+  // In this process, after the daemons stopped, so it competes with nothing of ours.
   await benchZeroDetection({ rounds: runs, bytesPerRun: 2 ** 30 });
+
+  console.log(`\nsummary (issue 12 targets; medians; load average now ${loadavg()[0]?.toFixed(2)}):`);
+  for (const line of summary) console.log(`  ${line}`);
 }
 
 await main();

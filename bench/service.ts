@@ -7,12 +7,19 @@ import { createServer } from "node:net";
 import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import { createClient, type ServiceClient } from "../src/client/grpc-client.js";
 
+/** V8 flags the daemon ships with (npm start, contrib/systemd/vmabackup.service). */
+export const DAEMON_NODE_OPTIONS: readonly string[] = ["--max-semi-space-size=1"];
+
 export interface BenchService {
   readonly client: ServiceClient<typeof BackupService.method>;
   /** Seconds from the Backup call until the job reports DONE. */
   timeBackup(devicePath: string, backupFile: string): Promise<number>;
   /** Peak resident set size of the daemon so far (VmHWM), in bytes. */
   peakRss(): Promise<number>;
+  /** Resident set size of the daemon now (VmRSS), in bytes. */
+  rss(): Promise<number>;
+  /** The daemon's gRPC address, host:port. */
+  readonly address: string;
   stop(): Promise<void>;
 }
 
@@ -20,12 +27,17 @@ export async function startBenchService(dirs: {
   backupDir: string;
   sourceRoot: string;
   stateDir: string;
+  /** More `serve` arguments, e.g. ["--progress-interval", "1h"]. */
+  extraArgs?: readonly string[];
+  /** Node options for the daemon (default DAEMON_NODE_OPTIONS), e.g. ["--cpu-prof"]. */
+  nodeOptions?: readonly string[];
 }): Promise<BenchService> {
   const port = await freePort();
   const address = `127.0.0.1:${port}`;
   const child = spawn(
     process.execPath,
     [
+      ...(dirs.nodeOptions ?? DAEMON_NODE_OPTIONS),
       "bin/vmabackup.js",
       "serve",
       "--listen",
@@ -38,6 +50,7 @@ export async function startBenchService(dirs: {
       dirs.stateDir,
       "--log-level",
       "warn",
+      ...(dirs.extraArgs ?? []),
     ],
     { stdio: ["ignore", "ignore", "inherit"] },
   );
@@ -58,7 +71,9 @@ export async function startBenchService(dirs: {
       }
       return Number(process.hrtime.bigint() - started) / 1e9;
     },
-    peakRss: () => peakRssOf(child),
+    peakRss: () => memoryOf(child, "VmHWM"),
+    rss: () => memoryOf(child, "VmRSS"),
+    address,
     stop: async () => {
       client.close();
       const exited = new Promise((resolve) => child.once("exit", resolve));
@@ -68,10 +83,11 @@ export async function startBenchService(dirs: {
   };
 }
 
-async function peakRssOf(child: ChildProcess): Promise<number> {
+/** A size line of /proc/PID/status (VmHWM: peak RSS, VmRSS: RSS now), in bytes. */
+async function memoryOf(child: ChildProcess, field: "VmHWM" | "VmRSS"): Promise<number> {
   const status = await readFile(`/proc/${child.pid}/status`, "utf8");
-  const match = /^VmHWM:\s+(\d+) kB$/m.exec(status);
-  if (!match) throw new Error("no VmHWM in /proc status");
+  const match = new RegExp(`^${field}:\\s+(\\d+) kB$`, "m").exec(status);
+  if (!match) throw new Error(`no ${field} in /proc status`);
   return Number(match[1]) * 1024;
 }
 

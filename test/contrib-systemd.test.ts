@@ -42,7 +42,9 @@ function unitForThisCheckout(): string {
 describe("contrib/systemd/vmabackup.service", () => {
   it("runs the built command from the install dir, with the state and backup dirs it may write", () => {
     expect(values("ExecStart")[0]).toMatch(
-      new RegExp(`^${INSTALL_DIR}/node_modules/\\.bin/node ${INSTALL_DIR}/bin/vmabackup\\.js serve `),
+      new RegExp(
+        `^${INSTALL_DIR}/node_modules/\\.bin/node --max-semi-space-size=1 ${INSTALL_DIR}/bin/vmabackup\\.js serve `,
+      ),
     );
     expect(serveOption("--state-dir")).toEqual([`/var/lib/${values("StateDirectory")[0]}`]);
     const [backupDir] = serveOption("--backup-dir");

@@ -334,6 +334,12 @@ export function faultyDriver(hooks: { writeCluster?: (devId: number, clusterNum:
           hooks.writeCluster?.(devId, clusterNum);
           return target.writeCluster(devId, clusterNum, data, mask);
         },
+        async writeZeroClusters(devId, firstCluster, count) {
+          for (let clusterNum = firstCluster; clusterNum < firstCluster + count; clusterNum++) {
+            hooks.writeCluster?.(devId, clusterNum);
+          }
+          return target.writeZeroClusters(devId, firstCluster, count);
+        },
         released: () => target.released(),
         completeDevice: (devId) => target.completeDevice(devId),
         close: () => target.close(),

@@ -329,10 +329,17 @@ describe("freezeDrives when QEMU stops answering mid-session", () => {
       expect(result.problems.slice(1).every((problem) => /stopped answering/.test(problem))).toBe(true);
       expect(readdirSync(scratchDir)).toEqual([]);
       expect(await blockState(hung.testQmpSocket)).not.toBe(before);
+      // Kept: it tells the later cleanup that QEMU's NBD server is this job's to stop.
+      expect(existsSync(session.leftovers.exportSocketPath ?? "")).toBe(true);
 
       const cleanup = await cleanupLeftovers(session.leftovers);
       expect(cleanup.problems).toEqual([]);
       expect(cleanup.removed.nodes).toEqual(["vmab-hung-scratch0"]);
+      expect(cleanup.nbdServerStopped).toBe(true);
+      expect(await blockState(hung.testQmpSocket)).toBe(before);
+      // The NBD server is free for the next job.
+      const again = await freeze({ ...options("again", ["live0"]), qmpSocket: hung.qmpSocket });
+      expect((await again.teardown()).problems).toEqual([]);
       expect(await blockState(hung.testQmpSocket)).toBe(before);
     } finally {
       hung.child.kill("SIGCONT");

@@ -82,4 +82,30 @@ describe("ReadBufferPool", () => {
     pool.recycle(Buffer.alloc(CLUSTER_SIZE), Promise.resolve());
     expect(await pool.acquire()).toBe(buffers[1]);
   });
+
+  it("hands a finished job's buffers to the next pool, each only after its release", async () => {
+    // An odd size, so that no other test's spares are involved.
+    const size = CLUSTER_SIZE + 512;
+    const first = new ReadBufferPool(size, 3);
+    const [held, free] = [await first.acquire(), await first.acquire()];
+    let release!: () => void;
+    first.recycle(held!, new Promise<void>((resolve) => (release = resolve)));
+    first.giveBack(free!);
+    let disposed = false;
+    void first.dispose().then(() => (disposed = true));
+    await ticks();
+    // The held buffer may still be written from: nothing is handed on yet.
+    expect(disposed).toBe(false);
+    const early = new ReadBufferPool(size, 3);
+    const fresh = await early.acquire();
+    expect([held, free]).not.toContain(fresh);
+    release();
+    await ticks();
+    expect(disposed).toBe(true);
+    const next = new ReadBufferPool(size, 3);
+    const reused = new Set([await next.acquire(), await next.acquire()]);
+    expect(reused).toEqual(new Set([held, free]));
+    // Spares are used up: the third is new.
+    expect([held, free]).not.toContain(await next.acquire());
+  });
 });

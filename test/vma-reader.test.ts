@@ -2,7 +2,7 @@
 // of docs/vma-format.md section 9, every check of sections 2-6 on crafted
 // archives, and damaged copies of archives made by the service's writer.
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { gunzipSync } from "node:zlib";
@@ -168,6 +168,8 @@ async function writeArchive(
     uuid?: Buffer;
     order?: ReadonlyArray<readonly [number, number]>;
     configs?: ReadonlyArray<[string, Buffer]>;
+    /** Store every block, zero or not (mask 0xffff), as other writers may; whole clusters only. */
+    storeZeroBlocks?: boolean;
   } = {},
 ): Promise<Buffer> {
   const chunks: Buffer[] = [];
@@ -186,8 +188,8 @@ async function writeArchive(
     const disk = disks[index]!;
     const data = Buffer.alloc(CLUSTER);
     disk.data.copy(data, 0, cluster * CLUSTER, Math.min(disk.data.length, (cluster + 1) * CLUSTER));
-    let mask = 0;
-    for (let block = 0; block < 16; block++) {
+    let mask = options.storeZeroBlocks ? 0xffff : 0;
+    for (let block = 0; block < 16 && !options.storeZeroBlocks; block++) {
       if (!data.subarray(block * BLOCK, (block + 1) * BLOCK).equals(Buffer.alloc(BLOCK))) mask |= 1 << block;
     }
     await writer.writeCluster(devIds[index]!, cluster, data, mask);
@@ -820,5 +822,43 @@ describe("damaged archives from the service's writer", () => {
       ),
       { numRuns: 30 },
     );
+  });
+});
+
+describe("extraction of stored zero blocks", () => {
+  it("leaves every all-zero stored block a hole with --sparse, whatever the input chunks, and writes it without", async () => {
+    const data = randomBytes(4 * CLUSTER);
+    const zeroBlock = (cluster: number, block: number): void =>
+      void data.fill(0, cluster * CLUSTER + block * BLOCK, cluster * CLUSTER + (block + 1) * BLOCK);
+    // Cluster 1: zero first and last blocks, and blocks whose only non-zero byte is their first or last.
+    for (const block of [0, 7, 8, 15]) zeroBlock(1, block);
+    data[CLUSTER + 7 * BLOCK] = 1;
+    data[CLUSTER + 9 * BLOCK - 1] = 1;
+    // Cluster 2: all zero, yet stored.
+    for (let block = 0; block < 16; block++) zeroBlock(2, block);
+    let nonZeroBlocks = 0;
+    for (let block = 0; block < data.length / BLOCK; block++) {
+      if (data.subarray(block * BLOCK, (block + 1) * BLOCK).some((byte) => byte !== 0)) nonZeroBlocks += 1;
+    }
+    expect(nonZeroBlocks).toBe(16 + 14 + 0 + 16);
+    const archive = await writeArchive([{ name: "drive-scsi0", data }], { storeZeroBlocks: true });
+
+    const root = await mkdtemp(join(tmpdir(), "vmabackup-reader-"));
+    try {
+      for (const [index, chunkSizes] of [[archive.length], [3000, 70000]].entries()) {
+        for (const sparse of [true, false]) {
+          const dir = join(root, `out-${index}-${sparse}`);
+          const extracted = await extractArchive(chunked(archive, chunkSizes), { dir, sparse, allowIncomplete: false });
+          expect(extracted.ok).toBe(true);
+          const image = join(dir, "disk-drive-scsi0.raw");
+          expect((await readFile(image)).equals(data)).toBe(true);
+          const allocated = (await stat(image)).blocks * 512;
+          if (sparse) expect(allocated).toBeLessThanOrEqual(nonZeroBlocks * BLOCK);
+          else expect(allocated).toBeGreaterThanOrEqual(data.length);
+        }
+      }
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
   });
 });

@@ -36,9 +36,9 @@ interface CliResult {
   readonly stderr: string;
 }
 
-function vma(args: readonly string[], input?: Buffer): Promise<CliResult> {
+function vma(args: readonly string[], input?: Buffer, nodeArgs: readonly string[] = []): Promise<CliResult> {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, ["bin/vmabackup.js", "vma", ...args], {
+    const child = spawn(process.execPath, [...nodeArgs, "bin/vmabackup.js", "vma", ...args], {
       cwd: REPO,
       stdio: ["pipe", "pipe", "pipe"],
     });
@@ -194,7 +194,33 @@ afterAll(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
+// Loaded before the command: at exit, prints each package the process loaded
+// from node_modules to stderr, one "loaded PACKAGE" line each.
+const PACKAGES_LOADED_HOOK = `data:text/javascript,${encodeURIComponent(`
+  import { registerHooks } from "node:module";
+  import { writeSync } from "node:fs";
+  const packages = new Set();
+  registerHooks({
+    resolve(specifier, context, next) {
+      const resolved = next(specifier, context);
+      const match = /\\/node_modules\\/((?:@[^/]+\\/)?[^/]+)\\//.exec(resolved.url);
+      if (match) packages.add(match[1]);
+      return resolved;
+    },
+  });
+  process.on("exit", () => { for (const name of packages) writeSync(2, "loaded " + name + "\\n"); });
+`)}`;
+
 describe.concurrent("vma list and config", () => {
+  it("loads neither the S3 client nor the gRPC stack for a local archive", async () => {
+    const result = await vma(["list", SAMPLE_GZ], undefined, ["--import", PACKAGES_LOADED_HOOK]);
+    expect(result.code).toBe(0);
+    const loaded = result.stderr.split("\n").filter((line) => line.startsWith("loaded "));
+    // The hook works: the command line parser is always loaded.
+    expect(loaded).toContain("loaded commander");
+    expect(loaded.filter((line) => /@aws-sdk|@smithy|@grpc|cli-progress|pino/.test(line))).toEqual([]);
+  });
+
   it("lists the sample's uuid, ctime, config and device", async () => {
     const result = await vma(["list", SAMPLE_GZ]);
     expect(result.stderr).toBe("");
@@ -542,25 +568,25 @@ describe("createProgressBar", () => {
     return { stream: stream as unknown as NodeJS.WriteStream, output: () => written };
   }
 
-  it("draws label, bar, percent and bytes on a terminal", () => {
+  it("draws label, bar, percent and bytes on a terminal", async () => {
     const terminal = fakeTerminal(true);
-    const bar = createProgressBar({ label: "extract", total: 4 * 1024 * 1024, stream: terminal.stream });
+    const bar = await createProgressBar({ label: "extract", total: 4 * 1024 * 1024, stream: terminal.stream });
     bar.update(2 * 1024 * 1024);
     bar.stop();
     expect(terminal.output()).toMatch(/extract \[[░█]+\]\s+0\.0%\s+0 B \/ 4\.0 MiB/);
     expect(terminal.output()).toMatch(/extract \[█+░+\]\s+50\.0%\s+2\.0 MiB \/ 4\.0 MiB/);
   });
 
-  it("shows bytes only when the total is unknown, and nothing when not a terminal", () => {
+  it("shows bytes only when the total is unknown, and nothing when not a terminal", async () => {
     const terminal = fakeTerminal(true);
-    const bar = createProgressBar({ label: "verify", total: undefined, stream: terminal.stream });
+    const bar = await createProgressBar({ label: "verify", total: undefined, stream: terminal.stream });
     bar.update(3 * 1024);
     bar.stop();
     expect(terminal.output()).toMatch(/verify 3\.0 KiB\s/);
     expect(terminal.output()).not.toContain("%");
 
     const pipe = fakeTerminal(false);
-    const silent = createProgressBar({ label: "verify", total: 100, stream: pipe.stream });
+    const silent = await createProgressBar({ label: "verify", total: 100, stream: pipe.stream });
     silent.update(50);
     silent.stop();
     expect(pipe.output()).toBe("");

@@ -7,6 +7,7 @@ import { encodeExtentHeader } from "../src/vma/encode-extent.js";
 import { encodeHeader } from "../src/vma/encode-header.js";
 import { checkHeaderPlan, headerSizeForPlan, VmaLimitError } from "../src/vma/encode-limits.js";
 import { VmaUsageError } from "../src/vma/writer-errors.js";
+import { readVma } from "../src/vma/reader.js";
 import { VmaWriter, type VmaSink } from "../src/vma/writer.js";
 
 // The worked example of docs/vma-format.md section 9.
@@ -680,8 +681,9 @@ describe("VmaWriter", () => {
       const vma = writer(sink);
       vma.addDevice("drive-scsi0", 2 * 58 * CLUSTER_SIZE);
       const data = filled(0);
-      for (let clusterNum = 0; clusterNum < 115; clusterNum++) await vma.writeCluster(1, clusterNum, data, 0);
-      const blocked = vma.writeCluster(1, 115, data, 0);
+      // Stored blocks: extents that store none are gathered, not written one by one.
+      for (let clusterNum = 0; clusterNum < 115; clusterNum++) await vma.writeCluster(1, clusterNum, data, 0xffff);
+      const blocked = vma.writeCluster(1, 115, data, 0xffff);
       return { sink, vma, data, blocked };
     };
 
@@ -759,6 +761,71 @@ describe("VmaWriter", () => {
       expect(sink.started).toHaveLength(1);
       await expectUsageError(() => vma.writeCluster(1, 116, data, 0), /aborted/);
       await vma.abort();
+    });
+  });
+
+  describe("runs of zero clusters", () => {
+    it("gathers the extents that store no block into a few writes, in order, read back complete", async () => {
+      const sink = new MemorySink();
+      const vma = writer(sink);
+      const clusters = 3 * 2048 * 58 + 100;
+      vma.addDevice("drive-scsi0", clusters * CLUSTER_SIZE);
+      const zero = new Uint8Array(CLUSTER_SIZE);
+      const data = filled(7);
+      const dataCluster = 2048 * 58 + 5;
+      for (let clusterNum = 0; clusterNum < clusters; clusterNum++) {
+        if (clusterNum === dataCluster) await vma.writeCluster(1, clusterNum, data, 0xffff);
+        else await vma.writeCluster(1, clusterNum, zero, 0);
+      }
+      vma.completeDevice(1);
+      await vma.finish();
+      await vma.whenReleased();
+      // 6108 extents: without gathering, one write each.
+      expect(sink.calls.length).toBeLessThanOrEqual(6);
+      expect(vma.extentCount).toBe(Math.ceil(clusters / 58));
+
+      let stored = 0;
+      let extents = 0;
+      let missing = -1;
+      for await (const event of readVma(
+        (async function* () {
+          yield sink.bytes();
+        })(),
+      )) {
+        if (event.type === "extent") {
+          extents += 1;
+          for (const slot of event.extent.slots) if (slot.mask !== 0) stored += 1;
+        } else if (event.type === "end") {
+          missing = event.summary.missing.length;
+        } else if (event.type === "problem") {
+          throw new Error(event.problem.message);
+        }
+      }
+      expect(extents).toBe(Math.ceil(clusters / 58));
+      expect(stored).toBe(1);
+      expect(missing).toBe(0);
+    });
+
+    it("writes the same bytes for writeZeroClusters as for zero clusters one by one", async () => {
+      const clusters = 2048 * 58 + 300;
+      const one = new MemorySink();
+      const bulk = new MemorySink();
+      const [byOne, byBulk] = [writer(one), writer(bulk)];
+      for (const vma of [byOne, byBulk]) vma.addDevice("drive-scsi0", clusters * CLUSTER_SIZE);
+      const zero = new Uint8Array(CLUSTER_SIZE);
+      const data = filled(3);
+      for (let clusterNum = 0; clusterNum < clusters; clusterNum++) {
+        await byOne.writeCluster(1, clusterNum, clusterNum === 70 ? data : zero, clusterNum === 70 ? 0x8001 : 0);
+      }
+      await byBulk.writeZeroClusters(1, 0, 70);
+      await byBulk.writeCluster(1, 70, data, 0x8001);
+      await byBulk.writeZeroClusters(1, 71, clusters - 71);
+      for (const vma of [byOne, byBulk]) {
+        vma.completeDevice(1);
+        await vma.finish();
+      }
+      expect(Buffer.compare(bulk.bytes(), one.bytes())).toBe(0);
+      await expectUsageError(() => byBulk.writeZeroClusters(1, 0, 1), /after finish/);
     });
   });
 });

@@ -11,15 +11,22 @@ const program = new Command("vmabackup")
   .description("Back up virtual-machine disks into Proxmox-compatible VMA archives")
   .showHelpAfterError();
 
-// The archive tools need none of the gRPC stack, whose modules take longer
-// to load than a whole `vma list`: load only what the command uses.
-if (process.argv[2] !== "vma") {
+// Load only what the command uses: the archive tools need none of the gRPC
+// stack, whose modules take longer to load than a whole `vma list`, and the
+// daemon none of the client's (progress bars...), which would stay in its
+// memory for good. Without a known command, all are registered (for help).
+const command = process.argv[2];
+if (command !== "vma") {
   const { registerServeCommand } = await import("./serve-command.js");
-  const { registerClientCommands } = await import("./client-commands.js");
   registerServeCommand(program);
+}
+if (command !== "vma" && command !== "serve") {
+  const { registerClientCommands } = await import("./client-commands.js");
   registerClientCommands(program);
 }
-const { registerVmaCommands } = await import("./vma-commands.js");
-registerVmaCommands(program);
+if (command !== "serve") {
+  const { registerVmaCommands } = await import("./vma-commands.js");
+  registerVmaCommands(program);
+}
 
 await program.parseAsync(process.argv);

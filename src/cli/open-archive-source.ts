@@ -2,8 +2,10 @@
 // s3://bucket/key URL streamed from S3 (endpoint, region, path style and
 // credentials file from the --s3-* options or the standard AWS environment,
 // never credentials on the command line).
-import { readObject } from "../stores/s3/s3-store.js";
-import { createS3Client, type S3ClientOptions } from "../stores/s3/s3-client.js";
+//
+// The S3 client (the AWS SDK) is loaded only for an s3:// archive: loading it
+// took longer than a whole `vma list` of a local file.
+import type { S3ClientOptions } from "../stores/s3/s3-client.js";
 import { isS3Url, parseS3Url } from "../stores/s3/s3-url.js";
 import { openArchive, openArchiveStream, type OpenedArchive } from "../vma/open-archive.js";
 
@@ -32,6 +34,10 @@ export function s3ClientOptions(options: S3CommandOptions, env: NodeJS.ProcessEn
 export async function openArchiveSource(source: string, options: S3CommandOptions): Promise<OpenedArchive> {
   if (!isS3Url(source)) return openArchive(source);
   const { bucket, key } = parseS3Url(source);
+  const [{ createS3Client }, { readObject }] = await Promise.all([
+    import("../stores/s3/s3-client.js"),
+    import("../stores/s3/s3-store.js"),
+  ]);
   const client = createS3Client(s3ClientOptions(options));
   const object = await readObject(client, bucket, key);
   // The client's sockets must not keep the process alive once the stream ended.

@@ -2,7 +2,8 @@
 // with a byte count): label, bar, percent, bytes done/total, rate. Drawn on
 // the given stream (stderr by default) only when it is a terminal; elsewhere
 // every call does nothing, so scripts and pipes see no control codes.
-import cliProgress from "cli-progress";
+// cli-progress is loaded only for a terminal: it costs more start-up than a
+// whole `vma list`.
 import { formatBytes, formatDuration, formatRate } from "./format-size.js";
 
 export interface ProgressBar {
@@ -24,9 +25,10 @@ export interface ProgressBarOptions {
 
 const NO_PROGRESS: ProgressBar = { update: () => undefined, setTotal: () => undefined, stop: () => undefined };
 
-export function createProgressBar(options: ProgressBarOptions): ProgressBar {
+export async function createProgressBar(options: ProgressBarOptions): Promise<ProgressBar> {
   const stream = options.stream ?? process.stderr;
   if (!stream.isTTY) return NO_PROGRESS;
+  const { default: cliProgress } = await import("cli-progress");
   const started = Date.now();
   const bar = new cliProgress.SingleBar(
     {

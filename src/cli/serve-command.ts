@@ -13,7 +13,7 @@ import { pino } from "pino";
 import type { Logger } from "pino";
 import type * as grpc from "@grpc/grpc-js";
 import { parseTarget, type S3ClientOptions, TargetConfigError, type TargetSpec } from "../engine/index.js";
-import { DaemonMetrics } from "../metrics/daemon-metrics.js";
+import type { DaemonMetrics } from "../metrics/daemon-metrics.js";
 import { createAuthInterceptor, readTokenFile, TokenFileError } from "../server/auth.js";
 import { startServer } from "../server/server.js";
 import {
@@ -217,7 +217,7 @@ function parseTargetFlag(text: string): TargetSpec {
   }
 }
 
-function settingsFrom(flags: ServeFlags): ServeSettings {
+function settingsFrom(flags: ServeFlags, Metrics: typeof DaemonMetrics | undefined): ServeSettings {
   const roots = flags.sourceRoot ?? [DEFAULT_SOURCE_ROOT];
   const listen = parseListen(flags.listen);
   return {
@@ -239,12 +239,12 @@ function settingsFrom(flags: ServeFlags): ServeSettings {
     progressIntervalMs: parseDuration("--progress-interval", flags.progressInterval),
     logLevel: parseLogLevel(flags.logLevel),
     security: parseSecurity(flags),
-    ...(flags.metricsListen === undefined
+    ...(flags.metricsListen === undefined || Metrics === undefined
       ? {}
       : {
           metrics: {
             listen: parseListen(flags.metricsListen, "--metrics-listen", "127.0.0.1:9464"),
-            metrics: new DaemonMetrics(),
+            metrics: new Metrics(),
           },
         }),
   };
@@ -383,7 +383,10 @@ export function registerServeCommand(program: Command): void {
       let settings: ServeSettings;
       let addresses: string[];
       try {
-        settings = settingsFrom(flags);
+        // prom-client and node:http load only with --metrics-listen (daemon memory).
+        const Metrics =
+          flags.metricsListen === undefined ? undefined : (await import("../metrics/daemon-metrics.js")).DaemonMetrics;
+        settings = settingsFrom(flags, Metrics);
         addresses = await listenAddresses(settings);
         if (settings.metrics !== undefined) {
           const listen = await metricsAddress(settings.metrics.listen, settings.security.insecure);

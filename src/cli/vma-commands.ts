@@ -185,7 +185,7 @@ async function extractCommand(
 
 /** Runs `body` with a progress bar over the input bytes (on a terminal only). */
 async function withProgress<T>(label: string, archive: OpenedArchive, body: () => Promise<T>): Promise<T> {
-  const bar = createProgressBar({ label, total: archive.inputSize });
+  const bar = await createProgressBar({ label, total: archive.inputSize });
   const timer = setInterval(() => bar.update(archive.inputBytesRead()), PROGRESS_INTERVAL_MS);
   try {
     return await body();

@@ -78,6 +78,12 @@ export interface ArchiveWriter {
    */
   writeCluster(devId: number, clusterNum: number, data: Uint8Array, storedMask: number): Promise<void>;
   /**
+   * Stores `count` clusters from `firstCluster` on that read as all zeros,
+   * as writeCluster with an all-zero cluster and mask 0 would, at a fraction
+   * of the cost (the holes of sparse sources).
+   */
+  writeZeroClusters(devId: number, firstCluster: number, count: number): Promise<void>;
+  /**
    * Resolves once the target no longer references the data of any cluster
    * passed to writeCluster so far, so the caller may reuse that memory.
    * Clusters still in a partly filled unit of the format (a VMA extent) are

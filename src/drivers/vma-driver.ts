@@ -73,6 +73,10 @@ class VmaTarget implements FileBackupTarget {
     return this.writer.writeCluster(devId, clusterNum, data, storedMask);
   }
 
+  writeZeroClusters(devId: number, firstCluster: number, count: number): Promise<void> {
+    return this.writer.writeZeroClusters(devId, firstCluster, count);
+  }
+
   released(): Promise<void> {
     return this.writer.whenReleased();
   }

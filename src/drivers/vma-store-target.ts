@@ -56,6 +56,10 @@ export class VmaStoreTarget implements BackupTarget {
     return this.writer.writeCluster(devId, clusterNum, data, storedMask);
   }
 
+  writeZeroClusters(devId: number, firstCluster: number, count: number): Promise<void> {
+    return this.writer.writeZeroClusters(devId, firstCluster, count);
+  }
+
   released(): Promise<void> {
     return this.writer.whenReleased();
   }

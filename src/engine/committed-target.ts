@@ -42,6 +42,10 @@ export class CommittedTarget implements BackupTarget {
     return this.inner.writeCluster(devId, clusterNum, data, storedMask);
   }
 
+  writeZeroClusters(devId: number, firstCluster: number, count: number): Promise<void> {
+    return this.inner.writeZeroClusters(devId, firstCluster, count);
+  }
+
   released(): Promise<void> {
     return this.inner.released();
   }

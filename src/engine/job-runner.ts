@@ -63,12 +63,21 @@ const ZERO_CLUSTER = Buffer.alloc(CLUSTER_SIZE);
  * bytes. Clusters not read (mapped as zero) go as all-zero clusters (mask 0).
  */
 async function writeChunk(target: BackupTarget, devId: number, name: string, chunk: Chunk): Promise<number> {
+  if (chunk.data === undefined) {
+    // Mapped as zero as a whole: no cluster was read, none needs a look.
+    try {
+      await target.writeZeroClusters(devId, chunk.offset / CLUSTER_SIZE, Math.ceil(chunk.length / CLUSTER_SIZE));
+    } catch (error) {
+      throw writeFailure(name, chunk.offset, error);
+    }
+    return chunk.length;
+  }
   let zeroBytes = 0;
   for (let start = 0, cluster = 0; start < chunk.length; start += CLUSTER_SIZE, cluster++) {
     const deviceBytes = Math.min(CLUSTER_SIZE, chunk.length - start);
     let data: Uint8Array;
     let mask: number;
-    if (chunk.data === undefined || chunk.zeroClusters?.[cluster] === true) {
+    if (chunk.zeroClusters?.[cluster] === true) {
       data = ZERO_CLUSTER;
       mask = 0;
       zeroBytes += deviceBytes;
@@ -136,8 +145,8 @@ async function copyDevice(run: JobRun, index: number, pool: ReadBufferPool): Pro
 /** Runs the job to its end and reports how it ended. Never rejects. */
 export async function runJob(run: JobRun): Promise<JobOutcome> {
   const { job, target } = run;
+  const pool = createPool();
   try {
-    const pool = createPool();
     for (let index = 0; index < run.sources.length; index++) await copyDevice(run, index, pool);
     job.signal.throwIfAborted();
     try {
@@ -164,5 +173,8 @@ export async function runJob(run: JobRun): Promise<JobOutcome> {
       unexpected: error,
       ...cleanup,
     };
+  } finally {
+    // Closed or aborted: the target holds no buffer any more; the next job reuses them.
+    void pool.dispose();
   }
 }

@@ -99,6 +99,8 @@ export const REASON = {
 
   // Jobs.
   DEVICE_IN_USE: "DEVICE_IN_USE",
+  /** A qemu source whose QEMU monitor another active job holds (failed-precondition). */
+  QMP_SOCKET_IN_USE: "QMP_SOCKET_IN_USE",
   JOB_NOT_FOUND: "JOB_NOT_FOUND",
   JOB_NOT_ACTIVE: "JOB_NOT_ACTIVE",
   /** DeleteBackup of a job that is still running (failed-precondition). */

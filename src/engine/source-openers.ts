@@ -13,6 +13,7 @@ import { FleecingJournal } from "../sources/qemu/fleecing-journal.js";
 import { openQemuSources, type QemuSourcesOptions, qemuLeftovers } from "../sources/qemu/qemu-sources.js";
 import type { SourceConfinement } from "../sources/source-confinement.js";
 import { sourceField } from "./device-source.js";
+import { QmpMonitorClaims } from "./qmp-monitor-claims.js";
 import type { OpenedSources, SourceOpener, SourceOpeners, SourceOpenRequest } from "./source-opener.js";
 
 /** Work dirs of the private qemu-storage-daemons serving images. */
@@ -119,20 +120,40 @@ function byQemu(request: SourceOpenRequest<"qemu">): Map<string, SourceOpenReque
 function openQemuDrives(context: SourceOpenerContext): SourceOpener<"qemu"> {
   const runDir = path.join(context.stateDir, RUN_DIR_NAME);
   const journal = new FleecingJournal(path.join(context.stateDir, FLEECING_JOURNAL_DIR_NAME));
+  const monitors = new QmpMonitorClaims();
   return async (request) => {
-    await fs.mkdir(runDir, { recursive: true, mode: 0o700 });
-    await fs.mkdir(context.scratchDir, { recursive: true, mode: 0o700 });
+    const groups = byQemu(request);
+    // Before anything is created: a monitor another job holds would not answer until that job ends.
+    const claims = await Promise.all(
+      [...groups].map(async ([qmpSocket, devices]) => ({
+        key: await fs.realpath(qmpSocket).catch(() => qmpSocket),
+        qmpSocket,
+        field: `devices[${devices[0]?.index ?? 0}].qemu.qmp_socket`,
+      })),
+    );
+    monitors.claim(request.jobId, claims);
     const byPosition = new Map<number, DiskSource>();
-    const frozen: { tag: string; release: () => Promise<void> }[] = [];
+    const frozen: { tag: string; qmpSocket: string; release: () => Promise<readonly string[]> }[] = [];
     const release = async (): Promise<void> => {
       for (const freeze of frozen) {
-        await freeze.release();
+        const problems = await freeze.release();
+        if (problems.length > 0) {
+          // Kept: the next start of the server undoes what is left (recoverSourceLeftovers).
+          context.logger.warn(
+            { jobId: request.jobId, qmpSocket: freeze.qmpSocket, tag: freeze.tag, problems },
+            "could not fully undo a freeze in QEMU; the next server start retries",
+          );
+          continue;
+        }
         await journal.remove(freeze.tag).catch(() => undefined);
       }
+      monitors.release(request.jobId);
     };
     try {
+      await fs.mkdir(runDir, { recursive: true, mode: 0o700 });
+      await fs.mkdir(context.scratchDir, { recursive: true, mode: 0o700 });
       let group = 0;
-      for (const [qmpSocket, devices] of byQemu(request)) {
+      for (const [qmpSocket, devices] of groups) {
         // QEMU node names hold at most 31 characters: 8 hex digits of the job and the QEMU's number.
         const tag = `${request.jobId.replaceAll("-", "").slice(0, 8)}q${group++}`;
         const options: QemuSourcesOptions = {
@@ -156,7 +177,7 @@ function openQemuDrives(context: SourceOpenerContext): SourceOpener<"qemu"> {
           await journal.remove(tag).catch(() => undefined);
           throw error;
         }
-        frozen.push({ tag, release: () => opened.release() });
+        frozen.push({ tag, qmpSocket, release: () => opened.release() });
         devices.forEach((device, position) => {
           byPosition.set(device.index, opened.sources[position] as DiskSource);
         });

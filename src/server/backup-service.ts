@@ -1,7 +1,7 @@
 // The BackupService RPC handlers: decode the request, call the engine,
 // encode the answer. Policy and validation live in the engine; failures
 // become statuses in rpc-errors.ts.
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import type * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import {
@@ -14,7 +14,8 @@ import {
   WatchBackupResponseSchema,
 } from "../../gen/vmabackup/v1/backup_pb.js";
 import type { BackupService, WatchBackupRequest } from "../../gen/vmabackup/v1/backup_pb.js";
-import type { BackupEngine } from "../engine/index.js";
+import type { BackupEngine, JobStatus } from "../engine/index.js";
+import { EncodedMessage } from "./encoded-message.js";
 import type { ImplementationOf } from "./grpc-adapter.js";
 import { reportRpcFailure } from "./rpc-errors.js";
 import {
@@ -59,6 +60,26 @@ function unaryHandler<Request, Response>(
   };
 }
 
+/**
+ * The WatchBackup response for `status`, encoded once however many watchers
+ * it goes to: the engine hands every watcher the same status object.
+ */
+function watchResponseEncoder(): (status: JobStatus) => EncodedMessage {
+  const encoded = new WeakMap<JobStatus, EncodedMessage>();
+  return (status) => {
+    let message = encoded.get(status);
+    if (message === undefined) {
+      const bytes = toBinary(
+        WatchBackupResponseSchema,
+        create(WatchBackupResponseSchema, { status: toBackupStatus(status) }),
+      );
+      message = new EncodedMessage(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+      encoded.set(status, message);
+    }
+    return message;
+  };
+}
+
 /** Opens the engine subscription a WatchBackup request asks for. */
 function openWatch(engine: JobEngine, request: WatchBackupRequest): WatchOpening {
   const uuid = toJobSelector(request.uuid);
@@ -75,6 +96,7 @@ export function createBackupService({
   watchStreams,
   logger,
 }: BackupServiceDependencies): ImplementationOf<typeof BackupService> {
+  const encodeWatchResponse = watchResponseEncoder();
   return {
     backup: unaryHandler(logger, "Backup", async (request) => {
       const status = await engine.start(toBackupSpec(request));
@@ -100,12 +122,7 @@ export function createBackupService({
         "watch opened",
       );
       void watchStreams
-        .serve(
-          call,
-          () => openWatch(engine, call.request),
-          (status) => create(WatchBackupResponseSchema, { status: toBackupStatus(status) }),
-          logger,
-        )
+        .serve(call, () => openWatch(engine, call.request), encodeWatchResponse, logger)
         .finally(() => logger.debug({ rpc: "WatchBackup", uuid }, "watch closed"));
     },
 

@@ -6,6 +6,7 @@ import type * as grpc from "@grpc/grpc-js";
 import type { Message, MessageShape } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 import { messageDeserializer, messageSerializer, methodPath } from "../wire/message-codec.js";
+import { passingEncoded } from "./encoded-message.js";
 import { hasSingleRequest, refusingMalformed, tolerantDeserializer } from "./malformed-requests.js";
 
 /** The method descriptor fields the adapter and the client rely on. */
@@ -60,7 +61,8 @@ export function createServiceDefinition<T extends GenServiceMethods>(
 /**
  * Registers a typed implementation of a generated service on a server. A
  * request that does not decode is refused with INVALID_ARGUMENT before the
- * handler runs (see malformed-requests.ts).
+ * handler runs (see malformed-requests.ts); a response may be written
+ * already encoded (see encoded-message.ts).
  */
 export function addService<T extends GenServiceMethods>(
   server: grpc.Server,
@@ -73,6 +75,13 @@ export function addService<T extends GenServiceMethods>(
   >;
   const handlers = { ...(implementation as unknown as Record<string, grpc.UntypedHandleCall>) };
   for (const method of service.methods) {
+    const encodedEntry = definition[method.localName];
+    if (encodedEntry !== undefined) {
+      definition[method.localName] = {
+        ...encodedEntry,
+        responseSerialize: passingEncoded(encodedEntry.responseSerialize),
+      };
+    }
     const entry = definition[method.localName];
     const handler = handlers[method.localName];
     if (entry === undefined || handler === undefined || !hasSingleRequest(method)) continue;

@@ -8,7 +8,6 @@ import { vmaDriver } from "../drivers/vma-driver.js";
 import { BackupEngine } from "../engine/index.js";
 import type { S3ClientOptions, TargetSpec } from "../engine/index.js";
 import type { DaemonMetrics } from "../metrics/daemon-metrics.js";
-import { startMetricsEndpoint } from "../metrics/metrics-endpoint.js";
 import type { MetricsEndpoint } from "../metrics/metrics-endpoint.js";
 import { createBackupService } from "./backup-service.js";
 import { addService } from "./grpc-adapter.js";
@@ -209,6 +208,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         ? await bind(server, options.listen, credentials)
         : await bindAddresses(server, options.listen, options.listenAddresses, credentials, logger);
     if (options.metrics !== undefined) {
+      // Loaded only when asked for: importing node:http loads Node's fetch (undici), ~5 MiB.
+      const { startMetricsEndpoint } = await import("../metrics/metrics-endpoint.js");
       metricsEndpoint = await startMetricsEndpoint(options.metrics.listen, options.metrics.metrics.registry);
     }
   } catch (error) {

@@ -8,6 +8,7 @@ import type * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { EngineError, REASON, RevisionFilter } from "../engine/index.js";
 import type { JobStatus } from "../engine/index.js";
+import type { EncodedMessage } from "./encoded-message.js";
 import { reportRpcFailure } from "./rpc-errors.js";
 
 /** How a watch stream ends when the server shuts down. */
@@ -83,7 +84,7 @@ export class WatchStreams {
   async serve<Response>(
     call: WatchCall<Response>,
     open: () => WatchOpening,
-    encode: (status: JobStatus) => Response,
+    encode: (status: JobStatus) => Response | EncodedMessage,
     logger: Logger,
   ): Promise<void> {
     const stopController = new AbortController();
@@ -112,7 +113,8 @@ export class WatchStreams {
       for await (const status of source) {
         if (stopController.signal.aborted || call.cancelled) break;
         if (!filter.isNew(status)) continue;
-        if (!call.write(encode(status))) {
+        // The server's serializer takes an EncodedMessage as well (grpc-adapter.ts).
+        if (!call.write(encode(status) as Response)) {
           await drainOrStop(call, stopController.signal);
         }
         if (stopController.signal.aborted || call.cancelled) break;

@@ -73,8 +73,6 @@ class Extraction {
   readonly warnings: string[] = [];
   /** False once a problem makes the result worthless: nothing more is written. */
   private writing = false;
-  /** The previous extent's writes, overlapping with reading the next extent. */
-  private inFlight: Promise<void> = Promise.resolve();
 
   constructor(options: ExtractOptions) {
     this.options = options;
@@ -125,16 +123,14 @@ class Extraction {
     }
     const data = new ExtentData(extent.data);
     for (const slot of extent.slots) this.writers.get(slot.devId)?.addSlot(slot, data);
-    const flushes = Promise.all([...this.writers.values()].map((writer) => writer.flush())).then(() => undefined);
-    // Handled here so a failure before the next await is not "unhandled"; still awaited below.
-    flushes.catch(() => undefined);
-    await this.inFlight;
-    this.inFlight = flushes;
+    // The data are views of the reader's input, valid until its next event:
+    // every write settles before returning (the reader reads ahead meanwhile).
+    const flushes = await Promise.allSettled([...this.writers.values()].map((writer) => writer.flush()));
+    for (const flush of flushes) if (flush.status === "rejected") throw flush.reason;
   }
 
   /** Completes the files when the verdict is good, else removes them; returns the files kept. */
   async finish(verdict: ArchiveVerdict): Promise<string[]> {
-    await this.inFlight;
     if (!verdict.ok || !this.writing) {
       await this.discard();
       return [];
@@ -148,7 +144,6 @@ class Extraction {
 
   /** Closes and removes every file this extraction created. */
   async discard(): Promise<void> {
-    await this.inFlight.catch(() => undefined);
     await this.closeAll();
     await Promise.all(this.created.map((path) => rm(path, { force: true })));
     this.created.length = 0;

@@ -18,6 +18,10 @@ interface Run {
 const ZERO_CLUSTER = Buffer.alloc(CLUSTER_SIZE);
 /** Zeros for missing clusters of an incomplete archive (written unless sparse). */
 const ZERO_FILL = Buffer.alloc(16 * CLUSTER_SIZE);
+/** A cluster's mask with every block stored. */
+const FULL_MASK = (1 << BLOCKS_PER_CLUSTER) - 1;
+/** Data almost always differs from zero within its first bytes. */
+const PEEK_BYTES = 16;
 /** Linux's IOV_MAX. */
 const MAX_IOVECS = 1024;
 
@@ -56,6 +60,15 @@ export class DiskImageWriter {
     const base = slot.cluster * CLUSTER_SIZE;
     // vmstate is not bound by its size (Proxmox does not check it); disks end at theirs.
     const limit = this.device.isVmstate ? base + CLUSTER_SIZE : this.device.size;
+    if (slot.mask === FULL_MASK && base + CLUSTER_SIZE <= limit) {
+      // Most clusters hold data in all their blocks: one view of the whole
+      // cluster, unless sparse finds a zero block in it.
+      const views = data.views(slot.dataOffset, CLUSTER_SIZE);
+      if (!this.sparse || !mayHaveZeroBlock(views)) {
+        this.append(base, views);
+        return;
+      }
+    }
     let dataOffset = slot.dataOffset;
     for (let block = 0; block < BLOCKS_PER_CLUSTER; block++) {
       const position = base + block * BLOCK_SIZE;
@@ -75,12 +88,13 @@ export class DiskImageWriter {
     }
   }
 
-  /** Writes everything queued so far; runs go out in parallel. */
-  flush(): Promise<void> {
+  /** Writes everything queued so far; runs go out in parallel, and all settle before it returns. */
+  async flush(): Promise<void> {
     this.endRun();
     const runs = this.queued;
     this.queued = [];
-    return Promise.all(runs.map((run) => writeAll(this.handle, run.buffers, run.position))).then(() => undefined);
+    const writes = await Promise.allSettled(runs.map((run) => writeAll(this.handle, run.buffers, run.position)));
+    for (const write of writes) if (write.status === "rejected") throw write.reason;
   }
 
   /** Writes zeros over clusters that were never written (for a fully allocated image). */
@@ -121,8 +135,30 @@ export class DiskImageWriter {
   }
 }
 
+/**
+ * Whether the views (one block's bytes) are all zero. Their first bytes are
+ * read in JS: a native compare costs more than the bytes it saves on data.
+ */
 function isAllZero(views: readonly Buffer[]): boolean {
-  return views.every((view) => view.equals(ZERO_CLUSTER.subarray(0, view.length)));
+  for (const view of views) {
+    let peek = 0;
+    const end = Math.min(PEEK_BYTES, view.length);
+    for (let i = 0; i < end; i++) peek |= view[i] as number;
+    if (peek !== 0 || ZERO_CLUSTER.compare(view, 0, view.length, 0, view.length) !== 0) return false;
+  }
+  return true;
+}
+
+/** Whether a 4 KiB block of the views (one cluster's bytes) may be all zero: false only when none is. */
+function mayHaveZeroBlock(views: readonly Buffer[]): boolean {
+  if (views.length !== 1) return true; // crosses input chunks: the per-block path decides
+  const cluster = views[0]!;
+  for (let start = 0; start < cluster.length; start += BLOCK_SIZE) {
+    let peek = 0;
+    for (let i = start; i < start + PEEK_BYTES; i++) peek |= cluster[i] as number;
+    if (peek === 0 && ZERO_CLUSTER.compare(cluster, start, start + BLOCK_SIZE, 0, BLOCK_SIZE) === 0) return true;
+  }
+  return false;
 }
 
 /** pwritev of all `buffers` at `position`, in IOV_MAX batches, resuming after short writes. */

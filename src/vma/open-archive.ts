@@ -3,17 +3,18 @@
 // (1f 8b) and zstd (28 b5 2f fd, or a skippable frame first) both through
 // node:zlib (Node 24 has zstd; it needs half the CPU time of the pure-JS
 // fzstd used before, and less memory). Anything else is passed through as
-// is (the reader then checks the magic).
+// is (the reader then checks the magic). zlib is loaded only for compressed
+// input (start-up time).
 import { open } from "node:fs/promises";
-import { Readable } from "node:stream";
-import { createGunzip, createZstdDecompress } from "node:zlib";
+import type { Readable } from "node:stream";
+import { FileChunkSource, type RecyclableChunks } from "./file-chunk-source.js";
 
 export type ArchiveCompression = "none" | "gzip" | "zstd";
 
 export interface OpenedArchive {
   readonly compression: ArchiveCompression;
   /** The archive's bytes after decompression, in order. Iterate once. */
-  readonly chunks: AsyncIterable<Buffer>;
+  readonly chunks: AsyncIterable<Buffer> | RecyclableChunks;
   /** Size of the input in bytes when it is a regular file, for progress. */
   readonly inputSize: number | undefined;
   /** Input bytes (compressed, as stored) consumed so far. */
@@ -50,16 +51,32 @@ export async function openArchive(path: string): Promise<OpenedArchive> {
   if (path === "-") return openArchiveStream(process.stdin, undefined);
   // Open first so that a missing file fails here, with its fs error.
   const handle = await open(path, "r");
+  let compression: ArchiveCompression;
   let size: number | undefined;
   try {
     const stat = await handle.stat();
-    size = stat.isFile() ? stat.size : undefined;
+    if (!stat.isFile()) {
+      const stream = handle.createReadStream({ highWaterMark: ARCHIVE_READ_CHUNK, autoClose: true });
+      return openArchiveStream(stream, undefined);
+    }
+    size = stat.size;
+    const magic = Buffer.alloc(MAGIC_BYTES);
+    const { bytesRead } = await handle.read(magic, 0, MAGIC_BYTES, 0);
+    compression = detectCompression(magic.subarray(0, bytesRead));
   } catch (error) {
     await handle.close();
     throw error;
   }
-  const stream = handle.createReadStream({ highWaterMark: ARCHIVE_READ_CHUNK, autoClose: true });
-  return openArchiveStream(stream, size);
+  // A regular file is read into reused buffers (see file-chunk-source.ts).
+  const source = new FileChunkSource(handle, ARCHIVE_READ_CHUNK);
+  const inputBytesRead = (): number => source.position;
+  if (compression === "none") return { compression, chunks: source, inputSize: size, inputBytesRead };
+  // Decompressors may hold on to their input: its chunks are never recycled.
+  const raw = (async function* (): AsyncGenerator<Buffer, void, undefined> {
+    yield* source;
+  })();
+  const chunks = inflate(compression, raw);
+  return { compression, chunks, inputSize: size, inputBytesRead };
 }
 
 /** Detects the compression of `input` from its first bytes and decompresses it. */
@@ -118,6 +135,10 @@ async function* inflate(
   compression: "gzip" | "zstd",
   raw: AsyncGenerator<Buffer>,
 ): AsyncGenerator<Buffer, void, undefined> {
+  const [{ Readable }, { createGunzip, createZstdDecompress }] = await Promise.all([
+    import("node:stream"),
+    import("node:zlib"),
+  ]);
   const source = Readable.from(raw, { objectMode: false });
   const inflater =
     compression === "gzip"

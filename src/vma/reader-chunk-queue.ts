@@ -1,18 +1,26 @@
 // The reader's view of its input: chunks pulled from an async iterator on
 // demand, consumed strictly in order. Holds only what the current structure
 // needs, hands out views instead of copies, and counts the absolute offset.
+// When the source can reuse its chunks (RecyclableChunks), a consumed chunk
+// is retired and handed back only at releaseRetired(), which the reader
+// calls once the views it gave out can no longer be in use.
+import type { RecyclableChunks } from "./file-chunk-source.js";
 
 export class ChunkQueue {
   private readonly source: AsyncIterator<Uint8Array>;
+  private readonly recycle: ((chunk: Buffer) => void) | undefined;
   private readonly chunks: Buffer[] = [];
+  /** Consumed chunks whose views may still be in use. */
+  private retired: Buffer[] = [];
   /** Bytes of chunks[0] already consumed. */
   private headOffset = 0;
   private buffered = 0;
   private consumed = 0;
   private ended = false;
 
-  constructor(source: AsyncIterable<Uint8Array>) {
+  constructor(source: AsyncIterable<Uint8Array> | RecyclableChunks) {
     this.source = source[Symbol.asyncIterator]();
+    this.recycle = "recycle" in source ? (chunk) => source.recycle(chunk) : undefined;
   }
 
   /** Archive offset of the next unread byte. */
@@ -79,6 +87,13 @@ export class ChunkQueue {
     return skipped;
   }
 
+  /** Hands the chunks consumed so far back to the source: no view of them is in use any more. */
+  releaseRetired(): void {
+    if (this.recycle === undefined || this.retired.length === 0) return;
+    for (const chunk of this.retired) this.recycle(chunk);
+    this.retired = [];
+  }
+
   /** Stops the input early (the reader is done with it). */
   async close(): Promise<void> {
     this.chunks.length = 0;
@@ -127,7 +142,8 @@ export class ChunkQueue {
         return;
       }
       remaining -= available;
-      this.chunks.shift();
+      const consumed = this.chunks.shift()!;
+      if (this.recycle !== undefined) this.retired.push(consumed);
       this.headOffset = 0;
     }
   }

@@ -66,7 +66,8 @@ export interface VmaExtent {
   readonly slots: readonly VmaSlot[];
   /**
    * The block_count x 4 KiB of data after the header, as views into the input
-   * chunks (no copy); use ExtentData to cut out a slot's blocks.
+   * chunks (no copy); use ExtentData to cut out a slot's blocks. Valid only
+   * until the reader is asked for its next event (the input's memory is reused).
    */
   readonly data: readonly Buffer[];
 }

@@ -15,6 +15,7 @@ import { BLOCK_SIZE, EXTENT_HEADER_SIZE, HEADER_FIXED_SIZE, MAX_BLOCKS_PER_EXTEN
 import { decodeExtentHeader, isValidExtentHeader } from "./decode-extent.js";
 import { decodeHeader, decodeHeaderSize } from "./decode-header.js";
 import { popcount16 } from "./block-mask.js";
+import type { RecyclableChunks } from "./file-chunk-source.js";
 import { ChunkQueue } from "./reader-chunk-queue.js";
 import { ClusterTracker } from "./reader-cluster-tracker.js";
 import type { VmaEvent, VmaHeader, VmaProblem, VmaSlot } from "./reader-types.js";
@@ -24,9 +25,13 @@ const RESYNC_CANDIDATES = MAX_BLOCKS_PER_EXTENT + 1;
 
 /**
  * Reads a (decompressed) VMA archive from `source`. Stop iterating at any
- * time (e.g. after the header); the source's iterator is then closed.
+ * time (e.g. after the header); the source's iterator is then closed. An
+ * extent's data is valid until the next event is asked for: a recyclable
+ * source reads into that memory again afterwards.
  */
-export function readVma(source: AsyncIterable<Uint8Array>): AsyncGenerator<VmaEvent, void, undefined> {
+export function readVma(
+  source: AsyncIterable<Uint8Array> | RecyclableChunks,
+): AsyncGenerator<VmaEvent, void, undefined> {
   return new VmaStreamReader(source).events();
 }
 
@@ -37,7 +42,7 @@ class VmaStreamReader {
   private clusters = 0;
   private storedBlocks = 0;
 
-  constructor(source: AsyncIterable<Uint8Array>) {
+  constructor(source: AsyncIterable<Uint8Array> | RecyclableChunks) {
     this.input = new ChunkQueue(source);
   }
 
@@ -113,6 +118,8 @@ class VmaStreamReader {
   private async *readExtents(header: VmaHeader, tracker: ClusterTracker): AsyncGenerator<VmaEvent, void, undefined> {
     const input = this.input;
     for (;;) {
+      // The consumer came back for more, so it is done with the previous extent's data.
+      input.releaseRetired();
       const offset = input.position;
       if (!(await input.ensure(EXTENT_HEADER_SIZE))) {
         // EOF exactly at an extent boundary is the normal end of an archive.

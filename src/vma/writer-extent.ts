@@ -11,6 +11,11 @@ export class ExtentBuilder {
     return this.slots.length;
   }
 
+  /** True when no slot stores a block: the extent is its header alone. */
+  get isHeaderOnly(): boolean {
+    return this.blocks.length === 0;
+  }
+
   /**
    * Adds a cluster's slot and references its stored blocks in increasing bit
    * order. Adjacent blocks that are contiguous in the same ArrayBuffer become

@@ -1,6 +1,9 @@
 // Streams a VMA archive to a sink: the header at the first flush, then extents
 // of up to 58 clusters each. Cluster data is passed to the sink by reference,
-// and at most one extent is written while the next one fills.
+// and at most one extent is written while the next one fills. Extents that
+// store no block (runs of zero clusters: 512 bytes each) are gathered into
+// one write of up to HEADER_ONLY_BATCH_BYTES, so that the holes of a large
+// sparse disk cost a few writes, not one per 58 clusters.
 import { CLUSTER_SIZE, WRITER_SLOTS_PER_EXTENT } from "./constants.js";
 import { encodeHeader, type VmaHeaderConfig } from "./encode-header.js";
 import { checkHeaderPlan, checkUuidBytes } from "./encode-limits.js";
@@ -22,6 +25,12 @@ export interface VmaWriterOptions {
 
 type Phase = "registering" | "writing" | "finished";
 
+/** The data of a cluster that stores no block: never read (mask 0). */
+const NO_DATA = new Uint8Array(0);
+
+/** Header-only extents gathered before they are written (2048 extents, 118,784 zero clusters). */
+const HEADER_ONLY_BATCH_BYTES = 1024 * 1024;
+
 export class VmaWriter {
   private readonly sink: VmaSink;
   private readonly uuid: Uint8Array;
@@ -34,6 +43,11 @@ export class VmaWriter {
   private extentsQueued = 0;
   /** Queued extents whose write has not completed yet. */
   private unwritten = 0;
+  /** Header-only extents not handed to the sink yet, and their clusters. */
+  private batch: Uint8Array[] = [];
+  private batchBytes = 0;
+  private batchClusters = 0;
+  private batchExtents = 0;
   /** Clusters passed to writeCluster so far. */
   private clustersAccepted = 0;
   /** Clusters whose extent write has settled: their memory is no longer referenced. */
@@ -91,17 +105,48 @@ export class VmaWriter {
         `cluster ${clusterNum} of ${device.label()} has ${data.byteLength} bytes; a cluster is ${CLUSTER_SIZE}`,
       );
     }
-    device.recordCluster(clusterNum, storedMask);
-    this.phase = "writing";
-    this.extent.add(devId, clusterNum, data, storedMask);
-    this.clustersAccepted += 1;
-    if (this.extent.slotCount >= WRITER_SLOTS_PER_EXTENT) {
-      const previous = this.queueExtent();
+    const previous = this.accept(device, devId, clusterNum, data, storedMask);
+    if (previous !== undefined) {
+      await previous;
+      this.throwIfFailed();
+    }
+  }
+
+  /**
+   * Stores `count` clusters from `firstCluster` on that read as zeros (mask
+   * 0, nothing stored): what writeCluster does for each, without a call and
+   * a promise per cluster, for the holes of large sparse disks.
+   */
+  async writeZeroClusters(devId: number, firstCluster: number, count: number): Promise<void> {
+    this.assertUsable("writeZeroClusters");
+    const device = this.device(devId);
+    for (let clusterNum = firstCluster; clusterNum < firstCluster + count; clusterNum++) {
+      const previous = this.accept(device, devId, clusterNum, NO_DATA, 0);
       if (previous !== undefined) {
         await previous;
         this.throwIfFailed();
       }
     }
+  }
+
+  /** Adds one cluster; returns the write to wait for when an extent is ready while the previous one is in flight. */
+  private accept(
+    device: WriterDevice,
+    devId: number,
+    clusterNum: number,
+    data: Uint8Array,
+    storedMask: number,
+  ): Promise<void> | undefined {
+    device.recordCluster(clusterNum, storedMask);
+    this.phase = "writing";
+    this.extent.add(devId, clusterNum, data, storedMask);
+    this.clustersAccepted += 1;
+    if (this.extent.slotCount < WRITER_SLOTS_PER_EXTENT) return undefined;
+    if (this.extent.isHeaderOnly && this.headerQueued) {
+      this.batchExtent();
+      return undefined;
+    }
+    return this.queueExtent();
   }
 
   /**
@@ -131,7 +176,8 @@ export class VmaWriter {
     }
     this.phase = "finished";
     // Proxmox always writes at least one extent: an empty one when no cluster was written.
-    if (this.extent.slotCount > 0 || this.extentsQueued === 0) this.queueExtent();
+    if (this.extent.slotCount > 0 || this.extentsQueued + this.batchExtents === 0) this.queueExtent();
+    else this.writeBatch();
     await this.writes;
     this.throwIfFailed();
   }
@@ -150,8 +196,10 @@ export class VmaWriter {
    * previous write when one is still pending, so the caller can wait for it.
    */
   private queueExtent(): Promise<void> | undefined {
-    const clusters = this.extent.slotCount;
-    const chunks = this.extent.take(this.uuid);
+    const batched = this.takeBatch();
+    const clusters = this.extent.slotCount + batched.clusters;
+    const chunks = [...batched.chunks, ...this.extent.take(this.uuid)];
+    this.extentsQueued += batched.extents;
     if (!this.headerQueued) {
       chunks.unshift(this.encodeHeader());
       this.headerQueued = true;
@@ -162,6 +210,39 @@ export class VmaWriter {
     this.extentsQueued += 1;
     this.writes = previous.then(() => this.writeChunks(chunks, clusters));
     return pendingBefore > 0 ? previous : undefined;
+  }
+
+  /**
+   * Keeps a header-only extent for a later write (it references no cluster
+   * memory); writes the gathered ones once they fill a batch. Extents stay in
+   * order: the next queued extent is written after them, in the same write.
+   */
+  private batchExtent(): void {
+    this.batchClusters += this.extent.slotCount;
+    this.batchExtents += 1;
+    for (const chunk of this.extent.take(this.uuid)) {
+      this.batch.push(chunk);
+      this.batchBytes += chunk.byteLength;
+    }
+    if (this.batchBytes >= HEADER_ONLY_BATCH_BYTES) this.writeBatch();
+  }
+
+  /** Hands the gathered header-only extents to the sink, after every earlier write. */
+  private writeBatch(): void {
+    const { chunks, clusters, extents } = this.takeBatch();
+    if (extents === 0) return;
+    this.unwritten += 1;
+    this.extentsQueued += extents;
+    this.writes = this.writes.then(() => this.writeChunks(chunks, clusters));
+  }
+
+  private takeBatch(): { chunks: Uint8Array[]; clusters: number; extents: number } {
+    const taken = { chunks: this.batch, clusters: this.batchClusters, extents: this.batchExtents };
+    this.batch = [];
+    this.batchBytes = 0;
+    this.batchClusters = 0;
+    this.batchExtents = 0;
+    return taken;
   }
 
   private async writeChunks(chunks: readonly Uint8Array[], clusters: number): Promise<void> {

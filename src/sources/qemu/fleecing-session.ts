@@ -172,9 +172,11 @@ export class ActiveSession implements FleecingSession {
       this.timeouts.teardownMs,
     );
     this.client.close();
-    problems.push(
-      ...(await removeFiles([...this.drives.map((drive) => drive.scratchFile), this.drives[0]!.socketPath])),
-    );
+    // The export socket tells cleanupLeftovers that QEMU's NBD server is ours to stop: it stays
+    // while anything in QEMU may be left (the server among it), so a later cleanup can finish.
+    const files = this.drives.map((drive) => drive.scratchFile);
+    if (problems.length === 0) files.push(this.drives[0]!.socketPath);
+    problems.push(...(await removeFiles(files)));
     return { problems };
   }
 

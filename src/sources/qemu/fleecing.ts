@@ -84,9 +84,15 @@ export async function freezeDrives(options: FreezeOptions): Promise<FleecingSess
       client,
       options.drives.map((entry) => entry.drive),
     );
-    const liveNodes = new Set(resolved.map((drive) => drive.nodeName));
-    if (liveNodes.size !== resolved.length) {
-      throw new QemuSourceError("INVALID_OPTIONS", "two of the drives name the same QEMU node; name each drive once");
+    for (const [index, drive] of resolved.entries()) {
+      const earlier = resolved.slice(0, index).find((other) => other.nodeName === drive.nodeName);
+      if (earlier !== undefined) {
+        throw new QemuSourceError(
+          "INVALID_OPTIONS",
+          `drive ${drive.drive} is the QEMU node ${drive.nodeName}, as is drive ${earlier.drive}; name each drive once`,
+          { drive: drive.drive },
+        );
+      }
     }
 
     // First what can fail for reasons outside our control, before anything touches the guest's I/O path.

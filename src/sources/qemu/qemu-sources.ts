@@ -32,8 +32,11 @@ export interface QemuSourcesOptions extends Omit<FreezeOptions, "drives"> {
 export interface OpenedQemuSources {
   /** In the order of `drives`. */
   readonly sources: readonly DiskSource[];
-  /** Tears the freeze down (after the sources were closed); never throws. */
-  release(): Promise<void>;
+  /**
+   * Tears the freeze down (after the sources were closed); never throws.
+   * Resolves with what could not be undone (empty when QEMU is as before).
+   */
+  release(): Promise<readonly string[]>;
 }
 
 const REFUSAL_CODES: Partial<Record<QemuSourceError["reason"], SourceRefusalCode>> = {
@@ -45,9 +48,10 @@ const REFUSAL_CODES: Partial<Record<QemuSourceError["reason"], SourceRefusalCode
 function refusal(error: unknown, options: QemuSourcesOptions): unknown {
   if (!(error instanceof QemuSourceError)) return error;
   const first = options.drives[0];
-  const byDrive = options.drives.find((request) => request.drive === error.drive);
+  // A drive named twice is at fault where it is named the second time.
+  const byDrive = options.drives.findLast((request) => request.drive === error.drive);
   const field =
-    error.reason === "DRIVE_NOT_FOUND"
+    error.reason === "DRIVE_NOT_FOUND" || (error.reason === "INVALID_OPTIONS" && byDrive !== undefined)
       ? (byDrive?.driveField ?? first?.driveField ?? "devices")
       : (first?.socketField ?? "devices");
   const code = REFUSAL_CODES[error.reason] ?? "failed-precondition";
@@ -132,9 +136,7 @@ export async function openQemuSources(options: QemuSourcesOptions): Promise<Open
     }
     return {
       sources,
-      release: async () => {
-        await session.teardown();
-      },
+      release: async () => (await session.teardown()).problems,
     };
   } catch (error) {
     await Promise.allSettled(readers.map((reader) => reader.close()));

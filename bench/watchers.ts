@@ -1,0 +1,159 @@
+// Watchers in `npm run bench` (alone: `npm run bench:watchers`): one daemon
+// holds more and more idle WatchBackup streams of one active job (100, 1,000,
+// 5,000, 10,000 by default), opened by child processes as plain HTTP/2
+// streams so that the daemon is measured alone. At each step: the daemon's
+// RSS, then BENCH_WATCH_ROUNDS speed changes (SetBackupSpeed), each timed
+// from the call until every watcher received the status carrying it.
+// Progress updates are switched off (--progress-interval 1h): the streams
+// are idle but for the changes.
+import { fork, type ChildProcess } from "node:child_process";
+import { mkdir, mkdtemp, open, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import type { ClientCommand, ClientReply } from "./watch-clients.js";
+import { DAEMON_NODE_OPTIONS, startBenchService } from "./service.js";
+import { formatMiB } from "./stats.js";
+
+const MiB = 2 ** 20;
+const CLIENT_PROCESSES = 2;
+
+export interface WatchersBenchOptions {
+  /** Watcher counts to measure at, increasing. */
+  readonly levels: readonly number[];
+  /** Speed changes timed at each level. */
+  readonly rounds: number;
+}
+
+export interface WatchersLevel {
+  readonly watchers: number;
+  /** Daemon RSS with the watchers open, bytes. */
+  readonly rss: number;
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+  readonly maxMs: number;
+  /** Deliveries that did not arrive within the timeout. */
+  readonly missing: number;
+}
+
+/** Runs the watcher benchmark and prints its table; returns the figures. */
+export async function benchWatchers(options: WatchersBenchOptions): Promise<WatchersLevel[]> {
+  const root = await mkdtemp(join(tmpdir(), "vmabackup-bench-watch-"));
+  const [images, backups, state] = ["images", "backups", "state"].map((name) => join(root, name)) as [
+    string,
+    string,
+    string,
+  ];
+  await Promise.all([images, backups, state].map((dir) => mkdir(dir)));
+  // A sparse image read at 1 MiB/s: the job stays active for the whole benchmark.
+  const image = join(images, "disk.raw");
+  const file = await open(image, "wx");
+  await file.truncate(4096 * MiB);
+  await file.close();
+
+  const service = await startBenchService({
+    backupDir: backups,
+    sourceRoot: images,
+    stateDir: state,
+    extraArgs: ["--progress-interval", "1h"],
+    // E.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile the daemon.
+    nodeOptions: [...DAEMON_NODE_OPTIONS, ...(process.env.BENCH_DAEMON_NODE_OPTIONS?.split(" ").filter(Boolean) ?? [])],
+  });
+  const clients = Array.from({ length: CLIENT_PROCESSES }, () => startClient());
+  const results: WatchersLevel[] = [];
+  try {
+    const { status } = await service.client.backup({
+      backupFile: "watched.vma",
+      devices: [{ name: "drive-scsi0", path: image }],
+      speedLimit: BigInt(MiB),
+    });
+    if (status === undefined) throw new Error("Backup returned no status");
+    const uuid = status.uuid;
+    let open = 0;
+    let speed = MiB;
+    for (const watchers of options.levels) {
+      const more = watchers - open;
+      await Promise.all(
+        clients.map((client, index) => {
+          const share = Math.floor(more / clients.length) + (index < more % clients.length ? 1 : 0);
+          return client.ask({ type: "open", address: service.address, uuid, count: share });
+        }),
+      );
+      open = watchers;
+      await new Promise((done) => setTimeout(done, 1000));
+      const rss = await service.rss();
+      const latencies: number[] = [];
+      let missing = 0;
+      for (let round = 0; round < options.rounds; round++) {
+        speed += 1;
+        const sent = process.hrtime.bigint();
+        await service.client.setBackupSpeed({ uuid, speedLimit: BigInt(speed) });
+        const replies = await Promise.all(
+          clients.map((client) => client.ask({ type: "receipts", speedLimit: speed, timeoutMs: 10_000 })),
+        );
+        for (const reply of replies) {
+          if (reply.type !== "receipts") continue;
+          missing += reply.missing;
+          for (const at of reply.nanoseconds) latencies.push((at - Number(sent)) / 1e6);
+        }
+        await new Promise((done) => setTimeout(done, 100));
+      }
+      latencies.sort((a, b) => a - b);
+      const at = (share: number): number =>
+        latencies[Math.min(latencies.length - 1, Math.floor(share * latencies.length))] ?? NaN;
+      results.push({ watchers, rss, p50Ms: at(0.5), p99Ms: at(0.99), maxMs: latencies.at(-1) ?? NaN, missing });
+    }
+    await service.client.cancelBackup({ uuid });
+    const peak = await service.peakRss();
+    console.log(
+      `\nwatchers: idle WatchBackup streams of one active job held by one daemon (clients in ${CLIENT_PROCESSES} ` +
+        `other processes); a speed change timed from SetBackupSpeed until each watcher has it, ${options.rounds} rounds:`,
+    );
+    console.log("  watchers   daemon RSS   delivery p50   p99        max        missing");
+    for (const level of results) {
+      console.log(
+        `  ${String(level.watchers).padStart(8)}   ${formatMiB(level.rss).padStart(10)}   ` +
+          `${level.p50Ms.toFixed(1).padStart(9)} ms  ${level.p99Ms.toFixed(1).padStart(6)} ms  ` +
+          `${level.maxMs.toFixed(1).padStart(6)} ms  ${level.missing}`,
+      );
+    }
+    console.log(`  daemon peak RSS: ${formatMiB(peak)}`);
+  } finally {
+    for (const client of clients) client.stop();
+    await service.stop();
+    await rm(root, { recursive: true, force: true });
+  }
+  return results;
+}
+
+interface WatchClient {
+  ask(command: ClientCommand): Promise<ClientReply>;
+  stop(): void;
+}
+
+function startClient(): WatchClient {
+  const child: ChildProcess = fork(resolve(import.meta.dirname, "watch-clients.ts"), [], {
+    execArgv: ["--import", "tsx"],
+    stdio: ["ignore", "inherit", "inherit", "ipc"],
+  });
+  return {
+    ask: (command) =>
+      new Promise((answer, reject) => {
+        const onExit = (code: number | null): void => reject(new Error(`watch client exited ${code}`));
+        child.once("exit", onExit);
+        child.once("message", (reply: ClientReply) => {
+          child.off("exit", onExit);
+          answer(reply);
+        });
+        child.send(command);
+      }),
+    stop: () => {
+      if (child.connected) child.send({ type: "close" } satisfies ClientCommand);
+      setTimeout(() => child.kill(), 2000).unref();
+    },
+  };
+}
+
+if (process.argv[1] === import.meta.filename) {
+  const levels = (process.env.BENCH_WATCHERS ?? "100,1000,5000,10000").split(",").map(Number);
+  await benchWatchers({ levels, rounds: Number(process.env.BENCH_WATCH_ROUNDS ?? 20) });
+}

@@ -13,7 +13,7 @@ const LIBRARY_DIR = "/usr/lib/x86_64-linux-gnu";
 const CORPUS_BYTES = 64 * 2 ** 20;
 
 /** Up to 64 MiB of the system's shared libraries, the compressible part. */
-function loadCorpus(): Buffer {
+export function loadCorpus(): Buffer {
   const parts: Buffer[] = [];
   let total = 0;
   for (const name of readdirSync(LIBRARY_DIR).sort()) {

@@ -6,7 +6,7 @@ import type { FileHandle } from "node:fs/promises";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
-import { createVmaDriver } from "../src/drivers/vma-driver.js";
+import { createLocalStore } from "../src/stores/local/local-store.js";
 import {
   backupSpec,
   blockPattern,
@@ -33,7 +33,17 @@ function failingOnce(): { datasync: (handle: FileHandle) => Promise<void>; calls
 describe("a background flush that fails", () => {
   const flush = failingOnce();
   const fixture = useEngineSandbox({
-    drivers: [createVmaDriver({ backgroundFlushBytes: MiB, datasync: (handle) => flush.datasync(handle) })],
+    openStores: (directory) =>
+      new Map([
+        [
+          "local",
+          createLocalStore({
+            name: "local",
+            directory,
+            fileOptions: { backgroundFlushBytes: MiB, datasync: (handle) => flush.datasync(handle) },
+          }),
+        ],
+      ]),
   });
 
   it("fails the job with EIO although later flushes succeed; no archive, no partial file", async () => {

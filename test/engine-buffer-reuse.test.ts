@@ -3,12 +3,10 @@
 // writes that reference it completed would put later data into the archive:
 // a backup with distinct bytes in every block, through a target whose
 // writes complete slowly, must come back byte-identical.
-import { parse as parseUuid } from "uuid";
 import { describe, expect, it } from "vitest";
-import { ArchiveFile } from "../src/stores/local/archive-file.js";
-import type { BackupDriver, BackupTarget } from "../src/drivers/driver.js";
+import type { BackupDriver } from "../src/drivers/driver.js";
 import { vmaDriver } from "../src/drivers/vma-driver.js";
-import { VmaWriter } from "../src/vma/writer.js";
+import type { ArchiveUpload } from "../src/stores/archive-store.js";
 import {
   backupSpec,
   KiB,
@@ -41,34 +39,23 @@ function slowWriteDriver(delayMs: number): BackupDriver {
     format: vmaDriver.format,
     fileSuffix: vmaDriver.fileSuffix,
     checkPlan: (plan) => vmaDriver.checkPlan(plan),
-    async open(options): Promise<BackupTarget> {
-      const file = await ArchiveFile.create(options.path, options.confineTo);
-      const sink = {
+    open: (options) => vmaDriver.open(options),
+    openUpload(upload, options) {
+      const slow: ArchiveUpload = {
+        pending: upload.pending,
+        location: upload.location,
+        get bytesWritten() {
+          return upload.bytesWritten;
+        },
         async write(chunks: readonly Uint8Array[]): Promise<void> {
           // The referenced bytes are only read by writev after the delay.
           await sleep(delayMs);
-          await file.write(chunks);
+          await upload.write(chunks);
         },
+        commit: () => upload.commit(),
+        abort: () => upload.abort(),
       };
-      const writer = new VmaWriter(sink, { uuid: parseUuid(options.uuid) });
-      return {
-        partialPath: file.partialPath,
-        partialFile: file.identity,
-        registerConfig: (name, data) => writer.addConfig(name, data),
-        registerDevice: (name, size) => writer.addDevice(name, size),
-        writeCluster: (devId, clusterNum, data, mask) => writer.writeCluster(devId, clusterNum, data, mask),
-        writeZeroClusters: (devId, first, count) => writer.writeZeroClusters(devId, first, count),
-        released: () => writer.whenReleased(),
-        completeDevice: async (devId) => writer.completeDevice(devId),
-        close: async () => {
-          await writer.finish();
-          await file.commit();
-        },
-        abort: async () => {
-          await writer.abort();
-          await file.discard();
-        },
-      };
+      return vmaDriver.openUpload(slow, options);
     },
   };
 }

@@ -315,14 +315,18 @@ export function faultyDriver(hooks: { writeCluster?: (devId: number, clusterNum:
     format: vmaDriver.format,
     fileSuffix: vmaDriver.fileSuffix,
     checkPlan: (plan) => vmaDriver.checkPlan(plan),
-    async open(options) {
-      const target = await vmaDriver.open(options);
+    open: (options) => vmaDriver.open(options),
+    openUpload(upload, options) {
+      const target = vmaDriver.openUpload(upload, options);
       return {
-        get partialPath() {
-          return target.partialPath;
+        get pending() {
+          return target.pending;
         },
-        get partialFile() {
-          return target.partialFile;
+        get location() {
+          return target.location;
+        },
+        get bytesWritten() {
+          return target.bytesWritten;
         },
         registerConfig: (name, data) => target.registerConfig(name, data),
         registerDevice: (name, size) => target.registerDevice(name, size),

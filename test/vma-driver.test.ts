@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ArchiveFile, publishWithoutOverwrite } from "../src/stores/local/archive-file.js";
-import { ArchiveLimitError, ArchiveOutsideError, type BackupTarget } from "../src/drivers/driver.js";
+import { ArchiveLimitError, ArchiveOutsideError, type FileBackupTarget } from "../src/drivers/driver.js";
 import { vmaDriver } from "../src/drivers/vma-driver.js";
 import { CLUSTER_SIZE } from "../src/vma/constants.js";
 
@@ -27,7 +27,7 @@ const exists = (path: string): Promise<boolean> =>
   );
 
 /** Writes the worked example of docs/vma-format.md section 9 through a target. */
-async function writeExample(target: BackupTarget): Promise<void> {
+async function writeExample(target: FileBackupTarget): Promise<void> {
   target.registerConfig("qemu-server.conf", Buffer.from("memory: 512\n"));
   const devId = target.registerDevice("drive-scsi0", 2 * CLUSTER_SIZE);
   await target.writeCluster(devId, 0, new Uint8Array(CLUSTER_SIZE).fill(0xab), 0xffff);

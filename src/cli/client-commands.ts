@@ -2,7 +2,8 @@
 // plus `list | speed | delete` from client-job-commands.ts. Each command
 // talks to a running `vmabackup serve` over gRPC.
 import { Option, type Command } from "commander";
-import { BackupStatusSchema, CancelBackupResponseSchema } from "../../gen/vmabackup/v1/backup_pb.js";
+import { BackupStatusSchema, CancelBackupResponseSchema, Compression } from "../../gen/vmabackup/v1/backup_pb.js";
+import { parsePositiveCount } from "./parse-count.js";
 import { readConfigFiles } from "./client-configs.js";
 import { runClientCommand, unaryDeadline, type BackupClient } from "./client-connection.js";
 import { EXIT_INTERRUPTED, EXIT_OK } from "./exit-codes.js";
@@ -28,7 +29,10 @@ import { EXIT_USAGE } from "./exit-codes.js";
 import { parseSize } from "./parse-size.js";
 
 interface BackupOptions extends ConnectionOptions {
-  readonly file: string;
+  readonly file?: string;
+  readonly compression?: keyof typeof COMPRESSIONS;
+  readonly target?: string;
+  readonly vmid?: number;
   readonly device?: readonly DeviceArgument[];
   readonly image?: readonly DeviceArgument[];
   readonly nbd?: readonly DeviceArgument[];
@@ -46,11 +50,34 @@ export function registerClientCommands(program: Command): void {
   registerJobCommands(program);
 }
 
+/** --compression's values; "auto" (the default) leaves it to the name's suffix. */
+const COMPRESSIONS = {
+  auto: Compression.UNSPECIFIED,
+  none: Compression.NONE,
+  zstd: Compression.ZSTD,
+  gzip: Compression.GZIP,
+} as const;
+
 function registerBackupCommand(program: Command): void {
   const command = program
     .command("backup")
     .description("start a backup job on the server and print its uuid")
-    .requiredOption("--file <name>", "archive name (.vma), relative to the server's backup directory")
+    .option(
+      "--file <name>",
+      "archive name (.vma, .vma.zst or .vma.gz), relative to the server's backup directory or the target's prefix",
+    )
+    .addOption(
+      new Option("--compression <kind>", "compress the archive (default: as the --file name says)").choices(
+        Object.keys(COMPRESSIONS),
+      ),
+    )
+    .option("--target <name>", 'the server\'s store to write to, as its --target names it (default: "local")')
+    .addOption(
+      new Option(
+        "--vmid <id>",
+        "Proxmox VMID; without --file the archive gets vzdump's name, vzdump-qemu-<vmid>-<date>-<time>.vma.zst",
+      ).argParser(rejectingSyntaxErrors(parsePositiveCount)),
+    )
     .addOption(
       new Option(
         "--device <name=path>",
@@ -94,14 +121,20 @@ function registerBackupCommand(program: Command): void {
     if (devices.length === 0) {
       command.error("error: give at least one device: --device, --image, --nbd or --qemu", { exitCode: EXIT_USAGE });
     }
+    if (options.file === undefined && options.vmid === undefined) {
+      command.error("error: give --file, or --vmid for vzdump's archive name", { exitCode: EXIT_USAGE });
+    }
     return runClientCommand(options, async (client) => {
       const configs = await readConfigFiles(options.config ?? []);
       const response = await client.backup(
         {
-          backupFile: options.file,
+          backupFile: options.file ?? "",
           devices,
           configs,
           speedLimit: BigInt(options.speed ?? 0),
+          compression: COMPRESSIONS[options.compression ?? "auto"],
+          target: options.target ?? "",
+          vmid: options.vmid ?? 0,
         },
         { deadline: unaryDeadline() },
       );

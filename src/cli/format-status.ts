@@ -81,12 +81,19 @@ function formatSource(device: DeviceStatus): string {
   return `  from ${kind} ${escapeControls(device.source)}${scratch}`;
 }
 
+/** Where the archive is, when that is not the file path itself (an S3 object). */
+function locationRow(status: BackupStatus): Array<[string, string]> {
+  if (status.archiveLocation === "" || status.archiveLocation === status.backupFile) return [];
+  return [["location", escapeControls(status.archiveLocation)]];
+}
+
 /** The summary `vmabackup status` prints: one labelled field per line, then the devices. */
 export function formatStatusSummary(status: BackupStatus, now: Date): string {
   const rows: Array<[string, string]> = [
     ["uuid", escapeControls(status.uuid)],
     ["state", stateName(status.state)],
     ["file", escapeControls(status.backupFile)],
+    ...locationRow(status),
     [
       "progress",
       `${formatPercent(status.transferredBytes, status.totalBytes)}  ` +
@@ -103,6 +110,10 @@ export function formatStatusSummary(status: BackupStatus, now: Date): string {
   if (status.startTime !== undefined) rows.push(["started", timestampDate(status.startTime).toISOString()]);
   if (status.endTime !== undefined) rows.push(["ended", timestampDate(status.endTime).toISOString()]);
   if (status.requestId !== "") rows.push(["request", escapeControls(status.requestId)]);
+  // Records written before stores have no count.
+  if (status.writtenBytes > 0n || status.archiveLocation !== "") {
+    rows.push(["written", `${formatBytes(status.writtenBytes)} stored`]);
+  }
   if (status.errorMessage !== "") rows.push(["error", escapeControls(status.errorMessage)]);
 
   const width = Math.max(...rows.map(([label]) => label.length)) + 2;

@@ -12,6 +12,7 @@ import ms from "ms";
 import { pino } from "pino";
 import type { Logger } from "pino";
 import type * as grpc from "@grpc/grpc-js";
+import { parseTarget, type S3ClientOptions, TargetConfigError, type TargetSpec } from "../engine/index.js";
 import type { DaemonMetrics } from "../metrics/daemon-metrics.js";
 import { createAuthInterceptor, readTokenFile, TokenFileError } from "../server/auth.js";
 import { startServer } from "../server/server.js";
@@ -54,6 +55,12 @@ interface ServeFlags {
   readonly tlsClientCa?: string;
   readonly insecure?: boolean;
   readonly metricsListen?: string;
+  readonly target?: string[];
+  readonly s3Endpoint?: string;
+  readonly s3Region?: string;
+  readonly s3Credentials?: string;
+  readonly s3Profile?: string;
+  readonly s3PathStyle?: boolean;
 }
 
 /** Who may connect and how, as the flags say. */
@@ -78,6 +85,10 @@ interface ServeSettings {
   readonly qmpRoots: string[];
   /** --scratch-dir, absolute; default under the state dir. */
   readonly scratchDir?: string;
+  /** --target NAME=s3://bucket/prefix, besides the backup dir ("local"). */
+  readonly targets: TargetSpec[];
+  /** --s3-*: how to reach S3. */
+  readonly s3: S3ClientOptions;
   readonly progressIntervalMs: number;
   readonly logLevel: string;
   readonly security: SecuritySettings;
@@ -196,6 +207,16 @@ async function metricsAddress(listen: string, insecure: boolean): Promise<string
   return joinHostPort(addresses[0] as string, listenPort(listen));
 }
 
+/** --target NAME=s3://bucket/prefix; a usage error saying what to fix otherwise. */
+function parseTargetFlag(text: string): TargetSpec {
+  try {
+    return parseTarget(text);
+  } catch (error) {
+    if (error instanceof TargetConfigError) throw new FlagError(error.message);
+    throw error;
+  }
+}
+
 function settingsFrom(flags: ServeFlags, Metrics: typeof DaemonMetrics | undefined): ServeSettings {
   const roots = flags.sourceRoot ?? [DEFAULT_SOURCE_ROOT];
   const listen = parseListen(flags.listen);
@@ -207,6 +228,14 @@ function settingsFrom(flags: ServeFlags, Metrics: typeof DaemonMetrics | undefin
     nbdAllow: (flags.nbdAllow ?? []).map(parseNbdAllow),
     qmpRoots: (flags.qmpRoot ?? []).map((root) => path.resolve(root)),
     ...(flags.scratchDir === undefined ? {} : { scratchDir: path.resolve(flags.scratchDir) }),
+    targets: (flags.target ?? []).map(parseTargetFlag),
+    s3: {
+      ...(flags.s3Endpoint === undefined ? {} : { endpoint: flags.s3Endpoint }),
+      ...(flags.s3Region === undefined ? {} : { region: flags.s3Region }),
+      ...(flags.s3Credentials === undefined ? {} : { credentialsFile: path.resolve(flags.s3Credentials) }),
+      ...(flags.s3Profile === undefined ? {} : { profile: flags.s3Profile }),
+      ...(flags.s3PathStyle === true ? { forcePathStyle: true } : {}),
+    },
     progressIntervalMs: parseDuration("--progress-interval", flags.progressInterval),
     logLevel: parseLogLevel(flags.logLevel),
     security: parseSecurity(flags),
@@ -319,6 +348,19 @@ export function registerServeCommand(program: Command): void {
       collect,
     )
     .option("--scratch-dir <dir>", "where qemu sources keep their scratch overlays (default: STATE_DIR/scratch)")
+    .option(
+      "--target <name=s3://bucket/prefix>",
+      'an S3 store clients may pick by NAME (Backup target); repeatable. The backup dir is always the target "local"',
+      collect,
+    )
+    .option("--s3-endpoint <url>", "S3 endpoint of every --target, e.g. http://127.0.0.1:9000 (default: AWS)")
+    .option("--s3-region <region>", "S3 region (default: AWS_REGION, else us-east-1)")
+    .option(
+      "--s3-credentials <file>",
+      "AWS shared-credentials file to take the S3 keys from (default: the standard AWS environment/profile chain)",
+    )
+    .option("--s3-profile <name>", "profile to read from the credentials (default: AWS_PROFILE, else default)")
+    .option("--s3-path-style", "address buckets in the path (http://host/bucket/key), as Ceph RGW and MinIO need")
     .option(
       "--progress-interval <duration>",
       "minimum time between two progress updates to a watcher",

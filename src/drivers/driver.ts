@@ -1,6 +1,7 @@
 // The contract between the job engine and an archive format. The engine
 // reads devices and finds zero blocks; a driver only lays clusters out in its
 // format. Drivers know nothing about jobs, policies or gRPC.
+import type { ArchiveRef, ArchiveUpload } from "../stores/archive-store.js";
 import type { FileIdentity } from "../stores/local/local-errors.js";
 
 // Thrown by open() when the archive's directory resolves outside `confineTo`.
@@ -49,22 +50,21 @@ export interface BackupDriver {
    * Creates the archive under a temporary name beside `path`, exclusively and
    * without following symlinks. Fails with the fs error (EEXIST, ...) as is.
    */
-  open(options: OpenTargetOptions): Promise<BackupTarget>;
+  open(options: OpenTargetOptions): Promise<FileBackupTarget>;
+  /**
+   * The archive written into a store's upload (src/stores), which the
+   * target commits on close() or aborts. What the engine writes through.
+   */
+  openUpload(upload: ArchiveUpload, options: UploadTargetOptions): BackupTarget;
 }
 
-/**
- * One archive being written. Call order: registerConfig* registerDevice+
- * (writeCluster* completeDevice)+ close, or abort at any point.
- */
-export interface BackupTarget {
-  /** Temporary path the archive is written to until close(). */
-  readonly partialPath: string;
-  /**
-   * The file created at partialPath. It keeps its identity when published
-   * under the final name, so it tells our file from another one of the same
-   * name (another server's, or a later one).
-   */
-  readonly partialFile: FileIdentity;
+export interface UploadTargetOptions {
+  /** The job uuid (canonical string form); becomes the archive's uuid. */
+  readonly uuid: string;
+}
+
+/** The cluster calls every target takes, whatever keeps its bytes. */
+export interface ArchiveWriter {
   registerConfig(name: string, data: Uint8Array): void;
   /** Returns the device id (1, 2, ... in registration order). */
   registerDevice(name: string, size: number): number;
@@ -92,8 +92,35 @@ export interface BackupTarget {
   released(): Promise<void>;
   /** All clusters of the device were written. */
   completeDevice(devId: number): Promise<void>;
+  /** Stops writing and removes what was written. Safe to call more than once. */
+  abort(): Promise<void>;
+}
+
+/**
+ * One archive being written into a store. Call order: registerConfig*
+ * registerDevice+ (writeCluster* completeDevice)+ close, or abort at any point.
+ */
+export interface BackupTarget extends ArchiveWriter {
+  /** The store's reference of the object being written: kept in the job record before the first write. */
+  readonly pending: ArchiveRef;
+  /** Where the archive will be, for people: a path or s3://bucket/key. */
+  readonly location: string;
+  /** Archive bytes as stored so far (compressed, when compressing). */
+  readonly bytesWritten: number;
+  /** Writes the rest and commits: resolves with the store's committed reference. */
+  close(): Promise<ArchiveRef>;
+}
+
+/** One archive file written by open() (the driver's own file handling, used by its tests). */
+export interface FileBackupTarget extends ArchiveWriter {
+  /** Temporary path the archive is written to until close(). */
+  readonly partialPath: string;
+  /**
+   * The file created at partialPath. It keeps its identity when published
+   * under the final name, so it tells our file from another one of the same
+   * name (another server's, or a later one).
+   */
+  readonly partialFile: FileIdentity;
   /** Flushes, fsyncs and moves the archive to its final name (never overwriting). */
   close(): Promise<void>;
-  /** Stops writing and removes the temporary file. Safe to call more than once. */
-  abort(): Promise<void>;
 }

@@ -1,17 +1,23 @@
 // The VMA backup driver: the streaming VMA writer on top of an archive file
 // that only gets its final name once the archive is complete.
 import { parse as parseUuid } from "uuid";
-import { checkHeaderPlan, VmaLimitError } from "../vma/encode-limits.js";
+import { checkHeaderPlan } from "../vma/encode-limits.js";
 import { VmaWriter } from "../vma/writer.js";
 import { ArchiveFile, type ArchiveFileOptions } from "../stores/local/archive-file.js";
-import {
-  ArchiveLimitError,
-  type ArchivePlan,
-  type BackupDriver,
-  type BackupTarget,
-  type FileIdentity,
-  type OpenTargetOptions,
+import type {
+  ArchivePlan,
+  BackupDriver,
+  BackupTarget,
+  FileBackupTarget,
+  FileIdentity,
+  OpenTargetOptions,
+  UploadTargetOptions,
 } from "./driver.js";
+import { withArchiveLimitErrors } from "./archive-limits.js";
+import { VmaStoreTarget } from "./vma-store-target.js";
+import type { ArchiveUpload } from "../stores/archive-store.js";
+
+export { withArchiveLimitErrors } from "./archive-limits.js";
 
 /** A VMA driver whose archive files use `fileOptions` (fault tests change how they flush). */
 export function createVmaDriver(fileOptions: ArchiveFileOptions = {}): BackupDriver {
@@ -23,7 +29,11 @@ export function createVmaDriver(fileOptions: ArchiveFileOptions = {}): BackupDri
       withArchiveLimitErrors(() => checkHeaderPlan(plan));
     },
 
-    async open(options: OpenTargetOptions): Promise<BackupTarget> {
+    openUpload(upload: ArchiveUpload, options: UploadTargetOptions): BackupTarget {
+      return new VmaStoreTarget(upload, options);
+    },
+
+    async open(options: OpenTargetOptions): Promise<FileBackupTarget> {
       // Parse first: a bad uuid must not leave a partial file behind.
       const uuid = parseUuid(options.uuid);
       const file = await ArchiveFile.create(options.path, options.confineTo, fileOptions);
@@ -34,7 +44,7 @@ export function createVmaDriver(fileOptions: ArchiveFileOptions = {}): BackupDri
 
 export const vmaDriver: BackupDriver = createVmaDriver();
 
-class VmaTarget implements BackupTarget {
+class VmaTarget implements FileBackupTarget {
   private readonly file: ArchiveFile;
   private readonly writer: VmaWriter;
 
@@ -84,15 +94,5 @@ class VmaTarget implements BackupTarget {
   async abort(): Promise<void> {
     await this.writer.abort();
     await this.file.discard();
-  }
-}
-
-/** The format layer names its limits VmaLimitError; the driver contract calls them ArchiveLimitError. */
-export function withArchiveLimitErrors<T>(action: () => T): T {
-  try {
-    return action();
-  } catch (error) {
-    if (error instanceof VmaLimitError) throw new ArchiveLimitError(error.field, error.message);
-    throw error;
   }
 }

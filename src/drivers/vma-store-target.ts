@@ -2,11 +2,12 @@
 // cluster calls as a BackupTarget, but the bytes go wherever the upload
 // puts them (a local file, an S3 multipart upload, through compression),
 // and closing yields the store's committed reference instead of a path.
-// This is the target the engine is to write through once it knows stores.
+// This is the target the engine writes through.
 import { parse as parseUuid } from "uuid";
 import type { ArchiveRef, ArchiveUpload } from "../stores/archive-store.js";
 import { VmaWriter } from "../vma/writer.js";
-import { withArchiveLimitErrors } from "./vma-driver.js";
+import { withArchiveLimitErrors } from "./archive-limits.js";
+import type { BackupTarget } from "./driver.js";
 
 export interface VmaStoreTargetOptions {
   /** The job uuid (canonical string form); becomes the archive's uuid. */
@@ -16,7 +17,7 @@ export interface VmaStoreTargetOptions {
 }
 
 /** One VMA archive streamed into `upload`. Call order as BackupTarget; close() commits. */
-export class VmaStoreTarget {
+export class VmaStoreTarget implements BackupTarget {
   private readonly upload: ArchiveUpload;
   private readonly writer: VmaWriter;
 

@@ -19,7 +19,7 @@ import { recoverSourceLeftovers } from "./source-openers.js";
 import { InvalidPageTokenError } from "../store/job-store.js";
 import { removeArchiveOf } from "./archive-deletion.js";
 import type { EngineState } from "./engine-state.js";
-import { prepareStateDir, wireEngine } from "./engine-wiring.js";
+import { prepareStateDir, recoverThroughStores, wireEngine } from "./engine-wiring.js";
 import type { BackupEngineOptions } from "./engine-wiring.js";
 import { EngineError } from "./errors.js";
 import { describeError } from "./job-failure.js";
@@ -62,6 +62,13 @@ export class BackupEngine {
   static async open(options: BackupEngineOptions): Promise<BackupEngine> {
     await prepareStateDir(options);
     const engine = new BackupEngine(options);
+    try {
+      // Jobs of S3 targets and compressed archives: their stores are asked (the constructor cannot await).
+      await recoverThroughStores(engine.state);
+    } catch (error) {
+      await engine.shutdown();
+      throw error;
+    }
     // With the state dir locked: what a crashed server's sources left running.
     await recoverSourceLeftovers(options.stateDir, options.logger);
     return engine;
@@ -183,7 +190,7 @@ export class BackupEngine {
     flushUnsavedOrRefuse(this.state, what);
     const entry = this.state.usingStore(what, () => this.state.registry.stored(id)) ?? this.state.throwNotFound(id);
     let archiveRemoved = false;
-    if (options.deleteArchive) archiveRemoved = await removeArchiveOf(this.state.policy.backupDir, entry);
+    if (options.deleteArchive) archiveRemoved = await removeArchiveOf(this.state.stores, entry);
     this.state.ensureStoreOpen();
     this.state.usingStore(what, () => this.state.registry.remove(id));
     this.state.logger.info({ uuid: id, archiveRemoved }, "backup record deleted");

@@ -12,7 +12,7 @@ import type { DeviceLocks } from "./device-locks.js";
 import { EngineError } from "./errors.js";
 import type { JobContext } from "./job.js";
 import type { JobRegistry } from "./job-registry.js";
-import type { FileOwner } from "./owned-files.js";
+import type { ArchiveRef, ArchiveStore } from "../stores/archive-store.js";
 import type { PathPolicy } from "./path-policy.js";
 import { parseUuid } from "./job-uuid.js";
 import { REASON } from "./reasons.js";
@@ -40,7 +40,15 @@ export type EngineParts = Pick<
   | "hub"
   | "openers"
   | "sourceSettings"
+  | "stores"
 >;
+
+/** What a failed job could not remove from its store, to try again. */
+export interface LeftoverArchive {
+  /** The store's name. */
+  readonly target: string;
+  readonly pending: ArchiveRef;
+}
 
 export class EngineState {
   readonly drivers: readonly BackupDriver[];
@@ -58,12 +66,14 @@ export class EngineState {
   readonly openers: SourceOpeners;
   /** Which source kinds and places the server's settings allow. */
   readonly sourceSettings: SourceSettings;
+  /** The stores archives go to, by target name ("local": the backup dir). */
+  readonly stores: ReadonlyMap<string, ArchiveStore>;
   /**
-   * Partial archives a failed job could not remove (its filesystem went
-   * read-only, say); retried before every new job, and only while the file
-   * at that path is still the job's own. By path.
+   * Archives a failed job could not remove (its filesystem went read-only,
+   * say); retried before every new job through the store, which removes
+   * only what the pending reference names. By job uuid.
    */
-  readonly leftoverPartials = new Map<string, FileOwner>();
+  readonly leftoverPartials = new Map<string, LeftoverArchive>();
   /** The limiter of each running job, by uuid. */
   readonly limiters = new Map<string, SpeedLimiter>();
   /** start() calls in progress and jobs running, so that shutdown can wait for them. */
@@ -92,6 +102,7 @@ export class EngineState {
     this.hub = parts.hub;
     this.openers = parts.openers;
     this.sourceSettings = parts.sourceSettings;
+    this.stores = parts.stores;
   }
 
   /** No new jobs once shutdown began. */

@@ -6,6 +6,8 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { Logger } from "pino";
 import type { BackupDriver } from "../drivers/driver.js";
+import type { ArchiveStore } from "../stores/archive-store.js";
+import { createStores } from "../stores/store-targets.js";
 import { JobStore } from "../store/job-store.js";
 import { StateDirLock } from "../store/state-dir-lock.js";
 import { BackoffRetry } from "./backoff-retry.js";
@@ -15,6 +17,7 @@ import { EngineState } from "./engine-state.js";
 import { JobRegistry } from "./job-registry.js";
 import { PathPolicy } from "./path-policy.js";
 import { recoverInterruptedJobs } from "./recover-jobs.js";
+import { recoverStoreJobs } from "./recover-store-jobs.js";
 import { RevisionCounter } from "./revision-counter.js";
 import { createSourceOpeners } from "./source-openers.js";
 import type { SourceOpenerContext } from "./source-openers.js";
@@ -38,6 +41,11 @@ export interface BackupEngineOptions extends EngineOptions {
    * source-openers.ts); tests put their own in.
    */
   readonly sourceOpeners?: (context: SourceOpenerContext) => SourceOpeners;
+  /**
+   * The stores archives go to, by target name, given the backup dir's real
+   * path; it must hold DEFAULT_TARGET ("local"). Default: only the backup dir.
+   */
+  readonly openStores?: (backupDir: string) => ReadonlyMap<string, ArchiveStore>;
 }
 
 /** The scratch directory of qemu sources when the options name none. */
@@ -86,6 +94,9 @@ export function wireEngine(options: BackupEngineOptions): EngineState {
     });
     const jobContext = { now, monotonic, nextRevision: () => revisions.next() };
     const registry = new JobRegistry(store, monotonic);
+    const stores =
+      options.openStores?.(policy.backupDir) ??
+      createStores({ backupDir: policy.backupDir, targets: options.targets ?? [], s3: options.s3 ?? {} });
     recoverInterruptedJobs({
       store,
       backupDir: policy.backupDir,
@@ -114,6 +125,7 @@ export function wireEngine(options: BackupEngineOptions): EngineState {
         logger,
       }),
       sourceSettings: { nbdAllow: options.nbdAllow ?? [], qmpRoots: options.qmpRoots ?? [], confinement: policy },
+      stores,
     });
   } catch (error) {
     store.close();
@@ -122,4 +134,16 @@ export function wireEngine(options: BackupEngineOptions): EngineState {
   }
   state.storeRetry = new BackoffRetry(() => retryUnsaved(state), options.storeRetryDelayMs ?? STORE_RETRY_DELAYS);
   return state;
+}
+
+/** The jobs a dead process left active whose archives only their stores can check (recover-store-jobs.ts). */
+export async function recoverThroughStores(state: EngineState): Promise<void> {
+  await recoverStoreJobs({
+    store: state.store,
+    stores: state.stores,
+    backupDir: state.policy.backupDir,
+    now: state.now,
+    nextRevision: state.jobContext.nextRevision,
+    logger: state.logger,
+  });
 }

@@ -15,9 +15,13 @@ export { parseUuid } from "./job-uuid.js";
 export { checkPageSize } from "./list-query.js";
 export { RevisionFilter } from "./revision-filter.js";
 export { archiveDeviceSize, SECTOR_SIZE } from "./archive-size.js";
+export { DEFAULT_TARGET, parseTarget, TargetConfigError } from "../stores/store-targets.js";
+export type { TargetSpec } from "../stores/store-targets.js";
+export type { S3ClientOptions } from "../stores/s3/s3-client.js";
 export { DEVICE_SOURCE_KINDS, IMAGE_FORMATS, JOB_STATES, TERMINAL_STATES } from "./types.js";
 export type { ImageFormat } from "./types.js";
 export type {
+  ArchiveCompression,
   BackupSpec,
   ConfigSpec,
   DeleteOptions,

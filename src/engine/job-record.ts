@@ -1,8 +1,12 @@
 // How a job is kept in the store: its status as JSON (times as Unix ms)
-// plus what only recovery and deletion need (the partial file, the
-// archive's identity). Rate and ETA are measurements of a running job and
+// plus what only recovery and deletion need (the archive store's name and
+// its references of the object being written and of the committed one).
+// Records written before stores (a partial path and file identity, an
+// archive identity) are read as references of the local store. Rate and ETA are measurements of a running job and
 // are not stored: a stored status shows rate 0 and no ETA.
 import type { StoredJob } from "../store/job-store.js";
+import type { ArchiveRef } from "../stores/archive-store.js";
+import { DEFAULT_TARGET } from "../stores/store-targets.js";
 import type { ArchiveIdentity, FileIdentity } from "./job.js";
 import type { DeviceSource, DeviceSourceKind, DeviceStatus, JobState, JobStatus } from "./types.js";
 import { DEVICE_SOURCE_KINDS, JOB_STATES } from "./types.js";
@@ -12,16 +16,24 @@ const RECORD_VERSION = 1;
 
 /** What a stored job holds besides its status. */
 export interface JobExtras {
-  /** Where the archive was written while the job ran. */
-  readonly partialPath?: string;
+  /** The name of the store the archive went to ("local" in records written before stores). */
+  readonly target?: string;
   /**
-   * The file created at partialPath. Recovery removes a partial file, or
-   * adopts a published archive, only when it is this file (records written
-   * before it was stored lack it: their files are left alone).
+   * The store's reference of the archive being written, kept before the
+   * first write. Recovery removes what it names, or adopts it when it was
+   * committed, and nothing else.
    */
-  readonly partialFile?: FileIdentity;
+  readonly pending?: ArchiveRef;
   /** The committed archive, for a job that ended done (what delete_archive removes). */
-  readonly archive?: ArchiveIdentity;
+  readonly archive?: ArchiveRef;
+  /**
+   * Records written before stores: where the archive was written. Without
+   * partialFile nothing proves a file there is the job's (left alone); with
+   * it, read back as the local store's pending reference.
+   */
+  readonly partialPath?: string;
+  /** Records written before stores: the file created at partialPath. */
+  readonly partialFile?: FileIdentity;
   /** The canonical form of the request, for a job started with a request id. */
   readonly requestFingerprint?: string;
   /**
@@ -46,6 +58,10 @@ type StatusRecord = Omit<JobStatus, "startTime" | "endTime" | "updateTime" | "ra
 interface JobRecord {
   readonly version: number;
   readonly status: StatusRecord;
+  readonly target?: string;
+  readonly pendingRef?: ArchiveRef;
+  readonly archiveRef?: ArchiveRef;
+  /** Before stores. */
   readonly partialPath?: string;
   readonly partialFile?: FileIdentity;
   readonly archive?: ArchiveIdentity;
@@ -79,10 +95,14 @@ export function toStoredJob(status: JobStatus, extras: JobExtras): StoredJob {
       revision: status.revision,
       updateTime: status.updateTime.getTime(),
       ...(status.requestId === undefined ? {} : { requestId: status.requestId }),
+      ...(status.writtenBytes === undefined ? {} : { writtenBytes: status.writtenBytes }),
+      ...(status.archiveLocation === undefined ? {} : { archiveLocation: status.archiveLocation }),
     },
+    ...(extras.target === undefined ? {} : { target: extras.target }),
+    ...(extras.pending === undefined ? {} : { pendingRef: extras.pending }),
+    ...(extras.archive === undefined ? {} : { archiveRef: extras.archive }),
     ...(extras.partialPath === undefined ? {} : { partialPath: extras.partialPath }),
     ...(extras.partialFile === undefined ? {} : { partialFile: extras.partialFile }),
-    ...(extras.archive === undefined ? {} : { archive: extras.archive }),
     ...(extras.requestFingerprint === undefined ? {} : { requestFingerprint: extras.requestFingerprint }),
     ...(extras.sources === undefined ? {} : { sources: extras.sources }),
   };
@@ -195,6 +215,8 @@ function readStatus(uuid: string, value: unknown): JobStatus {
   if (!Array.isArray(devices)) throw fields.bad("devices");
   const endTime = fields.optionalCount("endTime");
   const requestId = fields.optionalString("requestId");
+  const writtenBytes = fields.optionalCount("writtenBytes");
+  const archiveLocation = fields.optionalString("archiveLocation");
   const status: JobStatus = {
     uuid: fields.string("uuid"),
     state: state as JobState,
@@ -212,6 +234,8 @@ function readStatus(uuid: string, value: unknown): JobStatus {
     revision: fields.count("revision"),
     updateTime: new Date(fields.count("updateTime")),
     ...(requestId === undefined ? {} : { requestId }),
+    ...(writtenBytes === undefined ? {} : { writtenBytes }),
+    ...(archiveLocation === undefined ? {} : { archiveLocation }),
   };
   if (status.uuid !== uuid) throw fields.bad("uuid");
   return Object.freeze(status);
@@ -224,11 +248,33 @@ function readPartialFile(uuid: string, value: unknown): FileIdentity | undefined
   return { dev: fields.string("dev"), ino: fields.string("ino"), born: fields.string("born") };
 }
 
-function readArchive(uuid: string, value: unknown): ArchiveIdentity | undefined {
+/** A record written before stores: the archive identity as the local store's committed reference. */
+function readLegacyArchive(uuid: string, value: unknown, backupFile: string): ArchiveRef | undefined {
   if (value === undefined) return undefined;
   if (!isObject(value)) throw new MalformedRecordError(uuid, "archive");
   const fields = new FieldReader(uuid, value, "archive.");
-  return { dev: fields.string("dev"), ino: fields.string("ino"), size: fields.count("size") };
+  // Birth time "0": unknown, the device, inode and size decide (as they did).
+  return localRef(
+    backupFile,
+    { dev: fields.string("dev"), ino: fields.string("ino"), born: "0" },
+    {
+      size: String(fields.count("size")),
+    },
+  );
+}
+
+function localRef(path: string, file: FileIdentity, extra: Record<string, string> = {}): ArchiveRef {
+  return { store: "local", path, dev: file.dev, ino: file.ino, born: file.born, ...extra };
+}
+
+/** A store reference: an object of strings. */
+function readRef(uuid: string, value: unknown, name: string): ArchiveRef | undefined {
+  if (value === undefined) return undefined;
+  if (!isObject(value)) throw new MalformedRecordError(uuid, name);
+  for (const [key, field] of Object.entries(value)) {
+    if (typeof field !== "string") throw new MalformedRecordError(uuid, `${name}.${key}`);
+  }
+  return value as ArchiveRef;
 }
 
 /** Decodes a stored job. Throws when the record is not one this engine wrote. */
@@ -241,14 +287,24 @@ export function fromStoredJob(stored: StoredJob): JobEntry {
   // Missing in records written before request fingerprints were kept.
   const requestFingerprint = fields.optionalString("requestFingerprint");
   const partialFile = readPartialFile(stored.uuid, record.partialFile);
-  const archive = readArchive(stored.uuid, record.archive);
   const sources = readSources(stored.uuid, record.sources);
+  const status = readStatus(stored.uuid, record.status);
+  const target = fields.optionalString("target");
+  const pending =
+    readRef(stored.uuid, record.pendingRef, "pendingRef") ??
+    (partialFile === undefined ? undefined : localRef(status.backupFile, partialFile));
+  const archive =
+    readRef(stored.uuid, record.archiveRef, "archiveRef") ??
+    readLegacyArchive(stored.uuid, record.archive, status.backupFile);
+  const legacy = target === undefined && (pending !== undefined || archive !== undefined);
   return {
-    status: readStatus(stored.uuid, record.status),
+    status,
     extras: {
-      ...(partialPath === undefined ? {} : { partialPath }),
-      ...(partialFile === undefined ? {} : { partialFile }),
+      ...(target === undefined ? (legacy ? { target: DEFAULT_TARGET } : {}) : { target }),
+      ...(pending === undefined ? {} : { pending }),
       ...(archive === undefined ? {} : { archive }),
+      // Only a partial path nothing proves is the job's own stays as it was.
+      ...(partialPath === undefined || pending !== undefined ? {} : { partialPath }),
       ...(requestFingerprint === undefined ? {} : { requestFingerprint }),
       ...(sources === undefined ? {} : { sources }),
     },

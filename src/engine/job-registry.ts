@@ -191,8 +191,8 @@ export class JobRegistry {
 /** What a job's record keeps besides its status. */
 function extrasOf(job: Job): JobExtras {
   return {
-    partialPath: job.partialPath,
-    partialFile: job.partialFile,
+    target: job.target,
+    pending: job.pending,
     ...(job.archive === undefined ? {} : { archive: job.archive }),
     ...(job.requestFingerprint === undefined ? {} : { requestFingerprint: job.requestFingerprint }),
     sources: job.sources,

@@ -8,6 +8,7 @@
 // sees (a watcher, a query, the store) carries a revision, changes that
 // nobody looked at in between share one, and a job moving a chunk a
 // millisecond does not burn a revision per chunk.
+import type { ArchiveRef } from "../stores/archive-store.js";
 import { RateMeter } from "./rate-meter.js";
 import type { DeviceSource, DeviceSourceKind, DeviceStatus, JobState, JobStatus } from "./types.js";
 
@@ -25,10 +26,12 @@ export interface JobInit {
   readonly uuid: string;
   /** Final archive path. */
   readonly backupFile: string;
-  /** Where the archive is written until it is complete (removed after a crash). */
-  readonly partialPath: string;
-  /** The file created at partialPath: recovery removes or adopts only that file. */
-  readonly partialFile: FileIdentity;
+  /** The name of the store the archive is written to (a server's target, e.g. "local"). */
+  readonly target: string;
+  /** The store's reference of the archive being written: recovery removes or adopts only that object. */
+  readonly pending: ArchiveRef;
+  /** Where the archive will be, for people: a path or s3://bucket/key. */
+  readonly archiveLocation: string;
   readonly format: string;
   readonly speedLimit: number;
   readonly requestId?: string;
@@ -56,7 +59,7 @@ export interface FileIdentity {
   readonly born: string;
 }
 
-/** Who a finished archive is (so that deleting a job never removes another file). */
+/** Who a finished archive was before stores (device, inode, size); old records hold it. */
 export interface ArchiveIdentity {
   readonly dev: string;
   readonly ino: string;
@@ -82,8 +85,9 @@ const RATE_REFRESH_MS = 100;
 export class Job {
   readonly uuid: string;
   readonly backupFile: string;
-  readonly partialPath: string;
-  readonly partialFile: FileIdentity;
+  readonly target: string;
+  readonly pending: ArchiveRef;
+  readonly archiveLocation: string;
   readonly format: string;
   readonly requestId: string | undefined;
   readonly requestFingerprint: string | undefined;
@@ -99,7 +103,9 @@ export class Job {
   private zeroBytes = 0;
   private readonly devices: DeviceCounters[];
   private readonly meter: RateMeter;
-  private archiveIdentity: ArchiveIdentity | undefined;
+  private committed: ArchiveRef | undefined;
+  /** The archive bytes stored so far, while the target is open; then the final count. */
+  private writtenBytes: () => number = () => 0;
   private readonly stopController = new AbortController();
   private stopReason = "";
   /** Something changed since the last snapshot: the next one takes a new revision. */
@@ -114,8 +120,9 @@ export class Job {
   constructor(init: JobInit, context: JobContext) {
     this.uuid = init.uuid;
     this.backupFile = init.backupFile;
-    this.partialPath = init.partialPath;
-    this.partialFile = init.partialFile;
+    this.target = init.target;
+    this.pending = init.pending;
+    this.archiveLocation = init.archiveLocation;
     this.format = init.format;
     this.requestId = init.requestId;
     this.requestFingerprint = init.requestFingerprint;
@@ -153,9 +160,9 @@ export class Job {
     return this.speed;
   }
 
-  /** The finished archive's identity, once recorded. */
-  get archive(): ArchiveIdentity | undefined {
-    return this.archiveIdentity;
+  /** The store's reference of the committed archive, once recorded. */
+  get archive(): ArchiveRef | undefined {
+    return this.committed;
   }
 
   /** Aborts when the job is asked to stop; the pipeline checks it between chunks and in waits. */
@@ -201,9 +208,14 @@ export class Job {
     this.changed();
   }
 
-  /** Records who the committed archive is; call before finish("done"). */
-  recordArchive(identity: ArchiveIdentity): void {
-    this.archiveIdentity = identity;
+  /** Where the written (stored) byte count comes from while the archive is written. */
+  countWrittenBytes(source: () => number): void {
+    this.writtenBytes = source;
+  }
+
+  /** Records which object the committed archive is; call before finish("done"). */
+  recordArchive(ref: ArchiveRef): void {
+    this.committed = ref;
   }
 
   /**
@@ -214,6 +226,9 @@ export class Job {
     if (this.currentState !== "active") return false;
     this.currentState = state;
     this.errorMessage = errorMessage;
+    // The target is done with: keep its last count.
+    const written = this.writtenBytes();
+    this.writtenBytes = () => written;
     this.changed();
     this.endTime = new Date(this.changedAt);
     return true;
@@ -276,6 +291,8 @@ export class Job {
       revision: this.revision,
       updateTime: new Date(this.changedAt),
       ...(this.requestId === undefined ? {} : { requestId: this.requestId }),
+      writtenBytes: this.writtenBytes(),
+      archiveLocation: this.archiveLocation,
     };
     return Object.freeze(status);
   }

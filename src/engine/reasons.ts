@@ -29,6 +29,14 @@ export const REASON = {
   /** backup_file's last component leaves no room for the temporary ".partial" suffix within 255 bytes. */
   BACKUP_FILE_NAME_TOO_LONG: "BACKUP_FILE_NAME_TOO_LONG",
   BACKUP_FILE_BAD_SUFFIX: "BACKUP_FILE_BAD_SUFFIX",
+  /** The compression field is not one of the enum's values. */
+  COMPRESSION_INVALID: "COMPRESSION_INVALID",
+  /** backup_file's suffix says another compression than the compression field. */
+  COMPRESSION_MISMATCH: "COMPRESSION_MISMATCH",
+  /** target names none of the server's stores. */
+  TARGET_UNKNOWN: "TARGET_UNKNOWN",
+  /** vmid is not a Proxmox VMID, or neither backup_file nor vmid was given. */
+  VMID_INVALID: "VMID_INVALID",
   SPEED_LIMIT_INVALID: "SPEED_LIMIT_INVALID",
   UUID_INVALID: "UUID_INVALID",
   /** request_id longer than 128 bytes of UTF-8 (or not text). */

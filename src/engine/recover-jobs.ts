@@ -9,13 +9,20 @@
 //
 // Only files proven to be the job's own are touched (owned-files.ts): the
 // backup dir may be shared with another server writing the same names.
+// This covers the local store (its pending reference names the partial
+// file and its identity); jobs of other stores are recovered through their
+// store (recover-store-jobs.ts).
 import type { Logger } from "pino";
+import type { ArchiveRef } from "../stores/archive-store.js";
+import { PARTIAL_SUFFIX } from "../stores/local/archive-file.js";
 import type { JobStore } from "../store/job-store.js";
 import { describeError } from "./job-failure.js";
 import { fromStoredJob, toStoredJob } from "./job-record.js";
 import type { JobExtras } from "./job-record.js";
 import { FileKeptError, type FileOwner, removePartialFileSync } from "./owned-files.js";
 import { findPublishedArchiveSync, type PublishedArchive } from "./published-archive.js";
+import type { FileIdentity } from "./job.js";
+import { recoveredThroughStore } from "./recovery-routes.js";
 import type { JobStatus } from "./types.js";
 
 export const INTERRUPTED_MESSAGE = "interrupted: server restarted";
@@ -33,9 +40,11 @@ export interface RecoveryContext {
 export function recoverInterruptedJobs(context: RecoveryContext): JobStatus[] {
   const recovered: JobStatus[] = [];
   for (const stored of context.store.inState("active")) {
-    const { status, extras } = fromStoredJob(stored);
+    const { status, extras: storedExtras } = fromStoredJob(stored);
+    if (recoveredThroughStore(status, storedExtras)) continue;
+    const extras = withLocalPartial(storedExtras);
     const owner: FileOwner | undefined =
-      extras.partialFile === undefined ? undefined : { file: extras.partialFile, uuid: status.uuid };
+      extras.pending === undefined ? undefined : { file: fileOf(extras.pending), uuid: status.uuid };
     const ended =
       (owner && finishPublished(context, status, extras, owner)) ?? interrupt(context, status, extras, owner);
     recovered.push(ended);
@@ -82,7 +91,13 @@ function finishPublished(
     revision: context.nextRevision(),
     rate: 0,
   };
-  context.store.save(toStoredJob(done, { ...extras, archive: published.identity }));
+  const archive: ArchiveRef = {
+    ...(extras.pending ?? { store: "local", path: backupFile, born: "0" }),
+    dev: published.identity.dev,
+    ino: published.identity.ino,
+    size: String(published.identity.size),
+  };
+  context.store.save(toStoredJob(done, { ...withoutLocalPartial(extras), archive }));
   context.logger.info({ uuid, backupFile }, "backup finished before a server restart: its archive was published");
   return done;
 }
@@ -104,7 +119,7 @@ function interrupt(
     revision: context.nextRevision(),
     rate: 0,
   };
-  context.store.save(toStoredJob(interrupted, extras));
+  context.store.save(toStoredJob(interrupted, withoutLocalPartial(extras)));
   context.logger.warn(
     { uuid: status.uuid, backupFile: status.backupFile, transferredBytes: status.transferredBytes },
     "backup interrupted by a server restart",
@@ -134,6 +149,23 @@ function removePartial(
     // The job still ends in error; the file is left for an operator.
     context.logger.error({ uuid, partialPath, reason: reasonOf(error) }, "could not remove the partial archive");
   }
+}
+
+/** The local store's pending reference names the final path; its partial file is beside it. */
+function withLocalPartial(extras: JobExtras): JobExtras {
+  if (extras.pending === undefined || extras.pending.store !== "local") return extras;
+  return { ...extras, partialPath: `${extras.pending.path}${PARTIAL_SUFFIX}` };
+}
+
+/** The partial path was only derived here; the record keeps the reference. */
+function withoutLocalPartial(extras: JobExtras): JobExtras {
+  if (extras.pending === undefined) return extras;
+  const { partialPath: _derived, ...rest } = extras;
+  return rest;
+}
+
+function fileOf(pending: ArchiveRef): FileIdentity {
+  return { dev: pending.dev ?? "", ino: pending.ino ?? "", born: pending.born ?? "0" };
 }
 
 function reasonOf(error: unknown): string {

@@ -1,14 +1,13 @@
 // A launched job's life to its end: runs the read pipeline, saves progress
 // (coalesced) and publishes it, then releases sources, locks and limiter,
-// records the committed archive's identity, stores the end (or keeps it
+// records the store's reference of the committed archive, stores the end (or keeps it
 // for the background retry) and publishes and logs the terminal status.
-import type { BackupTarget } from "../drivers/driver.js";
+import type { CommittedTarget } from "./committed-target.js";
 import type { EngineState } from "./engine-state.js";
 import type { Job } from "./job.js";
 import { describeError } from "./job-failure.js";
 import { runJob } from "./job-runner.js";
 import type { JobOutcome } from "./job-runner.js";
-import { archiveIdentity } from "./owned-files.js";
 import type { JobSources } from "./job-sources.js";
 import { watchScratch } from "./scratch-watch.js";
 import type { SpeedLimiter } from "./speed-limiter.js";
@@ -18,7 +17,7 @@ import type { JobStatus } from "./types.js";
 export async function runToEnd(
   state: EngineState,
   job: Job,
-  target: BackupTarget,
+  target: CommittedTarget,
   sources: JobSources,
   limiter: SpeedLimiter,
 ): Promise<void> {
@@ -47,9 +46,9 @@ export async function runToEnd(
   await sources.close();
   state.locks.release(job.uuid);
   state.limiters.delete(job.uuid);
-  if (outcome.state === "done") await recordArchive(state, job);
+  if (outcome.state === "done") recordArchive(state, job, target);
   if (outcome.cleanupError !== undefined) {
-    state.leftoverPartials.set(job.partialPath, { file: job.partialFile, uuid: job.uuid });
+    state.leftoverPartials.set(job.uuid, { target: job.target, pending: job.pending });
   }
   job.finish(outcome.state, outcome.errorMessage);
   try {
@@ -80,13 +79,15 @@ function saveProgress(state: EngineState, job: Job): void {
   }
 }
 
-/** Notes who the committed archive is, so that deleting the job later removes only that file. */
-async function recordArchive(state: EngineState, job: Job): Promise<void> {
-  try {
-    job.recordArchive(await archiveIdentity(job.backupFile));
-  } catch (error) {
-    state.logger.warn({ uuid: job.uuid, err: error }, "reading the committed archive's identity failed");
+/** Notes which object the store committed, so that deleting the job later removes only that one. */
+function recordArchive(state: EngineState, job: Job, target: CommittedTarget): void {
+  const committed = target.committed;
+  if (committed === undefined) {
+    // A done job has closed its target; without a reference delete refuses to remove anything.
+    state.logger.warn({ uuid: job.uuid }, "the committed archive's reference is missing");
+    return;
   }
+  job.recordArchive(committed);
 }
 
 function logEnd(state: EngineState, status: JobStatus, outcome: JobOutcome): void {

@@ -6,11 +6,20 @@
 import { v4 as uuidv4 } from "uuid";
 import { ArchiveLimitError } from "../drivers/driver.js";
 import type { BackupDriver, BackupTarget } from "../drivers/driver.js";
+import {
+  ArchiveKeptError,
+  ArchiveKeyError,
+  type ArchiveStore,
+  type ArchiveUpload,
+  checkKey,
+} from "../stores/archive-store.js";
+import { type Compression, compressUpload } from "../stores/compressed-upload.js";
+import { DEFAULT_TARGET } from "../stores/store-targets.js";
+import { CommittedTarget } from "./committed-target.js";
 import { archiveDeviceSize } from "./archive-size.js";
 import { EngineError } from "./errors.js";
 import type { EngineState } from "./engine-state.js";
 import { Job } from "./job.js";
-import { FileKeptError, removePartialFileSync } from "./owned-files.js";
 import { quote } from "./quote.js";
 import { REASON } from "./reasons.js";
 import type { RequestIdentity } from "./request-dedup.js";
@@ -23,21 +32,26 @@ import { SpeedLimiter } from "./speed-limiter.js";
 import { targetOpenError } from "./target-open-error.js";
 import type { BackupSpec, DeviceSpec, JobStatus } from "./types.js";
 import { flushUnsavedOrRefuse } from "./unsaved-ends.js";
-import { checkSourcesAllowed, validateRequest } from "./validate-request.js";
+import { checkSourcesAllowed, requestedCompression, validateRequest, withVzdumpName } from "./validate-request.js";
+import { archiveKey } from "./recovery-routes.js";
 
 /** Validates, creates, stores and launches a job; resolves with its first (ACTIVE) status. */
 export async function startJob(
   state: EngineState,
-  spec: BackupSpec,
+  requested: BackupSpec,
   request: RequestIdentity | undefined,
 ): Promise<JobStatus> {
-  retryLeftoverPartials(state);
+  await retryLeftoverPartials(state);
+  const spec = withVzdumpName(requested, new Date(state.now()));
   const driver = validateRequest(spec, state.drivers);
+  const targetName = spec.target ?? DEFAULT_TARGET;
+  const store = chooseStore(state, targetName);
   checkSourcesAllowed(spec, state.sourceSettings);
   // A store that cannot take the ends of earlier jobs cannot record this
   // one: refused before any source or archive is opened.
   flushUnsavedOrRefuse(state, "cannot record a new job");
-  const backupFile = await state.policy.resolveBackupFile(spec.backupFile);
+  const backupFile =
+    targetName === DEFAULT_TARGET ? await state.policy.resolveBackupFile(spec.backupFile) : objectKey(spec.backupFile);
   const uuid = uuidv4();
   const opened = await openJobSources(state.openers, spec, uuid);
   const { sources } = opened;
@@ -48,14 +62,15 @@ export async function startJob(
     state.ensureOpen();
     state.locks.acquire({
       owner: uuid,
-      archivePath: backupFile,
+      archivePath: targetName === DEFAULT_TARGET ? backupFile : store.location(backupFile),
       devices: sources.map((source, index) => {
         const requested = (spec.devices[index] as DeviceSpec).source;
         return { key: source.lockKey, field: sourceField(requested, index), path: sourceLocation(requested) };
       }),
     });
     locked = true;
-    const target = await openTarget(state, driver, backupFile, uuid);
+    const key = archiveKey(state.policy.backupDir, targetName, backupFile);
+    const target = await openTarget(store, driver, { key, backupFile, uuid, compression: requestedCompression(spec) });
     let job: Job;
     try {
       state.ensureOpen();
@@ -64,8 +79,9 @@ export async function startJob(
         {
           uuid,
           backupFile,
-          partialPath: target.partialPath,
-          partialFile: target.partialFile,
+          target: targetName,
+          pending: target.pending,
+          archiveLocation: target.location,
           format: driver.format,
           speedLimit: spec.speedLimit,
           ...request,
@@ -84,6 +100,7 @@ export async function startJob(
       );
       // Stored before it is announced: from here on a crash leaves a
       // record that recovery finishes (and whose partial file it removes).
+      job.countWrittenBytes(() => target.bytesWritten);
       state.registry.add(job);
     } catch (error) {
       await target.abort().catch((abortError: unknown) => {
@@ -101,14 +118,20 @@ export async function startJob(
 }
 
 /** Partial archives earlier jobs could not remove: tried again before each new job. */
-function retryLeftoverPartials(state: EngineState): void {
-  for (const [partialPath, owner] of state.leftoverPartials) {
+async function retryLeftoverPartials(state: EngineState): Promise<void> {
+  for (const [uuid, leftover] of state.leftoverPartials) {
+    const store = state.stores.get(leftover.target);
+    if (store === undefined) {
+      state.leftoverPartials.delete(uuid);
+      continue;
+    }
     try {
-      removePartialFileSync(state.policy.backupDir, partialPath, owner);
-      state.leftoverPartials.delete(partialPath);
-      state.logger.info({ partialPath }, "removed a partial archive left by a failed job");
+      await store.discardLeftover(leftover.pending);
+      state.leftoverPartials.delete(uuid);
+      state.logger.info({ uuid, target: leftover.target }, "removed a partial archive left by a failed job");
     } catch (error) {
-      if (error instanceof FileKeptError) state.leftoverPartials.delete(partialPath);
+      // Someone else's object now has its name: not ours to remove, ever.
+      if (error instanceof ArchiveKeptError) state.leftoverPartials.delete(uuid);
       // Otherwise (still read-only, say) try again before the next job.
     }
   }
@@ -156,16 +179,60 @@ function checkPlan(driver: BackupDriver, spec: BackupSpec, sources: readonly Dis
   }
 }
 
-async function openTarget(
-  state: EngineState,
-  driver: BackupDriver,
-  backupFile: string,
-  uuid: string,
-): Promise<BackupTarget> {
+/** The store the request names; invalid-argument TARGET_UNKNOWN naming the ones there are. */
+function chooseStore(state: EngineState, targetName: string): ArchiveStore {
+  const store = state.stores.get(targetName);
+  if (store !== undefined) return store;
+  const known = [...state.stores.keys()].map(quote).join(", ");
+  throw new EngineError(
+    "invalid-argument",
+    REASON.TARGET_UNKNOWN,
+    `target: this server has no target ${quote(targetName)}; its targets are ${known}`,
+    "target",
+  );
+}
+
+/** An object store's key as the request gives it: a relative name without "." or ".." parts. */
+function objectKey(backupFile: string): string {
   try {
-    return await driver.open({ path: backupFile, uuid, confineTo: state.policy.backupDir });
+    checkKey(backupFile);
+  } catch (error) {
+    if (error instanceof ArchiveKeyError) {
+      throw new EngineError(
+        "invalid-argument",
+        REASON.BACKUP_FILE_INVALID,
+        `backup_file: ${error.message}`,
+        "backup_file",
+      );
+    }
+    throw error;
+  }
+  return backupFile;
+}
+
+interface TargetChoice {
+  /** The store's key of the archive. */
+  readonly key: string;
+  /** The archive as the job's status names it, for error messages. */
+  readonly backupFile: string;
+  readonly uuid: string;
+  readonly compression: Compression;
+}
+
+/** Creates the archive in the chosen store, through the compression stage, and the format's target on it. */
+async function openTarget(store: ArchiveStore, driver: BackupDriver, choice: TargetChoice): Promise<CommittedTarget> {
+  const { backupFile } = choice;
+  let upload: ArchiveUpload;
+  try {
+    upload = await store.create(choice.key);
   } catch (error) {
     throw targetOpenError(error, backupFile);
+  }
+  try {
+    return new CommittedTarget(driver.openUpload(compressUpload(upload, { compression: choice.compression }), choice));
+  } catch (error) {
+    await upload.abort();
+    throw error;
   }
 }
 
@@ -185,7 +252,7 @@ function registerContents(target: BackupTarget, spec: BackupSpec, sources: reado
 }
 
 /** Announces the job and runs it to its end in the background; shutdown waits for the run. */
-function launch(state: EngineState, job: Job, target: BackupTarget, sources: JobSources): void {
+function launch(state: EngineState, job: Job, target: CommittedTarget, sources: JobSources): void {
   const limiter = new SpeedLimiter(job.speedLimit);
   state.limiters.set(job.uuid, limiter);
   const first = job.snapshot();

@@ -1,5 +1,11 @@
 // Plain types of the job engine. The server maps them to and from protobuf
 // messages; nothing here knows about gRPC.
+import type { Compression } from "../stores/compressed-upload.js";
+import type { S3ClientOptions } from "../stores/s3/s3-client.js";
+import type { TargetSpec } from "../stores/store-targets.js";
+
+/** How an archive is compressed: "none", "zstd" or "gzip". */
+export type ArchiveCompression = Compression;
 
 export type JobState = "active" | "done" | "error" | "cancelled";
 
@@ -52,6 +58,12 @@ export interface BackupSpec {
    * and returns that job's current status.
    */
   readonly requestId?: string;
+  /** How the archive is compressed; undefined: as backupFile's suffix says (a suffix saying otherwise is refused). */
+  readonly compression?: Compression;
+  /** The store's name (the server's targets); undefined: "local", the backup dir. */
+  readonly target?: string;
+  /** Proxmox VMID: with an empty backupFile the archive gets vzdump's name. */
+  readonly vmid?: number;
 }
 
 export interface DeviceStatus {
@@ -97,6 +109,10 @@ export interface JobStatus {
   readonly updateTime: Date;
   /** The request id the job was started with, if any. */
   readonly requestId?: string;
+  /** Archive bytes written so far, as stored (after compression); undefined in records written before stores. */
+  readonly writtenBytes?: number;
+  /** Where the archive is, for people: a path or s3://bucket/key; undefined in records written before stores. */
+  readonly archiveLocation?: string;
 }
 
 export interface EngineOptions {
@@ -118,6 +134,10 @@ export interface EngineOptions {
   readonly qmpRoots?: readonly string[];
   /** Where qemu sources keep their scratch overlays (default `${stateDir}/scratch`). */
   readonly scratchDir?: string;
+  /** S3 targets besides the backup dir ("local"), by name (--target NAME=s3://bucket/prefix). */
+  readonly targets?: readonly TargetSpec[];
+  /** How to reach S3, for every S3 target. */
+  readonly s3?: S3ClientOptions;
 }
 
 export interface ListQuery {

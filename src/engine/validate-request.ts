@@ -6,6 +6,8 @@ import type { BackupDriver } from "../drivers/driver.js";
 import { EngineError } from "./errors.js";
 import { quote } from "./quote.js";
 import { REASON } from "./reasons.js";
+import { compressionOfName, VmidError, vzdumpArchiveName } from "../stores/archive-names.js";
+import { COMPRESSION_SUFFIX, type Compression } from "../stores/compressed-upload.js";
 import type { BackupSpec } from "./types.js";
 import { checkSourceAllowed, checkSourceSyntax } from "./validate-sources.js";
 import type { SourceSettings } from "./validate-sources.js";
@@ -189,18 +191,41 @@ function findDriver(spec: BackupSpec, drivers: readonly BackupDriver[]): BackupD
   return driver;
 }
 
+/** The suffixes an archive name of `driver`'s format may end in, longest first: ".vma.zst", ".vma.gz", ".vma". */
+function archiveSuffixes(driver: BackupDriver): Array<{ suffix: string; compression: Compression }> {
+  const all: Compression[] = ["zstd", "gzip", "none"];
+  return all.map((compression) => ({ suffix: driver.fileSuffix + COMPRESSION_SUFFIX[compression], compression }));
+}
+
+/** The compression a request asks for: its compression field, else what the name's suffix says. */
+export function requestedCompression(spec: BackupSpec): Compression {
+  return spec.compression ?? compressionOfName(spec.backupFile) ?? "none";
+}
+
 /** `driver` is undefined when the format is refused: the suffix is then not checked. */
-function checkBackupFile(backupFile: string, driver: BackupDriver | undefined): void {
+function checkBackupFile(backupFile: string, driver: BackupDriver | undefined, compression?: Compression): void {
   const field = "backup_file";
-  if (backupFile === "") throw invalid(REASON.BACKUP_FILE_INVALID, field, "must not be empty");
+  if (backupFile === "") throw invalid(REASON.BACKUP_FILE_INVALID, field, "must not be empty (or give a vmid)");
   if (backupFile.includes("\0")) throw invalid(REASON.BACKUP_FILE_INVALID, field, "contains NUL");
   if (driver === undefined) return;
-  if (!backupFile.endsWith(driver.fileSuffix)) {
-    throw invalid(REASON.BACKUP_FILE_BAD_SUFFIX, field, `${quote(backupFile)} must end in "${driver.fileSuffix}"`);
+  const suffixes = archiveSuffixes(driver);
+  const matched = suffixes.find((candidate) => backupFile.endsWith(candidate.suffix));
+  if (matched === undefined) {
+    const names = suffixes.map((candidate) => `"${candidate.suffix}"`).join(", ");
+    throw invalid(REASON.BACKUP_FILE_BAD_SUFFIX, field, `${quote(backupFile)} must end in one of ${names}`);
+  }
+  if (compression !== undefined && compression !== matched.compression) {
+    const wanted = suffixes.find((candidate) => candidate.compression === compression)?.suffix ?? "";
+    throw invalid(
+      REASON.COMPRESSION_MISMATCH,
+      "compression",
+      `${compression} archives are named "*${wanted}", but ${quote(backupFile)} says ${matched.compression}: ` +
+        `rename it or leave compression unspecified`,
+    );
   }
   const base = backupFile.slice(backupFile.lastIndexOf("/") + 1);
-  if (base === driver.fileSuffix) {
-    throw invalid(REASON.BACKUP_FILE_INVALID, field, `${quote(backupFile)} needs a name before "${driver.fileSuffix}"`);
+  if (base === matched.suffix) {
+    throw invalid(REASON.BACKUP_FILE_INVALID, field, `${quote(backupFile)} needs a name before "${matched.suffix}"`);
   }
   // Not the name itself: it is long enough to bury the message.
   const bytes = Buffer.byteLength(base, "utf8");
@@ -211,6 +236,21 @@ function checkBackupFile(backupFile: string, driver: BackupDriver | undefined): 
       `the file name is ${bytes} bytes of UTF-8, at most ${MAX_BACKUP_FILE_NAME_BYTES} allowed ` +
         `(the archive is written as "<name>${PARTIAL_SUFFIX}" first, and a file name holds at most ${NAME_MAX} bytes)`,
     );
+  }
+}
+
+/**
+ * The request with vzdump's archive name when backup_file is empty and a
+ * vmid is given (`at`: now, in the server's local time as vzdump names it).
+ */
+export function withVzdumpName(spec: BackupSpec, at: Date): BackupSpec {
+  if (spec.vmid === undefined) return spec;
+  try {
+    const name = vzdumpArchiveName(spec.vmid, at, spec.compression ?? "zstd");
+    return spec.backupFile === "" ? { ...spec, backupFile: name } : spec;
+  } catch (error) {
+    if (error instanceof VmidError) throw invalid(REASON.VMID_INVALID, "vmid", error.message);
+    throw error;
   }
 }
 
@@ -250,7 +290,7 @@ export function validateRequest(spec: BackupSpec, drivers: readonly BackupDriver
   violations.check(() => {
     driver = findDriver(spec, drivers);
   });
-  violations.check(() => checkBackupFile(spec.backupFile, driver));
+  violations.check(() => checkBackupFile(spec.backupFile, driver, spec.compression));
   violations.check(() => checkSpeedLimit(spec.speedLimit));
   violations.check(() => checkRequestId(spec.requestId));
   violations.throwIfAny();

@@ -6,6 +6,7 @@ import { BackupService } from "../../gen/vmabackup/v1/backup_pb.js";
 import type { BackupDriver } from "../drivers/driver.js";
 import { vmaDriver } from "../drivers/vma-driver.js";
 import { BackupEngine } from "../engine/index.js";
+import type { S3ClientOptions, TargetSpec } from "../engine/index.js";
 import type { DaemonMetrics } from "../metrics/daemon-metrics.js";
 import type { MetricsEndpoint } from "../metrics/metrics-endpoint.js";
 import { createBackupService } from "./backup-service.js";
@@ -34,6 +35,10 @@ export interface ServerOptions {
   readonly qmpRoots?: readonly string[];
   /** Scratch overlays of qemu sources (default `${stateDir}/scratch`). */
   readonly scratchDir?: string;
+  /** S3 targets besides the backup dir ("local"): --target NAME=s3://bucket/prefix. */
+  readonly targets?: readonly TargetSpec[];
+  /** How to reach S3 (--s3-*). */
+  readonly s3?: S3ClientOptions;
   /** Minimum time between two progress updates of one job to a watcher. */
   readonly progressIntervalMs: number;
   readonly logger: Logger;
@@ -153,6 +158,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     ...(options.nbdAllow === undefined ? {} : { nbdAllow: options.nbdAllow }),
     ...(options.qmpRoots === undefined ? {} : { qmpRoots: options.qmpRoots }),
     ...(options.scratchDir === undefined ? {} : { scratchDir: options.scratchDir }),
+    ...(options.targets === undefined ? {} : { targets: options.targets }),
+    ...(options.s3 === undefined ? {} : { s3: options.s3 }),
     progressIntervalMs: options.progressIntervalMs,
     drivers: options.drivers ?? [vmaDriver],
     logger: options.logger.child({ component: "engine" }),

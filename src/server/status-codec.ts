@@ -4,10 +4,16 @@
 // page sizes); the engine validates everything else.
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { BackupFormat, BackupState, BackupStatusSchema, DeviceStatusSchema } from "../../gen/vmabackup/v1/backup_pb.js";
+import {
+  BackupFormat,
+  BackupState,
+  BackupStatusSchema,
+  Compression as ProtoCompression,
+  DeviceStatusSchema,
+} from "../../gen/vmabackup/v1/backup_pb.js";
 import type { BackupRequest, BackupStatus, ListBackupsRequest } from "../../gen/vmabackup/v1/backup_pb.js";
 import { archiveDeviceSize, checkPageSize, EngineError, parseUuid, REASON } from "../engine/index.js";
-import type { BackupSpec, JobState, JobStatus, ListQuery } from "../engine/index.js";
+import type { ArchiveCompression, BackupSpec, JobState, JobStatus, ListQuery } from "../engine/index.js";
 import { REQUEST_REASON } from "./request-reasons.js";
 import { toDeviceSource, toProtoSourceKind } from "./source-codec.js";
 
@@ -53,6 +59,22 @@ export function toRevision(value: bigint, field = "after_revision"): number {
   return safeNumber(value, field, REASON.AFTER_REVISION_INVALID);
 }
 
+const COMPRESSION_FROM_PROTO = new Map<ProtoCompression, ArchiveCompression>([
+  [ProtoCompression.NONE, "none"],
+  [ProtoCompression.ZSTD, "zstd"],
+  [ProtoCompression.GZIP, "gzip"],
+]);
+
+/** The request's compression; unspecified leaves it to the name's suffix. */
+function toCompression(value: ProtoCompression): { compression?: ArchiveCompression } {
+  if (value === ProtoCompression.UNSPECIFIED) return {};
+  const compression = COMPRESSION_FROM_PROTO.get(value);
+  if (compression === undefined) {
+    throw invalidArgument(REASON.COMPRESSION_INVALID, "compression", `unknown value ${value}`);
+  }
+  return { compression };
+}
+
 export function toBackupSpec(request: BackupRequest): BackupSpec {
   const format = FORMAT_FROM_PROTO.get(request.format);
   if (format === undefined) {
@@ -66,6 +88,9 @@ export function toBackupSpec(request: BackupRequest): BackupSpec {
     speedLimit: toSpeedLimit(request.speedLimit),
     // proto3 has no "unset" for strings: empty means the client sent none.
     ...(request.requestId === "" ? {} : { requestId: request.requestId }),
+    ...toCompression(request.compression),
+    ...(request.target === "" ? {} : { target: request.target }),
+    ...(request.vmid === 0 ? {} : { vmid: request.vmid }),
   };
 }
 
@@ -148,5 +173,7 @@ export function toBackupStatus(status: JobStatus): BackupStatus {
     revision: BigInt(status.revision),
     updateTime: timestampFromDate(status.updateTime),
     requestId: status.requestId ?? "",
+    writtenBytes: BigInt(status.writtenBytes ?? 0),
+    archiveLocation: status.archiveLocation ?? "",
   });
 }

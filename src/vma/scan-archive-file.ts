@@ -78,7 +78,7 @@ function scan(fd: number, fileSize: number): ArchiveScan {
 }
 
 /** Device bytes of the stored blocks of one cluster (the last block may reach past the device end). */
-function storedInDevice(cluster: number, mask: number, deviceSize: number): number {
+export function storedInDevice(cluster: number, mask: number, deviceSize: number): number {
   let bytes = 0;
   for (let block = 0; block < CLUSTER_SIZE / BLOCK_SIZE; block++) {
     if ((mask & (1 << block)) === 0) continue;

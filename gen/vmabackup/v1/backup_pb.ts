@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file vmabackup/v1/backup.proto.
  */
 export const file_vmabackup_v1_backup: GenFile = /*@__PURE__*/
-  fileDesc("Chl2bWFiYWNrdXAvdjEvYmFja3VwLnByb3RvEgx2bWFiYWNrdXAudjEirAEKBkRldmljZRIMCgRuYW1lGAEgASgJEgwKBHBhdGgYAiABKAkSKgoFaW1hZ2UYAyABKAsyGS52bWFiYWNrdXAudjEuSW1hZ2VTb3VyY2VIABImCgNuYmQYBCABKAsyFy52bWFiYWNrdXAudjEuTmJkU291cmNlSAASKAoEcWVtdRgFIAEoCzIYLnZtYWJhY2t1cC52MS5RZW11U291cmNlSABCCAoGc291cmNlIkYKC0ltYWdlU291cmNlEgwKBHBhdGgYASABKAkSKQoGZm9ybWF0GAIgASgOMhkudm1hYmFja3VwLnYxLkltYWdlRm9ybWF0IhgKCU5iZFNvdXJjZRILCgN1cmkYASABKAkiLwoKUWVtdVNvdXJjZRISCgpxbXBfc29ja2V0GAEgASgJEg0KBWRyaXZlGAIgASgJIigKCkNvbmZpZ0ZpbGUSDAoEbmFtZRgBIAEoCRIMCgRkYXRhGAIgASgMIssBCg1CYWNrdXBSZXF1ZXN0EhMKC2JhY2t1cF9maWxlGAEgASgJEioKBmZvcm1hdBgCIAEoDjIaLnZtYWJhY2t1cC52MS5CYWNrdXBGb3JtYXQSJQoHZGV2aWNlcxgDIAMoCzIULnZtYWJhY2t1cC52MS5EZXZpY2USKQoHY29uZmlncxgEIAMoCzIYLnZtYWJhY2t1cC52MS5Db25maWdGaWxlEhMKC3NwZWVkX2xpbWl0GAUgASgEEhIKCnJlcXVlc3RfaWQYBiABKAkiPAoOQmFja3VwUmVzcG9uc2USKgoGc3RhdHVzGAEgASgLMhoudm1hYmFja3VwLnYxLkJhY2t1cFN0YXR1cyIiChJRdWVyeUJhY2t1cFJlcXVlc3QSDAoEdXVpZBgBIAEoCSJBChNRdWVyeUJhY2t1cFJlc3BvbnNlEioKBnN0YXR1cxgBIAEoCzIaLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0dXMiIwoTQ2FuY2VsQmFja3VwUmVxdWVzdBIMCgR1dWlkGAEgASgJIkQKFENhbmNlbEJhY2t1cFJlc3BvbnNlEiwKCHN0YXR1c2VzGAEgAygLMhoudm1hYmFja3VwLnYxLkJhY2t1cFN0YXR1cyI6ChJXYXRjaEJhY2t1cFJlcXVlc3QSDAoEdXVpZBgBIAEoCRIWCg5hZnRlcl9yZXZpc2lvbhgCIAEoBCJmChJMaXN0QmFja3Vwc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSKQoGc3RhdGVzGAMgAygOMhkudm1hYmFja3VwLnYxLkJhY2t1cFN0YXRlIlwKE0xpc3RCYWNrdXBzUmVzcG9uc2USLAoIc3RhdHVzZXMYASADKAsyGi52bWFiYWNrdXAudjEuQmFja3VwU3RhdHVzEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI6ChVTZXRCYWNrdXBTcGVlZFJlcXVlc3QSDAoEdXVpZBgBIAEoCRITCgtzcGVlZF9saW1pdBgCIAEoBCJEChZTZXRCYWNrdXBTcGVlZFJlc3BvbnNlEioKBnN0YXR1cxgBIAEoCzIaLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0dXMiOwoTRGVsZXRlQmFja3VwUmVxdWVzdBIMCgR1dWlkGAEgASgJEhYKDmRlbGV0ZV9hcmNoaXZlGAIgASgIIhYKFERlbGV0ZUJhY2t1cFJlc3BvbnNlIkEKE1dhdGNoQmFja3VwUmVzcG9uc2USKgoGc3RhdHVzGAEgASgLMhoudm1hYmFja3VwLnYxLkJhY2t1cFN0YXR1cyLVAQoMRGV2aWNlU3RhdHVzEgwKBG5hbWUYASABKAkSDgoGZGV2X2lkGAIgASgNEgwKBHNpemUYAyABKAQSGQoRdHJhbnNmZXJyZWRfYnl0ZXMYBCABKAQSEgoKemVyb19ieXRlcxgFIAEoBBIUCgxhcmNoaXZlX3NpemUYBiABKAQSLQoLc291cmNlX2tpbmQYByABKA4yGC52bWFiYWNrdXAudjEuU291cmNlS2luZBIOCgZzb3VyY2UYCCABKAkSFQoNc2NyYXRjaF9ieXRlcxgJIAEoBCKPBAoMQmFja3VwU3RhdHVzEgwKBHV1aWQYASABKAkSKAoFc3RhdGUYAiABKA4yGS52bWFiYWNrdXAudjEuQmFja3VwU3RhdGUSFQoNZXJyb3JfbWVzc2FnZRgDIAEoCRITCgtiYWNrdXBfZmlsZRgEIAEoCRIqCgZmb3JtYXQYBSABKA4yGi52bWFiYWNrdXAudjEuQmFja3VwRm9ybWF0EhMKC3RvdGFsX2J5dGVzGAYgASgEEhkKEXRyYW5zZmVycmVkX2J5dGVzGAcgASgEEhIKCnplcm9fYnl0ZXMYCCABKAQSLgoKc3RhcnRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3NwZWVkX2xpbWl0GAsgASgEEisKB2RldmljZXMYDCADKAsyGi52bWFiYWNrdXAudjEuRGV2aWNlU3RhdHVzEgwKBHJhdGUYDSABKAQSJgoDZXRhGA4gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCHJldmlzaW9uGA8gASgEEi8KC3VwZGF0ZV90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpyZXF1ZXN0X2lkGBEgASgJKkQKDEJhY2t1cEZvcm1hdBIdChlCQUNLVVBfRk9STUFUX1VOU1BFQ0lGSUVEEAASFQoRQkFDS1VQX0ZPUk1BVF9WTUEQASqPAQoLQmFja3VwU3RhdGUSHAoYQkFDS1VQX1NUQVRFX1VOU1BFQ0lGSUVEEAASFwoTQkFDS1VQX1NUQVRFX0FDVElWRRABEhUKEUJBQ0tVUF9TVEFURV9ET05FEAISFgoSQkFDS1VQX1NUQVRFX0VSUk9SEAMSGgoWQkFDS1VQX1NUQVRFX0NBTkNFTExFRBAEKrMBCgtJbWFnZUZvcm1hdBIcChhJTUFHRV9GT1JNQVRfVU5TUEVDSUZJRUQQABIUChBJTUFHRV9GT1JNQVRfUkFXEAESFgoSSU1BR0VfRk9STUFUX1FDT1cyEAISFQoRSU1BR0VfRk9STUFUX1ZNREsQAxIUChBJTUFHRV9GT1JNQVRfVkRJEAQSFQoRSU1BR0VfRk9STUFUX1ZIRFgQBRIUChBJTUFHRV9GT1JNQVRfUUVEEAYqgQEKClNvdXJjZUtpbmQSGwoXU09VUkNFX0tJTkRfVU5TUEVDSUZJRUQQABIUChBTT1VSQ0VfS0lORF9QQVRIEAESFQoRU09VUkNFX0tJTkRfSU1BR0UQAhITCg9TT1VSQ0VfS0lORF9OQkQQAxIUChBTT1VSQ0VfS0lORF9RRU1VEAQy3QQKDUJhY2t1cFNlcnZpY2USQwoGQmFja3VwEhsudm1hYmFja3VwLnYxLkJhY2t1cFJlcXVlc3QaHC52bWFiYWNrdXAudjEuQmFja3VwUmVzcG9uc2USUgoLUXVlcnlCYWNrdXASIC52bWFiYWNrdXAudjEuUXVlcnlCYWNrdXBSZXF1ZXN0GiEudm1hYmFja3VwLnYxLlF1ZXJ5QmFja3VwUmVzcG9uc2USVQoMQ2FuY2VsQmFja3VwEiEudm1hYmFja3VwLnYxLkNhbmNlbEJhY2t1cFJlcXVlc3QaIi52bWFiYWNrdXAudjEuQ2FuY2VsQmFja3VwUmVzcG9uc2USVAoLV2F0Y2hCYWNrdXASIC52bWFiYWNrdXAudjEuV2F0Y2hCYWNrdXBSZXF1ZXN0GiEudm1hYmFja3VwLnYxLldhdGNoQmFja3VwUmVzcG9uc2UwARJSCgtMaXN0QmFja3VwcxIgLnZtYWJhY2t1cC52MS5MaXN0QmFja3Vwc1JlcXVlc3QaIS52bWFiYWNrdXAudjEuTGlzdEJhY2t1cHNSZXNwb25zZRJbCg5TZXRCYWNrdXBTcGVlZBIjLnZtYWJhY2t1cC52MS5TZXRCYWNrdXBTcGVlZFJlcXVlc3QaJC52bWFiYWNrdXAudjEuU2V0QmFja3VwU3BlZWRSZXNwb25zZRJVCgxEZWxldGVCYWNrdXASIS52bWFiYWNrdXAudjEuRGVsZXRlQmFja3VwUmVxdWVzdBoiLnZtYWJhY2t1cC52MS5EZWxldGVCYWNrdXBSZXNwb25zZUJwChBjb20udm1hYmFja3VwLnYxQgtCYWNrdXBQcm90b1ABWil2bWFiYWNrdXAvZ2VuL2dvL3ZtYWJhY2t1cC92MTt2bWFiYWNrdXB2MaICA1ZYWKoCDFZtYWJhY2t1cC5WMcoCDFZtYWJhY2t1cFxWMWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Chl2bWFiYWNrdXAvdjEvYmFja3VwLnByb3RvEgx2bWFiYWNrdXAudjEirAEKBkRldmljZRIMCgRuYW1lGAEgASgJEgwKBHBhdGgYAiABKAkSKgoFaW1hZ2UYAyABKAsyGS52bWFiYWNrdXAudjEuSW1hZ2VTb3VyY2VIABImCgNuYmQYBCABKAsyFy52bWFiYWNrdXAudjEuTmJkU291cmNlSAASKAoEcWVtdRgFIAEoCzIYLnZtYWJhY2t1cC52MS5RZW11U291cmNlSABCCAoGc291cmNlIkYKC0ltYWdlU291cmNlEgwKBHBhdGgYASABKAkSKQoGZm9ybWF0GAIgASgOMhkudm1hYmFja3VwLnYxLkltYWdlRm9ybWF0IhgKCU5iZFNvdXJjZRILCgN1cmkYASABKAkiLwoKUWVtdVNvdXJjZRISCgpxbXBfc29ja2V0GAEgASgJEg0KBWRyaXZlGAIgASgJIigKCkNvbmZpZ0ZpbGUSDAoEbmFtZRgBIAEoCRIMCgRkYXRhGAIgASgMIpkCCg1CYWNrdXBSZXF1ZXN0EhMKC2JhY2t1cF9maWxlGAEgASgJEioKBmZvcm1hdBgCIAEoDjIaLnZtYWJhY2t1cC52MS5CYWNrdXBGb3JtYXQSJQoHZGV2aWNlcxgDIAMoCzIULnZtYWJhY2t1cC52MS5EZXZpY2USKQoHY29uZmlncxgEIAMoCzIYLnZtYWJhY2t1cC52MS5Db25maWdGaWxlEhMKC3NwZWVkX2xpbWl0GAUgASgEEhIKCnJlcXVlc3RfaWQYBiABKAkSLgoLY29tcHJlc3Npb24YByABKA4yGS52bWFiYWNrdXAudjEuQ29tcHJlc3Npb24SDgoGdGFyZ2V0GAggASgJEgwKBHZtaWQYCSABKA0iPAoOQmFja3VwUmVzcG9uc2USKgoGc3RhdHVzGAEgASgLMhoudm1hYmFja3VwLnYxLkJhY2t1cFN0YXR1cyIiChJRdWVyeUJhY2t1cFJlcXVlc3QSDAoEdXVpZBgBIAEoCSJBChNRdWVyeUJhY2t1cFJlc3BvbnNlEioKBnN0YXR1cxgBIAEoCzIaLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0dXMiIwoTQ2FuY2VsQmFja3VwUmVxdWVzdBIMCgR1dWlkGAEgASgJIkQKFENhbmNlbEJhY2t1cFJlc3BvbnNlEiwKCHN0YXR1c2VzGAEgAygLMhoudm1hYmFja3VwLnYxLkJhY2t1cFN0YXR1cyI6ChJXYXRjaEJhY2t1cFJlcXVlc3QSDAoEdXVpZBgBIAEoCRIWCg5hZnRlcl9yZXZpc2lvbhgCIAEoBCJmChJMaXN0QmFja3Vwc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSKQoGc3RhdGVzGAMgAygOMhkudm1hYmFja3VwLnYxLkJhY2t1cFN0YXRlIlwKE0xpc3RCYWNrdXBzUmVzcG9uc2USLAoIc3RhdHVzZXMYASADKAsyGi52bWFiYWNrdXAudjEuQmFja3VwU3RhdHVzEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI6ChVTZXRCYWNrdXBTcGVlZFJlcXVlc3QSDAoEdXVpZBgBIAEoCRITCgtzcGVlZF9saW1pdBgCIAEoBCJEChZTZXRCYWNrdXBTcGVlZFJlc3BvbnNlEioKBnN0YXR1cxgBIAEoCzIaLnZtYWJhY2t1cC52MS5CYWNrdXBTdGF0dXMiOwoTRGVsZXRlQmFja3VwUmVxdWVzdBIMCgR1dWlkGAEgASgJEhYKDmRlbGV0ZV9hcmNoaXZlGAIgASgIIhYKFERlbGV0ZUJhY2t1cFJlc3BvbnNlIkEKE1dhdGNoQmFja3VwUmVzcG9uc2USKgoGc3RhdHVzGAEgASgLMhoudm1hYmFja3VwLnYxLkJhY2t1cFN0YXR1cyLVAQoMRGV2aWNlU3RhdHVzEgwKBG5hbWUYASABKAkSDgoGZGV2X2lkGAIgASgNEgwKBHNpemUYAyABKAQSGQoRdHJhbnNmZXJyZWRfYnl0ZXMYBCABKAQSEgoKemVyb19ieXRlcxgFIAEoBBIUCgxhcmNoaXZlX3NpemUYBiABKAQSLQoLc291cmNlX2tpbmQYByABKA4yGC52bWFiYWNrdXAudjEuU291cmNlS2luZBIOCgZzb3VyY2UYCCABKAkSFQoNc2NyYXRjaF9ieXRlcxgJIAEoBCLABAoMQmFja3VwU3RhdHVzEgwKBHV1aWQYASABKAkSKAoFc3RhdGUYAiABKA4yGS52bWFiYWNrdXAudjEuQmFja3VwU3RhdGUSFQoNZXJyb3JfbWVzc2FnZRgDIAEoCRITCgtiYWNrdXBfZmlsZRgEIAEoCRIqCgZmb3JtYXQYBSABKA4yGi52bWFiYWNrdXAudjEuQmFja3VwRm9ybWF0EhMKC3RvdGFsX2J5dGVzGAYgASgEEhkKEXRyYW5zZmVycmVkX2J5dGVzGAcgASgEEhIKCnplcm9fYnl0ZXMYCCABKAQSLgoKc3RhcnRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3NwZWVkX2xpbWl0GAsgASgEEisKB2RldmljZXMYDCADKAsyGi52bWFiYWNrdXAudjEuRGV2aWNlU3RhdHVzEgwKBHJhdGUYDSABKAQSJgoDZXRhGA4gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCHJldmlzaW9uGA8gASgEEi8KC3VwZGF0ZV90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpyZXF1ZXN0X2lkGBEgASgJEhUKDXdyaXR0ZW5fYnl0ZXMYEiABKAQSGAoQYXJjaGl2ZV9sb2NhdGlvbhgTIAEoCSpECgxCYWNrdXBGb3JtYXQSHQoZQkFDS1VQX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhUKEUJBQ0tVUF9GT1JNQVRfVk1BEAEqbAoLQ29tcHJlc3Npb24SGwoXQ09NUFJFU1NJT05fVU5TUEVDSUZJRUQQABIUChBDT01QUkVTU0lPTl9OT05FEAESFAoQQ09NUFJFU1NJT05fWlNURBACEhQKEENPTVBSRVNTSU9OX0daSVAQAyqPAQoLQmFja3VwU3RhdGUSHAoYQkFDS1VQX1NUQVRFX1VOU1BFQ0lGSUVEEAASFwoTQkFDS1VQX1NUQVRFX0FDVElWRRABEhUKEUJBQ0tVUF9TVEFURV9ET05FEAISFgoSQkFDS1VQX1NUQVRFX0VSUk9SEAMSGgoWQkFDS1VQX1NUQVRFX0NBTkNFTExFRBAEKrMBCgtJbWFnZUZvcm1hdBIcChhJTUFHRV9GT1JNQVRfVU5TUEVDSUZJRUQQABIUChBJTUFHRV9GT1JNQVRfUkFXEAESFgoSSU1BR0VfRk9STUFUX1FDT1cyEAISFQoRSU1BR0VfRk9STUFUX1ZNREsQAxIUChBJTUFHRV9GT1JNQVRfVkRJEAQSFQoRSU1BR0VfRk9STUFUX1ZIRFgQBRIUChBJTUFHRV9GT1JNQVRfUUVEEAYqgQEKClNvdXJjZUtpbmQSGwoXU09VUkNFX0tJTkRfVU5TUEVDSUZJRUQQABIUChBTT1VSQ0VfS0lORF9QQVRIEAESFQoRU09VUkNFX0tJTkRfSU1BR0UQAhITCg9TT1VSQ0VfS0lORF9OQkQQAxIUChBTT1VSQ0VfS0lORF9RRU1VEAQy3QQKDUJhY2t1cFNlcnZpY2USQwoGQmFja3VwEhsudm1hYmFja3VwLnYxLkJhY2t1cFJlcXVlc3QaHC52bWFiYWNrdXAudjEuQmFja3VwUmVzcG9uc2USUgoLUXVlcnlCYWNrdXASIC52bWFiYWNrdXAudjEuUXVlcnlCYWNrdXBSZXF1ZXN0GiEudm1hYmFja3VwLnYxLlF1ZXJ5QmFja3VwUmVzcG9uc2USVQoMQ2FuY2VsQmFja3VwEiEudm1hYmFja3VwLnYxLkNhbmNlbEJhY2t1cFJlcXVlc3QaIi52bWFiYWNrdXAudjEuQ2FuY2VsQmFja3VwUmVzcG9uc2USVAoLV2F0Y2hCYWNrdXASIC52bWFiYWNrdXAudjEuV2F0Y2hCYWNrdXBSZXF1ZXN0GiEudm1hYmFja3VwLnYxLldhdGNoQmFja3VwUmVzcG9uc2UwARJSCgtMaXN0QmFja3VwcxIgLnZtYWJhY2t1cC52MS5MaXN0QmFja3Vwc1JlcXVlc3QaIS52bWFiYWNrdXAudjEuTGlzdEJhY2t1cHNSZXNwb25zZRJbCg5TZXRCYWNrdXBTcGVlZBIjLnZtYWJhY2t1cC52MS5TZXRCYWNrdXBTcGVlZFJlcXVlc3QaJC52bWFiYWNrdXAudjEuU2V0QmFja3VwU3BlZWRSZXNwb25zZRJVCgxEZWxldGVCYWNrdXASIS52bWFiYWNrdXAudjEuRGVsZXRlQmFja3VwUmVxdWVzdBoiLnZtYWJhY2t1cC52MS5EZWxldGVCYWNrdXBSZXNwb25zZUJwChBjb20udm1hYmFja3VwLnYxQgtCYWNrdXBQcm90b1ABWil2bWFiYWNrdXAvZ2VuL2dvL3ZtYWJhY2t1cC92MTt2bWFiYWNrdXB2MaICA1ZYWKoCDFZtYWJhY2t1cC5WMcoCDFZtYWJhY2t1cFxWMWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Device is one disk image to back up.
@@ -212,7 +212,9 @@ export type BackupRequest = Message<"vmabackup.v1.BackupRequest"> & {
   /**
    * Archive path. A relative path resolves under the server's backup
    * directory; an absolute one must lie inside it. The name must end in
-   * ".vma" and must not exist yet.
+   * ".vma", ".vma.zst" or ".vma.gz" and must not exist yet. For an S3
+   * target it is the object's name below the target's prefix (relative).
+   * Empty with a vmid: vzdump's name (see vmid).
    *
    * @generated from field: string backup_file = 1;
    */
@@ -258,6 +260,33 @@ export type BackupRequest = Message<"vmabackup.v1.BackupRequest"> & {
    * @generated from field: string request_id = 6;
    */
   requestId: string;
+
+  /**
+   * How the archive is compressed. Unspecified: as the name's suffix says; a
+   * suffix that says otherwise is INVALID_ARGUMENT.
+   *
+   * @generated from field: vmabackup.v1.Compression compression = 7;
+   */
+  compression: Compression;
+
+  /**
+   * Which of the server's stores the archive goes to (its --target names);
+   * empty is the backup directory ("local"). An unknown name is
+   * INVALID_ARGUMENT (reason TARGET_UNKNOWN).
+   *
+   * @generated from field: string target = 8;
+   */
+  target: string;
+
+  /**
+   * Proxmox VMID (100..999999999). With an empty backup_file the archive is
+   * named as vzdump names it, for a Proxmox storage's dump/ directory:
+   * "vzdump-qemu-<vmid>-<YYYY_MM_DD-HH_MM_SS>.vma.zst" (the server's local
+   * time; suffix per compression, zstd when unspecified). 0: none.
+   *
+   * @generated from field: uint32 vmid = 9;
+   */
+  vmid: number;
 };
 
 /**
@@ -789,6 +818,20 @@ export type BackupStatus = Message<"vmabackup.v1.BackupStatus"> & {
    * @generated from field: string request_id = 17;
    */
   requestId: string;
+
+  /**
+   * Archive bytes written so far, as stored (after compression).
+   *
+   * @generated from field: uint64 written_bytes = 18;
+   */
+  writtenBytes: bigint;
+
+  /**
+   * Where the archive is, for people: a path, or s3://bucket/key.
+   *
+   * @generated from field: string archive_location = 19;
+   */
+  archiveLocation: string;
 };
 
 /**
@@ -824,6 +867,48 @@ export enum BackupFormat {
  */
 export const BackupFormatSchema: GenEnum<BackupFormat> = /*@__PURE__*/
   enumDesc(file_vmabackup_v1_backup, 0);
+
+/**
+ * Compression is how the archive's bytes are stored, as vzdump names it in
+ * the file name: ".vma", ".vma.zst", ".vma.gz".
+ *
+ * @generated from enum vmabackup.v1.Compression
+ */
+export enum Compression {
+  /**
+   * Unspecified means what the name's suffix says.
+   *
+   * @generated from enum value: COMPRESSION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Plain VMA (".vma").
+   *
+   * @generated from enum value: COMPRESSION_NONE = 1;
+   */
+  NONE = 1,
+
+  /**
+   * zstd, level 3, as vzdump writes it (".vma.zst").
+   *
+   * @generated from enum value: COMPRESSION_ZSTD = 2;
+   */
+  ZSTD = 2,
+
+  /**
+   * gzip, level 6 (".vma.gz").
+   *
+   * @generated from enum value: COMPRESSION_GZIP = 3;
+   */
+  GZIP = 3,
+}
+
+/**
+ * Describes the enum vmabackup.v1.Compression.
+ */
+export const CompressionSchema: GenEnum<Compression> = /*@__PURE__*/
+  enumDesc(file_vmabackup_v1_backup, 1);
 
 /**
  * BackupState is where a job is in its life.
@@ -871,7 +956,7 @@ export enum BackupState {
  * Describes the enum vmabackup.v1.BackupState.
  */
 export const BackupStateSchema: GenEnum<BackupState> = /*@__PURE__*/
-  enumDesc(file_vmabackup_v1_backup, 1);
+  enumDesc(file_vmabackup_v1_backup, 2);
 
 /**
  * ImageFormat names the format of an image source. The server never probes
@@ -923,7 +1008,7 @@ export enum ImageFormat {
  * Describes the enum vmabackup.v1.ImageFormat.
  */
 export const ImageFormatSchema: GenEnum<ImageFormat> = /*@__PURE__*/
-  enumDesc(file_vmabackup_v1_backup, 2);
+  enumDesc(file_vmabackup_v1_backup, 3);
 
 /**
  * SourceKind tells what a device is read from.
@@ -963,7 +1048,7 @@ export enum SourceKind {
  * Describes the enum vmabackup.v1.SourceKind.
  */
 export const SourceKindSchema: GenEnum<SourceKind> = /*@__PURE__*/
-  enumDesc(file_vmabackup_v1_backup, 3);
+  enumDesc(file_vmabackup_v1_backup, 4);
 
 /**
  * BackupService starts, inspects, cancels and follows backup jobs.

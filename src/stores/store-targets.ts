@@ -4,8 +4,8 @@
 // client configuration (endpoint, region, path style, credentials file).
 import type { ArchiveStore } from "./archive-store.js";
 import { createLocalStore } from "./local/local-store.js";
-import { createS3Client, type S3ClientOptions } from "./s3/s3-client.js";
-import { createS3Store } from "./s3/s3-store.js";
+import { createLazyS3Store, sharedS3Client } from "./s3/lazy-s3-store.js";
+import type { S3ClientOptions } from "./s3/s3-client.js";
 import { parseS3Url } from "./s3/s3-url.js";
 
 /** The name of the backup directory's store, and the target when a request names none. */
@@ -61,10 +61,13 @@ export function createStores(setup: StoreSetup): Map<string, ArchiveStore> {
     [DEFAULT_TARGET, createLocalStore({ name: DEFAULT_TARGET, directory: setup.backupDir })],
   ]);
   if (setup.targets.length === 0) return stores;
-  const client = createS3Client(setup.s3);
+  const client = sharedS3Client(setup.s3);
   for (const target of setup.targets) {
     if (stores.has(target.name)) throw new TargetConfigError(`--target ${target.name}: the name is used twice`);
-    stores.set(target.name, createS3Store({ name: target.name, client, bucket: target.bucket, prefix: target.prefix }));
+    stores.set(
+      target.name,
+      createLazyS3Store({ name: target.name, client, bucket: target.bucket, prefix: target.prefix }),
+    );
   }
   return stores;
 }

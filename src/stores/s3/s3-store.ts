@@ -28,7 +28,7 @@ import {
   refField,
 } from "../archive-store.js";
 import { errorName, httpStatusOf, S3Upload } from "./s3-upload.js";
-import { formatS3Url } from "./s3-url.js";
+import { formatS3Url, normalizeS3Prefix } from "./s3-url.js";
 
 const KIND = "s3";
 /** Object metadata (x-amz-meta-vmabackup-token) holding the upload's token. */
@@ -64,8 +64,7 @@ class S3Store implements ArchiveStore {
     this.name = options.name;
     this.client = options.client;
     this.bucket = options.bucket;
-    const prefix = (options.prefix ?? "").replace(/^\/+|\/+$/g, "");
-    this.prefix = prefix === "" ? "" : `${prefix}/`;
+    this.prefix = normalizeS3Prefix(options.prefix);
     this.partSize = options.partSize ?? DEFAULT_PART_SIZE;
     this.inFlightBytes = options.inFlightBytes ?? DEFAULT_IN_FLIGHT_BYTES;
   }

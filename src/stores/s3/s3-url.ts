@@ -38,3 +38,9 @@ export function parseS3Url(text: string): S3Url {
 export function formatS3Url(bucket: string, key: string): string {
   return `${S3_SCHEME}${bucket}/${key}`;
 }
+
+/** A target's key prefix as stored: no leading or trailing slash, "" or ending in "/". */
+export function normalizeS3Prefix(prefix: string | undefined): string {
+  const trimmed = (prefix ?? "").replace(/^\/+|\/+$/g, "");
+  return trimmed === "" ? "" : `${trimmed}/`;
+}

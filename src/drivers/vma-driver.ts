@@ -15,6 +15,7 @@ import type {
 } from "./driver.js";
 import { withArchiveLimitErrors } from "./archive-limits.js";
 import { VmaStoreTarget } from "./vma-store-target.js";
+import { VmaWriterTarget } from "./vma-writer-target.js";
 import type { ArchiveUpload } from "../stores/archive-store.js";
 
 export { withArchiveLimitErrors } from "./archive-limits.js";
@@ -44,13 +45,12 @@ export function createVmaDriver(fileOptions: ArchiveFileOptions = {}): BackupDri
 
 export const vmaDriver: BackupDriver = createVmaDriver();
 
-class VmaTarget implements FileBackupTarget {
+class VmaTarget extends VmaWriterTarget implements FileBackupTarget {
   private readonly file: ArchiveFile;
-  private readonly writer: VmaWriter;
 
   constructor(file: ArchiveFile, writer: VmaWriter) {
+    super(writer);
     this.file = file;
-    this.writer = writer;
   }
 
   get partialPath(): string {
@@ -59,30 +59,6 @@ class VmaTarget implements FileBackupTarget {
 
   get partialFile(): FileIdentity {
     return this.file.identity;
-  }
-
-  registerConfig(name: string, data: Uint8Array): void {
-    withArchiveLimitErrors(() => this.writer.addConfig(name, data));
-  }
-
-  registerDevice(name: string, size: number): number {
-    return withArchiveLimitErrors(() => this.writer.addDevice(name, size));
-  }
-
-  writeCluster(devId: number, clusterNum: number, data: Uint8Array, storedMask: number): Promise<void> {
-    return this.writer.writeCluster(devId, clusterNum, data, storedMask);
-  }
-
-  writeZeroClusters(devId: number, firstCluster: number, count: number): Promise<void> {
-    return this.writer.writeZeroClusters(devId, firstCluster, count);
-  }
-
-  released(): Promise<void> {
-    return this.writer.whenReleased();
-  }
-
-  async completeDevice(devId: number): Promise<void> {
-    this.writer.completeDevice(devId);
   }
 
   async close(): Promise<void> {

@@ -6,8 +6,8 @@
 import { parse as parseUuid } from "uuid";
 import type { ArchiveRef, ArchiveUpload } from "../stores/archive-store.js";
 import { VmaWriter } from "../vma/writer.js";
-import { withArchiveLimitErrors } from "./archive-limits.js";
 import type { BackupTarget } from "./driver.js";
+import { VmaWriterTarget } from "./vma-writer-target.js";
 
 export interface VmaStoreTargetOptions {
   /** The job uuid (canonical string form); becomes the archive's uuid. */
@@ -17,16 +17,17 @@ export interface VmaStoreTargetOptions {
 }
 
 /** One VMA archive streamed into `upload`. Call order as BackupTarget; close() commits. */
-export class VmaStoreTarget implements BackupTarget {
+export class VmaStoreTarget extends VmaWriterTarget implements BackupTarget {
   private readonly upload: ArchiveUpload;
-  private readonly writer: VmaWriter;
 
   constructor(upload: ArchiveUpload, options: VmaStoreTargetOptions) {
+    super(
+      new VmaWriter(upload, {
+        uuid: parseUuid(options.uuid),
+        ...(options.ctime === undefined ? {} : { ctime: options.ctime }),
+      }),
+    );
     this.upload = upload;
-    this.writer = new VmaWriter(upload, {
-      uuid: parseUuid(options.uuid),
-      ...(options.ctime === undefined ? {} : { ctime: options.ctime }),
-    });
   }
 
   /** What the job record keeps while the archive is written. */
@@ -41,31 +42,6 @@ export class VmaStoreTarget implements BackupTarget {
   /** Archive bytes as stored (compressed, when compressing). */
   get bytesWritten(): number {
     return this.upload.bytesWritten;
-  }
-
-  /** ArchiveLimitError when the format cannot hold it. */
-  registerConfig(name: string, data: Uint8Array): void {
-    withArchiveLimitErrors(() => this.writer.addConfig(name, data));
-  }
-
-  registerDevice(name: string, size: number): number {
-    return withArchiveLimitErrors(() => this.writer.addDevice(name, size));
-  }
-
-  writeCluster(devId: number, clusterNum: number, data: Uint8Array, storedMask: number): Promise<void> {
-    return this.writer.writeCluster(devId, clusterNum, data, storedMask);
-  }
-
-  writeZeroClusters(devId: number, firstCluster: number, count: number): Promise<void> {
-    return this.writer.writeZeroClusters(devId, firstCluster, count);
-  }
-
-  released(): Promise<void> {
-    return this.writer.whenReleased();
-  }
-
-  async completeDevice(devId: number): Promise<void> {
-    this.writer.completeDevice(devId);
   }
 
   /** Writes the rest, then commits: resolves with the committed reference. */

@@ -109,6 +109,15 @@ function interrupt(
   owner: FileOwner | undefined,
 ): JobStatus {
   if (extras.partialPath !== undefined) removePartial(context, status.uuid, extras.partialPath, owner);
+  return endInterrupted(context, status, withoutLocalPartial(extras));
+}
+
+/** Ends a job the previous process left active in error, stores and logs it (every recovery route ends so). */
+export function endInterrupted(
+  context: Pick<RecoveryContext, "store" | "now" | "nextRevision" | "logger">,
+  status: JobStatus,
+  extras: JobExtras,
+): JobStatus {
   const now = context.now();
   const interrupted: JobStatus = {
     ...status,
@@ -119,7 +128,7 @@ function interrupt(
     revision: context.nextRevision(),
     rate: 0,
   };
-  context.store.save(toStoredJob(interrupted, withoutLocalPartial(extras)));
+  context.store.save(toStoredJob(interrupted, extras));
   context.logger.warn(
     { uuid: status.uuid, backupFile: status.backupFile, transferredBytes: status.transferredBytes },
     "backup interrupted by a server restart",

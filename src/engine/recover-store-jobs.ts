@@ -16,7 +16,7 @@ import { storedInDevice } from "../vma/scan-archive-file.js";
 import { verifyArchive } from "../vma/verify-archive.js";
 import { describeError } from "./job-failure.js";
 import { fromStoredJob, type JobExtras, toStoredJob } from "./job-record.js";
-import { INTERRUPTED_MESSAGE } from "./recover-jobs.js";
+import { endInterrupted } from "./recover-jobs.js";
 import { archiveKey, recoveredThroughStore } from "./recovery-routes.js";
 import type { DeviceStatus, JobStatus } from "./types.js";
 
@@ -53,14 +53,14 @@ async function recoverOne(context: StoreRecoveryContext, status: JobStatus, extr
         ? "the job's target is not configured: what it left there is not checked"
         : "the job's record holds no archive reference: nothing is removed",
     );
-    return interrupt(context, status, extras);
+    return endInterrupted(context, status, extras);
   }
   try {
     const committed = await store.findCommitted(pending);
     if (committed !== undefined) {
       const done = await finishCommitted(context, store, status, extras, committed);
       if (done !== undefined) return done;
-      return interrupt(context, status, extras);
+      return endInterrupted(context, status, extras);
     }
     const removal = await store.discardLeftover(pending);
     if (removal === "removed") context.logger.info({ uuid, target }, "removed the partial archive");
@@ -71,7 +71,7 @@ async function recoverOne(context: StoreRecoveryContext, status: JobStatus, extr
       context.logger.error({ uuid, target, reason: describeError(error) }, "could not remove the partial archive");
     }
   }
-  return interrupt(context, status, extras);
+  return endInterrupted(context, status, extras);
 }
 
 /** Reads the committed archive back; the job ends DONE when it is valid, complete and the job's. */
@@ -131,23 +131,4 @@ async function finishCommitted(
   context.store.save(toStoredJob(done, { ...extras, archive: committed }));
   context.logger.info({ uuid, backupFile }, "backup finished before a server restart: its archive was published");
   return done;
-}
-
-function interrupt(context: StoreRecoveryContext, status: JobStatus, extras: JobExtras): JobStatus {
-  const now = context.now();
-  const interrupted: JobStatus = {
-    ...status,
-    state: "error",
-    errorMessage: INTERRUPTED_MESSAGE,
-    endTime: new Date(now),
-    updateTime: new Date(now),
-    revision: context.nextRevision(),
-    rate: 0,
-  };
-  context.store.save(toStoredJob(interrupted, extras));
-  context.logger.warn(
-    { uuid: status.uuid, backupFile: status.backupFile, transferredBytes: status.transferredBytes },
-    "backup interrupted by a server restart",
-  );
-  return interrupted;
 }

@@ -10,6 +10,14 @@ import { EngineError, REASON, RevisionFilter } from "../engine/index.js";
 import type { JobStatus } from "../engine/index.js";
 import type { EncodedMessage } from "./encoded-message.js";
 import { reportRpcFailure } from "./rpc-errors.js";
+import { WriteTurns } from "./write-turns.js";
+
+/**
+ * Watch-stream writes per event-loop turn (see write-turns.ts). Measured
+ * with `npm run bench:watchers` on 2 cores: 32 to 128 deliver alike; one
+ * turn for all is slower and stalls every other call for the whole burst.
+ */
+const WRITES_PER_TURN = 64;
 
 /** How a watch stream ends when the server shuts down. */
 function shuttingDown(): EngineError {
@@ -56,6 +64,11 @@ export class WatchStreams {
   private readonly streams = new Map<() => void, WatchCall<unknown>>();
   /** Set by endAll(): streams end with UNAVAILABLE, not OK. */
   private ending = false;
+  private readonly turns: WriteTurns;
+
+  constructor(writesPerTurn: number = WRITES_PER_TURN) {
+    this.turns = new WriteTurns(writesPerTurn);
+  }
 
   /** Number of open streams. */
   get size(): number {
@@ -113,6 +126,11 @@ export class WatchStreams {
       for await (const status of source) {
         if (stopController.signal.aborted || call.cancelled) break;
         if (!filter.isNew(status)) continue;
+        const turn = this.turns.take();
+        if (turn !== undefined) {
+          await turn;
+          if (stopController.signal.aborted || call.cancelled) break;
+        }
         // The server's serializer takes an EncodedMessage as well (grpc-adapter.ts).
         if (!call.write(encode(status) as Response)) {
           await drainOrStop(call, stopController.signal);

@@ -2,13 +2,21 @@
 // (bin/vmabackup.js running dist/), and times backups through its gRPC API,
 // from the Backup call to the DONE status.
 import { spawn, type ChildProcess } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import { createClient, type ServiceClient } from "../src/client/grpc-client.js";
 
-/** V8 flags the daemon ships with (npm start, contrib/systemd/vmabackup.service). */
-export const DAEMON_NODE_OPTIONS: readonly string[] = ["--max-semi-space-size=1"];
+/**
+ * V8 flags the daemon ships with: those of `npm start` (the systemd unit's
+ * are tested to be the same).
+ */
+export const DAEMON_NODE_OPTIONS: readonly string[] = (() => {
+  const packageJson = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"));
+  const start: string = packageJson.scripts.start;
+  return start.split(" ").filter((word) => word.startsWith("--"));
+})();
 
 export interface BenchService {
   readonly client: ServiceClient<typeof BackupService.method>;

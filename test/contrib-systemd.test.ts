@@ -13,6 +13,13 @@ const ROOT = path.resolve(import.meta.dirname, "..");
 const UNIT = path.join(ROOT, "contrib", "systemd", "vmabackup.service");
 const INSTALL_DIR = "/opt/vmabackup";
 const text = readFileSync(UNIT, "utf8");
+/** The V8 flags `npm start` runs the daemon with: the unit must use the same. */
+const START_FLAGS = (() => {
+  const start: string = JSON.parse(readFileSync(path.join(ROOT, "package.json"), "utf8")).scripts.start;
+  const match = /^node ((?:--\S+ )*)bin\/vmabackup\.js serve$/.exec(start);
+  if (match === null) throw new Error(`unexpected start script: ${start}`);
+  return (match[1] ?? "").trim();
+})();
 
 const analyze = spawnSync("systemd-analyze", ["--version"], { encoding: "utf8" });
 const haveAnalyze = analyze.status === 0;
@@ -40,11 +47,10 @@ function unitForThisCheckout(): string {
 }
 
 describe("contrib/systemd/vmabackup.service", () => {
-  it("runs the built command from the install dir, with the state and backup dirs it may write", () => {
+  it("runs the built command from the install dir with npm start's V8 flags, and the state and backup dirs it may write", () => {
+    expect(START_FLAGS).toContain("--max-semi-space-size=");
     expect(values("ExecStart")[0]).toMatch(
-      new RegExp(
-        `^${INSTALL_DIR}/node_modules/\\.bin/node --max-semi-space-size=1 ${INSTALL_DIR}/bin/vmabackup\\.js serve `,
-      ),
+      new RegExp(`^${INSTALL_DIR}/node_modules/\\.bin/node ${START_FLAGS} ${INSTALL_DIR}/bin/vmabackup\\.js serve `),
     );
     expect(serveOption("--state-dir")).toEqual([`/var/lib/${values("StateDirectory")[0]}`]);
     const [backupDir] = serveOption("--backup-dir");

@@ -1,10 +1,11 @@
 // A child process of bench/watchers.ts holding many WatchBackup streams as
 // plain HTTP/2 streams (node:http2 with gRPC framing, much lighter than a
 // grpc-js client per stream), so that the server is measured alone. Told over
-// IPC to open more streams, then to report when each stream received the
-// status carrying a given speed limit (the parent changes the speed and
-// times the delivery; process.hrtime is the same monotonic clock in every
-// process of the machine).
+// IPC to open more streams, to wait until every stream has new data, then
+// to report when each stream received the status carrying a given speed
+// limit (the parent changes the speed and times the delivery; process.hrtime
+// is the same monotonic clock in every process of the machine). Arrivals are
+// only timestamped as they come; decoding waits for the report.
 import { connect, type ClientHttp2Session } from "node:http2";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { BackupService, WatchBackupRequestSchema, WatchBackupResponseSchema } from "../gen/vmabackup/v1/backup_pb.js";
@@ -16,11 +17,13 @@ const GRPC_FRAME_HEADER = 5;
 
 export type ClientCommand =
   | { readonly type: "open"; readonly address: string; readonly uuid: string; readonly count: number }
+  | { readonly type: "arrived"; readonly timeoutMs: number }
   | { readonly type: "receipts"; readonly speedLimit: number; readonly timeoutMs: number }
   | { readonly type: "close" };
 
 export type ClientReply =
   | { readonly type: "opened"; readonly streams: number }
+  | { readonly type: "arrived"; readonly waiting: number }
   | { readonly type: "receipts"; readonly nanoseconds: number[]; readonly missing: number };
 
 interface WatchStream {
@@ -96,16 +99,30 @@ function openStream(address: string, uuid: string): Promise<void> {
   });
 }
 
+/**
+ * Resolves once every stream has data not decoded yet (or after the
+ * timeout). Nothing is decoded here: decoding waits until every client has
+ * its data, so that it takes no CPU from the server or another client while
+ * deliveries are still being timed.
+ */
+async function arrived(timeoutMs: number): Promise<ClientReply> {
+  const started = Date.now();
+  let waiting = streams.filter((watch) => watch.arrivals.length === 0);
+  while (waiting.length > 0 && Date.now() < started + timeoutMs) {
+    await new Promise((resolve) => setTimeout(resolve, 2));
+    waiting = waiting.filter((watch) => watch.arrivals.length === 0);
+  }
+  return { type: "arrived", waiting: waiting.length };
+}
+
+/** When each stream received the status with `speedLimit`, decoding what arrived. */
 async function receipts(speedLimit: number, timeoutMs: number): Promise<ClientReply> {
   const started = Date.now();
   for (;;) {
+    // Data may end amid a frame: decode what is there, wait for the rest.
+    for (const watch of streams) decodeArrivals(watch);
     const waiting = streams.filter((watch) => !watch.receipts.has(speedLimit));
     if (waiting.length === 0 || Date.now() > started + timeoutMs) break;
-    // Decode once every waiting stream has data (one message each per change),
-    // or after a second (a frame split over chunks), never amid the arrivals.
-    if (waiting.every((watch) => watch.arrivals.length > 0) || Date.now() > started + 1000) {
-      for (const watch of waiting) decodeArrivals(watch);
-    }
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
   const nanoseconds: number[] = [];
@@ -127,6 +144,8 @@ process.on("message", async (command: ClientCommand) => {
       await Promise.all(Array.from({ length: batch }, () => openStream(command.address, command.uuid)));
     }
     process.send?.({ type: "opened", streams: streams.length } satisfies ClientReply);
+  } else if (command.type === "arrived") {
+    process.send?.(await arrived(command.timeoutMs));
   } else if (command.type === "receipts") {
     process.send?.(await receipts(command.speedLimit, command.timeoutMs));
   } else {

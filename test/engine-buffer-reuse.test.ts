@@ -39,7 +39,6 @@ function slowWriteDriver(delayMs: number): BackupDriver {
     format: vmaDriver.format,
     fileSuffix: vmaDriver.fileSuffix,
     checkPlan: (plan) => vmaDriver.checkPlan(plan),
-    open: (options) => vmaDriver.open(options),
     openUpload(upload, options) {
       const slow: ArchiveUpload = {
         pending: upload.pending,

@@ -315,7 +315,6 @@ export function faultyDriver(hooks: { writeCluster?: (devId: number, clusterNum:
     format: vmaDriver.format,
     fileSuffix: vmaDriver.fileSuffix,
     checkPlan: (plan) => vmaDriver.checkPlan(plan),
-    open: (options) => vmaDriver.open(options),
     openUpload(upload, options) {
       const target = vmaDriver.openUpload(upload, options);
       return {

@@ -1,11 +1,17 @@
+// The VMA driver writing through a local store's upload (store behaviour
+// itself is in store-conformance.test.ts), its plan checks, and the local
+// store's ArchiveFile underneath.
 import { createHash } from "node:crypto";
 import { link, lstat, mkdir, mkdtemp, readFile, readdir, rename, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { ArchiveFile, publishWithoutOverwrite } from "../src/stores/local/archive-file.js";
-import { ArchiveLimitError, ArchiveOutsideError, type FileBackupTarget } from "../src/drivers/driver.js";
+import { ArchiveLimitError, type BackupTarget } from "../src/drivers/driver.js";
 import { vmaDriver } from "../src/drivers/vma-driver.js";
+import { ArchiveExistsError } from "../src/stores/archive-store.js";
+import { ArchiveFile, publishWithoutOverwrite } from "../src/stores/local/archive-file.js";
+import { ArchiveOutsideError } from "../src/stores/local/local-errors.js";
+import { createLocalStore } from "../src/stores/local/local-store.js";
 import { CLUSTER_SIZE } from "../src/vma/constants.js";
 
 const UUID = "00112233-4455-6677-8899-aabbccddeeff";
@@ -26,8 +32,14 @@ const exists = (path: string): Promise<boolean> =>
     () => false,
   );
 
+/** The VMA target of archive `key` in a local store over the test's directory. */
+async function openTarget(key: string): Promise<BackupTarget> {
+  const store = createLocalStore({ name: "local", directory: dir });
+  return vmaDriver.openUpload(await store.create(key), { uuid: UUID });
+}
+
 /** Writes the worked example of docs/vma-format.md section 9 through a target. */
-async function writeExample(target: FileBackupTarget): Promise<void> {
+async function writeExample(target: BackupTarget): Promise<void> {
   target.registerConfig("qemu-server.conf", Buffer.from("memory: 512\n"));
   const devId = target.registerDevice("drive-scsi0", 2 * CLUSTER_SIZE);
   await target.writeCluster(devId, 0, new Uint8Array(CLUSTER_SIZE).fill(0xab), 0xffff);
@@ -41,18 +53,18 @@ describe("vmaDriver", () => {
     expect(vmaDriver.fileSuffix).toBe(".vma");
   });
 
-  it("writes under the partial name and shows the final name only after close", async () => {
+  it("writes the worked example under the partial name and shows the final name only after close", async () => {
     const path = join(dir, "vzdump-qemu-100.vma");
-    const target = await vmaDriver.open({ path, uuid: UUID, confineTo: dir });
-    expect(target.partialPath).toBe(`${path}.partial`);
-    expect(await exists(target.partialPath)).toBe(true);
-    expect((await lstat(target.partialPath)).mode & 0o7777).toBe(0o640 & ~process.umask());
+    const target = await openTarget("vzdump-qemu-100.vma");
+    expect(target.location).toBe(path);
+    expect(await exists(`${path}.partial`)).toBe(true);
     await writeExample(target);
     expect(await exists(path)).toBe(false);
     await target.close();
     expect(await exists(path)).toBe(true);
-    expect(await exists(target.partialPath)).toBe(false);
+    expect(await exists(`${path}.partial`)).toBe(false);
     const file = await readFile(path);
+    expect(target.bytesWritten).toBe(file.byteLength);
     // Everything but ctime and the header md5 is fixed; the extent is byte-identical.
     expect(file.byteLength).toBe(78848);
     expect(file.subarray(8, 24).toString("hex")).toBe("00112233445566778899aabbccddeeff");
@@ -66,22 +78,20 @@ describe("vmaDriver", () => {
     expect(await exists(path)).toBe(true);
   });
 
-  it("refuses to overwrite an existing archive at close and leaves it intact", async () => {
+  it("refuses to overwrite an archive that appeared meanwhile, and abort then leaves only that one", async () => {
     const path = join(dir, "taken.vma");
-    const target = await vmaDriver.open({ path, uuid: UUID, confineTo: dir });
+    const target = await openTarget("taken.vma");
     await writeExample(target);
     await writeFile(path, "someone else's archive");
-    await expect(target.close()).rejects.toMatchObject({ code: "EEXIST" });
+    await expect(target.close()).rejects.toBeInstanceOf(ArchiveExistsError);
     expect(await readFile(path, "utf8")).toBe("someone else's archive");
-    expect(await exists(target.partialPath)).toBe(true);
     await target.abort();
-    expect(await exists(target.partialPath)).toBe(false);
+    expect(await readdir(dir)).toEqual(["taken.vma"]);
     expect(await readFile(path, "utf8")).toBe("someone else's archive");
   });
 
-  it("abort removes the partial file and may be called again", async () => {
-    const path = join(dir, "aborted.vma");
-    const target = await vmaDriver.open({ path, uuid: UUID, confineTo: dir });
+  it("abort removes what was written and may be called again; the target is unusable after it", async () => {
+    const target = await openTarget("aborted.vma");
     target.registerConfig("qemu-server.conf", Buffer.from("memory: 512\n"));
     const devId = target.registerDevice("drive-scsi0", 200 * CLUSTER_SIZE);
     const data = new Uint8Array(CLUSTER_SIZE).fill(1);
@@ -94,9 +104,9 @@ describe("vmaDriver", () => {
     expect(await readdir(dir)).toEqual([]);
   });
 
-  it("keeps the partial file when close fails on an incomplete device", async () => {
+  it("commits nothing when a device is incomplete", async () => {
     const path = join(dir, "incomplete.vma");
-    const target = await vmaDriver.open({ path, uuid: UUID, confineTo: dir });
+    const target = await openTarget("incomplete.vma");
     const devId = target.registerDevice("drive-scsi0", 2 * CLUSTER_SIZE);
     await target.writeCluster(devId, 0, new Uint8Array(CLUSTER_SIZE), 0);
     await expect(target.completeDevice(devId)).rejects.toThrow(/cluster 1 was not written/);
@@ -106,41 +116,16 @@ describe("vmaDriver", () => {
     expect(await readdir(dir)).toEqual([]);
   });
 
-  it("fails with EEXIST when the partial file already exists", async () => {
-    const path = join(dir, "busy.vma");
-    await writeFile(`${path}.partial`, "another job");
-    await expect(vmaDriver.open({ path, uuid: UUID, confineTo: dir })).rejects.toMatchObject({ code: "EEXIST" });
-    expect(await readFile(`${path}.partial`, "utf8")).toBe("another job");
-  });
-
-  it("does not follow a symlink at the partial path", async () => {
-    const path = join(dir, "link.vma");
-    const victim = join(dir, "victim");
-    await writeFile(victim, "precious");
-    await symlink(victim, `${path}.partial`);
-    await expect(vmaDriver.open({ path, uuid: UUID, confineTo: dir })).rejects.toMatchObject({ code: "EEXIST" });
-    // A dangling symlink must not be followed into creating its target either.
-    const dangling = join(dir, "dangling.vma");
-    await symlink(join(dir, "nowhere"), `${dangling}.partial`);
-    await expect(vmaDriver.open({ path: dangling, uuid: UUID, confineTo: dir })).rejects.toMatchObject({
-      code: "EEXIST",
-    });
-    expect(await exists(join(dir, "nowhere"))).toBe(false);
-    expect(await readFile(victim, "utf8")).toBe("precious");
-  });
-
-  it("fails with the fs error when the directory is missing, and on a bad uuid creates nothing", async () => {
-    await expect(
-      vmaDriver.open({ path: join(dir, "missing", "a.vma"), uuid: UUID, confineTo: dir }),
-    ).rejects.toMatchObject({ code: "ENOENT" });
-    await expect(vmaDriver.open({ path: join(dir, "a.vma"), uuid: "not-a-uuid", confineTo: dir })).rejects.toThrow(
-      TypeError,
-    );
+  it("refuses a bad uuid before anything is written", async () => {
+    const store = createLocalStore({ name: "local", directory: dir });
+    const upload = await store.create("a.vma");
+    expect(() => vmaDriver.openUpload(upload, { uuid: "not-a-uuid" })).toThrow(TypeError);
+    await upload.abort();
     expect(await readdir(dir)).toEqual([]);
   });
 
   it("maps format limits of registered configs and devices to ArchiveLimitError", async () => {
-    const target = await vmaDriver.open({ path: join(dir, "limits.vma"), uuid: UUID, confineTo: dir });
+    const target = await openTarget("limits.vma");
     expect(() => target.registerConfig("big.conf", new Uint8Array(70000))).toThrow(ArchiveLimitError);
     expect(() => target.registerDevice("drive scsi0", CLUSTER_SIZE)).toThrow(
       expect.objectContaining({ field: "devices[0].name" }),
@@ -191,6 +176,35 @@ describe("vmaDriver.checkPlan", () => {
 });
 
 describe("ArchiveFile", () => {
+  it("creates its partial file exclusively, mode 0640 less the umask, and fails with EEXIST when it exists", async () => {
+    const file = await ArchiveFile.create(join(dir, "new.vma"), dir);
+    expect(file.partialPath).toBe(join(dir, "new.vma.partial"));
+    expect((await lstat(file.partialPath)).mode & 0o7777).toBe(0o640 & ~process.umask());
+    await file.discard();
+    const path = join(dir, "busy.vma");
+    await writeFile(`${path}.partial`, "another job");
+    await expect(ArchiveFile.create(path, dir)).rejects.toMatchObject({ code: "EEXIST" });
+    expect(await readFile(`${path}.partial`, "utf8")).toBe("another job");
+  });
+
+  it("does not follow a symlink at the partial path, dangling or not", async () => {
+    const path = join(dir, "link.vma");
+    const victim = join(dir, "victim");
+    await writeFile(victim, "precious");
+    await symlink(victim, `${path}.partial`);
+    await expect(ArchiveFile.create(path, dir)).rejects.toMatchObject({ code: "EEXIST" });
+    const dangling = join(dir, "dangling.vma");
+    await symlink(join(dir, "nowhere"), `${dangling}.partial`);
+    await expect(ArchiveFile.create(dangling, dir)).rejects.toMatchObject({ code: "EEXIST" });
+    expect(await exists(join(dir, "nowhere"))).toBe(false);
+    expect(await readFile(victim, "utf8")).toBe("precious");
+  });
+
+  it("fails with the fs error when the directory is missing, creating nothing", async () => {
+    await expect(ArchiveFile.create(join(dir, "missing", "a.vma"), dir)).rejects.toMatchObject({ code: "ENOENT" });
+    expect(await readdir(dir)).toEqual([]);
+  });
+
   it("refuses a directory that resolves outside its confinement, creating nothing", async () => {
     const inside = join(dir, "backups");
     const outside = join(dir, "elsewhere");

@@ -2,10 +2,6 @@
 // reads devices and finds zero blocks; a driver only lays clusters out in its
 // format. Drivers know nothing about jobs, policies or gRPC.
 import type { ArchiveRef, ArchiveUpload } from "../stores/archive-store.js";
-import type { FileIdentity } from "../stores/local/local-errors.js";
-
-// Thrown by open() when the archive's directory resolves outside `confineTo`.
-export { ArchiveOutsideError, type FileIdentity } from "../stores/local/local-errors.js";
 
 /** What a job will put in the archive, for checking format limits up front. */
 export interface ArchivePlan {
@@ -25,20 +21,6 @@ export class ArchiveLimitError extends Error {
   }
 }
 
-export interface OpenTargetOptions {
-  /** Final archive path. The driver writes elsewhere until close(). */
-  readonly path: string;
-  /** The job uuid (canonical string form); becomes the archive's uuid. */
-  readonly uuid: string;
-  /**
-   * The real path of the directory the archive must stay inside. The driver
-   * checks the directory it actually opened against it, and creates, links
-   * and removes files only through that opened directory, so a path
-   * component swapped for a symlink after validation cannot redirect it.
-   */
-  readonly confineTo: string;
-}
-
 export interface BackupDriver {
   /** Format name, e.g. "vma". */
   readonly format: string;
@@ -47,13 +29,8 @@ export interface BackupDriver {
   /** Throws ArchiveLimitError when the plan cannot be stored in this format. */
   checkPlan(plan: ArchivePlan): void;
   /**
-   * Creates the archive under a temporary name beside `path`, exclusively and
-   * without following symlinks. Fails with the fs error (EEXIST, ...) as is.
-   */
-  open(options: OpenTargetOptions): Promise<FileBackupTarget>;
-  /**
    * The archive written into a store's upload (src/stores), which the
-   * target commits on close() or aborts. What the engine writes through.
+   * target commits on close() or aborts.
    */
   openUpload(upload: ArchiveUpload, options: UploadTargetOptions): BackupTarget;
 }
@@ -109,18 +86,4 @@ export interface BackupTarget extends ArchiveWriter {
   readonly bytesWritten: number;
   /** Writes the rest and commits: resolves with the store's committed reference. */
   close(): Promise<ArchiveRef>;
-}
-
-/** One archive file written by open() (the driver's own file handling, used by its tests). */
-export interface FileBackupTarget extends ArchiveWriter {
-  /** Temporary path the archive is written to until close(). */
-  readonly partialPath: string;
-  /**
-   * The file created at partialPath. It keeps its identity when published
-   * under the final name, so it tells our file from another one of the same
-   * name (another server's, or a later one).
-   */
-  readonly partialFile: FileIdentity;
-  /** Flushes, fsyncs and moves the archive to its final name (never overwriting). */
-  close(): Promise<void>;
 }

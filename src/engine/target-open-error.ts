@@ -1,7 +1,7 @@
-// Maps a driver's failure to create an archive to the refusal the client
+// Maps a store's failure to create an archive to the refusal the client
 // gets: the request can still be refused cleanly at that point, since the
 // job has not started.
-import { ArchiveOutsideError } from "../drivers/driver.js";
+import { ArchiveOutsideError } from "../stores/local/local-errors.js";
 import { errnoOf } from "./errno.js";
 import { EngineError } from "./errors.js";
 import { describeError } from "./job-failure.js";

@@ -1,7 +1,7 @@
 // Checks of a backup request that need no filesystem: names, counts, the
 // format, the archive name and the speed. They run first, so a malformed
 // request is refused before any file is opened.
-import { PARTIAL_SUFFIX } from "../drivers/archive-file.js";
+import { PARTIAL_SUFFIX } from "../stores/local/archive-file.js";
 import type { BackupDriver } from "../drivers/driver.js";
 import { EngineError } from "./errors.js";
 import { quote } from "./quote.js";

@@ -220,6 +220,37 @@ describe("health", () => {
     }
   });
 
+  it("answers a watch of a service it does not serve with SERVICE_UNKNOWN, and lists what it serves", async () => {
+    const client = new HealthClient(server.address, grpc.credentials.createInsecure());
+    try {
+      const stream = (
+        client as unknown as {
+          watch(request: object): grpc.ClientReadableStream<{ status: string }>;
+        }
+      ).watch({ service: "nope.Service" });
+      stream.on("error", () => {}); // cancelled below
+      const first = await new Promise<{ status: string }>((resolve) => stream.once("data", resolve));
+      expect(first.status).toBe("SERVICE_UNKNOWN");
+      stream.cancel();
+      const list = await new Promise<{ statuses: Record<string, { status: string }> }>((resolve, reject) =>
+        (
+          client as unknown as {
+            list(
+              request: object,
+              callback: grpc.requestCallback<{ statuses: Record<string, { status: string }> }>,
+            ): void;
+          }
+        ).list({}, (error, response) => (error ? reject(error) : resolve(response!))),
+      );
+      expect(list.statuses).toEqual({
+        "": { status: "SERVING" },
+        "vmabackup.v1.BackupService": { status: "SERVING" },
+      });
+    } finally {
+      client.close();
+    }
+  });
+
   it("turns NOT_SERVING when the server shuts down", async () => {
     const own = await startTestServer();
     const client = new HealthClient(own.address, grpc.credentials.createInsecure());

@@ -45,7 +45,8 @@ export interface VmaToolsFigures {
 
 export async function benchVmaTools(options: VmaToolsBenchOptions): Promise<VmaToolsFigures> {
   const archiveBytes = (await stat(options.archive)).size;
-  // Warm the page cache, as for the backup contenders.
+  // Warm the page cache, as for the backup contenders, after earlier writes settled.
+  await timeCommand("sync", []);
   await timeCommand("cat", [options.archive]);
 
   const cat: number[] = [];

@@ -14,6 +14,7 @@ import { join, resolve } from "node:path";
 import type { ClientCommand, ClientReply } from "./watch-clients.js";
 import { DAEMON_NODE_OPTIONS, startBenchService } from "./service.js";
 import { formatMiB } from "./stats.js";
+import { timeCommand } from "./time-command.js";
 
 const MiB = 2 ** 20;
 const CLIENT_PROCESSES = 2;
@@ -59,6 +60,9 @@ export async function benchWatchers(options: WatchersBenchOptions): Promise<Watc
   await file.truncate(4096 * MiB);
   await file.close();
 
+  // Gigabytes written by an earlier benchmark may still be in writeback,
+  // whose kernel threads would take CPU from the deliveries timed here.
+  await timeCommand("sync", []);
   const service = await startBenchService({
     backupDir: backups,
     sourceRoot: images,

@@ -209,6 +209,17 @@ describe("health", () => {
     });
   }
 
+  /** A Watch call; its end (a cancel, a forced shutdown) is no test failure. */
+  function watch(client: grpc.Client, serviceName: string): grpc.ClientReadableStream<{ status: string }> {
+    const stream = (
+      client as unknown as {
+        watch(request: object): grpc.ClientReadableStream<{ status: string }>;
+      }
+    ).watch({ service: serviceName });
+    stream.on("error", () => {});
+    return stream;
+  }
+
   it("reports SERVING overall and for BackupService, NOT_FOUND for others", async () => {
     const client = new HealthClient(server.address, grpc.credentials.createInsecure());
     try {
@@ -223,12 +234,7 @@ describe("health", () => {
   it("answers a watch of a service it does not serve with SERVICE_UNKNOWN, and lists what it serves", async () => {
     const client = new HealthClient(server.address, grpc.credentials.createInsecure());
     try {
-      const stream = (
-        client as unknown as {
-          watch(request: object): grpc.ClientReadableStream<{ status: string }>;
-        }
-      ).watch({ service: "nope.Service" });
-      stream.on("error", () => {}); // cancelled below
+      const stream = watch(client, "nope.Service");
       const first = await new Promise<{ status: string }>((resolve) => stream.once("data", resolve));
       expect(first.status).toBe("SERVICE_UNKNOWN");
       stream.cancel();
@@ -255,12 +261,7 @@ describe("health", () => {
     const own = await startTestServer();
     const client = new HealthClient(own.address, grpc.credentials.createInsecure());
     try {
-      const stream = (
-        client as unknown as {
-          watch(request: object): grpc.ClientReadableStream<{ status: string }>;
-        }
-      ).watch({ service: "vmabackup.v1.BackupService" });
-      stream.on("error", () => {}); // the forced shutdown ends it
+      const stream = watch(client, "vmabackup.v1.BackupService");
       const statuses: string[] = [];
       const notServing = new Promise<void>((resolve) =>
         stream.on("data", (message: { status: string }) => {

@@ -6,7 +6,8 @@
 // BENCH_WATCH_ROUNDS more whose percentiles are reported, each timed from
 // the call until every watcher received the status carrying it.
 // Progress updates are switched off (--progress-interval 1h): the streams
-// are idle but for the changes.
+// are idle but for the changes. BENCH_WATCH_ROUND_LOG=1 prints each change
+// (the p99 of a few rounds is set by their slowest one).
 import { fork, type ChildProcess } from "node:child_process";
 import { mkdir, mkdtemp, open, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -89,6 +90,7 @@ export async function benchWatchers(options: WatchersBenchOptions): Promise<Watc
       speed += 1;
       const sent = process.hrtime.bigint();
       await service.client.setBackupSpeed({ uuid, speedLimit: BigInt(speed) });
+      const answered = process.hrtime.bigint();
       // Every client first waits for data on all its streams, then decodes.
       await Promise.all(clients.map((client) => client.ask({ type: "arrived", timeoutMs: 10_000 })));
       const replies = await Promise.all(
@@ -100,6 +102,13 @@ export async function benchWatchers(options: WatchersBenchOptions): Promise<Watc
         if (reply.type !== "receipts") continue;
         missing += reply.missing;
         for (const at of reply.nanoseconds) latencies.push(Number(BigInt(at) - sent) / 1e6);
+      }
+      if (process.env.BENCH_WATCH_ROUND_LOG === "1") {
+        const sorted = [...latencies].sort((a, b) => a - b);
+        console.log(
+          `    ${open} watchers: SetBackupSpeed answered in ${(Number(answered - sent) / 1e6).toFixed(1)} ms, ` +
+            `first delivery ${sorted[0]?.toFixed(1)} ms, last ${sorted.at(-1)?.toFixed(1)} ms`,
+        );
       }
       await new Promise((done) => setTimeout(done, 100));
       return { latencies, missing };

@@ -11,7 +11,7 @@ import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import S3rver from "s3rver";
+import { startS3rver } from "../test/helpers/s3-server.js";
 import { makeMixedVma } from "./make-mixed-vma.js";
 import { formatRate, formatSeconds, median } from "./stats.js";
 import { timeCommand } from "./time-command.js";
@@ -55,14 +55,8 @@ console.log(
 );
 await makeMixedVma(archive, sizeMiB * 2 ** 20);
 const archiveBytes = (await stat(archive)).size;
-const s3rver = new S3rver({
-  address: "127.0.0.1",
-  port: 0,
-  silent: true,
-  directory: s3Dir,
-  configureBuckets: [{ name: BUCKET, configs: [] }],
-});
-const { port } = (await s3rver.run()) as { port: number };
+const s3rver = await startS3rver(s3Dir, BUCKET);
+const { port } = s3rver;
 const s3Target = `http://127.0.0.1:${port}/${BUCKET}`;
 
 const contenders: Array<{ name: string; run: () => Promise<RunResult> }> = [

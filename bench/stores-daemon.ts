@@ -9,12 +9,12 @@
 // (the zstd program's own memory is not in it).
 // Size and repetitions: BENCH_SIZE_MIB (1024), BENCH_RUNS (3).
 import { randomFillSync } from "node:crypto";
-import { mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, open, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import S3rver from "s3rver";
 import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import { createClient } from "../src/client/grpc-client.js";
+import { startS3rver, writeS3rverCredentials } from "../test/helpers/s3-server.js";
 import { listeningAddress, runServe, serveArgs } from "../test/helpers/serve-process.js";
 import { loadCorpus } from "./make-mixed-vma.js";
 import { formatRate, formatSeconds, median } from "./stats.js";
@@ -63,18 +63,12 @@ const dirs = { backupDir: join(root, "backups"), sourceRoot: join(root, "images"
 const s3Dir = join(root, "s3");
 await Promise.all([...Object.values(dirs), s3Dir].map((dir) => mkdir(dir)));
 const credentials = join(root, "credentials");
-await writeFile(credentials, "[default]\naws_access_key_id = S3RVER\naws_secret_access_key = S3RVER\n");
+await writeS3rverCredentials(credentials);
 const image = join(dirs.sourceRoot, "disk.raw");
 console.log(`image: ${sizeMiB} MiB raw (1/3 random, 1/3 system libraries, 1/3 zeros); ${runs} runs each`);
 await makeMixedImage(image, sizeMiB * 2 ** 20);
-const s3rver = new S3rver({
-  address: "127.0.0.1",
-  port: 0,
-  silent: true,
-  directory: s3Dir,
-  configureBuckets: [{ name: BUCKET, configs: [] }],
-});
-const { port } = (await s3rver.run()) as { port: number };
+const s3rver = await startS3rver(s3Dir, BUCKET);
+const { port } = s3rver;
 
 let sequence = 0;
 

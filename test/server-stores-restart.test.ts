@@ -15,7 +15,7 @@ import { BackupService, BackupState } from "../gen/vmabackup/v1/backup_pb.js";
 import { type ClientOf, createClient } from "../src/client/grpc-client.js";
 import { INTERRUPTED_MESSAGE, JOB_STORE_FILE } from "../src/engine/backup-engine.js";
 import { JobStore } from "../src/store/job-store.js";
-import { startS3Server, type TestS3Server, testS3Client } from "./helpers/s3-server.js";
+import { startS3Server, type TestS3Server, testS3Client, writeS3rverCredentials } from "./helpers/s3-server.js";
 import { listeningAddress, PROJECT_ROOT, runServe, type ServeProcess, serveArgs } from "./helpers/serve-process.js";
 
 const MiB = 1024 * 1024;
@@ -47,7 +47,7 @@ beforeEach(async () => {
   stateDir = path.join(rootDir, "state");
   await Promise.all([backupDir, sourceDir, stateDir].map((dir) => mkdir(dir)));
   credentials = path.join(rootDir, "s3-credentials");
-  await writeFile(credentials, "[default]\naws_access_key_id = S3RVER\naws_secret_access_key = S3RVER\n");
+  await writeS3rverCredentials(credentials);
   await writeFile(path.join(sourceDir, "disk.raw"), randomBytes(2 * MiB));
 });
 

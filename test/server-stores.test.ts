@@ -26,7 +26,7 @@ import { JobStore } from "../src/store/job-store.js";
 import { openArchive } from "../src/vma/open-archive.js";
 import { verifyArchive } from "../src/vma/verify-archive.js";
 import { KiB, MiB, makeSandbox, parseVma, type Sandbox } from "./engine-helpers.js";
-import { startS3Server, type TestS3Server, testS3Client } from "./helpers/s3-server.js";
+import { startS3Server, type TestS3Server, testS3Client, writeS3rverCredentials } from "./helpers/s3-server.js";
 
 let s3: TestS3Server;
 let s3Client: S3Client;
@@ -54,7 +54,7 @@ afterAll(async () => {
 beforeEach(async () => {
   sandbox = await makeSandbox();
   credentials = path.join(sandbox.root, "s3-credentials");
-  await fs.writeFile(credentials, "[default]\naws_access_key_id = S3RVER\naws_secret_access_key = S3RVER\n");
+  await writeS3rverCredentials(credentials);
   await fs.writeFile(path.join(sandbox.src, "disk.raw"), randomDisk);
   server = await start();
   client = createClient(BackupService, server.address);

@@ -1,13 +1,13 @@
 // The operator's targets: `--target NAME=s3://bucket/prefix` parsed with
 // messages that say what to fix, and built into working stores (the backup
 // dir as "local", S3 targets against s3rver).
-import { mkdtemp, realpath, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, realpath, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { buffer as readAll } from "node:stream/consumers";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createStores, DEFAULT_TARGET, parseTarget, TargetConfigError } from "../src/stores/store-targets.js";
-import { startS3Server, type TestS3Server } from "./helpers/s3-server.js";
+import { startS3Server, type TestS3Server, writeS3rverCredentials } from "./helpers/s3-server.js";
 
 let s3: TestS3Server;
 let backupDir: string;
@@ -60,9 +60,7 @@ describe("createStores", () => {
 
   it("reads credentials from the file it is given", async () => {
     const credentials = join(backupDir, "credentials");
-    await writeFile(credentials, "[default]\naws_access_key_id = S3RVER\naws_secret_access_key = S3RVER\n", {
-      mode: 0o600,
-    });
+    await writeS3rverCredentials(credentials);
     const stores = createStores({
       backupDir,
       targets: [parseTarget(`offsite=s3://${s3.bucket}/fleet`)],

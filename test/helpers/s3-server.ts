@@ -5,8 +5,7 @@
 // Abort removes the directory, ListParts says whether it exists (its part
 // list is left empty). Everything else goes to s3rver untouched. A second
 // proxy can fail part uploads (500 answers, dropped connections).
-import { rm, stat } from "node:fs/promises";
-import { mkdtemp } from "node:fs/promises";
+import { mkdtemp, rm, stat, writeFile } from "node:fs/promises";
 import {
   createServer,
   type IncomingMessage,
@@ -34,8 +33,11 @@ function uploadsDirectory(directory: string, bucket: string): string {
   return join(directory, bucket, "._S3rver_uploads");
 }
 
-export async function startS3Server(bucket = "vmabackup-test"): Promise<TestS3Server> {
-  const directory = await mkdtemp(join(tmpdir(), "s3rver-"));
+/** s3rver alone on 127.0.0.1 (random port), keeping its data in `directory`: no front (the benchmarks use it so). */
+export async function startS3rver(
+  directory: string,
+  bucket: string,
+): Promise<{ port: number; close(): Promise<void> }> {
   const s3rver = new S3rver({
     address: "127.0.0.1",
     port: 0,
@@ -43,8 +45,19 @@ export async function startS3Server(bucket = "vmabackup-test"): Promise<TestS3Se
     directory,
     configureBuckets: [{ name: bucket, configs: [] }],
   });
-  const address = (await s3rver.run()) as AddressInfo;
-  const backend = `http://127.0.0.1:${address.port}`;
+  const { port } = (await s3rver.run()) as AddressInfo;
+  return { port, close: () => s3rver.close() };
+}
+
+/** Writes an AWS credentials file (ini) with the keys s3rver accepts, for --s3-credentials. */
+export function writeS3rverCredentials(file: string): Promise<void> {
+  return writeFile(file, "[default]\naws_access_key_id = S3RVER\naws_secret_access_key = S3RVER\n", { mode: 0o600 });
+}
+
+export async function startS3Server(bucket = "vmabackup-test"): Promise<TestS3Server> {
+  const directory = await mkdtemp(join(tmpdir(), "s3rver-"));
+  const s3rver = await startS3rver(directory, bucket);
+  const backend = `http://127.0.0.1:${s3rver.port}`;
   const front = await listen(async (incoming, outgoing) => {
     const url = new URL(incoming.url ?? "/", backend);
     const uploadId = url.searchParams.get("uploadId");

@@ -1,9 +1,10 @@
 // Reading archive files into reused buffers (src/vma/file-chunk-source.ts):
 // the bytes come out exactly, a chunk's memory is read into again only after
 // the consumer recycled it, the reader recycles an extent's memory only once
-// the next event is asked for, and extract writes every byte before that.
+// the next event is asked for, and extract holds the chunks of extents whose
+// writes are still in flight (src/vma/chunk-holds.ts).
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, open, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -12,6 +13,7 @@ import { FileChunkSource } from "../src/vma/file-chunk-source.js";
 import { openArchive } from "../src/vma/open-archive.js";
 import { readVma } from "../src/vma/reader.js";
 import { VmaWriter } from "../src/vma/writer.js";
+import { canMount, mountTmpfs, unmount } from "./helpers/mounts.js";
 
 const CLUSTER = 65536;
 const BLOCK = 4096;
@@ -142,6 +144,44 @@ describe("extract from a file read into reused buffers", () => {
       expect(result.ok).toBe(true);
       const extracted = await readFile(join(out, "disk-drive-scsi0.raw"));
       expect(extracted.equals(disk)).toBe(true);
+    }
+  });
+
+  it("keeps the chunks of extents still being written out of reuse, with small chunks read into again at once", async () => {
+    // ~40 chunks per extent: while an extent's writes are in flight, the
+    // reader recycles its chunks and reads the next extent; memory read into
+    // too early would show in the image.
+    for (const sparse of [false, true]) {
+      const out = join(dir, `small-chunks-${sparse}`);
+      const source = new FileChunkSource(await open(archivePath, "r"), 96 * 1024 + 512);
+      const recycled = new Set<ArrayBufferLike>();
+      const recycle = source.recycle.bind(source);
+      source.recycle = (chunk) => {
+        recycled.add(chunk.buffer);
+        recycle(chunk);
+      };
+      const result = await extractArchive(source, { dir: out, sparse, allowIncomplete: false });
+      expect(result.ok).toBe(true);
+      expect((await readFile(join(out, "disk-drive-scsi0.raw"))).equals(disk)).toBe(true);
+      // Memory was reused: fewer buffers than chunks read.
+      expect(recycled.size).toBeGreaterThan(0);
+      expect(recycled.size).toBeLessThan(source.position / (96 * 1024 + 512) / 4);
+    }
+  });
+
+  it("a write failing mid-extraction (ENOSPC on a 4 MiB tmpfs) rejects and leaves no file behind", async (context) => {
+    if (!(await canMount())) context.skip(); // needs root to mount a tmpfs
+    const out = join(dir, "full");
+    await mkdir(out);
+    await mountTmpfs(out, 4 * MiB);
+    try {
+      const archive = await openArchive(archivePath);
+      await expect(
+        extractArchive(archive.chunks, { dir: out, sparse: false, allowIncomplete: false }),
+      ).rejects.toMatchObject({ code: "ENOSPC" });
+      expect(await readdir(out)).toEqual([]);
+    } finally {
+      await unmount(out);
     }
   });
 });

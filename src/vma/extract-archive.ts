@@ -10,6 +10,7 @@
 // a restore never leaves a plausible-looking but wrong image behind.
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { ChunkHolds } from "./chunk-holds.js";
 import { DiskImageWriter } from "./extract-disk-image.js";
 import { ExtentData } from "./reader-extent-data.js";
 import type { VmaDevice, VmaExtent, VmaHeader } from "./reader-types.js";
@@ -48,9 +49,10 @@ export async function extractArchive(
   chunks: AsyncIterable<Uint8Array>,
   options: ExtractOptions,
 ): Promise<ExtractResult> {
-  const extraction = new Extraction(options);
+  const holds = new ChunkHolds(chunks);
+  const extraction = new Extraction(options, holds);
   try {
-    const verdict = await verifyArchive(chunks, {
+    const verdict = await verifyArchive(holds, {
       allowIncomplete: options.allowIncomplete,
       requireComplete: (devId) => extraction.isChosen(devId),
       onHeader: (header, problemsSoFar) => extraction.start(header, problemsSoFar),
@@ -64,8 +66,18 @@ export async function extractArchive(
   }
 }
 
+/**
+ * Extents whose writes may be in flight while the next ones are read: enough
+ * to keep the reads, the parsing and the writes busy at once, each holding
+ * its input chunks (4 MiB each) until written.
+ */
+const EXTENTS_IN_FLIGHT = 2;
+
 class Extraction {
   private readonly options: ExtractOptions;
+  private readonly holds: ChunkHolds;
+  /** Writes of extents not yet settled, oldest first; each resolves to its failure, if any. */
+  private readonly inFlight: Promise<PromiseRejectedResult | undefined>[] = [];
   private readonly chosen = new Set<number>();
   private readonly writers = new Map<number, DiskImageWriter>();
   private readonly created: string[] = [];
@@ -74,8 +86,9 @@ class Extraction {
   /** False once a problem makes the result worthless: nothing more is written. */
   private writing = false;
 
-  constructor(options: ExtractOptions) {
+  constructor(options: ExtractOptions, holds: ChunkHolds) {
     this.options = options;
+    this.holds = holds;
   }
 
   isChosen(devId: number): boolean {
@@ -123,14 +136,21 @@ class Extraction {
     }
     const data = new ExtentData(extent.data);
     for (const slot of extent.slots) this.writers.get(slot.devId)?.addSlot(slot, data);
-    // The data are views of the reader's input, valid until its next event:
-    // every write settles before returning (the reader reads ahead meanwhile).
-    const flushes = await Promise.allSettled([...this.writers.values()].map((writer) => writer.flush()));
-    for (const flush of flushes) if (flush.status === "rejected") throw flush.reason;
+    // The data are views of the reader's input chunks: held until written, so
+    // that the reader goes on while they are (clusters never repeat in an
+    // accepted extent, so writes in flight never overlap).
+    const release = this.holds.hold(extent.data);
+    const written = Promise.allSettled([...this.writers.values()].map((writer) => writer.flush())).then((flushes) => {
+      release();
+      return flushes.find((flush) => flush.status === "rejected");
+    });
+    this.inFlight.push(written);
+    while (this.inFlight.length > EXTENTS_IN_FLIGHT) await this.settleOldest();
   }
 
   /** Completes the files when the verdict is good, else removes them; returns the files kept. */
   async finish(verdict: ArchiveVerdict): Promise<string[]> {
+    while (this.inFlight.length > 0) await this.settleOldest();
     if (!verdict.ok || !this.writing) {
       await this.discard();
       return [];
@@ -144,9 +164,16 @@ class Extraction {
 
   /** Closes and removes every file this extraction created. */
   async discard(): Promise<void> {
+    await Promise.all(this.inFlight.splice(0));
     await this.closeAll();
     await Promise.all(this.created.map((path) => rm(path, { force: true })));
     this.created.length = 0;
+  }
+
+  /** Waits for the oldest extent's writes; throws their error. */
+  private async settleOldest(): Promise<void> {
+    const failure = await this.inFlight.shift();
+    if (failure !== undefined) throw failure.reason;
   }
 
   private async closeAll(): Promise<void> {

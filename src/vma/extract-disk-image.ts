@@ -154,6 +154,8 @@ function mayHaveZeroBlock(views: readonly Buffer[]): boolean {
   if (views.length !== 1) return true; // crosses input chunks: the per-block path decides
   const cluster = views[0]!;
   for (let start = 0; start < cluster.length; start += BLOCK_SIZE) {
+    // Archives store only blocks with data, which mostly start with a non-zero byte.
+    if (cluster[start] !== 0) continue;
     let peek = 0;
     for (let i = start; i < start + PEEK_BYTES; i++) peek |= cluster[i] as number;
     if (peek === 0 && ZERO_CLUSTER.compare(cluster, start, start + BLOCK_SIZE, 0, BLOCK_SIZE) === 0) return true;

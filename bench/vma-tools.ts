@@ -1,9 +1,11 @@
 // The archive tools in `npm run bench`: `vmabackup vma verify` and `vma
 // extract` (plain and --sparse) of the benchmark archive, each a real child
-// process, side by side with `cat ARCHIVE > /dev/null` and the service's own
-// backup time. Prints median wall time, MB/s of archive read, and each
-// tool's peak RSS; also the reader alone, in this process, without the
-// command's start-up time.
+// process, side by side with `cat ARCHIVE > /dev/null`, the service's own
+// backup time, and `qemu-img convert -S 4k` of the backed-up image (which
+// writes the same sparse image as `extract --sparse`, in the same page-cache
+// state: see bench/page-cache-probe.ts). Prints median wall time, MB/s of
+// archive read, and each tool's peak RSS; also the reader alone, in this
+// process, without the command's start-up time.
 import { spawn } from "node:child_process";
 import { rm, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
@@ -15,6 +17,8 @@ import { timeCommand } from "./time-command.js";
 export interface VmaToolsBenchOptions {
   /** An uncompressed .vma written by the service. */
   readonly archive: string;
+  /** The raw image the archive holds: qemu-img writes it out as extract --sparse does. */
+  readonly image: string;
   /** Scratch space for extracted images (removed after each run). */
   readonly workDir: string;
   readonly runs: number;
@@ -41,6 +45,8 @@ export interface VmaToolsFigures {
   readonly verifySeconds: number;
   /** `vma extract --sparse`, including start-up. */
   readonly sparseExtractSeconds: number;
+  /** `qemu-img convert -S 4k` of the image, run next to each sparse extract. */
+  readonly qemuImgSeconds: number;
 }
 
 export async function benchVmaTools(options: VmaToolsBenchOptions): Promise<VmaToolsFigures> {
@@ -52,6 +58,17 @@ export async function benchVmaTools(options: VmaToolsBenchOptions): Promise<VmaT
   const cat: number[] = [];
   const inProcess: number[] = [];
   const tools = { list: [] as ToolRun[], verify: [] as ToolRun[], extract: [] as ToolRun[], sparse: [] as ToolRun[] };
+  const qemuImg: number[] = [];
+  const sparseExtract = async (run: number): Promise<void> => {
+    const sparse = join(options.workDir, `extract-sparse-${run}`);
+    tools.sparse.push(await runTool(["extract", "--sparse", options.archive, sparse]));
+    await removeAndSettle(sparse);
+  };
+  const qemuImgConvert = async (run: number): Promise<void> => {
+    const out = join(options.workDir, `qemu-img-${run}.raw`);
+    qemuImg.push(await timeCommand("qemu-img", ["convert", "-f", "raw", "-O", "raw", "-S", "4k", options.image, out]));
+    await removeAndSettle(out);
+  };
   for (let run = 0; run < options.runs; run++) {
     cat.push(await timeCommand("sh", ["-c", `cat '${options.archive}' > /dev/null`]));
     inProcess.push(await verifyInProcess(options.archive));
@@ -60,9 +77,9 @@ export async function benchVmaTools(options: VmaToolsBenchOptions): Promise<VmaT
     const plain = join(options.workDir, `extract-${run}`);
     tools.extract.push(await runTool(["extract", options.archive, plain]));
     await removeAndSettle(plain);
-    const sparse = join(options.workDir, `extract-sparse-${run}`);
-    tools.sparse.push(await runTool(["extract", "--sparse", options.archive, sparse]));
-    await removeAndSettle(sparse);
+    // Side by side, in turns: neither always follows the plain extract's freed pages.
+    const pair = run % 2 === 0 ? [sparseExtract, qemuImgConvert] : [qemuImgConvert, sparseExtract];
+    for (const step of pair) await step(run);
   }
 
   const base = median(cat);
@@ -82,7 +99,13 @@ export async function benchVmaTools(options: VmaToolsBenchOptions): Promise<VmaT
   row("vmabackup vma verify", medianSeconds(tools.verify), medianRss(tools.verify));
   row("vmabackup vma extract", medianSeconds(tools.extract), medianRss(tools.extract));
   row("vmabackup vma extract --sparse", medianSeconds(tools.sparse), medianRss(tools.sparse));
+  row("qemu-img convert -S 4k of the image", median(qemuImg));
   row("service backup (for comparison)", options.backupSeconds);
+  const list = (values: readonly number[]): string => values.map((value) => value.toFixed(2)).join(" ");
+  console.log(
+    `  each run, extract --sparse: ${list(tools.sparse.map((run) => run.seconds))} s; ` +
+      `qemu-img convert: ${list(qemuImg)} s`,
+  );
   const startup = medianSeconds(tools.list);
   console.log(
     `  verify without start-up: ${formatRate(archiveBytes, medianSeconds(tools.verify) - startup)}; ` +
@@ -93,6 +116,7 @@ export async function benchVmaTools(options: VmaToolsBenchOptions): Promise<VmaT
     archiveBytes,
     verifySeconds: medianSeconds(tools.verify),
     sparseExtractSeconds: medianSeconds(tools.sparse),
+    qemuImgSeconds: median(qemuImg),
   };
 }
 

@@ -4,7 +4,7 @@
 // the next event is asked for, and extract holds the chunks of extents whose
 // writes are still in flight (src/vma/chunk-holds.ts).
 import { createHash, randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { type FileHandle, mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -97,6 +97,33 @@ describe("FileChunkSource", () => {
   });
 });
 
+describe("FileChunkSource with reads in flight", () => {
+  it("reads on from where a short read in mid-file stopped, leaving no gap and repeating nothing", async () => {
+    const bytes = randomBytes(8 * 65536 + 100);
+    let shortened = 0;
+    // A file handle whose read at 2 chunks in returns only 1000 bytes, once (as a signal might make it).
+    const handle = {
+      read: async (buffer: Buffer, offset: number, length: number, position: number) => {
+        let end = Math.min(bytes.length, position + length);
+        if (position === 2 * 65536 && shortened === 0) {
+          shortened += 1;
+          end = position + 1000;
+        }
+        const bytesRead = Math.max(0, end - position);
+        if (bytesRead > 0) bytes.copy(buffer, offset, position, position + bytesRead);
+        return { bytesRead, buffer };
+      },
+      close: async () => undefined,
+    } as unknown as FileHandle;
+    const source = new FileChunkSource(handle, 65536);
+    const received: Buffer[] = [];
+    for await (const chunk of source) received.push(Buffer.from(chunk));
+    expect(shortened).toBe(1);
+    expect(Buffer.concat(received).equals(bytes)).toBe(true);
+    expect(source.position).toBe(bytes.length);
+  });
+});
+
 describe("the reader on a recycling source", () => {
   it("keeps an extent's data intact until the next event is asked for, then reuses its memory", async () => {
     const chunkSize = 512 * 1024;
@@ -165,7 +192,7 @@ describe("extract from a file read into reused buffers", () => {
       expect((await readFile(join(out, "disk-drive-scsi0.raw"))).equals(disk)).toBe(true);
       // Memory was reused: fewer buffers than chunks read.
       expect(recycled.size).toBeGreaterThan(0);
-      expect(recycled.size).toBeLessThan(source.position / (96 * 1024 + 512) / 4);
+      expect(recycled.size).toBeLessThan(source.position / (96 * 1024 + 512) / 2);
     }
   });
 

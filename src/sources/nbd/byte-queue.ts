@@ -1,6 +1,8 @@
 // The bytes a socket delivered and nobody consumed yet, as a list of the
 // socket's own chunks (no concatenation): the parsers take small headers out
-// of it and copy payloads once, straight into the caller's buffer.
+// of it and copy payloads once, straight into the caller's buffer. A chunk
+// may come with a release function, called once the chunk is consumed (its
+// memory is then read into again: see receive-buffers.ts).
 
 interface Waiter {
   readonly bytes: number;
@@ -10,6 +12,8 @@ interface Waiter {
 
 export class ByteQueue {
   #chunks: Buffer[] = [];
+  /** Release function of each chunk in #chunks (undefined: none). */
+  #releases: Array<(() => void) | undefined> = [];
   /** Bytes of #chunks[0] already consumed. */
   #head = 0;
   #length = 0;
@@ -21,9 +25,14 @@ export class ByteQueue {
     return this.#length;
   }
 
-  push(chunk: Buffer): void {
-    if (chunk.length === 0 || this.#failure !== undefined) return;
+  /** Queues `chunk`; `release` is called once it is consumed (not when it is dropped after a failure). */
+  push(chunk: Buffer, release?: () => void): void {
+    if (chunk.length === 0 || this.#failure !== undefined) {
+      release?.();
+      return;
+    }
     this.#chunks.push(chunk);
+    this.#releases.push(release);
     this.#length += chunk.length;
     const waiter = this.#waiter;
     if (waiter !== undefined && this.#length >= waiter.bytes) {
@@ -57,13 +66,14 @@ export class ByteQueue {
   }
 
   /**
-   * Consumes `bytes` (which must be buffered) and returns them; a view of the
-   * socket's chunk when it holds them all, else a small copy. Only for headers.
+   * Consumes `bytes` (which must be buffered) and returns a copy of them
+   * (the chunk's memory may be read into again). Only for headers.
    */
   take(bytes: number): Buffer {
     const front = this.#front(bytes);
+    const copy = front.buffer === this.#chunks[0]?.buffer ? Buffer.from(front) : front;
     this.skip(bytes);
-    return front;
+    return copy;
   }
 
   /** Consumes up to `bytes` buffered bytes into `target` at `targetOffset`; returns how many. */
@@ -136,6 +146,7 @@ export class ByteQueue {
     this.#length -= bytes;
     if (this.#head === this.#chunks[0]!.length) {
       this.#chunks.shift();
+      this.#releases.shift()?.();
       this.#head = 0;
     }
   }

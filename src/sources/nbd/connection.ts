@@ -27,6 +27,7 @@ import {
   STRUCTURED_REPLY_BYTES,
   STRUCTURED_REPLY_MAGIC,
 } from "./protocol.js";
+import { receiveInto } from "./receive-buffers.js";
 import { openSocket } from "./transport.js";
 import type { NbdAddress } from "./uri.js";
 
@@ -130,9 +131,8 @@ export class NbdConnection {
       if (!(Number.isSafeInteger(value) && value > 0))
         throw new RangeError(`NBD option ${name} must be a positive integer`);
     }
-    const socket = await openSocket(address, settings.connectTimeoutMs);
     const queue = new ByteQueue();
-    socket.on("data", (chunk: Buffer) => queue.push(chunk));
+    const socket = await openSocket(address, settings.connectTimeoutMs, receiveInto(queue));
     let socketError: Error | undefined;
     socket.on("error", (error) => {
       socketError = error;

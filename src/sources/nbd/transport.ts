@@ -1,15 +1,18 @@
 // Opens the socket an NBD address names, within a deadline.
 
-import { connect, type Socket } from "node:net";
+import { connect, type OnReadOpts, type Socket } from "node:net";
 import { NbdError } from "./errors.js";
 import { formatNbdUri, type NbdAddress } from "./uri.js";
 
-/** Connects to the address; rejects with NBD_UNREACHABLE on an error or after `timeoutMs`. */
-export function openSocket(address: NbdAddress, timeoutMs: number): Promise<Socket> {
+/**
+ * Connects to the address; rejects with NBD_UNREACHABLE on an error or after
+ * `timeoutMs`. What the socket reads goes to `onread` (no 'data' events).
+ */
+export function openSocket(address: NbdAddress, timeoutMs: number, onread: OnReadOpts): Promise<Socket> {
   const socket =
     address.transport === "unix"
-      ? connect({ path: address.socketPath })
-      : connect({ host: address.host, port: address.port, noDelay: true });
+      ? connect({ path: address.socketPath, onread })
+      : connect({ host: address.host, port: address.port, noDelay: true, onread });
   const where = formatNbdUri(address);
   return new Promise((resolve, reject) => {
     const fail = (why: string, cause?: unknown): void => {

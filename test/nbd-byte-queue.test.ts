@@ -62,4 +62,16 @@ describe("receiveInto", () => {
     expect(nextBuffer()).toBe(first);
     expect(queue.take(6).toString()).toBe("abcdef");
   });
+
+  it("keeps a few free buffers after a burst, not all of them", () => {
+    const queue = new ByteQueue();
+    const onread = receiveInto(queue, 16);
+    const nextBuffer = onread.buffer as () => Buffer;
+    const burst = Array.from({ length: 12 }, () => nextBuffer());
+    for (const buffer of burst) onread.callback(16, buffer);
+    queue.skip(12 * 16);
+    const after = Array.from({ length: 12 }, () => nextBuffer());
+    const reused = after.filter((buffer) => burst.includes(buffer));
+    expect(reused).toHaveLength(8);
+  });
 });

@@ -162,6 +162,9 @@ async function main(): Promise<void> {
           ` ${ratio}x qemu-img  (fastest ${fastest})`,
       );
     }
+    for (const [name, samples] of rows) {
+      console.log(`  each run, ${name}: ${samples.map((seconds) => seconds.toFixed(2)).join(" ")} s`);
+    }
     console.log(`  vmabackup daemon peak RSS: ${formatMiB(peakRss)}`);
     const backup = median(times.vmabackup);
     summary.push(

@@ -25,7 +25,7 @@ export class ByteQueue {
     return this.#length;
   }
 
-  /** Queues `chunk`; `release` is called once it is consumed (not when it is dropped after a failure). */
+  /** Queues `chunk`; `release` is called once it is consumed (at once after a failure; chunks queued at a failure are left to the GC). */
   push(chunk: Buffer, release?: () => void): void {
     if (chunk.length === 0 || this.#failure !== undefined) {
       release?.();
@@ -70,8 +70,7 @@ export class ByteQueue {
    * (the chunk's memory may be read into again). Only for headers.
    */
   take(bytes: number): Buffer {
-    const front = this.#front(bytes);
-    const copy = front.buffer === this.#chunks[0]?.buffer ? Buffer.from(front) : front;
+    const copy = Buffer.from(this.#front(bytes));
     this.skip(bytes);
     return copy;
   }

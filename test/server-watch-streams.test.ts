@@ -1,8 +1,8 @@
 // WatchStreams against a client that stops reading: the server must honour
 // HTTP/2 back-pressure (stop pulling statuses), and must still let go when
 // the client leaves or the server ends every stream, even while it waits
-// for 'drain'. The status source here is fast and endless, so the HTTP/2
-// windows fill within milliseconds.
+// for 'drain'. The status source here is a fast endless generator, so the
+// HTTP/2 windows fill within milliseconds.
 import * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
 import { pino } from "pino";
@@ -18,48 +18,33 @@ import { WatchStreams } from "../src/server/watch-streams.js";
 import type { StatusSource } from "../src/server/watch-streams.js";
 import { startTestServer } from "./helpers/test-server.js";
 
-/**
- * An endless source of 4 KiB statuses, a new one every event-loop turn
- * (like a real source between changes), that counts what was pulled from it.
- */
+/** An endless source of 4 KiB statuses that counts what was pulled from it. */
 class EndlessSource implements StatusSource {
   pulled = 0;
   closed = false;
-  private available = true;
-  private listener: (() => void) | undefined;
 
-  get done(): boolean {
-    return this.closed;
-  }
-
-  poll(): JobStatus | undefined {
-    if (this.closed || !this.available) return undefined;
-    this.available = false;
-    setImmediate(() => {
-      this.available = true;
-      this.listener?.();
-    });
-    this.pulled += 1;
-    return {
-      uuid: "0b6e3a64-6c4e-4c5d-9e55-7f1a2b3c4d5e",
-      state: "active",
-      errorMessage: "x".repeat(4096),
-      backupFile: "/b/a.vma",
-      format: "vma",
-      totalBytes: 1,
-      transferredBytes: this.pulled,
-      zeroBytes: 0,
-      startTime: new Date(),
-      speedLimit: 0,
-      devices: [],
-      rate: 0,
-      revision: this.pulled,
-      updateTime: new Date(),
-    };
-  }
-
-  onReadable(listener: () => void): void {
-    this.listener = listener;
+  async *[Symbol.asyncIterator](): AsyncIterator<JobStatus> {
+    while (!this.closed) {
+      this.pulled += 1;
+      yield {
+        uuid: "0b6e3a64-6c4e-4c5d-9e55-7f1a2b3c4d5e",
+        state: "active",
+        errorMessage: "x".repeat(4096),
+        backupFile: "/b/a.vma",
+        format: "vma",
+        totalBytes: 1,
+        transferredBytes: this.pulled,
+        zeroBytes: 0,
+        startTime: new Date(),
+        speedLimit: 0,
+        devices: [],
+        rate: 0,
+        revision: this.pulled,
+        updateTime: new Date(),
+      };
+      // Yield to the event loop like a real source waiting for the next change.
+      await new Promise((resolve) => setImmediate(resolve));
+    }
   }
 
   close(): void {

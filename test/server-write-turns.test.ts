@@ -8,28 +8,12 @@ const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(reso
 /** Asks for `count` turns at once, as one status change to `count` watchers does; records who wrote in which turn. */
 function askAll(turns: WriteTurns, count: number, turnNow: () => number): Promise<number[]> {
   return Promise.all(
-    Array.from(
-      { length: count },
-      (_, writer) =>
-        new Promise<number>((resolve) => {
-          const write = (): void => resolve(turnNow() * 1_000_000 + writer);
-          if (turns.take(write)) write();
-        }),
-    ),
+    Array.from({ length: count }, async (_, writer) => {
+      const wait = turns.take();
+      if (wait !== undefined) await wait;
+      return turnNow() * 1_000_000 + writer;
+    }),
   );
-}
-
-/** A resume callback that counts its calls. */
-function counter(): { resume: () => void; readonly calls: number } {
-  let calls = 0;
-  return {
-    resume: () => {
-      calls += 1;
-    },
-    get calls() {
-      return calls;
-    },
-  };
 }
 
 describe("WriteTurns", () => {
@@ -55,26 +39,20 @@ describe("WriteTurns", () => {
 
   it("grants at once while the turn has room, and counts the writers of a turn until the next", async () => {
     const turns = new WriteTurns(2);
-    const never = counter();
-    expect(turns.take(never.resume)).toBe(true);
-    expect(turns.take(never.resume)).toBe(true);
-    const third = counter();
-    expect(turns.take(third.resume)).toBe(false);
+    expect(turns.take()).toBeUndefined();
+    expect(turns.take()).toBeUndefined();
+    const third = turns.take();
+    expect(third).toBeInstanceOf(Promise);
     // A writer asking after the queue formed waits behind it, even in a later turn with room.
-    const fourth = counter();
-    expect(turns.take(fourth.resume)).toBe(false);
+    const fourth = turns.take();
     expect(turns.queued).toBe(2);
-    await nextTurn();
-    expect([third.calls, fourth.calls]).toEqual([1, 1]);
+    await Promise.all([third, fourth]);
     expect(turns.queued).toBe(0);
     // Released in this turn: they used it up.
-    const fifth = counter();
-    expect(turns.take(fifth.resume)).toBe(false);
+    expect(turns.take()).toBeInstanceOf(Promise);
     await nextTurn();
     await nextTurn();
-    expect(fifth.calls).toBe(1);
-    expect(turns.take(never.resume)).toBe(true);
-    expect(never.calls).toBe(0);
+    expect(turns.take()).toBeUndefined();
   });
 
   it("refuses a turn size that is not a positive integer", () => {

@@ -23,18 +23,17 @@ export class WriteTurns {
   }
 
   /**
-   * True when the caller may write now; else `resume` is called in the turn
-   * where it may (its write counts against that turn; it must not throw). A callback, not a
-   * promise: one status change asks for thousands of turns at once.
+   * Undefined when the caller may write now; else a promise that resolves
+   * in the turn where it may. (No promise on the fast path: most changes
+   * go to a few watchers.)
    */
-  take(resume: () => void): boolean {
+  take(): Promise<void> | undefined {
     this.scheduleTurn();
     if (this.granted < this.perTurn && this.waiting.length === 0) {
       this.granted += 1;
-      return true;
+      return undefined;
     }
-    this.waiting.push(resume);
-    return false;
+    return new Promise((resolve) => this.waiting.push(resolve));
   }
 
   /** Callers waiting for a later turn (for tests). */
@@ -54,6 +53,6 @@ export class WriteTurns {
     this.granted = released.length;
     // Writes granted in this turn count against it until the next one.
     if (this.granted > 0) this.scheduleTurn();
-    for (const resume of released) resume();
+    for (const resolve of released) resolve();
   }
 }

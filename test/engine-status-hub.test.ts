@@ -143,6 +143,38 @@ describe("StatusHub", () => {
     expect(hub.subscriberCount).toBe(0);
   });
 
+  it("tells a polling reader of each status and of its end, without promises", () => {
+    const hub = new StatusHub(0);
+    const one = hub.subscribe("a", [status("a", "active")]);
+    const calls: string[] = [];
+    const drain = (): void => {
+      for (let update = one.poll(); update !== undefined; update = one.poll()) calls.push(update.state);
+      calls.push(one.done ? "end" : "wait");
+    };
+    one.onReadable(drain);
+    drain(); // the opening status was queued before the listener
+    hub.publishState(status("a", "active"));
+    hub.publishNow({ ...status("a", "active"), speedLimit: 5 });
+    hub.publishState(status("a", "done"));
+    // The listener drains each status as it is published; the terminal one ends the subscription.
+    expect(calls).toEqual(["active", "wait", "active", "wait", "active", "wait", "done", "end"]);
+    expect(one.done).toBe(true);
+    expect(hub.subscriberCount).toBe(0);
+    expect(one.poll()).toBeUndefined();
+  });
+
+  it("calls a polling reader once more when its subscription is closed", () => {
+    const hub = new StatusHub(0);
+    const all = hub.subscribe(undefined, []);
+    const listener = vi.fn();
+    all.onReadable(listener);
+    all.close();
+    all.close();
+    expect(listener).toHaveBeenCalledTimes(1);
+    expect(all.done).toBe(true);
+    expect(hub.subscriberCount).toBe(0);
+  });
+
   it("detaches a one-job subscription at its terminal status, before it is read", async () => {
     const hub = new StatusHub(0);
     const one = hub.subscribe("a", [status("a", "active")]);

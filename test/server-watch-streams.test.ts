@@ -1,8 +1,8 @@
 // WatchStreams against a client that stops reading: the server must honour
 // HTTP/2 back-pressure (stop pulling statuses), and must still let go when
 // the client leaves or the server ends every stream, even while it waits
-// for 'drain'. The status source here is a fast endless generator, so the
-// HTTP/2 windows fill within milliseconds.
+// for 'drain'. The status source here is fast and endless, so the HTTP/2
+// windows fill within milliseconds.
 import * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
 import { pino } from "pino";
@@ -13,38 +13,39 @@ import { addService } from "../src/server/grpc-adapter.js";
 import { createClient } from "../src/client/grpc-client.js";
 import type { ClientOf } from "../src/client/grpc-client.js";
 import { readErrorDetails } from "../src/client/rpc-error-details.js";
+import { StatusHub } from "../src/engine/status-hub.js";
 import { toBackupStatus } from "../src/server/status-codec.js";
 import { WatchStreams } from "../src/server/watch-streams.js";
 import type { StatusSource } from "../src/server/watch-streams.js";
 import { startTestServer } from "./helpers/test-server.js";
 
-/** An endless source of 4 KiB statuses that counts what was pulled from it. */
+/**
+ * An endless source of 4 KiB statuses, a new one every event-loop turn
+ * (like a real source between changes), that counts what was pulled from it.
+ */
 class EndlessSource implements StatusSource {
   pulled = 0;
   closed = false;
+  private available = true;
+  private listener: (() => void) | undefined;
 
-  async *[Symbol.asyncIterator](): AsyncIterator<JobStatus> {
-    while (!this.closed) {
-      this.pulled += 1;
-      yield {
-        uuid: "0b6e3a64-6c4e-4c5d-9e55-7f1a2b3c4d5e",
-        state: "active",
-        errorMessage: "x".repeat(4096),
-        backupFile: "/b/a.vma",
-        format: "vma",
-        totalBytes: 1,
-        transferredBytes: this.pulled,
-        zeroBytes: 0,
-        startTime: new Date(),
-        speedLimit: 0,
-        devices: [],
-        rate: 0,
-        revision: this.pulled,
-        updateTime: new Date(),
-      };
-      // Yield to the event loop like a real source waiting for the next change.
-      await new Promise((resolve) => setImmediate(resolve));
-    }
+  get done(): boolean {
+    return this.closed;
+  }
+
+  poll(): JobStatus | undefined {
+    if (this.closed || !this.available) return undefined;
+    this.available = false;
+    setImmediate(() => {
+      this.available = true;
+      this.listener?.();
+    });
+    this.pulled += 1;
+    return jobStatus("0b6e3a64-6c4e-4c5d-9e55-7f1a2b3c4d5e", this.pulled, "active", "x".repeat(4096));
+  }
+
+  onReadable(listener: () => void): void {
+    this.listener = listener;
   }
 
   close(): void {
@@ -52,8 +53,33 @@ class EndlessSource implements StatusSource {
   }
 }
 
-const watchStreams = new WatchStreams();
+function jobStatus(uuid: string, revision: number, state: JobStatus["state"], errorMessage = ""): JobStatus {
+  return {
+    uuid,
+    state,
+    errorMessage,
+    backupFile: "/b/a.vma",
+    format: "vma",
+    totalBytes: 1,
+    transferredBytes: revision,
+    zeroBytes: 0,
+    startTime: new Date(),
+    speedLimit: 0,
+    devices: [],
+    rate: 0,
+    revision,
+    updateTime: new Date(),
+  };
+}
+
+/** The message of a status that the server's encoder below refuses. */
+const UNENCODABLE = "unencodable";
+
+/** Replaced where a test needs streams that endAll() has not ended. */
+let watchStreams = new WatchStreams();
 let source: EndlessSource;
+/** What a WatchBackup call serves, by its request's uuid. */
+let openSource: (uuid: string) => StatusSource = () => source;
 let served: Promise<void> = Promise.resolve();
 let server: grpc.Server;
 let client: ClientOf<typeof BackupService>;
@@ -73,8 +99,11 @@ beforeAll(async () => {
     watchBackup: (call) => {
       served = watchStreams.serve(
         call,
-        () => ({ source, afterRevision: 0 }),
-        (status) => create(WatchBackupResponseSchema, { status: toBackupStatus(status) }),
+        () => ({ source: openSource(call.request.uuid), afterRevision: 0 }),
+        (status) => {
+          if (status.errorMessage === UNENCODABLE) throw new Error("this status cannot be encoded");
+          return create(WatchBackupResponseSchema, { status: toBackupStatus(status) });
+        },
         pino({ level: "silent" }),
       );
     },
@@ -149,6 +178,36 @@ describe("WatchStreams", () => {
     expect(received).toBeLessThanOrEqual(pulled);
     expect(ended).toMatchObject({ code: grpc.status.UNAVAILABLE });
     expect(readErrorDetails(ended)?.errorInfo).toMatchObject({ reason: "ENGINE_SHUT_DOWN", domain: "vmabackup" });
+  });
+});
+
+describe("a status one stream cannot send", () => {
+  it("ends that stream with INTERNAL; the publisher and the other streams carry on", async () => {
+    watchStreams = new WatchStreams();
+    const hub = new StatusHub(0);
+    const [a, b] = ["6f0c1d2e-0000-4000-8000-00000000000a", "6f0c1d2e-0000-4000-8000-00000000000b"];
+    openSource = (uuid) =>
+      uuid === "" ? hub.subscribe(undefined, []) : hub.subscribe(uuid, [jobStatus(uuid, 1, "active")]);
+    try {
+      const one = client.watchBackup({ uuid: a })[Symbol.asyncIterator]();
+      expect((await one.next()).value).toMatchObject({ status: { uuid: a, revision: 1n } });
+      const everyJob = (async () => {
+        for await (const _message of client.watchBackup({ uuid: "" })) {
+          // nothing reaches this watcher: the one status it gets cannot be sent
+        }
+      })();
+      while (hub.subscriberCount < 2) await pause(5);
+      // The hub calls the streams back from within publishing: a failure there stays in its stream.
+      expect(() => hub.publishState(jobStatus(b, 2, "active", UNENCODABLE))).not.toThrow();
+      await expect(everyJob).rejects.toMatchObject({ code: grpc.status.INTERNAL });
+      hub.publishState(jobStatus(a, 3, "done"));
+      expect((await one.next()).value).toMatchObject({ status: { uuid: a, state: BackupState.DONE } });
+      expect((await one.next()).done).toBe(true);
+      expect(hub.subscriberCount).toBe(0);
+      expect(watchStreams.size).toBe(0);
+    } finally {
+      openSource = () => source;
+    }
   });
 });
 

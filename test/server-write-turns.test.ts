@@ -8,12 +8,28 @@ const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(reso
 /** Asks for `count` turns at once, as one status change to `count` watchers does; records who wrote in which turn. */
 function askAll(turns: WriteTurns, count: number, turnNow: () => number): Promise<number[]> {
   return Promise.all(
-    Array.from({ length: count }, async (_, writer) => {
-      const wait = turns.take();
-      if (wait !== undefined) await wait;
-      return turnNow() * 1_000_000 + writer;
-    }),
+    Array.from(
+      { length: count },
+      (_, writer) =>
+        new Promise<number>((resolve) => {
+          const write = (): void => resolve(turnNow() * 1_000_000 + writer);
+          if (turns.take(write)) write();
+        }),
+    ),
   );
+}
+
+/** A resume callback that counts its calls. */
+function counter(): { resume: () => void; readonly calls: number } {
+  let calls = 0;
+  return {
+    resume: () => {
+      calls += 1;
+    },
+    get calls() {
+      return calls;
+    },
+  };
 }
 
 describe("WriteTurns", () => {
@@ -39,20 +55,26 @@ describe("WriteTurns", () => {
 
   it("grants at once while the turn has room, and counts the writers of a turn until the next", async () => {
     const turns = new WriteTurns(2);
-    expect(turns.take()).toBeUndefined();
-    expect(turns.take()).toBeUndefined();
-    const third = turns.take();
-    expect(third).toBeInstanceOf(Promise);
+    const never = counter();
+    expect(turns.take(never.resume)).toBe(true);
+    expect(turns.take(never.resume)).toBe(true);
+    const third = counter();
+    expect(turns.take(third.resume)).toBe(false);
     // A writer asking after the queue formed waits behind it, even in a later turn with room.
-    const fourth = turns.take();
+    const fourth = counter();
+    expect(turns.take(fourth.resume)).toBe(false);
     expect(turns.queued).toBe(2);
-    await Promise.all([third, fourth]);
+    await nextTurn();
+    expect([third.calls, fourth.calls]).toEqual([1, 1]);
     expect(turns.queued).toBe(0);
     // Released in this turn: they used it up.
-    expect(turns.take()).toBeInstanceOf(Promise);
+    const fifth = counter();
+    expect(turns.take(fifth.resume)).toBe(false);
     await nextTurn();
     await nextTurn();
-    expect(turns.take()).toBeUndefined();
+    expect(fifth.calls).toBe(1);
+    expect(turns.take(never.resume)).toBe(true);
+    expect(never.calls).toBe(0);
   });
 
   it("refuses a turn size that is not a positive integer", () => {

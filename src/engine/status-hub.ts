@@ -8,11 +8,25 @@ import { RevisionFilter } from "./revision-filter.js";
 import type { JobStatus } from "./types.js";
 import { TERMINAL_STATES } from "./types.js";
 
-/** A stream of statuses; close() ends it at once and frees it. */
+/**
+ * A stream of statuses; close() ends it at once and frees it. Read it by
+ * iterating, or with poll() whenever onReadable's listener is called: the
+ * latter costs no promise per status, which counts when one status goes to
+ * thousands of watchers.
+ */
 export interface StatusSubscription extends AsyncIterable<JobStatus> {
   close(): void;
   /** Statuses queued and not yet read (bounded: see the top of status-hub.ts). */
   readonly backlog: number;
+  /** The next queued status, or undefined when none is queued (then `done` tells whether more can come). */
+  poll(): JobStatus | undefined;
+  /** Nothing is queued and nothing more will come. */
+  readonly done: boolean;
+  /**
+   * Calls `listener` whenever a status is queued or the subscription ends
+   * (for poll()). It runs in the publisher's call: it must not throw.
+   */
+  onReadable(listener: () => void): void;
 }
 
 interface QueueEntry {
@@ -43,6 +57,7 @@ class Subscription implements StatusSubscription {
   private readonly waiters: Waiter[] = [];
   /** open: receiving; ending: delivers what is queued, then ends; closed: ended. */
   private phase: "open" | "ending" | "closed" = "open";
+  private listener: (() => void) | undefined;
 
   constructor(uuid: string | undefined, detach: (subscription: Subscription) => void) {
     this.uuid = uuid;
@@ -86,6 +101,7 @@ class Subscription implements StatusSubscription {
       this.queue.push({ status, progress: false });
     }
     if (terminal && this.uuid !== undefined) this.end();
+    if (waiter === undefined) this.listener?.();
   }
 
   /** Stops receiving; what is queued is still delivered, then the stream ends. */
@@ -93,25 +109,37 @@ class Subscription implements StatusSubscription {
     if (this.phase !== "open") return;
     this.phase = "ending";
     this.detach(this);
-    if (this.head === this.queue.length) this.finish();
+    if (this.head === this.queue.length) this.finishAndNotify();
   }
 
   close(): void {
     if (this.phase === "closed") return;
     if (this.phase === "open") this.detach(this);
-    this.finish();
+    this.finishAndNotify();
   }
 
-  next(): Promise<IteratorResult<JobStatus>> {
+  get done(): boolean {
+    return this.phase === "closed";
+  }
+
+  onReadable(listener: () => void): void {
+    this.listener = listener;
+  }
+
+  poll(): JobStatus | undefined {
     const entry = this.dequeue();
     if (entry !== undefined) {
       if (this.phase === "ending" && this.head === this.queue.length) this.finish();
-      return Promise.resolve({ done: false, value: entry });
+      return entry;
     }
-    if (this.phase !== "open") {
-      this.finish();
-      return Promise.resolve(DONE);
-    }
+    if (this.phase !== "open") this.finish();
+    return undefined;
+  }
+
+  next(): Promise<IteratorResult<JobStatus>> {
+    const entry = this.poll();
+    if (entry !== undefined) return Promise.resolve({ done: false, value: entry });
+    if (this.phase === "closed") return Promise.resolve(DONE);
     return new Promise<IteratorResult<JobStatus>>((resolve) => this.waiters.push(resolve));
   }
 
@@ -140,7 +168,8 @@ class Subscription implements StatusSubscription {
 
   private compact(): void {
     if (this.head === this.queue.length) {
-      this.queue = [];
+      // Emptied in place: a watcher drains its queue on every change.
+      this.queue.length = 0;
       this.head = 0;
     } else if (this.head >= COMPACT_AFTER) {
       this.queue = this.queue.slice(this.head);
@@ -150,11 +179,20 @@ class Subscription implements StatusSubscription {
 
   private finish(): void {
     this.phase = "closed";
+    this.listener = undefined;
     this.queue = [];
     this.head = 0;
     this.pendingProgress.clear();
     this.revisions.clear();
     for (const waiter of this.waiters.splice(0)) waiter(DONE);
+  }
+
+  /** Tells a polling reader that the subscription ended (not from within its own poll()). */
+  private finishAndNotify(): void {
+    if (this.phase === "closed") return;
+    const listener = this.listener;
+    this.finish();
+    listener?.();
   }
 }
 

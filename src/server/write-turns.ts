@@ -23,17 +23,18 @@ export class WriteTurns {
   }
 
   /**
-   * Undefined when the caller may write now; else a promise that resolves
-   * in the turn where it may. (No promise on the fast path: most changes
-   * go to a few watchers.)
+   * True when the caller may write now; else `resume` is called in the turn
+   * where it may (its write counts against that turn; it must not throw). A callback, not a
+   * promise: one status change asks for thousands of turns at once.
    */
-  take(): Promise<void> | undefined {
+  take(resume: () => void): boolean {
     this.scheduleTurn();
     if (this.granted < this.perTurn && this.waiting.length === 0) {
       this.granted += 1;
-      return undefined;
+      return true;
     }
-    return new Promise((resolve) => this.waiting.push(resolve));
+    this.waiting.push(resume);
+    return false;
   }
 
   /** Callers waiting for a later turn (for tests). */
@@ -53,6 +54,6 @@ export class WriteTurns {
     this.granted = released.length;
     // Writes granted in this turn count against it until the next one.
     if (this.granted > 0) this.scheduleTurn();
-    for (const resolve of released) resolve();
+    for (const resume of released) resume();
   }
 }

@@ -3,7 +3,7 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { BLOCK_SIZE, CLUSTER_SIZE, MAX_HEADER_SIZE } from "../src/vma/constants.js";
 import { popcount16 } from "../src/vma/block-mask.js";
-import { encodeExtentHeader } from "../src/vma/encode-extent.js";
+import { encodeExtentHeader, encodeZeroExtentHeaders } from "../src/vma/encode-extent.js";
 import { encodeHeader } from "../src/vma/encode-header.js";
 import { checkHeaderPlan, headerSizeForPlan, VmaLimitError } from "../src/vma/encode-limits.js";
 import { VmaUsageError } from "../src/vma/writer-errors.js";
@@ -826,6 +826,66 @@ describe("VmaWriter", () => {
       }
       expect(Buffer.compare(bulk.bytes(), one.bytes())).toBe(0);
       await expectUsageError(() => byBulk.writeZeroClusters(1, 0, 1), /after finish/);
+    });
+
+    it("writes the same bytes for runs of zero clusters on two devices, each after a partial extent", async () => {
+      const clusters = 5 * 58 + 7;
+      const [one, bulk] = [new MemorySink(), new MemorySink()];
+      const [byOne, byBulk] = [writer(one), writer(bulk)];
+      for (const vma of [byOne, byBulk]) {
+        vma.addDevice("drive-scsi0", clusters * CLUSTER_SIZE);
+        vma.addDevice("drive-scsi1", clusters * CLUSTER_SIZE - 1000);
+      }
+      const zero = new Uint8Array(CLUSTER_SIZE);
+      // Alternating devices, in runs that start mid-extent: the whole extents of a run are built at once.
+      const runs = [3, 130, 61, 58, 40, clusters].flatMap((length, index) => [
+        { devId: 1, length: Math.min(length, clusters - 5 * index) },
+        { devId: 2, length: Math.min(length, clusters - 5 * index) },
+      ]);
+      const next = [0, 0, 0];
+      for (const { devId, length } of runs) {
+        const count = Math.min(length, clusters - next[devId]!);
+        if (count <= 0) continue;
+        for (let clusterNum = next[devId]!; clusterNum < next[devId]! + count; clusterNum++) {
+          await byOne.writeCluster(devId, clusterNum, zero, 0);
+        }
+        await byBulk.writeZeroClusters(devId, next[devId]!, count);
+        next[devId]! += count;
+      }
+      for (const vma of [byOne, byBulk]) {
+        vma.completeDevice(1);
+        vma.completeDevice(2);
+        await vma.finish();
+      }
+      expect(next).toEqual([0, clusters, clusters]);
+      expect(Buffer.compare(bulk.bytes(), one.bytes())).toBe(0);
+    });
+
+    it("refuses a run of zero clusters that overlaps written ones or passes the device end", async () => {
+      const vma = writer();
+      vma.addDevice("drive-scsi0", 400 * CLUSTER_SIZE);
+      await vma.writeZeroClusters(1, 0, 58); // the first extent, with the archive header
+      await vma.writeCluster(1, 250, filled(1), 0xffff);
+      await expectUsageError(
+        () => vma.writeZeroClusters(1, 58, 300),
+        /cluster 250 of device "drive-scsi0" \(dev_id 1\) was already written/,
+      );
+      await expectUsageError(() => vma.writeZeroClusters(1, 251, 200), /cluster 400 is outside device "drive-scsi0"/);
+    });
+
+    it("encodes header-only extents of consecutive clusters as encodeExtentHeader does", () => {
+      const uuid = new Uint8Array(16).map((_, index) => index * 7);
+      const headers = encodeZeroExtentHeaders(uuid, 3, 4_000_000, 3, 58);
+      const oneByOne = [0, 1, 2].map((extent) =>
+        encodeExtentHeader(
+          uuid,
+          Array.from({ length: 58 }, (_, slot) => ({ devId: 3, clusterNum: 4_000_000 + extent * 58 + slot, mask: 0 })),
+        ),
+      );
+      expect(Buffer.compare(headers, Buffer.concat(oneByOne))).toBe(0);
+      expect(() => encodeZeroExtentHeaders(uuid, 1, 2 ** 32 - 57, 1, 58)).toThrow(/does not fit 32 bits/);
+      expect(() => encodeZeroExtentHeaders(uuid, 1, 0, 1, 60)).toThrow(/1\.\.59 slots/);
+      expect(() => encodeZeroExtentHeaders(uuid, 0, 0, 1, 58)).toThrow(/dev_id 0/);
     });
 
     it("releases zero clusters without waiting for their batch to be written", async () => {

@@ -1,5 +1,5 @@
-// Builds a 512-byte VMA extent header (docs/vma-format.md section 5).
-import { createHash } from "node:crypto";
+// Builds 512-byte VMA extent headers (docs/vma-format.md section 5).
+import { hash } from "node:crypto";
 import {
   EXTENT_HEADER_SIZE,
   EXTENT_OFFSET,
@@ -30,24 +30,67 @@ export function encodeExtentHeader(uuid: Uint8Array, slots: readonly ExtentSlot[
   }
   const header = new Uint8Array(EXTENT_HEADER_SIZE);
   const view = new DataView(header.buffer);
-  header.set(VMA_EXTENT_MAGIC, EXTENT_OFFSET.magic);
-  header.set(uuid, EXTENT_OFFSET.uuid);
-
   let blockCount = 0;
   slots.forEach((slot, index) => {
     checkSlot(slot, index);
-    // Bytes: [0..1] mask BE, [2] reserved, [3] dev_id, [4..7] cluster BE.
-    const entry = EXTENT_OFFSET.blockInfo + BLOCK_INFO_SIZE * index;
-    view.setUint16(entry, slot.mask);
-    view.setUint8(entry + 3, slot.devId);
-    view.setUint32(entry + 4, slot.clusterNum);
+    setBlockInfo(view, 0, index, slot);
     blockCount += popcount16(slot.mask);
   });
-  view.setUint16(EXTENT_OFFSET.blockCount, blockCount);
-
-  // The md5 field (bytes 24..39) is still zero here, as the checksum requires.
-  header.set(createHash("md5").update(header).digest(), EXTENT_OFFSET.md5);
+  sealHeader(header, view, 0, uuid, blockCount);
   return header;
+}
+
+/**
+ * The headers of `extents` extents that store no block, back to back: each
+ * holds `slotsPerExtent` consecutive clusters of device `devId` (mask 0),
+ * the first from `firstCluster`. The same bytes as encodeExtentHeader of
+ * those slots, without an object per cluster: the holes of a large sparse
+ * disk are millions of clusters.
+ */
+export function encodeZeroExtentHeaders(
+  uuid: Uint8Array,
+  devId: number,
+  firstCluster: number,
+  extents: number,
+  slotsPerExtent: number,
+): Uint8Array {
+  checkUuidBytes(uuid);
+  if (!Number.isInteger(slotsPerExtent) || slotsPerExtent < 1 || slotsPerExtent > EXTENT_SLOTS) {
+    throw new RangeError(`an extent holds 1..${EXTENT_SLOTS} slots, got ${slotsPerExtent}`);
+  }
+  if (!Number.isInteger(extents) || extents < 0) throw new RangeError(`extent count ${extents} is not a count`);
+  const lastCluster = firstCluster + extents * slotsPerExtent - 1;
+  checkSlot({ devId, clusterNum: firstCluster, mask: 0 }, 0);
+  checkSlot({ devId, clusterNum: Math.max(firstCluster, lastCluster), mask: 0 }, slotsPerExtent - 1);
+  const headers = new Uint8Array(extents * EXTENT_HEADER_SIZE);
+  const view = new DataView(headers.buffer, headers.byteOffset, headers.byteLength);
+  let clusterNum = firstCluster;
+  for (let start = 0; start < headers.byteLength; start += EXTENT_HEADER_SIZE) {
+    for (let index = 0; index < slotsPerExtent; index++) {
+      setBlockInfo(view, start, index, { devId, clusterNum, mask: 0 });
+      clusterNum += 1;
+    }
+    sealHeader(headers, view, start, uuid, 0);
+  }
+  return headers;
+}
+
+/** Blockinfo entry `index` of the header at `start`: [0..1] mask BE, [2] reserved, [3] dev_id, [4..7] cluster BE. */
+function setBlockInfo(view: DataView, start: number, index: number, slot: ExtentSlot): void {
+  const entry = start + EXTENT_OFFSET.blockInfo + BLOCK_INFO_SIZE * index;
+  view.setUint16(entry, slot.mask);
+  view.setUint8(entry + 3, slot.devId);
+  view.setUint32(entry + 4, slot.clusterNum);
+}
+
+/** Fills in the magic, uuid and block count of the header at `start`, then its md5 over all of it. */
+function sealHeader(bytes: Uint8Array, view: DataView, start: number, uuid: Uint8Array, blockCount: number): void {
+  bytes.set(VMA_EXTENT_MAGIC, start + EXTENT_OFFSET.magic);
+  bytes.set(uuid, start + EXTENT_OFFSET.uuid);
+  view.setUint16(start + EXTENT_OFFSET.blockCount, blockCount);
+  // The md5 field (bytes 24..39) is still zero here, as the checksum requires.
+  const header = bytes.subarray(start, start + EXTENT_HEADER_SIZE);
+  bytes.set(hash("md5", header, "buffer"), start + EXTENT_OFFSET.md5);
 }
 
 function checkSlot(slot: ExtentSlot, index: number): void {

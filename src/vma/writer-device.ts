@@ -28,14 +28,7 @@ export class WriterDevice {
 
   /** Checks a cluster against the device and marks it written; throws VmaUsageError if it may not be. */
   recordCluster(clusterNum: number, mask: number): void {
-    if (this.completed) {
-      throw new VmaUsageError(`${this.label()} was already completed; cluster ${clusterNum} comes too late`);
-    }
-    if (!Number.isInteger(clusterNum) || clusterNum < 0 || clusterNum >= this.clusterCount) {
-      throw new VmaUsageError(
-        `cluster ${clusterNum} is outside ${this.label()}, which has clusters 0..${this.clusterCount - 1}`,
-      );
-    }
+    this.checkCluster(clusterNum);
     if (!Number.isInteger(mask) || mask < 0 || mask > FULL_MASK) {
       throw new VmaUsageError(`mask ${mask} of cluster ${clusterNum} of ${this.label()} is not a 16-bit block mask`);
     }
@@ -55,6 +48,25 @@ export class WriterDevice {
     this.writtenCount += 1;
   }
 
+  /**
+   * What recordCluster does for `count` clusters from `firstCluster` with
+   * mask 0 (always allowed), checking them all before marking any.
+   */
+  recordZeroRun(firstCluster: number, count: number): void {
+    if (count === 0) return;
+    const last = firstCluster + count - 1;
+    for (const clusterNum of [firstCluster, last]) this.checkCluster(clusterNum);
+    for (let clusterNum = firstCluster; clusterNum <= last; clusterNum++) {
+      if ((this.written[clusterNum >>> 3]! & (1 << (clusterNum & 7))) !== 0) {
+        throw new VmaUsageError(`cluster ${clusterNum} of ${this.label()} was already written`);
+      }
+    }
+    for (let clusterNum = firstCluster; clusterNum <= last; clusterNum++) {
+      this.written[clusterNum >>> 3]! |= 1 << (clusterNum & 7);
+    }
+    this.writtenCount += count;
+  }
+
   /** Marks the device complete; throws naming the first cluster that was never written. */
   complete(): void {
     if (this.completed) {
@@ -72,6 +84,18 @@ export class WriterDevice {
 
   label(): string {
     return `device "${this.name}" (dev_id ${this.devId})`;
+  }
+
+  /** Throws unless cluster `clusterNum` may still be written (its bit aside). */
+  private checkCluster(clusterNum: number): void {
+    if (this.completed) {
+      throw new VmaUsageError(`${this.label()} was already completed; cluster ${clusterNum} comes too late`);
+    }
+    if (!Number.isInteger(clusterNum) || clusterNum < 0 || clusterNum >= this.clusterCount) {
+      throw new VmaUsageError(
+        `cluster ${clusterNum} is outside ${this.label()}, which has clusters 0..${this.clusterCount - 1}`,
+      );
+    }
   }
 
   /** Blocks that start inside the device; the last partial cluster allows fewer. */

@@ -4,7 +4,8 @@
 // store no block (runs of zero clusters: 512 bytes each) are gathered into
 // one write of up to HEADER_ONLY_BATCH_BYTES, so that the holes of a large
 // sparse disk cost a few writes, not one per 58 clusters.
-import { CLUSTER_SIZE, WRITER_SLOTS_PER_EXTENT } from "./constants.js";
+import { CLUSTER_SIZE, EXTENT_HEADER_SIZE, WRITER_SLOTS_PER_EXTENT } from "./constants.js";
+import { encodeZeroExtentHeaders } from "./encode-extent.js";
 import { encodeHeader, type VmaHeaderConfig } from "./encode-header.js";
 import { checkHeaderPlan, checkUuidBytes } from "./encode-limits.js";
 import { WriterDevice } from "./writer-device.js";
@@ -119,8 +120,19 @@ export class VmaWriter {
   async writeZeroClusters(devId: number, firstCluster: number, count: number): Promise<void> {
     this.assertUsable("writeZeroClusters");
     const device = this.device(devId);
-    for (let clusterNum = firstCluster; clusterNum < firstCluster + count; clusterNum++) {
+    const end = firstCluster + count;
+    let clusterNum = firstCluster;
+    while (clusterNum < end) {
+      // Whole extents at once, once the archive header is out (it goes with
+      // the first extent) and no extent is half full: the same bytes.
+      const wholeExtents = Math.floor((Math.min(end, device.clusterCount) - clusterNum) / WRITER_SLOTS_PER_EXTENT);
+      if (this.headerQueued && this.extent.slotCount === 0 && wholeExtents > 0) {
+        this.batchZeroExtents(device, clusterNum, wholeExtents);
+        clusterNum += wholeExtents * WRITER_SLOTS_PER_EXTENT;
+        continue;
+      }
       const previous = this.accept(device, devId, clusterNum, NO_DATA, 0);
+      clusterNum += 1;
       if (previous !== undefined) {
         await previous;
         this.throwIfFailed();
@@ -228,6 +240,31 @@ export class VmaWriter {
     }
     this.writes = this.writes.then(() => this.release(clusters));
     if (this.batchBytes >= HEADER_ONLY_BATCH_BYTES) this.writeBatch();
+  }
+
+  /**
+   * Gathers `extents` header-only extents of consecutive zero clusters of
+   * `device` from `firstCluster`, as batchExtent does one by one, writing
+   * the batch whenever it fills.
+   */
+  private batchZeroExtents(device: WriterDevice, firstCluster: number, extents: number): void {
+    device.recordZeroRun(firstCluster, extents * WRITER_SLOTS_PER_EXTENT);
+    this.clustersAccepted += extents * WRITER_SLOTS_PER_EXTENT;
+    let clusterNum = firstCluster;
+    let left = extents;
+    while (left > 0) {
+      const room = Math.max(1, Math.ceil((HEADER_ONLY_BATCH_BYTES - this.batchBytes) / EXTENT_HEADER_SIZE));
+      const taken = Math.min(left, room);
+      const headers = encodeZeroExtentHeaders(this.uuid, device.devId, clusterNum, taken, WRITER_SLOTS_PER_EXTENT);
+      this.batch.push(headers);
+      this.batchBytes += headers.byteLength;
+      this.batchExtents += taken;
+      const clusters = taken * WRITER_SLOTS_PER_EXTENT;
+      this.writes = this.writes.then(() => this.release(clusters));
+      if (this.batchBytes >= HEADER_ONLY_BATCH_BYTES) this.writeBatch();
+      clusterNum += clusters;
+      left -= taken;
+    }
   }
 
   /** Hands the gathered header-only extents to the sink, after every earlier write. */

@@ -24,8 +24,9 @@ export class WriteTurns {
 
   /**
    * True when the caller may write now; else `resume` is called in the turn
-   * where it may (its write counts against that turn; it must not throw). A callback, not a
-   * promise: one status change asks for thousands of turns at once.
+   * where it may, and its write counts against that turn. `resume` must not
+   * throw. A callback, not a promise: one status change asks for thousands
+   * of turns at once.
    */
   take(resume: () => void): boolean {
     this.scheduleTurn();

@@ -123,6 +123,8 @@ export class NbdConnection {
   #closed: Promise<void> | undefined;
   /** close() began: it hangs up itself, after NBD_CMD_DISC. */
   #closing = false;
+  /** A #pump is queued for the end of this turn. */
+  #pumpQueued = false;
 
   /** Connects and negotiates; rejects with an NbdError (unreachable, handshake, timeout, export not found). */
   static async open(address: NbdAddress, label: string, options: NbdConnectionOptions = {}): Promise<NbdConnection> {
@@ -259,11 +261,25 @@ export class NbdConnection {
         resolve: () => resolve(extents),
         reject,
       });
-      this.#pump();
+      this.#queuePump();
     });
   }
 
   /** Sends waiting requests while the window has room. */
+  /**
+   * Sends the waiting requests at the end of this turn, so that those made
+   * together (the parts of one read, the next reads after a reply) leave in
+   * one socket write: each write cost the main thread 70-100 µs here.
+   */
+  #queuePump(): void {
+    if (this.#pumpQueued) return;
+    this.#pumpQueued = true;
+    queueMicrotask(() => {
+      this.#pumpQueued = false;
+      this.#pump();
+    });
+  }
+
   #pump(): void {
     const { maxInFlightRequests, maxInFlightBytes, requestTimeoutMs } = this.#options;
     let corked = false;
@@ -463,7 +479,7 @@ export class NbdConnection {
       }
       request.resolve();
     }
-    this.#pump();
+    this.#queuePump();
   }
 
   #requestError(command: number, offset: number, length: number, cause: NbdError): NbdError {

@@ -265,7 +265,6 @@ export class NbdConnection {
     });
   }
 
-  /** Sends waiting requests while the window has room. */
   /**
    * Sends the waiting requests at the end of this turn, so that those made
    * together (the parts of one read, the next reads after a reply) leave in
@@ -280,6 +279,7 @@ export class NbdConnection {
     });
   }
 
+  /** Sends waiting requests while the window has room. */
   #pump(): void {
     const { maxInFlightRequests, maxInFlightBytes, requestTimeoutMs } = this.#options;
     let corked = false;

@@ -15,7 +15,8 @@ const CREATE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL |
 /**
  * Written bytes after which a background flush starts (see flushInBackground).
  * Small, so that the disk starts writing within ~10 ms of the job instead of
- * ~40: a 1 GiB backup ended 12 ms sooner than with 64 MiB (median of 10).
+ * ~40. Against 64 MiB (medians of 10 alternating runs): a 1 GiB raw backup
+ * 0.424 vs 0.436 s, a sparse qcow2 with 1 GiB of data 1.57 vs 1.81 s.
  * Flushes run one at a time, so each takes what came in while the last ran.
  */
 const BACKGROUND_FLUSH_BYTES = 16 * 2 ** 20;
